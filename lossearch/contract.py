@@ -1,0 +1,260 @@
+"""The loss contract (DESIGN §2): the one module that knows what a candidate loss is.
+
+A candidate is a Python module defining `loss`. Its parameters are chosen by
+name from `CONTRACT_INPUTS`; any other keyword parameter must have a float
+default and is a hyperparameter. `parse_spec` reads the signature without
+running anything; `load_loss` executes the module (only ever inside a sandbox
+child, or for our own trusted seeds); `call_loss` binds inputs by name, calls
+the function and checks what it returns.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from lossearch.failures import CandidateError
+
+# name -> meaning; every tensor input is shape (B,)
+CONTRACT_INPUTS: Mapping[str, str] = MappingProxyType(
+    {
+        "policy_chosen_logps": "sum of the policy's token log-probs of the chosen response",
+        "policy_rejected_logps": "the same for the rejected response",
+        "reference_chosen_logps": "the frozen reference model's, chosen",
+        "reference_rejected_logps": "the frozen reference model's, rejected",
+        "chosen_lengths": "number of chosen response tokens (float)",
+        "rejected_lengths": "number of rejected response tokens (float)",
+        "chosen_kl": "sum over response positions of KL(reference || policy), chosen (TDPO)",
+        "rejected_kl": "the same for the rejected response",
+        "beta": "the strength hyperparameter that every loss receives (float)",
+    }
+)
+TENSOR_INPUTS = tuple(name for name in CONTRACT_INPUTS if name != "beta")
+DEFAULT_BETA = 0.1
+MAX_SOURCE_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What the contract knows about a candidate without running it."""
+
+    name: str
+    source: str
+    summary: str
+    inputs: tuple[str, ...]
+    """Contract inputs the function asks for, in signature order (beta included)."""
+    hyperparameters: Mapping[str, float] = field(default_factory=dict)
+    """Hyperparameter defaults by name; `beta` is always present."""
+    path: str | None = None
+
+    @property
+    def code_hash(self) -> str:
+        return source_hash(self.source)
+
+    @property
+    def uses_kl(self) -> bool:
+        return "chosen_kl" in self.inputs or "rejected_kl" in self.inputs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "summary": self.summary,
+            "hyperparameters": dict(self.hyperparameters),
+            "inputs": list(self.inputs),
+        }
+
+
+def source_hash(source: str) -> str:
+    """Hash of the source with comments and formatting normalized away."""
+    try:
+        canonical = ast.dump(ast.parse(source), annotate_fields=False)
+    except SyntaxError:
+        canonical = source
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_module(source: str) -> ast.Module:
+    """Parse candidate source or raise a `syntax` CandidateError."""
+    if len(source) > MAX_SOURCE_CHARS:
+        raise CandidateError("policy", f"source is {len(source)} characters; the limit is {MAX_SOURCE_CHARS}")
+    try:
+        return ast.parse(source)
+    except SyntaxError as error:
+        raise CandidateError("syntax", f"line {error.lineno}: {error.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as error:
+        raise CandidateError("syntax", f"cannot parse: {error}") from None
+
+
+def find_loss_function(tree: ast.Module) -> ast.FunctionDef:
+    """The module-level `def loss`; exactly one is required."""
+    found = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "loss"]
+    if not found:
+        raise CandidateError("policy", "the module must define a function named `loss`")
+    if len(found) > 1:
+        raise CandidateError("policy", "the module defines `loss` more than once")
+    return found[0]
+
+
+def _float_default(node: ast.expr) -> float | None:
+    """The value of a numeric literal default (with an optional sign), else None."""
+    try:
+        value = ast.literal_eval(node)
+    except (ValueError, SyntaxError, TypeError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def read_signature(function: ast.FunctionDef) -> tuple[tuple[str, ...], dict[str, float]]:
+    """Split `loss`'s parameters into contract inputs and hyperparameter defaults."""
+    args = function.args
+    if args.vararg or args.kwarg or args.posonlyargs:
+        raise CandidateError("policy", "`loss` may not take *args, **kwargs or positional-only parameters")
+    params = args.args + args.kwonlyargs
+    defaults: dict[str, ast.expr] = {}
+    for arg, default in zip(reversed(args.args), reversed(args.defaults)):
+        defaults[arg.arg] = default
+    for arg, default in zip(args.kwonlyargs, args.kw_defaults):
+        if default is not None:
+            defaults[arg.arg] = default
+
+    inputs: list[str] = []
+    hyperparameters: dict[str, float] = {"beta": DEFAULT_BETA}
+    for arg in params:
+        name = arg.arg
+        default = _float_default(defaults[name]) if name in defaults else None
+        if name in defaults and default is None:
+            raise CandidateError("policy", f"parameter `{name}` must have a numeric (float) default")
+        if name in TENSOR_INPUTS:
+            if name in defaults:
+                raise CandidateError("policy", f"contract input `{name}` may not have a default")
+            inputs.append(name)
+        elif name == "beta":
+            inputs.append(name)
+            if default is not None:
+                hyperparameters["beta"] = default
+        elif default is None:
+            known = ", ".join(CONTRACT_INPUTS)
+            raise CandidateError("policy", f"unknown parameter `{name}`: use one of {known}, or give it a float default")
+        else:
+            hyperparameters[name] = default
+    if not any(name in TENSOR_INPUTS for name in inputs):
+        raise CandidateError("policy", "`loss` takes no log-probability input, so it cannot train anything")
+    return tuple(inputs), hyperparameters
+
+
+def parse_spec(source: str, name: str = "candidate", path: str | None = None) -> LossSpec:
+    """Read a candidate's contract from its source, without executing it."""
+    tree = parse_module(source)
+    function = find_loss_function(tree)
+    inputs, hyperparameters = read_signature(function)
+    docstring = ast.get_docstring(tree) or ast.get_docstring(function) or ""
+    summary = docstring.strip().splitlines()[0] if docstring.strip() else ""
+    return LossSpec(name, source, summary, inputs, MappingProxyType(hyperparameters), path)
+
+
+def read_spec(path: str | Path) -> LossSpec:
+    """Read a candidate's contract from a file; its name is the file's stem."""
+    path = Path(path)
+    return parse_spec(path.read_text(encoding="utf-8"), name=path.stem, path=str(path))
+
+
+# -- running a loss: only inside the sandbox child, or for our own seeds -----------------
+
+ALLOWED_MODULES = frozenset({"torch", "torch.nn", "torch.nn.functional", "math", "__future__"})
+SAFE_BUILTINS = (
+    "abs all any bool dict enumerate filter float int isinstance len list map max min "
+    "pow range reversed round sorted sum tuple zip True False None "
+    "ArithmeticError Exception IndexError KeyError RuntimeError TypeError ValueError ZeroDivisionError"
+).split()
+
+
+def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+    if level != 0 or name not in ALLOWED_MODULES:
+        raise ImportError(f"import of {name!r} is not allowed in a loss")
+    return builtins.__import__(name, globals, locals, fromlist, level)
+
+
+def restricted_builtins() -> dict[str, Any]:
+    """The builtins a candidate module sees: arithmetic helpers and guarded imports only."""
+    table = {name: getattr(builtins, name) for name in SAFE_BUILTINS}
+    table["__import__"] = _guarded_import
+    table["__build_class__"] = None
+    return table
+
+
+def load_loss(source: str, name: str = "candidate") -> Callable[..., Any]:
+    """Execute a candidate module in a fresh namespace and return its `loss`."""
+    code = compile(parse_module(source), f"<{name}>", "exec")
+    namespace: dict[str, Any] = {"__name__": f"lossearch_candidate_{name}", "__builtins__": restricted_builtins()}
+    try:
+        exec(code, namespace)  # noqa: S102 - this is the point: the sandbox child runs candidate code
+    except CandidateError:
+        raise
+    except Exception as error:
+        raise CandidateError("exception", f"importing the module raised {type(error).__name__}: {error}") from None
+    function = namespace.get("loss")
+    if not callable(function):
+        raise CandidateError("policy", "the module must define a function named `loss`")
+    return function
+
+
+def bind_inputs(spec: LossSpec, tensors: Mapping[str, Any], beta: float | None = None,
+                hyperparameters: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The keyword arguments `loss` asks for: contract inputs, beta, hyperparameter overrides."""
+    kwargs: dict[str, Any] = {}
+    for name in spec.inputs:
+        if name == "beta":
+            kwargs["beta"] = float(spec.hyperparameters["beta"] if beta is None else beta)
+        else:
+            kwargs[name] = tensors[name]
+    for name, value in (hyperparameters or {}).items():
+        if name != "beta" and name in spec.hyperparameters:
+            kwargs[name] = float(value)
+    return kwargs
+
+
+def check_output(value: Any, batch_size: int):
+    """The per-pair loss as a (B,) tensor; raises `shape`/`nan` CandidateErrors."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise CandidateError("shape", f"`loss` returned {type(value).__name__}, expected a tensor of shape ({batch_size},)")
+    if value.dim() == 0:
+        value = value.expand(batch_size)
+    if tuple(value.shape) != (batch_size,):
+        raise CandidateError("shape", f"`loss` returned shape {tuple(value.shape)}, expected ({batch_size},) or a scalar")
+    if not value.is_floating_point():
+        raise CandidateError("shape", f"`loss` returned dtype {value.dtype}, expected a floating-point tensor")
+    if not bool(torch.isfinite(value).all()):
+        raise CandidateError("nan", "`loss` returned non-finite values (nan or inf)")
+    return value
+
+
+def call_loss(function: Callable[..., Any], spec: LossSpec, tensors: Mapping[str, Any],
+              beta: float | None = None, hyperparameters: Mapping[str, float] | None = None):
+    """Call `loss` with the inputs it asks for and return its checked (B,) output."""
+    batch_size = int(tensors["policy_chosen_logps"].shape[0])
+    kwargs = bind_inputs(spec, tensors, beta, hyperparameters)
+    try:
+        value = function(**kwargs)
+    except CandidateError:
+        raise
+    except MemoryError:
+        raise CandidateError("memory", "the loss ran out of memory") from None
+    except RecursionError:
+        raise CandidateError("exception", "RecursionError: maximum recursion depth exceeded") from None
+    except Exception as error:  # the candidate's own bug
+        message = str(error)
+        if "can't allocate memory" in message or "out of memory" in message.lower():
+            raise CandidateError("memory", f"the loss ran out of memory: {message}") from None
+        raise CandidateError("exception", f"{type(error).__name__}: {message}") from None
+    return check_output(value, batch_size)
