@@ -179,7 +179,7 @@ SAFE_BUILTINS = (
 
 def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
     if level != 0 or name not in ALLOWED_MODULES:
-        raise ImportError(f"import of {name!r} is not allowed in a loss")
+        raise CandidateError("policy", f"import of {name!r} is not allowed in a loss")
     return builtins.__import__(name, globals, locals, fromlist, level)
 
 
@@ -191,10 +191,15 @@ def restricted_builtins() -> dict[str, Any]:
     return table
 
 
-def load_loss(source: str, name: str = "candidate") -> Callable[..., Any]:
-    """Execute a candidate module in a fresh namespace and return its `loss`."""
+def load_loss(source: str, name: str = "candidate", restricted: bool = True) -> Callable[..., Any]:
+    """Execute a candidate module in a fresh namespace and return its `loss`.
+
+    `restricted` gives the module only `restricted_builtins()`; the sandbox's
+    own tests turn it off to show that the jail holds without it.
+    """
     code = compile(parse_module(source), f"<{name}>", "exec")
-    namespace: dict[str, Any] = {"__name__": f"lossearch_candidate_{name}", "__builtins__": restricted_builtins()}
+    table = restricted_builtins() if restricted else builtins.__dict__
+    namespace: dict[str, Any] = {"__name__": f"lossearch_candidate_{name}", "__builtins__": table}
     try:
         exec(code, namespace)  # noqa: S102 - this is the point: the sandbox child runs candidate code
     except CandidateError:

@@ -1,0 +1,246 @@
+"""The sandbox's child side: a zygote process that forks one jailed child per job.
+
+Importing torch costs over a second; a zygote imports it once, then forks a
+child per evaluation in milliseconds. The protocol with the parent
+(lossearch.sandbox) is JSON lines on a private pipe:
+
+    parent -> zygote   {"job": ..., "payload": ..., "limits": ..., "workdir": ...}
+    zygote -> parent   {"pid": PID}                          once the child exists
+    zygote -> parent   {"status": WAITSTATUS, "result": TEXT} once it has exited
+
+The child jails itself before any candidate code runs (`jail`): its own session
+(so the parent can kill the whole group), its own network namespace where the
+kernel allows it, the unprivileged `nobody` user when started as root, resource
+limits, a stripped environment, a private working directory and an audit hook
+that refuses sockets, subprocesses and file access outside that directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+import signal
+import sys
+import traceback
+
+CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
+NOBODY = 65534
+JOB_FUNCTIONS = {
+    "sanity": "lossearch.jobs:sanity_job",
+    "bandit": "lossearch.jobs:bandit_job",
+    "finetune": "lossearch.jobs:finetune_job",
+    "echo": "lossearch.jobs:echo_job",
+}
+PRELOAD = ("torch", "torch.nn.functional", "lossearch.jobs")
+
+
+# -- jailing the child ---------------------------------------------------------------------
+
+def _unshare(flags: int) -> bool:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.unshare(flags) == 0
+
+
+def isolate_network() -> str:
+    """Move into an empty network namespace; say which isolation holds."""
+    try:
+        if os.geteuid() == 0 and _unshare(CLONE_NEWNET):
+            return "network-namespace"
+        uid, gid = os.geteuid(), os.getegid()
+        if _unshare(CLONE_NEWUSER | CLONE_NEWNET):
+            with open("/proc/self/setgroups", "w") as f:
+                f.write("deny")
+            with open("/proc/self/uid_map", "w") as f:
+                f.write(f"{uid} {uid} 1")
+            with open("/proc/self/gid_map", "w") as f:
+                f.write(f"{gid} {gid} 1")
+            return "network-namespace"
+    except OSError:
+        pass
+    return "audit-hook"
+
+
+def drop_privileges(workdir: str) -> bool:
+    """As root, become `nobody`: other users' files, processes and keys are out of reach."""
+    if os.geteuid() != 0:
+        return False
+    os.chown(workdir, NOBODY, NOBODY)
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    return True
+
+
+def _vm_size_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def set_limits(limits: dict, dropped: bool) -> None:
+    """Address space (on top of what torch already maps), CPU seconds, file size, processes."""
+    address_space = _vm_size_bytes() + int(limits["memory_bytes"])
+    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+    cpu = int(limits["cpu_seconds"])
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 2))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits["file_bytes"]),) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if dropped or os.geteuid() != 0:
+        # counts every thread of the user; root ignores it, hence the drop to nobody
+        nproc = int(limits["max_processes"])
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversize write raises instead of killing
+
+
+def _allowed_read_roots() -> tuple[str, ...]:
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, "/usr/lib", "/usr/share", "/sys/devices/system/cpu",
+             "/proc/cpuinfo", "/proc/meminfo", "/dev/null", "/dev/urandom", "/etc/localtime"}
+    roots.update(path for path in sys.path if path and os.path.isdir(path))
+    return tuple(sorted(os.path.realpath(root) for root in roots))
+
+
+def install_audit_hook(workdir: str) -> None:
+    """Refuse sockets, processes, native code and file access outside `workdir`."""
+    workdir = os.path.realpath(workdir)
+    read_roots = _allowed_read_roots()
+    blocked_prefixes = ("socket.", "ctypes.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn", "pty.")
+    blocked_events = {"os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg", "signal.pthread_kill",
+                      "sys.settrace", "sys.setprofile", "os.setuid", "os.chroot", "resource.setrlimit",
+                      "resource.prlimit", "sys.remote_exec", "webbrowser.open", "urllib.Request"}
+    path_events = {"os.remove", "os.unlink", "os.rmdir", "os.rename", "os.replace", "shutil.rmtree",
+                   "os.chmod", "os.chown", "os.link", "os.symlink", "os.truncate", "os.mkdir",
+                   "os.utime", "shutil.copyfile", "shutil.move", "os.listdir", "os.scandir", "os.chdir"}
+
+    def inside(path) -> bool:
+        if isinstance(path, int):
+            return path > 2
+        real = os.path.realpath(os.fsdecode(path))
+        return real == workdir or real.startswith(workdir + os.sep)
+
+    def readable(path) -> bool:
+        real = os.path.realpath(os.fsdecode(path))
+        if "/environ" in real or real.startswith("/proc/") and not real.startswith(("/proc/cpuinfo", "/proc/meminfo")):
+            return False
+        return any(real == root or real.startswith(root + os.sep) for root in read_roots)
+
+    def hook(event: str, args: tuple) -> None:
+        if event in blocked_events or event.startswith(blocked_prefixes):
+            raise PermissionError(f"sandbox: {event} is not allowed")
+        if event == "open" and args and args[0] is not None and not inside(args[0]):
+            mode = args[1] if len(args) > 1 and isinstance(args[1], str) else "r"
+            flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+            writes = any(c in mode for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+            if writes or not readable(args[0]):
+                raise PermissionError(f"sandbox: opening {os.fsdecode(args[0])!r} is not allowed")
+        if event in path_events and args and not all(inside(a) for a in args[:2] if isinstance(a, (str, bytes))):
+            raise PermissionError(f"sandbox: {event} outside the working directory is not allowed")
+
+    sys.addaudithook(hook)
+
+
+def jail(request: dict) -> dict:
+    """Everything a child does to itself before trusted job code loads the candidate."""
+    workdir = request["workdir"]
+    limits = request["limits"]
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    log = os.open(os.path.join(workdir, ".child.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    network = isolate_network()
+    os.chdir(workdir)
+    os.environ.clear()
+    os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
+                       "OMP_NUM_THREADS": str(limits["threads"])})
+    dropped = drop_privileges(workdir)
+    set_limits(limits, dropped)
+    import torch
+
+    torch.set_num_threads(int(limits["threads"]))
+    install_audit_hook(workdir)
+    return {"network": network, "user": "nobody" if dropped else "same", "audit_hook": True}
+
+
+# -- running a job -------------------------------------------------------------------------
+
+def classify_exception(error: BaseException) -> dict:
+    """A failure dict for an exception that escaped trusted job code."""
+    from lossearch.failures import CandidateError, shorten
+
+    if isinstance(error, CandidateError):
+        return error.failure.to_dict()
+    if isinstance(error, MemoryError) or "can't allocate memory" in str(error):
+        return {"kind": "memory", "message": "out of memory"}
+    if isinstance(error, RecursionError):
+        return {"kind": "exception", "message": "RecursionError: maximum recursion depth exceeded"}
+    if isinstance(error, PermissionError) and "sandbox:" in str(error):
+        return {"kind": "policy", "message": shorten(str(error))}
+    return {"kind": "exception", "message": shorten(f"{type(error).__name__}: {error}")}
+
+
+def run_child(request: dict, result_fd: int) -> None:
+    """In the forked child: jail, run the job, write one JSON result, exit. Never returns."""
+    status = 0
+    try:
+        isolation = jail(request)
+        module_name, function_name = JOB_FUNCTIONS[request["job"]].split(":")
+        job = getattr(importlib.import_module(module_name), function_name)
+        try:
+            value = job(request["payload"])
+            message = {"ok": True, "value": value, "isolation": isolation}
+        except BaseException as error:  # noqa: BLE001 - the candidate may raise anything, SystemExit included
+            traceback.print_exc()
+            message = {"ok": False, "error": classify_exception(error), "isolation": isolation}
+        data = json.dumps(message).encode()
+        for start in range(0, len(data), 1 << 16):
+            os.write(result_fd, data[start:start + (1 << 16)])
+    except BaseException:  # noqa: BLE001 - a broken jail must still end the child
+        traceback.print_exc()
+        status = 70
+    finally:
+        os._exit(status)
+
+
+def serve(channel_in, channel_out) -> None:
+    """The zygote's loop: one request at a time, one forked child per request."""
+    for line in channel_in:
+        request = json.loads(line)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            run_child(request, write_end)
+        os.close(write_end)
+        channel_out.write(json.dumps({"pid": pid}) + "\n")
+        channel_out.flush()
+        with os.fdopen(read_end, "rb") as result:
+            data = result.read(int(request["limits"]["result_bytes"]) + 1)
+            while result.read(1 << 16):  # drain an oversize result so the child can finish
+                pass
+        _, wait_status = os.waitpid(pid, 0)
+        text = data.decode("utf-8", "replace")
+        channel_out.write(json.dumps({"status": wait_status, "result": text}) + "\n")
+        channel_out.flush()
+
+
+def main() -> None:
+    # the protocol gets stdout to itself; anything else printed goes to stderr
+    channel_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    for module in PRELOAD:
+        importlib.import_module(module)
+    channel_out.write(json.dumps({"ready": os.getpid()}) + "\n")
+    channel_out.flush()
+    serve(sys.stdin, channel_out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Trusted job code that runs inside a sandbox child (lossearch._zygote).
+
+Each job loads the candidate through the contract, exercises it, and returns a
+JSON-able dict. Jobs compute what the candidate's gradients produce (a
+fingerprint, trained logits); scores are computed afterwards by the parent,
+from those results, by code the candidate never shares a process with.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from lossearch.contract import call_loss, load_loss, parse_spec
+from lossearch.failures import CandidateError
+from lossearch.fingerprint import compute_fingerprint
+
+SANITY_BATCH = 8
+WATCHED_NAMESPACES = {"torch": torch, "torch.nn.functional": F, "torch.Tensor": torch.Tensor}
+
+
+def snapshot_namespaces() -> dict[str, dict[str, int]]:
+    """Identity of every attribute of torch's main namespaces, to notice monkey-patching."""
+    return {name: {key: id(value) for key, value in vars(space).items()} for name, space in WATCHED_NAMESPACES.items()}
+
+
+def check_namespaces(before: dict[str, dict[str, int]]) -> None:
+    """Refuse a candidate that changed torch's namespaces while it ran."""
+    after = snapshot_namespaces()
+    for name, table in before.items():
+        changed = sorted(key for key in set(table) | set(after[name]) if table.get(key) != after[name].get(key))
+        if changed:
+            raise CandidateError("policy", f"the loss modified {name}: {', '.join(changed[:5])}")
+
+
+def load_candidate(payload: dict) -> tuple[Any, Callable[..., torch.Tensor]]:
+    """The candidate's spec and its loss bound as `loss_of(tensors, beta=None)`."""
+    spec = parse_spec(payload["source"], payload.get("name", "candidate"))
+    function = load_loss(spec.source, spec.name, restricted=not payload.get("unrestricted", False))
+
+    def loss_of(tensors: dict[str, torch.Tensor], beta: float | None = None) -> torch.Tensor:
+        return call_loss(function, spec, tensors, beta=beta, hyperparameters=payload.get("hyperparameters"))
+
+    return spec, loss_of
+
+
+def synthetic_inputs(batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Plausible contract inputs: sums of per-token log-probs over 4..30 tokens, small log-ratios."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen_lengths = torch.randint(4, 31, (batch_size,), generator=generator).float()
+    rejected_lengths = torch.randint(4, 31, (batch_size,), generator=generator).float()
+    reference_chosen = -2.0 * chosen_lengths + torch.randn(batch_size, generator=generator)
+    reference_rejected = -2.0 * rejected_lengths + torch.randn(batch_size, generator=generator)
+    policy_chosen = (reference_chosen + 2.0 * torch.randn(batch_size, generator=generator)).requires_grad_(True)
+    policy_rejected = (reference_rejected + 2.0 * torch.randn(batch_size, generator=generator)).requires_grad_(True)
+    return {
+        "policy_chosen_logps": policy_chosen,
+        "policy_rejected_logps": policy_rejected,
+        "reference_chosen_logps": reference_chosen,
+        "reference_rejected_logps": reference_rejected,
+        "chosen_lengths": chosen_lengths,
+        "rejected_lengths": rejected_lengths,
+        "chosen_kl": torch.rand(batch_size, generator=generator),
+        "rejected_kl": torch.rand(batch_size, generator=generator),
+    }
+
+
+def check_gradients(loss_of: Callable[..., torch.Tensor]) -> dict[str, float]:
+    """Call the loss on synthetic inputs: finite, right shape, differentiable in the policy."""
+    tensors = synthetic_inputs(SANITY_BATCH)
+    per_pair = loss_of(tensors)  # (B,), checked by the contract
+    if not per_pair.requires_grad:
+        raise CandidateError("no_grad", "the loss does not depend on the policy log-probs (constant or detached)")
+    leaves = (tensors["policy_chosen_logps"], tensors["policy_rejected_logps"])
+    grads = torch.autograd.grad(per_pair.mean(), leaves, allow_unused=True)
+    grads = [torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads)]
+    if not all(bool(torch.isfinite(grad).all()) for grad in grads):
+        raise CandidateError("nan", "the loss's gradients are not finite on ordinary inputs")
+    if all(bool((grad == 0).all()) for grad in grads):
+        raise CandidateError("no_grad", "the loss's gradients with respect to the policy log-probs are all zero")
+    return {"loss_mean": float(per_pair.mean()), "grad_chosen_mean": float(grads[0].mean()),
+            "grad_rejected_mean": float(grads[1].mean())}
+
+
+def sanity_job(payload: dict) -> dict:
+    """The sanity tier: contract checks on synthetic inputs plus the loss's fingerprint."""
+    before = snapshot_namespaces()
+    spec, loss_of = load_candidate(payload)
+    metrics = check_gradients(loss_of)
+    fingerprint = compute_fingerprint(loss_of)
+    if not all(value == value and abs(value) != float("inf") for value in fingerprint):
+        raise CandidateError("nan", "the loss's gradients are not finite on the fingerprint grid")
+    check_namespaces(before)
+    return {**metrics, "fingerprint": fingerprint}
+
+
+def echo_job(payload: dict) -> dict:
+    """Returns its payload: lets tests check the jail itself without any candidate."""
+    return {"payload": payload}

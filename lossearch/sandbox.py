@@ -1,0 +1,222 @@
+"""Run trusted job code on untrusted candidate losses, in a jailed child process.
+
+Candidate code never runs in the caller's process. A `Sandbox` keeps one zygote
+process (lossearch._zygote) that has imported torch; each `run` forks a fresh
+child from it that jails itself (own session, network namespace or audit hook,
+`nobody` user when root, resource limits, stripped environment, private working
+directory) and runs one job. The parent enforces the wall-clock limit by
+killing the child's whole process group, removes the working directory, and
+classifies every way a child can end into a `Failure`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lossearch.failures import Failure
+
+ENV_ALLOW_LIST = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
+SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """What one child may use before it is stopped."""
+
+    wall_seconds: float = 20.0
+    """Wall-clock limit; the whole process group is killed when it passes."""
+    cpu_seconds: int = 60
+    """CPU-time limit (RLIMIT_CPU), summed over the child's threads."""
+    memory_bytes: int = 2 << 30
+    """Address space the child may add on top of what the zygote already maps (RLIMIT_AS)."""
+    file_bytes: int = 64 << 20
+    """Largest file the child may write (RLIMIT_FSIZE)."""
+    max_processes: int = 256
+    """Processes and threads of the sandbox user (RLIMIT_NPROC): a fork bomb stops here."""
+    threads: int = 1
+    """Torch intra-op threads in the child."""
+    result_bytes: int = 32 << 20
+    """Largest result the child may send back; more is a `crash`."""
+
+    def __post_init__(self) -> None:
+        if self.wall_seconds <= 0 or self.cpu_seconds <= 0:
+            raise ValueError("wall_seconds and cpu_seconds must be positive")
+        if self.memory_bytes < 64 << 20 or self.file_bytes < 1 << 16:
+            raise ValueError("memory_bytes must be at least 64 MiB and file_bytes at least 64 KiB")
+        if self.max_processes < 8 or self.threads < 1:
+            raise ValueError("max_processes must be at least 8 and threads at least 1")
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """How one job ended: a value, or a classified failure."""
+
+    value: Any = None
+    failure: Failure | None = None
+    seconds: float = 0.0
+    isolation: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def clean_environment() -> dict[str, str]:
+    """The few variables a child needs; nothing that looks like a secret survives."""
+    env = {name: os.environ[name] for name in ENV_ALLOW_LIST if name in os.environ}
+    env = {name: value for name, value in env.items() if not any(m in name.upper() for m in SECRET_MARKERS)}
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself (not a candidate) broke: the zygote died or would not start."""
+
+
+class Sandbox:
+    """A zygote process and the means to run jailed jobs through it; use as a context manager."""
+
+    def __init__(self, limits: SandboxLimits | None = None) -> None:
+        self.limits = limits or SandboxLimits()
+        self._zygote: subprocess.Popen | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._buffer = b""
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the zygote ----------------------------------------------------------------------
+    def _start(self) -> None:
+        self._zygote = subprocess.Popen(
+            [sys.executable, "-m", "lossearch._zygote"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=clean_environment(), cwd=tempfile.gettempdir(), start_new_session=True,
+        )
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._zygote.stdout, selectors.EVENT_READ)
+        self._buffer = b""
+        self._read_message(time.monotonic() + 120)
+
+    def close(self) -> None:
+        """Stop the zygote and everything it started."""
+        if self._zygote is not None:
+            try:
+                os.killpg(self._zygote.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._zygote.wait()
+            for stream in (self._zygote.stdin, self._zygote.stdout):
+                stream.close()
+            self._selector.close()
+        self._zygote = None
+
+    def _read_message(self, deadline: float) -> dict | None:
+        """The zygote's next JSON line, or None when the deadline passes first."""
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._selector.select(remaining):
+                return None
+            chunk = os.read(self._zygote.stdout.fileno(), 1 << 20)
+            if not chunk:
+                self.close()
+                raise SandboxError("the sandbox's zygote process died")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    # -- running a job -------------------------------------------------------------------
+    def run(self, job: str, payload: dict, limits: SandboxLimits | None = None) -> SandboxResult:
+        """Run `job` (a name in lossearch._zygote.JOB_FUNCTIONS) on `payload` in a jailed child."""
+        limits = limits or self.limits
+        if self._zygote is None or self._zygote.poll() is not None:
+            self._start()
+        workdir = tempfile.mkdtemp(prefix="lossearch-sandbox-")
+        started = time.monotonic()
+        try:
+            request = {"job": job, "payload": payload, "limits": asdict(limits), "workdir": workdir}
+            self._zygote.stdin.write((json.dumps(request) + "\n").encode())
+            self._zygote.stdin.flush()
+            pid = self._read_message(time.monotonic() + 30)["pid"]
+            done = self._read_message(started + limits.wall_seconds)
+            timed_out = done is None
+            if timed_out:
+                _kill_group(pid)
+                done = self._read_message(time.monotonic() + 10)
+                if done is None:  # a grandchild outside the group holds the pipe: start afresh
+                    self.close()
+                    done = {"status": signal.SIGKILL, "result": ""}
+            seconds = time.monotonic() - started
+            _kill_group(pid)  # leftovers of a child that exited but left processes behind
+            return _interpret(done, timed_out, seconds, limits, _read_log(workdir))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _read_log(workdir: str) -> str:
+    try:
+        with open(os.path.join(workdir, ".child.log"), "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 2000))
+            return log.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _interpret(done: dict, timed_out: bool, seconds: float, limits: SandboxLimits, log: str) -> SandboxResult:
+    """Turn the zygote's report of a child's end into a SandboxResult."""
+    status = int(done["status"])
+    if timed_out:
+        return SandboxResult(failure=Failure("timeout", f"no result within {limits.wall_seconds:g} s wall-clock"), seconds=seconds)
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU,):
+        return SandboxResult(failure=Failure("timeout", f"CPU-time limit of {limits.cpu_seconds} s reached"), seconds=seconds)
+    text = done.get("result") or ""
+    if len(text) > limits.result_bytes:
+        return SandboxResult(failure=Failure("crash", "the child sent an oversize result"), seconds=seconds)
+    try:
+        message = json.loads(text) if text else None
+    except json.JSONDecodeError:
+        message = None
+    if not isinstance(message, dict) or "ok" not in message:
+        return SandboxResult(failure=Failure("crash", _describe_death(status, log)), seconds=seconds)
+    isolation = message.get("isolation") or {}
+    if message["ok"]:
+        return SandboxResult(value=message.get("value"), seconds=seconds, isolation=isolation)
+    error = message.get("error") or {}
+    try:
+        failure = Failure(str(error.get("kind")), str(error.get("message", "")))
+    except ValueError:
+        failure = Failure("crash", "the child reported an unknown failure kind")
+    return SandboxResult(failure=failure, seconds=seconds, isolation=isolation)
+
+
+def _describe_death(status: int, log: str) -> str:
+    if os.WIFSIGNALED(status):
+        name = signal.Signals(os.WTERMSIG(status)).name
+        hint = " (likely out of memory)" if name == "SIGKILL" else ""
+        return f"the child process was killed by {name}{hint} before it reported a result"
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
+    last = log.strip().splitlines()[-1] if log.strip() else ""
+    return f"the child process exited with code {code} before it reported a result" + (f": {last}" if last else "")
