@@ -34,7 +34,17 @@ JOB_FUNCTIONS = {
     "finetune": "lossearch.jobs:finetune_job",
     "echo": "lossearch.jobs:echo_job",
 }
-PRELOAD = ("torch", "torch.nn.functional", "lossearch.jobs")
+PRELOAD = ("torch", "torch.nn.functional", "torch.optim", "lossearch.jobs", "lossearch.bandit")
+
+
+def warm_up() -> None:
+    """Run what jobs run once, so lazy imports happen here and not under the child's audit hook."""
+    import torch
+
+    weights = torch.zeros(3, requires_grad=True)
+    optimizer = torch.optim.Adam([weights], lr=0.1)
+    torch.nn.functional.logsigmoid(weights).sum().backward()
+    optimizer.step()
 
 
 # -- jailing the child ---------------------------------------------------------------------
@@ -237,6 +247,7 @@ def main() -> None:
     os.dup2(2, 1)
     for module in PRELOAD:
         importlib.import_module(module)
+    warm_up()
     channel_out.write(json.dumps({"ready": os.getpid()}) + "\n")
     channel_out.flush()
     serve(sys.stdin, channel_out)

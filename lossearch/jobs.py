@@ -99,3 +99,15 @@ def sanity_job(payload: dict) -> dict:
 def echo_job(payload: dict) -> dict:
     """Returns its payload: lets tests check the jail itself without any candidate."""
     return {"payload": payload}
+
+
+def bandit_job(payload: dict) -> dict:
+    """The bandit tier's training half: one run per beta; the parent scores the logits."""
+    from lossearch.bandit import make_bandit_task, train_bandit_grid
+
+    task = make_bandit_task(payload["task"], int(payload["seed"]))
+    before = snapshot_namespaces()
+    _, loss_of = load_candidate(payload)
+    logits_by_beta = train_bandit_grid(lambda tensors, beta: loss_of(tensors, beta), task, int(payload["seed"]))
+    check_namespaces(before)
+    return {"logits": {str(beta): logits.tolist() for beta, logits in logits_by_beta.items()}}

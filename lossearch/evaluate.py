@@ -1,0 +1,108 @@
+"""The evaluation cascade (DESIGN §3): static → sanity → bandit, cheapest first.
+
+`evaluate` climbs the tiers up to the one asked for and stops at the first
+failure. The static tier runs here (it never executes the candidate); every
+later tier runs the candidate in a sandbox child and scores what comes back
+with trusted code in this process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lossearch.contract import LossSpec, parse_spec
+from lossearch.failures import CandidateError, Failure
+from lossearch.fingerprint import summarize
+from lossearch.policy import check_policy
+from lossearch.sandbox import Sandbox, SandboxLimits
+
+TIERS = ("static", "sanity", "bandit")
+SANITY_LIMITS = SandboxLimits(wall_seconds=10.0, cpu_seconds=20)
+BANDIT_LIMITS = SandboxLimits(wall_seconds=20.0, cpu_seconds=40)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The outcome of running a candidate up a cascade of tiers."""
+
+    status: str
+    """`ok`, `rejected` (static tier refused it) or `failed` (a sandboxed tier did)."""
+    tier: str
+    """The last tier attempted."""
+    error: Failure | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Metrics by tier name: {"sanity": {...}, "bandit": {...}}."""
+    spec: LossSpec | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "tier": self.tier,
+                "error": self.error.to_dict() if self.error else None, "metrics": self.metrics}
+
+
+def static_tier(source: str, name: str) -> LossSpec:
+    """Parse, check the contract and the AST policy; raises CandidateError."""
+    spec = parse_spec(source, name)
+    check_policy(source)
+    return spec
+
+
+def sanity_tier(sandbox: Sandbox, spec: LossSpec) -> dict[str, Any]:
+    """Synthetic inputs and the fingerprint, in a sandbox child."""
+    result = sandbox.run("sanity", {"source": spec.source, "name": spec.name}, SANITY_LIMITS)
+    if not result.ok:
+        raise CandidateError(result.failure.kind, result.failure.message)
+    metrics = dict(result.value)
+    metrics["fingerprint_summary"] = summarize(metrics["fingerprint"]).to_dict()
+    metrics["isolation"] = result.isolation
+    metrics["seconds"] = result.seconds
+    return metrics
+
+
+def bandit_tier(sandbox: Sandbox, spec: LossSpec, task: str, seed: int) -> dict[str, Any]:
+    """Train in a sandbox child over the beta grid; score the returned logits here."""
+    from lossearch.bandit import make_bandit_task, score_bandit_grid
+
+    payload = {"source": spec.source, "name": spec.name, "task": task, "seed": seed}
+    result = sandbox.run("bandit", payload, BANDIT_LIMITS)
+    if not result.ok:
+        raise CandidateError(result.failure.kind, result.failure.message)
+    logits = result.value.get("logits") if isinstance(result.value, dict) else None
+    if not isinstance(logits, dict) or not logits:
+        raise CandidateError("crash", "the bandit child returned no logits")
+    bandit_task = make_bandit_task(task, seed)
+    metrics = score_bandit_grid(bandit_task, {float(beta): values for beta, values in logits.items()})
+    metrics["seconds"] = result.seconds
+    return metrics
+
+
+def evaluate(source: str, name: str = "candidate", tier: str = "bandit", *, sandbox: Sandbox | None = None,
+             task: str = "sentiment", seed: int = 0) -> Evaluation:
+    """Run `source` up the cascade to `tier`; the first failing tier ends it."""
+    if tier not in TIERS:
+        raise ValueError(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
+    try:
+        spec = static_tier(source, name)
+    except CandidateError as error:
+        return Evaluation("rejected", "static", error.failure)
+    metrics: dict[str, Any] = {"static": {"inputs": list(spec.inputs), "hyperparameters": dict(spec.hyperparameters)}}
+    if tier == "static":
+        return Evaluation("ok", "static", None, metrics, spec)
+    own_sandbox = sandbox is None
+    sandbox = sandbox or Sandbox()
+    current = "sanity"
+    try:
+        metrics["sanity"] = sanity_tier(sandbox, spec)
+        if tier == "bandit":
+            current = "bandit"
+            metrics["bandit"] = bandit_tier(sandbox, spec, task, seed)
+    except CandidateError as error:
+        return Evaluation("failed", current, error.failure, metrics, spec)
+    finally:
+        if own_sandbox:
+            sandbox.close()
+    return Evaluation("ok", current, None, metrics, spec)

@@ -1,0 +1,389 @@
+"""The seed library: 24 known losses, each checked against a trusted reference.
+
+Where TRL 1.16 computes a loss (DPOTrainer._compute_loss, CPOTrainer.cpo_loss,
+ORPOTrainer.odds_ratio_loss) the reference is TRL's own code, run on the same
+log-probs through a stub trainer (and, for DPOTrainer, a stub model that returns
+those log-probs). The losses TRL 1.16 lacks are compared with plain formulas in
+Python floats, each saying which paper or TRL lines it mirrors. Seeds are loaded
+the way the evaluator loads them: `seed_paths` -> `read_spec` -> `load_loss` ->
+`call_loss`.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lossearch.contract import call_loss, load_loss, read_spec
+from lossearch.seedlib import seed_paths
+
+EXPECTED_HYPERPARAMETERS = {
+    "aot": {"beta": 0.1},
+    "aot_unpaired": {"beta": 0.1},
+    "apo_down": {"beta": 0.1},
+    "apo_zero": {"beta": 0.1},
+    "bco_pair": {"beta": 0.1},
+    "cpo": {"beta": 0.1, "alpha": 1.0},
+    "discopop": {"beta": 0.1, "tau": 0.05},
+    "dpo": {"beta": 0.1},
+    "exo_pair": {"beta": 0.1, "epsilon": 1e-3},
+    "fdpo_forward_kl": {"beta": 0.1},
+    "fdpo_js": {"beta": 0.1},
+    "hinge": {"beta": 0.1},
+    "ipo": {"beta": 0.1},
+    "kto_pair": {"beta": 0.1},
+    "nca_pair": {"beta": 0.1},
+    "orpo": {"beta": 0.1},  # beta is ORPO's lambda, as in TRL's ORPOConfig
+    "rdpo": {"beta": 0.1, "alpha": 0.01},
+    "robust": {"beta": 0.1, "epsilon": 0.1},
+    "sft": {"beta": 0.1},  # takes no beta; the contract still records the default
+    "sigmoid_norm": {"beta": 0.1},
+    "simpo": {"beta": 2.0, "gamma": 0.5},
+    "slic": {"beta": 0.1, "delta": 1.0},  # beta is SLiC-HF's regularizer weight lambda
+    "sppo_hard": {"beta": 0.1},
+    "tdpo": {"beta": 0.1, "alpha": 0.5},
+}
+
+# seed -> the DPOConfig fields that select the same loss in TRL 1.16
+TRL_DPO_CASES = {
+    "dpo": {"loss_type": "sigmoid"},
+    "hinge": {"loss_type": "hinge"},
+    "ipo": {"loss_type": "ipo"},
+    "robust": {"loss_type": "robust", "label_smoothing": 0.1},
+    "exo_pair": {"loss_type": "exo_pair", "label_smoothing": 1e-3},
+    "nca_pair": {"loss_type": "nca_pair"},
+    "bco_pair": {"loss_type": "bco_pair"},
+    "sppo_hard": {"loss_type": "sppo_hard"},
+    "aot": {"loss_type": "aot"},
+    "aot_unpaired": {"loss_type": "aot_unpaired"},
+    "apo_zero": {"loss_type": "apo_zero"},
+    "apo_down": {"loss_type": "apo_down"},
+    "discopop": {"loss_type": "discopop", "discopop_tau": 0.05},
+    "sigmoid_norm": {"loss_type": "sigmoid_norm"},
+    "sft": {"loss_type": "sft"},
+    "fdpo_forward_kl": {"loss_type": "sigmoid", "f_divergence_type": "forward_kl"},
+    "fdpo_js": {"loss_type": "sigmoid", "f_divergence_type": "js_divergence"},
+}
+# their i-th output is a quantile's or the batch's loss, not pair i's: compare batch means only
+BATCH_LEVEL = {"aot", "aot_unpaired", "sft"}
+BETAS = (0.1, 0.5, 2.0)
+BATCH_SIZE = 6
+LOGP_NAMES = ("policy_chosen_logps", "policy_rejected_logps", "reference_chosen_logps", "reference_rejected_logps")
+TOLERANCE = {"rtol": 1e-6, "atol": 1e-9}
+
+
+@pytest.fixture(scope="module")
+def seeds():
+    """name -> (spec, loss function), loaded through the contract as the evaluator loads them."""
+    loaded = {}
+    for path in seed_paths():
+        spec = read_spec(path)
+        loaded[spec.name] = (spec, load_loss(spec.source, spec.name))
+    return loaded
+
+
+def make_batch(seed: int, batch_size: int = BATCH_SIZE) -> dict[str, torch.Tensor]:
+    """Random contract inputs in float64; the policy log-probs require grad."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(batch_size, generator=generator, dtype=torch.float64)
+
+    batch = {name: uniform(-20.0, -5.0) for name in LOGP_NAMES}
+    for side in ("chosen", "rejected"):
+        batch[f"{side}_lengths"] = torch.randint(3, 31, (batch_size,), generator=generator).double()
+        batch[f"{side}_kl"] = uniform(0.0, 2.0)
+    for name in ("policy_chosen_logps", "policy_rejected_logps", "chosen_kl", "rejected_kl"):
+        batch[name].requires_grad_(True)
+    return batch
+
+
+def pair_of(batch: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    """A batch of one: pair `index`, detached from the original graph."""
+    return {name: value[index:index + 1].detach().clone().requires_grad_(value.requires_grad)
+            for name, value in batch.items()}
+
+
+def gradients(value: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """d value / d (policy chosen, policy rejected log-probs); zeros where value ignores one."""
+    inputs = [batch["policy_chosen_logps"], batch["policy_rejected_logps"]]
+    return list(torch.autograd.grad(value, inputs, allow_unused=True, materialize_grads=True))
+
+
+def run_seed(seeds, name: str, batch, beta: float | None = None, **hyperparameters) -> torch.Tensor:
+    spec, function = seeds[name]
+    return call_loss(function, spec, batch, beta=beta, hyperparameters=hyperparameters)
+
+
+# -- TRL references ----------------------------------------------------------------------
+
+
+def trl_dpo_loss(batch: dict[str, torch.Tensor], beta: float, loss_type: str, label_smoothing: float = 0.0,
+                 f_divergence_type: str = "reverse_kl", discopop_tau: float = 0.05) -> torch.Tensor:
+    """TRL 1.16's DPOTrainer._compute_loss on these log-probs: the batch-mean loss.
+
+    A stub model returns per-token log-probs that sum to the batch's summed
+    log-probs (spread evenly over each response's tokens), after a one-token
+    prompt, so TRL's token masks see the batch's lengths. Reference log-probs
+    come in as precomputed, which skips the reference model.
+    """
+    dpo_trainer = pytest.importorskip("trl.trainer.dpo_trainer")
+    logps = torch.cat([batch["policy_chosen_logps"], batch["policy_rejected_logps"]])  # (2B,) chosen then rejected
+    lengths = torch.cat([batch["chosen_lengths"], batch["rejected_lengths"]]).long()  # (2B,)
+    width = int(lengths.max()) + 1  # one prompt token, then the longest completion
+    positions = torch.arange(width)
+    completion_mask = ((positions >= 1) & (positions <= lengths[:, None])).long()  # (2B, width)
+    shift_mask = completion_mask[:, 1:]  # (2B, width - 1): positions that predict a completion token
+    per_token_logps = shift_mask * (logps / lengths)[:, None]  # (2B, width - 1), rows sum to logps
+    zeros = torch.zeros_like(per_token_logps)
+    outputs = SimpleNamespace(log_probs=per_token_logps, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool())
+    trainer = SimpleNamespace(
+        model=SimpleNamespace(training=False),
+        accelerator=SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x),
+        aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True, use_weighting=False,
+        f_divergence_type=f_divergence_type, f_alpha_divergence_coef=1.0,
+        loss_types=[loss_type], loss_weights=[1.0], beta=beta, label_smoothing=label_smoothing,
+        args=SimpleNamespace(discopop_tau=discopop_tau),
+        _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1,
+    )
+    inputs = {
+        "input_ids": torch.zeros_like(completion_mask),
+        "attention_mask": torch.ones_like(completion_mask),
+        "completion_mask": completion_mask,
+        "ref_chosen_logps": batch["reference_chosen_logps"],
+        "ref_rejected_logps": batch["reference_rejected_logps"],
+    }
+    return dpo_trainer.DPOTrainer._compute_loss(trainer, lambda **kwargs: outputs, inputs, return_outputs=False)
+
+
+def trl_cpo_losses(chosen_logps, rejected_logps, beta: float, loss_type: str, simpo_gamma: float = 0.5):
+    """TRL 1.16's CPOTrainer.cpo_loss: per-pair preference losses (no NLL term, AlphaPO off)."""
+    cpo_trainer = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
+    trainer = SimpleNamespace(alpha=0.0, beta=beta, loss_type=loss_type, simpo_gamma=simpo_gamma,
+                              label_smoothing=0.0, accelerator=SimpleNamespace(device=torch.device("cpu")))
+    losses, _, _ = cpo_trainer.CPOTrainer.cpo_loss(trainer, chosen_logps, rejected_logps)
+    return losses
+
+
+def trl_orpo_odds_ratio_term(chosen_mean_logps, rejected_mean_logps, beta: float):
+    """TRL 1.16's ORPOTrainer.odds_ratio_loss: beta * log sig(log odds ratio), per pair (float32 inside)."""
+    orpo_trainer = pytest.importorskip("trl.experimental.orpo.orpo_trainer")
+    trainer = SimpleNamespace(beta=beta, accelerator=SimpleNamespace(device=torch.device("cpu")))
+    losses, *_ = orpo_trainer.ORPOTrainer.odds_ratio_loss(trainer, chosen_mean_logps, rejected_mean_logps)
+    return losses
+
+
+# -- the library as a whole ---------------------------------------------------------------
+
+
+def test_library_has_the_24_seeds():
+    assert sorted(path.stem for path in seed_paths()) == sorted(EXPECTED_HYPERPARAMETERS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_HYPERPARAMETERS))
+def test_seed_has_docstring_naming_loss_and_paper(seeds, name):
+    spec, _ = seeds[name]
+    assert ast.get_docstring(ast.parse(spec.source)), "the module docstring is missing"
+    # "IPO (Azar et al., 2023): ..." -- a name, then the authors and year in parentheses
+    assert re.match(r"^\S.*\([^)]*\b(19|20)\d\d\b[^)]*\)", spec.summary), spec.summary
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_HYPERPARAMETERS))
+def test_seed_hyperparameter_defaults(seeds, name):
+    spec, _ = seeds[name]
+    assert dict(spec.hyperparameters) == EXPECTED_HYPERPARAMETERS[name]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_HYPERPARAMETERS))
+def test_seed_is_differentiable(seeds, name):
+    # small margins (policy near the reference) keep hinge-type losses inside their active region
+    generator = torch.Generator().manual_seed(7)
+    batch = make_batch(3)
+    for side in ("chosen", "rejected"):
+        noise = torch.randn(BATCH_SIZE, generator=generator, dtype=torch.float64)
+        batch[f"policy_{side}_logps"] = (batch[f"reference_{side}_logps"] + noise).detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(run_seed(seeds, name, batch).mean(), [batch["policy_chosen_logps"]])
+    assert torch.isfinite(grad).all()
+    assert grad.abs().sum() > 0
+
+
+# -- seeds that TRL 1.16 computes -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("beta", BETAS)
+@pytest.mark.parametrize("name", sorted(TRL_DPO_CASES))
+def test_seed_equals_trl_dpo_trainer(seeds, name, beta):
+    config = TRL_DPO_CASES[name]
+    for seed in (0, 1):
+        batch = make_batch(seed)
+        ours = run_seed(seeds, name, batch, beta=beta)
+        theirs = trl_dpo_loss(batch, beta, **config)
+        torch.testing.assert_close(ours.mean(), theirs, **TOLERANCE)
+        # same gradients w.r.t. the policy log-probs: the same loss, not only the same value
+        for our_grad, their_grad in zip(gradients(ours.mean(), batch), gradients(theirs, batch)):
+            torch.testing.assert_close(our_grad, their_grad, **TOLERANCE)
+        if name in BATCH_LEVEL:
+            continue
+        for index in range(BATCH_SIZE):
+            torch.testing.assert_close(ours[index], trl_dpo_loss(pair_of(batch, index), beta, **config), **TOLERANCE)
+
+
+@pytest.mark.parametrize(("name", "hyperparameters", "config"), [
+    ("robust", {"epsilon": 0.25}, {"loss_type": "robust", "label_smoothing": 0.25}),
+    ("exo_pair", {"epsilon": 0.05}, {"loss_type": "exo_pair", "label_smoothing": 0.05}),
+    ("discopop", {"tau": 0.5}, {"loss_type": "discopop", "discopop_tau": 0.5}),
+])
+def test_seed_hyperparameter_matches_trl_config_field(seeds, name, hyperparameters, config):
+    batch = make_batch(4)
+    ours = run_seed(seeds, name, batch, beta=0.3, **hyperparameters)
+    torch.testing.assert_close(ours.mean(), trl_dpo_loss(batch, 0.3, **config), **TOLERANCE)
+
+
+def test_discopop_stays_finite_where_trl_overflows(seeds):
+    # exp(-logits) overflows at logits = -1000 and TRL gets 0 * inf = nan; the seed gives the limit, -log sig
+    batch = make_batch(5)
+    batch["policy_chosen_logps"] = (batch["reference_chosen_logps"] - 10_000.0).detach()
+    ours = run_seed(seeds, "discopop", batch, beta=0.1)
+    expected = torch.nn.functional.softplus(-0.1 * (batch["policy_chosen_logps"] - batch["reference_chosen_logps"]
+                                                    - batch["policy_rejected_logps"] + batch["reference_rejected_logps"]))
+    torch.testing.assert_close(ours, expected.detach(), **TOLERANCE)
+
+
+@pytest.mark.parametrize(("beta", "gamma"), [(2.0, 0.5), (0.5, 1.0), (2.5, 0.0)])
+def test_simpo_equals_trl_cpo_simpo(seeds, beta, gamma):
+    batch = make_batch(10)
+    ours = run_seed(seeds, "simpo", batch, beta=beta, gamma=gamma)
+    # TRL feeds SimPO the per-token average log-probs (get_batch_logps(average_log_prob=True))
+    theirs = trl_cpo_losses(batch["policy_chosen_logps"] / batch["chosen_lengths"],
+                            batch["policy_rejected_logps"] / batch["rejected_lengths"],
+                            beta, "simpo", simpo_gamma=gamma)
+    torch.testing.assert_close(ours, theirs, **TOLERANCE)
+    for our_grad, their_grad in zip(gradients(ours.sum(), batch), gradients(theirs.sum(), batch)):
+        torch.testing.assert_close(our_grad, their_grad, **TOLERANCE)
+
+
+@pytest.mark.parametrize(("beta", "alpha"), [(0.1, 1.0), (0.5, 0.0), (1.0, 0.3)])
+def test_cpo_is_trl_cpo_sigmoid_plus_per_pair_nll(seeds, beta, alpha):
+    batch = make_batch(11)
+    ours = run_seed(seeds, "cpo", batch, beta=beta, alpha=alpha)
+    # TRL's NLL is a token mean over the whole batch; the seed's is per pair, as in the CPO paper's sum
+    nll = -batch["policy_chosen_logps"] / batch["chosen_lengths"]
+    theirs = trl_cpo_losses(batch["policy_chosen_logps"], batch["policy_rejected_logps"], beta, "sigmoid") + alpha * nll
+    torch.testing.assert_close(ours, theirs, **TOLERANCE)
+    for our_grad, their_grad in zip(gradients(ours.sum(), batch), gradients(theirs.sum(), batch)):
+        torch.testing.assert_close(our_grad, their_grad, **TOLERANCE)
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_orpo_is_nll_minus_trl_odds_ratio_term(seeds, beta):
+    batch = make_batch(12)
+    ours = run_seed(seeds, "orpo", batch, beta=beta)
+    chosen_mean = batch["policy_chosen_logps"] / batch["chosen_lengths"]
+    rejected_mean = batch["policy_rejected_logps"] / batch["rejected_lengths"]
+    # ORPOTrainer: loss = NLL - mean(odds_ratio_loss); TRL casts to float32, hence the looser tolerance
+    theirs = -chosen_mean - trl_orpo_odds_ratio_term(chosen_mean, rejected_mean, beta).double()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    for our_grad, their_grad in zip(gradients(ours.sum(), batch), gradients(theirs.sum(), batch)):
+        torch.testing.assert_close(our_grad, their_grad, rtol=1e-5, atol=1e-6)
+
+
+# -- seeds TRL 1.16 lacks: hand references in Python floats -------------------------------
+
+
+def softplus(x: float) -> float:
+    """log(1 + e^x) without overflow; -log sig(z) = softplus(-z)."""
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def sigmoid(x: float) -> float:
+    return 0.5 * (1.0 + math.tanh(0.5 * x))
+
+
+def rows(batch: dict[str, torch.Tensor]) -> list[dict[str, float]]:
+    """The batch as one dict of Python floats per pair."""
+    columns = {name: value.detach().tolist() for name, value in batch.items()}
+    return [{name: column[index] for name, column in columns.items()} for index in range(BATCH_SIZE)]
+
+
+def implicit_margin(row: dict[str, float]) -> float:
+    return ((row["policy_chosen_logps"] - row["reference_chosen_logps"])
+            - (row["policy_rejected_logps"] - row["reference_rejected_logps"]))
+
+
+@pytest.mark.parametrize(("beta", "alpha"), [(0.1, 0.01), (0.5, 0.1), (2.0, 0.0)])
+def test_rdpo_matches_paper_formula(seeds, beta, alpha):
+    # R-DPO (Park et al., 2024): -log sig(beta * margin - alpha * (|y_w| - |y_l|))
+    batch = make_batch(20)
+    ours = run_seed(seeds, "rdpo", batch, beta=beta, alpha=alpha)
+    expected = [softplus(-(beta * implicit_margin(row) - alpha * (row["chosen_lengths"] - row["rejected_lengths"])))
+                for row in rows(batch)]
+    torch.testing.assert_close(ours, torch.tensor(expected, dtype=torch.float64), **TOLERANCE)
+
+
+@pytest.mark.parametrize(("beta", "alpha"), [(0.1, 0.5), (0.5, 1.0), (2.0, 0.2)])
+def test_tdpo_matches_tdpo2_formula_and_stops_chosen_kl_gradient(seeds, beta, alpha):
+    # TDPO2 (Zeng et al., 2024; the authors' tdpo_loss with if_tdpo2=True):
+    # logits = margin - alpha * (rejected_kl - sg(chosen_kl)); loss = -log sig(beta * logits)
+    batch = make_batch(21)
+    ours = run_seed(seeds, "tdpo", batch, beta=beta, alpha=alpha)
+    logits = [beta * (implicit_margin(row) - alpha * (row["rejected_kl"] - row["chosen_kl"])) for row in rows(batch)]
+    torch.testing.assert_close(ours, torch.tensor([softplus(-z) for z in logits], dtype=torch.float64), **TOLERANCE)
+    chosen_kl_grad, rejected_kl_grad = torch.autograd.grad(
+        ours.sum(), [batch["chosen_kl"], batch["rejected_kl"]], allow_unused=True, materialize_grads=True)
+    assert torch.equal(chosen_kl_grad, torch.zeros_like(chosen_kl_grad))
+    # d/d rejected_kl of softplus(-z), z = beta * (... - alpha * rejected_kl): beta * alpha * sig(-z)
+    expected = torch.tensor([beta * alpha * sigmoid(-z) for z in logits], dtype=torch.float64)
+    torch.testing.assert_close(rejected_kl_grad, expected, **TOLERANCE)
+
+
+def trl_08_kto_pair(batch: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
+    """TRL 0.8 DPOTrainer.dpo_loss, loss_type="kto_pair", as it was written there; returns the batch mean.
+
+    chosen_KL = (policy_chosen - reference_chosen).mean().clamp(min=0), likewise
+    rejected_KL, with no detach; the chosen half is scored against rejected_KL
+    and the rejected half against chosen_KL; the 2B losses are concatenated.
+    """
+    chosen_logratios = batch["policy_chosen_logps"] - batch["reference_chosen_logps"]
+    rejected_logratios = batch["policy_rejected_logps"] - batch["reference_rejected_logps"]
+    chosen_kl = chosen_logratios.mean().clamp(min=0)
+    rejected_kl = rejected_logratios.mean().clamp(min=0)
+    losses = torch.cat((1 - torch.sigmoid(beta * (chosen_logratios - rejected_kl)),
+                        1 - torch.sigmoid(beta * (chosen_kl - rejected_logratios))), 0)
+    return losses.mean()
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_kto_pair_equals_trl_08(seeds, beta):
+    for seed in (22, 23):
+        batch = make_batch(seed)
+        # shift the chosen policy up so the chosen KL estimate is positive and its clamp is inactive
+        batch["policy_chosen_logps"] = (batch["reference_chosen_logps"] + torch.linspace(-1.0, 5.0, BATCH_SIZE,
+                                        dtype=torch.float64)).detach().requires_grad_(True)
+        ours = run_seed(seeds, "kto_pair", batch, beta=beta)
+        table = rows(batch)
+        chosen_kl = max(0.0, sum(r["policy_chosen_logps"] - r["reference_chosen_logps"] for r in table) / BATCH_SIZE)
+        rejected_kl = max(0.0, sum(r["policy_rejected_logps"] - r["reference_rejected_logps"] for r in table) / BATCH_SIZE)
+        expected = [0.5 * ((1 - sigmoid(beta * (r["policy_chosen_logps"] - r["reference_chosen_logps"] - rejected_kl)))
+                           + (1 - sigmoid(beta * (chosen_kl - r["policy_rejected_logps"] + r["reference_rejected_logps"]))))
+                    for r in table]
+        torch.testing.assert_close(ours, torch.tensor(expected, dtype=torch.float64), **TOLERANCE)
+        # gradients too: TRL 0.8 lets them flow through the KL estimates (no detach)
+        theirs = trl_08_kto_pair(batch, beta)
+        for our_grad, their_grad in zip(gradients(ours.mean(), batch), gradients(theirs, batch)):
+            torch.testing.assert_close(our_grad, their_grad, **TOLERANCE)
+
+
+@pytest.mark.parametrize(("beta", "delta"), [(0.1, 1.0), (0.5, 5.0), (0.0, 2.0)])
+def test_slic_matches_slic_hf_formula(seeds, beta, delta):
+    # SLiC-HF (Zhao et al., 2023): max(0, delta - log P(y+) + log P(y-)) - lambda * log P(y+) per token
+    batch = make_batch(24)
+    ours = run_seed(seeds, "slic", batch, beta=beta, delta=delta)
+    expected = [max(0.0, delta - row["policy_chosen_logps"] + row["policy_rejected_logps"])
+                - beta * row["policy_chosen_logps"] / row["chosen_lengths"] for row in rows(batch)]
+    torch.testing.assert_close(ours, torch.tensor(expected, dtype=torch.float64), **TOLERANCE)
