@@ -228,8 +228,8 @@ def test_seed_equals_trl_dpo_trainer(seeds, name, beta):
         # same gradients w.r.t. the policy log-probs: the same loss, not only the same value
         for our_grad, their_grad in zip(gradients(ours.mean(), batch), gradients(theirs, batch)):
             torch.testing.assert_close(our_grad, their_grad, **TOLERANCE)
-        if name in BATCH_LEVEL:
-            continue
+        if name in BATCH_LEVEL or seed != 0:
+            continue  # per pair once per beta is enough: each call re-runs TRL's whole _compute_loss
         for index in range(BATCH_SIZE):
             torch.testing.assert_close(ours[index], trl_dpo_loss(pair_of(batch, index), beta, **config), **TOLERANCE)
 
