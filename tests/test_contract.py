@@ -1,0 +1,81 @@
+"""The loss contract: signatures, binding by name, output checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lossearch.contract import DEFAULT_BETA, call_loss, load_loss, parse_spec
+from lossearch.failures import CandidateError
+
+
+def inputs(batch: int = 4) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    names = ["policy_chosen_logps", "policy_rejected_logps", "reference_chosen_logps", "reference_rejected_logps",
+             "chosen_lengths", "rejected_lengths", "chosen_kl", "rejected_kl"]
+    return {name: torch.rand(batch) * -10 for name in names}
+
+
+def refusal(source: str) -> CandidateError:
+    with pytest.raises(CandidateError) as caught:
+        parse_spec(source)
+    return caught.value
+
+
+def test_spec_reads_inputs_and_hyperparameters(dpo_source):
+    spec = parse_spec("def loss(policy_chosen_logps, chosen_lengths, beta: float = 0.3, gamma: float = 0.5):\n"
+                      "    return policy_chosen_logps * beta")
+    assert spec.inputs == ("policy_chosen_logps", "chosen_lengths", "beta")
+    assert dict(spec.hyperparameters) == {"beta": 0.3, "gamma": 0.5}
+    assert not spec.uses_kl
+    assert dict(parse_spec(dpo_source).hyperparameters) == {"beta": 0.1}
+
+
+def test_beta_defaults_when_absent():
+    spec = parse_spec("def loss(policy_chosen_logps):\n    return -policy_chosen_logps")
+    assert spec.hyperparameters["beta"] == DEFAULT_BETA
+
+
+@pytest.mark.parametrize("source, kind, words", [
+    ("def loss(policy_chosen_logps, foo):\n    return 1", "policy", "unknown parameter `foo`"),
+    ("def loss(policy_chosen_logps, gamma='x'):\n    return 1", "policy", "numeric"),
+    ("def loss(*args):\n    return 1", "policy", "*args"),
+    ("def loss(beta: float = 0.1):\n    return beta", "policy", "no log-probability input"),
+    ("def helper(x):\n    return x", "policy", "named `loss`"),
+    ("def loss(policy_chosen_logps:\n    return 1", "syntax", "line 1"),
+])
+def test_bad_signatures_are_refused_with_a_reason(source, kind, words):
+    error = refusal(source)
+    assert error.failure.kind == kind
+    assert words in error.failure.message
+
+
+def test_call_binds_by_name_and_broadcasts_scalars():
+    source = "def loss(policy_rejected_logps, policy_chosen_logps, gamma: float = 2.0):\n" \
+             "    return (policy_chosen_logps - policy_rejected_logps).mean() * gamma"
+    spec = parse_spec(source)
+    values = inputs()
+    out = call_loss(load_loss(source), spec, values, hyperparameters={"gamma": 3.0})
+    expected = (values["policy_chosen_logps"] - values["policy_rejected_logps"]).mean() * 3.0
+    assert out.shape == (4,)
+    assert torch.allclose(out, expected.expand(4))
+
+
+@pytest.mark.parametrize("body, kind", [
+    ("return policy_chosen_logps[:2]", "shape"),
+    ("return 1.0", "shape"),
+    ("return policy_chosen_logps / 0.0 * 0.0", "nan"),
+    ("return policy_chosen_logps.long()", "shape"),
+    ("raise ValueError('boom')", "exception"),
+])
+def test_bad_outputs_are_classified(body, kind):
+    source = f"def loss(policy_chosen_logps):\n    {body}"
+    with pytest.raises(CandidateError) as caught:
+        call_loss(load_loss(source), parse_spec(source), inputs())
+    assert caught.value.failure.kind == kind
+
+
+def test_restricted_loader_refuses_other_imports():
+    with pytest.raises(CandidateError) as caught:
+        load_loss("import os\ndef loss(policy_chosen_logps):\n    return policy_chosen_logps")
+    assert caught.value.failure.kind == "policy"
