@@ -87,13 +87,15 @@ def check_gradients(loss_of: Callable[..., torch.Tensor]) -> dict[str, float]:
 def sanity_job(payload: dict) -> dict:
     """The sanity tier: contract checks on synthetic inputs plus the loss's fingerprint."""
     before = snapshot_namespaces()
-    spec, loss_of = load_candidate(payload)
-    metrics = check_gradients(loss_of)
-    fingerprint = compute_fingerprint(loss_of)
-    if not all(value == value and abs(value) != float("inf") for value in fingerprint):
-        raise CandidateError("nan", "the loss's gradients are not finite on the fingerprint grid")
-    check_namespaces(before)
-    return {**metrics, "fingerprint": fingerprint}
+    try:
+        spec, loss_of = load_candidate(payload)
+        metrics = check_gradients(loss_of)
+        fingerprint = compute_fingerprint(loss_of)
+        if not all(value == value and abs(value) != float("inf") for value in fingerprint):
+            raise CandidateError("nan", "the loss's gradients are not finite on the fingerprint grid")
+        return {**metrics, "fingerprint": fingerprint}
+    finally:
+        check_namespaces(before)  # after a failure too: a patched Tensor.mean makes DPO look `no_grad`
 
 
 def echo_job(payload: dict) -> dict:
@@ -103,11 +105,13 @@ def echo_job(payload: dict) -> dict:
 
 def bandit_job(payload: dict) -> dict:
     """The bandit tier's training half: one run per beta; the parent scores the logits."""
-    from lossearch.bandit import make_bandit_task, train_bandit_grid
+    from lossearch.bandit import make_training_task, train_bandit_grid
 
-    task = make_bandit_task(payload["task"], int(payload["seed"]))
+    task = make_training_task(payload["task"], int(payload["seed"]))  # no oracle rewards in reach
     before = snapshot_namespaces()
-    _, loss_of = load_candidate(payload)
-    logits_by_beta = train_bandit_grid(lambda tensors, beta: loss_of(tensors, beta), task, int(payload["seed"]))
-    check_namespaces(before)
-    return {"logits": {str(beta): logits.tolist() for beta, logits in logits_by_beta.items()}}
+    try:
+        _, loss_of = load_candidate(payload)
+        logits_by_beta = train_bandit_grid(lambda tensors, beta: loss_of(tensors, beta), task, int(payload["seed"]))
+        return {"logits": {str(beta): logits.tolist() for beta, logits in logits_by_beta.items()}}
+    finally:
+        check_namespaces(before)  # after a failure too, as in sanity_job

@@ -318,10 +318,10 @@ def implicit_margin(row: dict[str, float]) -> float:
 
 @pytest.mark.parametrize(("beta", "alpha"), [(0.1, 0.01), (0.5, 0.1), (2.0, 0.0)])
 def test_rdpo_matches_paper_formula(seeds, beta, alpha):
-    # R-DPO (Park et al., 2024): -log sig(beta * margin - alpha * (|y_w| - |y_l|))
+    # R-DPO (Park et al., 2024, eq. 9): -log sig(beta * margin + alpha * (|y_w| - |y_l|))
     batch = make_batch(20)
     ours = run_seed(seeds, "rdpo", batch, beta=beta, alpha=alpha)
-    expected = [softplus(-(beta * implicit_margin(row) - alpha * (row["chosen_lengths"] - row["rejected_lengths"])))
+    expected = [softplus(-(beta * implicit_margin(row) + alpha * (row["chosen_lengths"] - row["rejected_lengths"])))
                 for row in rows(batch)]
     torch.testing.assert_close(ours, torch.tensor(expected, dtype=torch.float64), **TOLERANCE)
 
