@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lossearch.failures import CandidateError
+from lossearch.proposers.base import ProposerError
+from lossearch.store import StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Search for new preference-optimization losses (the DPO family).")
@@ -148,6 +150,72 @@ def compare_command(
     raise typer.Exit(0)
 
 
+class Proposer(str, Enum):
+    mutation = "mutation"
+    llm = "llm"
+    none = "none"
+
+
+def render_short_leaderboard(entries, title: str) -> None:
+    table = Table(title=title)
+    for column in ("rank", "id", "name", "fitness", "reward", "kl", "tier", "gen", "proposer"):
+        table.add_column(column, justify="right" if column in ("rank", "id", "fitness", "reward", "kl", "gen") else "left")
+    for entry in entries:
+        candidate, metrics = entry.candidate, entry.metrics
+        cells = [str(entry.rank), str(candidate.id), candidate.name, f"{entry.fitness:.4f}",
+                 f"{metrics.get('reward', float('nan')):.4f}", f"{metrics.get('kl', float('nan')):.3f}",
+                 candidate.tier or "-", str(candidate.generation), candidate.proposer]
+        table.add_row(*cells, style="dim" if candidate.proposer == "seed" else None)
+    console.print(table)
+
+
+@app.command("run")
+def run_command(
+    name: str = typer.Option("demo", "--name", help="Campaign name; an existing one is resumed."),
+    task: Optional[Task] = typer.Option(None, "--task", help="Task to select on [default: sentiment]."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Finetune budget: quick, standard, full [default: quick]."),
+    proposer: Optional[Proposer] = typer.Option(None, "--proposer", help="mutation (offline), llm, or none [default: mutation]."),
+    generations: Optional[int] = typer.Option(None, "--generations", help="Generations after the seeds [default: 2]."),
+    population: Optional[int] = typer.Option(None, "--population", help="Children per generation [default: 4]."),
+    islands: Optional[int] = typer.Option(None, "--islands", help="Independent sub-populations [default: 2]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of tasks, training and proposals [default: 0]."),
+    finetune: Optional[bool] = typer.Option(None, "--finetune/--no-finetune", help="Run the finetune tier [default: on]."),
+    max_evals: Optional[int] = typer.Option(None, "--max-evals", help="Stop after this many evaluations."),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop after this many seconds."),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop once LLM calls cost this many dollars."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop once LLM calls used this many tokens."),
+    llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
+    llm_model: Optional[list[str]] = typer.Option(None, "--llm-model", help="LLM model name; repeat for several."),
+    db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store [default: sqlite:///runs/NAME/campaign.db]."),
+) -> None:
+    """Run a search campaign (or resume one): propose losses, evaluate them, keep the best.
+
+    With no options this is the demo: 2 generations of 4 offline mutations on `sentiment`
+    at the `quick` budget. Ctrl-C stops cleanly; run the same command to resume.
+
+    Example: lossearch run --name demo --task sentiment --budget quick --generations 2 --population 4
+    """
+    from lossearch.campaign import open_store, run_campaign
+    from lossearch.display import CampaignDisplay
+
+    requested = {"name": name, "task": task.value if task else None, "budget": budget,
+                 "proposer": proposer.value if proposer else None, "generations": generations,
+                 "population": population, "islands": islands, "seed": seed, "finetune": finetune,
+                 "max_evals": max_evals, "time_limit": time_limit, "max_cost": max_cost, "max_tokens": max_tokens,
+                 "llm_base_url": llm_base_url, "llm_models": tuple(llm_model) if llm_model else None}
+    with CampaignDisplay(console, f"campaign {name}") as display:
+        outcome = run_campaign(requested, db=db, on_update=display.update)
+    store = open_store(name, db)
+    try:
+        campaign = store.get_campaign(name)
+        render_short_leaderboard(store.leaderboard(campaign.id, top=10), f"campaign {name}: top 10")
+    finally:
+        store.close()
+    console.print(f"stopped: {outcome.stop_reason}", markup=False)
+    console.print(f"database: {outcome.database}", markup=False, highlight=False)
+    console.print(f"resume or extend: lossearch run --name {name} --generations N", markup=False)
+
+
 def _click_exceptions() -> list:
     """Click's exception modules: typer >= 0.20 vendors its own copy of click beside the real one."""
     modules = [click.exceptions]
@@ -178,7 +246,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
         errors.print(f"error: {error.format_message()}{hint}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    except (UsageProblem, CandidateError) as error:
+    except (UsageProblem, CandidateError, ValueError, ProposerError, StoreError) as error:
         errors.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except aborts + (KeyboardInterrupt,):

@@ -21,8 +21,10 @@ import torch
 GRID_VALUES = (-16.0, -8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 CHOSEN_LENGTHS = (6.0, 10.0, 16.0)
 REJECTED_LENGTHS = (8.0, 12.0, 20.0)
+CHOSEN_KL = (0.1, 2.0, 0.5, 4.0)  # cycles of 4 against the lengths' 3, so the pairs vary
+REJECTED_KL = (3.0, 0.2, 1.0, 6.0)
 TOKEN_LOGP = -2.0  # reference log-prob per token on the grid
-SAME_LOSS_DISTANCE = 0.05
+SAME_LOSS_DISTANCE = 0.02
 GRADIENT_TOLERANCE = 1e-9
 
 
@@ -44,8 +46,8 @@ def grid_inputs() -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         "reference_rejected_logps": reference_rejected,
         "chosen_lengths": chosen_lengths,
         "rejected_lengths": rejected_lengths,
-        "chosen_kl": torch.full((size,), 0.3, dtype=torch.float64),
-        "rejected_kl": torch.full((size,), 0.6, dtype=torch.float64),
+        "chosen_kl": torch.tensor(CHOSEN_KL, dtype=torch.float64).repeat(size // 4 + 1)[:size],
+        "rejected_kl": torch.tensor(REJECTED_KL, dtype=torch.float64).repeat(size // 4 + 1)[:size],
     }
     return tensors, chosen_ratio, rejected_ratio
 
@@ -86,8 +88,10 @@ class FingerprintSummary:
                 f"{self.lowers_rejected:.0%}, both fall on {self.both_fall:.0%}, pulls the margin back "
                 f"on {self.pulls_margin_back:.0%}; rejected/chosen gradient ratio {ratio}")
 
-    def to_dict(self) -> dict[str, float | str]:
-        return {**self.__dict__, "text": self.describe()}
+    def to_dict(self) -> dict[str, float | str | None]:
+        """JSON-ready: an undefined ratio (no chosen gradient anywhere) becomes None."""
+        values = {key: (value if math.isfinite(value) else None) for key, value in self.__dict__.items()}
+        return {**values, "text": self.describe()}
 
 
 def split(fingerprint: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,494 @@
+"""The campaign loop: propose, deduplicate, climb the cascade, record, repeat.
+
+Generation 0 is the seed library. Each later generation chooses parents per
+island, asks the proposer for children, stores each child before anything
+else happens to it, rejects exact and fingerprint duplicates before any
+training, runs static → sanity → bandit, then promotes the best part of the
+generation to the finetune tier.
+
+Every step is recorded in the store before the next one starts, and every step
+is idempotent given the store: a campaign killed at any instant resumes with
+`run_campaign` on the same name, skips what is recorded and redoes only the
+step that was cut short. Nothing is lost and no evaluation is recorded twice.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from lossearch.evaluate import bandit_tier, sanity_tier, static_tier
+from lossearch.failures import CandidateError
+from lossearch.fingerprint import fingerprint_distance, same_loss, summarize
+from lossearch.sandbox import Sandbox
+from lossearch.seedlib import seed_paths
+from lossearch.selection import PoolMember, SelectionWeights, choose_parents
+from lossearch.store import Candidate, Store
+
+PROPOSERS = ("mutation", "llm", "none")
+TIER_ORDER = {"static": 0, "sanity": 1, "bandit": 2, "finetune": 3}
+BASELINE_SEED = "dpo"
+SANITY_TASK = "-"  # sanity does not depend on a task; its evaluations are keyed by this
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """Everything a campaign's results depend on, stored with it; resumes reuse it."""
+
+    name: str = "demo"
+    """The campaign's name; its default database is runs/NAME/campaign.db."""
+    task: str = "sentiment"
+    """The task candidates are selected on (sentiment, sort, length, noisy)."""
+    budget: str = "quick"
+    """The finetune tier's budget (quick, standard, full)."""
+    proposer: str = "mutation"
+    """`mutation` (offline, the default), `llm`, or `none` (evaluate the seed library only)."""
+    generations: int = 2
+    """Generations of children after generation 0 (the seeds)."""
+    population: int = 4
+    """Children proposed per generation, spread over the islands."""
+    islands: int = 2
+    """Independent sub-populations; the best migrate between them every `migrate_every` generations."""
+    migrate_every: int = 2
+    """Generations between migrations."""
+    promote_share: float = 0.25
+    """Share of a generation's bandit survivors promoted to the finetune tier (at least one)."""
+    seed: int = 0
+    """Seed of the tasks, the training runs and the proposer's random choices."""
+    finetune: bool = True
+    """Whether to run the finetune tier at all (off: the bandit tier's fitness ranks)."""
+    max_evals: int | None = None
+    """Stop after this many candidate evaluations (sanity or beyond) in this campaign."""
+    time_limit: float | None = None
+    """Stop after this many seconds of this run."""
+    max_cost: float | None = None
+    """Stop once the LLM calls of this campaign cost this many dollars."""
+    max_tokens: int | None = None
+    """Stop once the LLM calls of this campaign used this many tokens."""
+    llm_base_url: str | None = None
+    """OpenAI-compatible endpoint of the `llm` proposer."""
+    llm_models: tuple[str, ...] = ()
+    """Model names of the `llm` proposer; with several, a bandit picks per call."""
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError("the campaign name must be a plain, non-empty name without '/'")
+        if self.proposer not in PROPOSERS:
+            raise ValueError(f"unknown proposer {self.proposer!r}; choose one of {', '.join(PROPOSERS)}")
+        if self.generations < 0 or self.population < 1 or self.islands < 1 or self.migrate_every < 1:
+            raise ValueError("generations must be >= 0; population, islands and migrate_every >= 1")
+        if not 0 < self.promote_share <= 1:
+            raise ValueError("promote_share must be in (0, 1]")
+        if self.proposer == "llm" and (not self.llm_base_url or not self.llm_models):
+            raise ValueError("the llm proposer needs --llm-base-url and at least one --llm-model")
+        object.__setattr__(self, "llm_models", tuple(self.llm_models))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "llm_models": list(self.llm_models)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CampaignConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+STOP_FIELDS = ("generations", "max_evals", "time_limit", "max_cost", "max_tokens")
+
+
+def merge_resumed(stored: CampaignConfig, requested: dict[str, Any]) -> CampaignConfig:
+    """The stored configuration, with new stopping limits; other changes are refused."""
+    changes = {key: value for key, value in requested.items() if value is not None}
+    for key, value in changes.items():
+        if key not in STOP_FIELDS and key != "name" and getattr(stored, key) != value:
+            raise ValueError(f"campaign {stored.name!r} was started with {key}={getattr(stored, key)!r}; "
+                             f"resume it without --{key.replace('_', '-')} or start another with a new --name")
+    return replace(stored, **{key: value for key, value in changes.items() if key in STOP_FIELDS})
+
+
+@dataclass
+class CampaignStats:
+    """What the live display shows; rebuilt from the store, updated as the loop goes."""
+
+    generation: int = 0
+    proposed: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    evaluated: int = 0
+    finetuned: int = 0
+    best_fitness: float | None = None
+    best_name: str | None = None
+    seconds_per_candidate: float = 0.0
+    llm_tokens: int = 0
+    llm_cost: float = 0.0
+    llm_calls: int = 0
+    message: str = ""
+    _seconds: list[float] = field(default_factory=list, repr=False)
+
+    def add_seconds(self, seconds: float) -> None:
+        self._seconds.append(seconds)
+        self.seconds_per_candidate = sum(self._seconds) / len(self._seconds)
+
+
+@dataclass(frozen=True)
+class CampaignOutcome:
+    """How a run ended and where to look next."""
+
+    campaign: str
+    stop_reason: str
+    stats: CampaignStats
+    database: str
+
+
+class StopCampaign(Exception):
+    """Raised inside the loop when a stopping limit is reached; carries the reason."""
+
+
+class CampaignRunner:
+    """Runs one campaign against a store; see the module docstring for the loop."""
+
+    def __init__(self, config: CampaignConfig, store: Store, sandbox: Sandbox, proposer=None,
+                 on_update: Callable[[CampaignStats], None] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.sandbox = sandbox
+        self.proposer = proposer
+        self.on_update = on_update or (lambda stats: None)
+        self.stats = CampaignStats()
+        self.started = time.monotonic()
+        self.campaign_id = 0
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> CampaignOutcome:
+        self.campaign_id = self.open_campaign()
+        self.refresh_stats()
+        reason = "finished"
+        try:
+            self.add_seeds()
+            last = 0 if self.config.proposer == "none" else self.config.generations
+            for generation in range(0, last + 1):
+                self.stats.generation = generation
+                if generation > 0 and self.config.proposer != "none":
+                    self.propose_generation(generation)
+                self.evaluate_generation(generation)
+                self.promote_generation(generation)
+            reason = "evaluated the seed library" if last == 0 else f"reached {last} generation(s)"
+            status = "finished"
+        except StopCampaign as stop:
+            reason, status = str(stop), "stopped"
+        except KeyboardInterrupt:
+            reason, status = "interrupted (Ctrl-C); resume with the same --name", "stopped"
+        except BaseException as error:
+            self.store.set_campaign_status(self.campaign_id, "failed", f"{type(error).__name__}: {error}")
+            raise
+        self.store.set_campaign_status(self.campaign_id, status, reason)
+        self.stats.message = f"stopped: {reason}"
+        self.on_update(self.stats)
+        return CampaignOutcome(self.config.name, reason, self.stats, self.store.url)
+
+    def open_campaign(self) -> int:
+        existing = self.store.find_campaign(self.config.name)
+        if existing is None:
+            return self.store.create_campaign(self.config.name, self.config.to_dict()).id
+        self.store.set_campaign_status(existing.id, "running", None)
+        return existing.id
+
+    def check_limits(self) -> None:
+        """Raise StopCampaign when a limit other than the generation count is reached."""
+        config = self.config
+        if config.time_limit is not None and time.monotonic() - self.started >= config.time_limit:
+            raise StopCampaign(f"reached the time limit of {config.time_limit:g} s")
+        if config.max_evals is not None and self.stats.evaluated + self.stats.failed >= config.max_evals:
+            raise StopCampaign(f"reached --max-evals {config.max_evals}")
+        if config.max_cost is not None and self.stats.llm_cost >= config.max_cost:
+            raise StopCampaign(f"reached the LLM cost budget of ${config.max_cost:g}")
+        if config.max_tokens is not None and self.stats.llm_tokens >= config.max_tokens:
+            raise StopCampaign(f"reached the LLM token budget of {config.max_tokens}")
+
+    # -- generation 0 ----------------------------------------------------------------------
+    def add_seeds(self) -> None:
+        """Store the seed library as generation 0 (once; a resumed campaign finds them)."""
+        existing = {candidate.name for candidate in self.store.candidates(self.campaign_id, generation=0)}
+        for index, path in enumerate(seed_paths()):
+            if path.stem in existing:
+                continue
+            self.store.add_candidate(self.campaign_id, source=path.read_text(), name=path.stem,
+                                     idea="seed: a known loss from the literature", proposer="seed", model=None,
+                                     generation=0, island=index % self.config.islands, parents=())
+        self.refresh_stats()
+
+    # -- proposing -------------------------------------------------------------------------
+    def propose_generation(self, generation: int) -> None:
+        """Ask the proposer for children until the generation holds `population` of them."""
+        from lossearch.proposers import ProposalContext
+
+        rng = random.Random(self.config.seed * 100_003 + generation)
+        attempts = 0
+        while len(self.store.candidates(self.campaign_id, generation=generation)) < self.config.population:
+            attempts += 1
+            if attempts > 5 * self.config.population:
+                self.stats.message = f"generation {generation}: the proposer kept repeating itself"
+                return
+            self.check_limits()
+            island = len(self.store.candidates(self.campaign_id, generation=generation)) % self.config.islands
+            parents = self.choose_parents(island, generation, rng)
+            context = ProposalContext(task=self.config.task, task_description=task_description(self.config.task),
+                                      top=self.parent_views(self.top_candidates(5)), failures=self.recent_failures())
+            proposals = self.proposer.propose(self.parent_views(parents), context, rng)
+            self.record_llm_usage()
+            for proposal in proposals:
+                self.store_proposal(proposal, generation, island)
+
+    def store_proposal(self, proposal, generation: int, island: int) -> None:
+        from lossearch.contract import source_hash
+
+        if len(self.store.candidates(self.campaign_id, generation=generation)) >= self.config.population:
+            return
+        if self.store.find_candidate_by_hash(self.campaign_id, source_hash(proposal.source)) is not None:
+            self.stats.duplicates += 1
+            return
+        relations = [(parent_id, proposal.relation) for parent_id in proposal.parent_ids]
+        self.store.add_candidate(self.campaign_id, source=proposal.source, name=proposal.name, idea=proposal.idea,
+                                 proposer=proposal.proposer, model=proposal.model, generation=generation,
+                                 island=island, parents=relations)
+        self.stats.proposed += 1
+        self.on_update(self.stats)
+
+    def record_llm_usage(self) -> None:
+        drain = getattr(self.proposer, "drain_usage", None)
+        for usage in (drain() if drain else []):
+            self.store.record_llm_call(self.campaign_id, model=usage.model, prompt_tokens=usage.prompt_tokens,
+                                       completion_tokens=usage.completion_tokens, cost=usage.cost,
+                                       latency=usage.latency, outcome=usage.outcome)
+            self.stats.llm_calls += 1
+            self.stats.llm_tokens += usage.prompt_tokens + usage.completion_tokens
+            self.stats.llm_cost += usage.cost
+
+    # -- choosing parents ------------------------------------------------------------------
+    def ranked(self) -> list[Candidate]:
+        """Candidates that passed the bandit tier, best first (finetuned ones ahead)."""
+        alive = [c for c in self.store.candidates(self.campaign_id, status="evaluated") if c.fitness is not None]
+        return sorted(alive, key=lambda c: (TIER_ORDER.get(c.tier or "", 0), c.fitness), reverse=True)
+
+    def top_candidates(self, count: int) -> list[Candidate]:
+        return self.ranked()[:count]
+
+    def choose_parents(self, island: int, generation: int, rng: random.Random) -> list[Candidate]:
+        ranked = self.ranked()
+        pool = [candidate for candidate in ranked if candidate.island == island]
+        if generation % self.config.migrate_every == 0 and self.config.islands > 1:
+            # migration: the best of the neighbouring island joins this island's pool
+            neighbour = [c for c in ranked if c.island == (island + 1) % self.config.islands][:1]
+            pool += [c for c in neighbour if c not in pool]
+        pool = pool or ranked
+        order = {candidate.id: len(ranked) - position for position, candidate in enumerate(ranked)}
+        members = [PoolMember(c.id, float(order[c.id]), c.fingerprint, len(self.store.children(c.id))) for c in pool]
+        chosen = choose_parents(members, 2, rng, SelectionWeights())
+        by_id = {candidate.id: candidate for candidate in pool}
+        return [by_id[member.id] for member in chosen]
+
+    def parent_views(self, candidates: Sequence[Candidate]):
+        from lossearch.proposers import ParentView
+
+        views = []
+        for candidate in candidates:
+            metrics = self.best_metrics(candidate.id)
+            summary = summarize(candidate.fingerprint).describe() if candidate.fingerprint else ""
+            numbers = {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))}
+            views.append(ParentView(candidate.id, candidate.name, candidate.source, candidate.fitness, numbers, summary))
+        return views
+
+    def best_metrics(self, candidate_id: int) -> dict[str, Any]:
+        evaluations = [e for e in self.store.evaluations(candidate_id=candidate_id) if e.tier != "sanity"]
+        if not evaluations:
+            return {}
+        best = max(evaluations, key=lambda e: TIER_ORDER.get(e.tier, 0))
+        return {**best.metrics, "tier": best.tier}
+
+    def recent_failures(self, count: int = 5):
+        from lossearch.proposers import FailureView
+
+        failed = [c for c in self.store.candidates(self.campaign_id) if c.failure_kind]
+        return [FailureView(c.name, c.failure_kind, c.failure_message or "") for c in failed[-count:]]
+
+    # -- evaluating ------------------------------------------------------------------------
+    def evaluate_generation(self, generation: int) -> None:
+        """Static, sanity, duplicate check and bandit for every unfinished candidate of the generation."""
+        for candidate in self.store.candidates(self.campaign_id, generation=generation):
+            if candidate.status in ("pending", "evaluating"):
+                self.check_limits()
+                started = time.monotonic()
+                self.evaluate_candidate(candidate)
+                self.stats.add_seconds(time.monotonic() - started)
+                self.refresh_stats()
+
+    def evaluate_candidate(self, candidate: Candidate) -> None:
+        self.store.update_candidate(candidate.id, status="evaluating")
+        try:
+            spec = static_tier(candidate.source, candidate.name)
+        except CandidateError as error:
+            self.fail(candidate, "rejected", "static", error)
+            return
+        try:
+            sanity = self.recorded_or_run(candidate, "sanity", SANITY_TASK, lambda: sanity_tier(self.sandbox, spec))
+            self.store.update_candidate(candidate.id, fingerprint=sanity["fingerprint"], tier="sanity")
+            # the seed library is the baseline: every seed is evaluated, near-twins included
+            twin = None if candidate.generation == 0 else self.fingerprint_twin(candidate.id, sanity["fingerprint"])
+            if twin is not None:
+                distance = fingerprint_distance(sanity["fingerprint"], twin.fingerprint)
+                self.store.update_candidate(candidate.id, status="duplicate", failure_kind=None,
+                                            failure_message=f"same loss as #{twin.id} {twin.name} (fingerprint distance {distance:.3g})")
+                return
+            bandit = self.recorded_or_run(candidate, "bandit", self.config.task,
+                                          lambda: bandit_tier(self.sandbox, spec, self.config.task, self.config.seed))
+        except CandidateError as error:
+            self.fail(candidate, "failed", "bandit" if self.has_evaluation(candidate.id, "sanity") else "sanity", error)
+            return
+        self.store.update_candidate(candidate.id, status="evaluated", tier="bandit", fitness=bandit["fitness"])
+
+    def fail(self, candidate: Candidate, status: str, tier: str, error: CandidateError) -> None:
+        failure = error.failure
+        self.store.update_candidate(candidate.id, status=status, tier=tier, failure_kind=failure.kind,
+                                    failure_message=failure.message)
+
+    def has_evaluation(self, candidate_id: int, tier: str) -> bool:
+        return any(e.tier == tier for e in self.store.evaluations(candidate_id=candidate_id))
+
+    def recorded_or_run(self, candidate: Candidate, tier: str, task: str, run: Callable[[], dict]) -> dict:
+        """The recorded metrics of this tier, or run it and record them before going on."""
+        for evaluation in self.store.evaluations(candidate_id=candidate.id, tier=tier):
+            if evaluation.task == task and evaluation.seed == self.config.seed:
+                return evaluation.metrics
+        started = time.monotonic()
+        metrics = run()
+        fitness = metrics.get("fitness")
+        self.store.record_evaluation(candidate.id, tier=tier, task=task, seed=self.config.seed, metrics=metrics,
+                                     fitness=fitness, seconds=time.monotonic() - started)
+        return metrics
+
+    def fingerprint_twin(self, candidate_id: int, fingerprint: Sequence[float]) -> Candidate | None:
+        """An earlier candidate that is the same loss in other words, if any."""
+        for other in self.store.candidates(self.campaign_id):
+            if other.id >= candidate_id or not other.fingerprint or other.status in ("duplicate", "rejected"):
+                continue
+            if same_loss(fingerprint, other.fingerprint):
+                return other
+        return None
+
+    # -- promoting to finetune -------------------------------------------------------------
+    def promoted(self, generation: int) -> list[Candidate]:
+        """The best `promote_share` of the generation's bandit survivors (and DPO in generation 0)."""
+        survivors = [c for c in self.store.candidates(self.campaign_id, generation=generation)
+                     if c.status == "evaluated" and c.fitness is not None and c.tier in ("bandit", "finetune")]
+        if not survivors:
+            return []
+        bandit_fitness = {c.id: self.bandit_fitness(c.id) for c in survivors}
+        survivors.sort(key=lambda c: (bandit_fitness[c.id], -c.id), reverse=True)
+        chosen = survivors[: max(1, math.ceil(self.config.promote_share * len(survivors)))]
+        if generation == 0:
+            chosen += [c for c in survivors if c.name == BASELINE_SEED and c not in chosen]
+        return chosen
+
+    def bandit_fitness(self, candidate_id: int) -> float:
+        for evaluation in self.store.evaluations(candidate_id=candidate_id, tier="bandit"):
+            if evaluation.fitness is not None:
+                return evaluation.fitness
+        return -math.inf
+
+    def promote_generation(self, generation: int) -> None:
+        if not self.config.finetune:
+            return
+        from lossearch.evaluate import finetune_tier
+        for candidate in self.promoted(generation):
+            if candidate.tier == "finetune":
+                continue
+            self.check_limits()
+            self.stats.message = f"finetuning {candidate.name}"
+            self.on_update(self.stats)
+            spec = static_tier(candidate.source, candidate.name)
+            started = time.monotonic()
+            try:
+                metrics = self.recorded_or_run(candidate, "finetune", self.config.task, lambda: finetune_tier(
+                    self.sandbox, spec, self.config.task, budget=self.config.budget, seed=self.config.seed,
+                    storage=self.store.optuna_storage_url(),
+                    study_name=f"{self.config.name}-{candidate.id}-{self.config.task}"))
+            except CandidateError as error:
+                self.fail(candidate, "failed", "finetune", error)
+                continue
+            self.store.update_candidate(candidate.id, tier="finetune", fitness=metrics["fitness"])
+            self.stats.add_seconds(time.monotonic() - started)
+            self.refresh_stats()
+
+    # -- the display's numbers ---------------------------------------------------------------
+    def refresh_stats(self) -> None:
+        candidates = self.store.candidates(self.campaign_id)
+        stats = self.stats
+        stats.proposed = sum(1 for c in candidates if c.generation > 0)
+        stats.rejected = sum(1 for c in candidates if c.status == "rejected")
+        stats.duplicates = sum(1 for c in candidates if c.status == "duplicate")
+        stats.failed = sum(1 for c in candidates if c.status == "failed")
+        stats.evaluated = sum(1 for c in candidates if c.status == "evaluated")
+        stats.finetuned = sum(1 for c in candidates if c.tier == "finetune")
+        ranked = self.ranked()
+        if ranked:
+            stats.best_fitness, stats.best_name = ranked[0].fitness, f"#{ranked[0].id} {ranked[0].name}"
+        usage = self.store.llm_usage(self.campaign_id)
+        stats.llm_tokens, stats.llm_cost, stats.llm_calls = usage.total_tokens, usage.cost, usage.calls
+        self.on_update(stats)
+
+
+def task_description(task: str) -> str:
+    """One paragraph on what the task's oracle rewards, for the LLM proposer's prompt."""
+    return {
+        "sentiment": "Generate positive movie reviews; the oracle scores sentiment. Fitness is the reward at a KL budget.",
+        "sort": "Output the prompt's digits sorted; the oracle checks correctness. Fitness is the reward at a KL budget.",
+        "length": "The oracle penalizes length while the preference labels prefer longer answers: do not exploit length.",
+        "noisy": "As sentiment, with a third of the preference labels flipped: be robust to label noise.",
+    }.get(task, task)
+
+
+def build_proposer(config: CampaignConfig):
+    """The proposer the configuration names (None for `none`)."""
+    from lossearch.proposers import make_proposer
+
+    if config.proposer == "none":
+        return None
+    if config.proposer == "llm":
+        return make_proposer("llm", base_url=config.llm_base_url, models=config.llm_models)
+    return make_proposer("mutation")
+
+
+def open_store(name: str, db: str | None = None, runs_dir: str | Path = "runs") -> Store:
+    """The campaign's store: `db` (any SQLAlchemy URL) or runs_dir/NAME/campaign.db."""
+    return Store(db) if db else Store.for_campaign_dir(Path(runs_dir) / name)
+
+
+def resolve_config(store: Store, requested: Mapping[str, Any]) -> CampaignConfig:
+    """A new campaign's configuration, or a stored one with new stopping limits."""
+    name = requested.get("name") or CampaignConfig.name
+    existing = store.find_campaign(name)
+    if existing is None:
+        return CampaignConfig(**{key: value for key, value in requested.items() if value is not None})
+    return merge_resumed(CampaignConfig.from_dict(existing.config), {**requested, "name": name})
+
+
+def run_campaign(requested: Mapping[str, Any], *, db: str | None = None, runs_dir: str | Path = "runs",
+                 on_update: Callable[[CampaignStats], None] | None = None) -> CampaignOutcome:
+    """Start the campaign `requested["name"]`, or resume it where it stopped.
+
+    `requested` holds CampaignConfig fields; None means "not given" (the stored
+    value on resume, the default for a new campaign).
+    """
+    name = requested.get("name") or CampaignConfig.name
+    store = open_store(name, db, runs_dir)
+    try:
+        config = resolve_config(store, requested)
+        proposer = build_proposer(config)
+        with Sandbox() as sandbox:
+            return CampaignRunner(config, store, sandbox, proposer, on_update).run()
+    finally:
+        store.close()

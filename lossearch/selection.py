@@ -1,0 +1,90 @@
+"""Choosing parents: fitness-weighted, with a bonus for novelty and a penalty for overuse.
+
+Each candidate in an island's pool gets a score
+
+    score = rank_weight · (its fitness rank, 0 worst .. 1 best)
+          + novelty_weight · (mean fingerprint distance to the pool's best, 0..2)
+          − usage_penalty · (number of children it already has)
+
+and parents are drawn from softmax(score / temperature). Ranks rather than raw
+fitness keep the draw independent of the reward's scale; the novelty bonus
+keeps the search from collapsing onto one loss; the usage penalty spreads
+attention over the pool (the ShinkaEvolve-style balance of exploitation and
+exploration).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+from lossearch.fingerprint import fingerprint_distance
+
+
+@dataclass(frozen=True)
+class SelectionWeights:
+    """How the parent score trades fitness, novelty and overuse."""
+
+    rank_weight: float = 3.0
+    """Weight of the fitness rank (0 for the worst, 1 for the best in the pool)."""
+    novelty_weight: float = 1.0
+    """Weight of the mean fingerprint distance to the pool's top candidates."""
+    usage_penalty: float = 0.5
+    """Score lost per child a candidate already has."""
+    temperature: float = 1.0
+    """Softmax temperature over the scores; lower is greedier."""
+    novelty_reference: int = 3
+    """How many of the pool's best a candidate's novelty is measured against."""
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError("temperature must be positive")
+        if min(self.rank_weight, self.novelty_weight, self.usage_penalty) < 0:
+            raise ValueError("selection weights must not be negative")
+        if self.novelty_reference < 1:
+            raise ValueError("novelty_reference must be at least 1")
+
+
+@dataclass(frozen=True)
+class PoolMember:
+    """What selection needs to know of a candidate."""
+
+    id: int
+    fitness: float
+    fingerprint: Sequence[float] | None
+    children: int
+
+
+def parent_scores(pool: Sequence[PoolMember], weights: SelectionWeights = SelectionWeights()) -> list[float]:
+    """The selection score of every pool member, in pool order."""
+    if not pool:
+        return []
+    order = sorted(range(len(pool)), key=lambda index: pool[index].fitness)
+    rank = [0.0] * len(pool)
+    for position, index in enumerate(order):
+        rank[index] = position / max(1, len(pool) - 1)
+    best = [pool[index] for index in reversed(order[-weights.novelty_reference:])]
+    scores = []
+    for member, member_rank in zip(pool, rank):
+        others = [top for top in best if top.id != member.id and top.fingerprint and member.fingerprint]
+        novelty = sum(fingerprint_distance(member.fingerprint, top.fingerprint) for top in others) / len(others) if others else 0.0
+        scores.append(weights.rank_weight * member_rank + weights.novelty_weight * novelty
+                      - weights.usage_penalty * member.children)
+    return scores
+
+
+def choose_parents(pool: Sequence[PoolMember], count: int, rng: random.Random,
+                   weights: SelectionWeights = SelectionWeights()) -> list[PoolMember]:
+    """Draw `count` distinct parents (fewer if the pool is smaller) from softmax(score / T)."""
+    remaining = list(pool)
+    scores = parent_scores(remaining, weights)
+    chosen: list[PoolMember] = []
+    while remaining and len(chosen) < count:
+        top = max(scores)
+        weights_now = [math.exp((score - top) / weights.temperature) for score in scores]
+        index = rng.choices(range(len(remaining)), weights=weights_now)[0]
+        chosen.append(remaining.pop(index))
+        scores.pop(index)
+    return chosen
