@@ -11,8 +11,11 @@ child per evaluation in milliseconds. The protocol with the parent
 The child jails itself before any candidate code runs (`jail`): its own session
 (so the parent can kill the whole group), its own network namespace where the
 kernel allows it, the unprivileged `nobody` user when started as root, resource
-limits, a stripped environment, a private working directory and an audit hook
-that refuses sockets, subprocesses and file access outside that directory.
+limits, a stripped environment, a private working directory, a seccomp filter
+that refuses what no audit hook sees (running a new program, leaving the process
+group) and an audit hook that refuses sockets, subprocesses and file access
+outside that directory. It keeps no descriptor of the zygote's: only its own
+result pipe.
 """
 
 from __future__ import annotations
@@ -34,6 +37,14 @@ JOB_FUNCTIONS = {
     "finetune": "lossearch.jobs:finetune_job",
     "echo": "lossearch.jobs:echo_job",
 }
+# syscalls no audit event covers; each fails with EPERM in the child:
+# execve, execveat (a new program runs without the audit hook: _posixsubprocess.fork_exec
+# raises no event), setsid, setpgid (a process outside the group outlives the wall-clock kill),
+# mknod, mknodat (os.mkfifo outside the working directory), pidfd_open, pidfd_send_signal
+# (signal.pidfd_send_signal is os.kill without the event)
+DENIED_SYSCALLS = {"x86_64": (59, 322, 112, 109, 133, 259, 434, 424),
+                   "aarch64": (221, 281, 157, 154, 33, 434, 424)}
+AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 PRELOAD = ("torch", "torch.nn.functional", "torch.optim", "lossearch.jobs", "lossearch.bandit")
 
 
@@ -86,6 +97,33 @@ def drop_privileges(workdir: str) -> bool:
     return True
 
 
+def deny_syscalls() -> bool:
+    """Install a seccomp filter that fails DENIED_SYSCALLS with EPERM; False where it cannot."""
+    import ctypes
+    import struct
+
+    machine = os.uname().machine
+    if machine not in DENIED_SYSCALLS:
+        return False
+    denied = DENIED_SYSCALLS[machine]
+    load, jump_eq, jump_ge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    allow, refuse = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    program = [(load, 0, 0, 4), (jump_eq, 1, 0, AUDIT_ARCH[machine]), (ret, 0, 0, refuse),  # another ABI
+               (load, 0, 0, 0), (jump_ge, len(denied) + 1, 0, 0x40000000)]  # x32 syscall numbers
+    program += [(jump_eq, len(denied) - index, 0, number) for index, number in enumerate(denied)]
+    program += [(ret, 0, 0, allow), (ret, 0, 0, refuse)]
+    filters = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *op) for op in program))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fprog = SockFprog(len(program), ctypes.addressof(filters))
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        return False
+    return libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+
+
 def _vm_size_bytes() -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -112,7 +150,11 @@ def set_limits(limits: dict, dropped: bool) -> None:
 def _allowed_read_roots() -> tuple[str, ...]:
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, "/usr/lib", "/usr/share", "/sys/devices/system/cpu",
              "/proc/cpuinfo", "/proc/meminfo", "/dev/null", "/dev/urandom", "/etc/localtime"}
-    roots.update(path for path in sys.path if path and os.path.isdir(path))
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    for path in filter(os.path.isdir, filter(None, sys.path)):
+        # a checkout on sys.path would open the whole repository (runs/, a .env): only its package
+        inside_python = os.path.realpath(path).startswith(tuple(os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)))
+        roots.add(path if inside_python or "site-packages" in path else package_dir)
     return tuple(sorted(os.path.realpath(root) for root in roots))
 
 
@@ -126,7 +168,8 @@ def install_audit_hook(workdir: str) -> None:
                       "resource.prlimit", "sys.remote_exec", "webbrowser.open", "urllib.Request"}
     path_events = {"os.remove", "os.unlink", "os.rmdir", "os.rename", "os.replace", "shutil.rmtree",
                    "os.chmod", "os.chown", "os.link", "os.symlink", "os.truncate", "os.mkdir",
-                   "os.utime", "shutil.copyfile", "shutil.move", "os.listdir", "os.scandir", "os.chdir"}
+                   "os.utime", "shutil.copyfile", "shutil.move", "os.listdir", "os.scandir", "os.chdir",
+                   "os.setxattr", "os.removexattr"}
 
     def inside(path) -> bool:
         if isinstance(path, int):
@@ -165,6 +208,8 @@ def jail(request: dict) -> dict:
     log = os.open(os.path.join(workdir, ".child.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(log, 1)
     os.dup2(log, 2)
+    os.close(devnull)
+    os.close(log)
     network = isolate_network()
     os.chdir(workdir)
     os.environ.clear()
@@ -175,8 +220,16 @@ def jail(request: dict) -> dict:
     import torch
 
     torch.set_num_threads(int(limits["threads"]))
+    seccomp = deny_syscalls()  # before the audit hook, which refuses ctypes
     install_audit_hook(workdir)
-    return {"network": network, "user": "nobody" if dropped else "same", "audit_hook": True}
+    return {"network": network, "user": "nobody" if dropped else "same", "seccomp": seccomp, "audit_hook": True}
+
+
+def close_inherited_descriptors(keep: int) -> None:
+    """Close every descriptor above stderr but `keep`: the zygote's protocol pipe to the
+    parent among them, through which a child could forge another job's result."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
 
 
 # -- running a job -------------------------------------------------------------------------
@@ -185,21 +238,43 @@ def classify_exception(error: BaseException) -> dict:
     """A failure dict for an exception that escaped trusted job code."""
     from lossearch.failures import CandidateError, shorten
 
+    refusal = _sandbox_refusal(error)
+    if refusal is not None:  # also when trusted code wrapped it, e.g. as an `exception` of the loss
+        return {"kind": "policy", "message": shorten(str(refusal))}
     if isinstance(error, CandidateError):
         return error.failure.to_dict()
     if isinstance(error, MemoryError) or "can't allocate memory" in str(error):
         return {"kind": "memory", "message": "out of memory"}
     if isinstance(error, RecursionError):
         return {"kind": "exception", "message": "RecursionError: maximum recursion depth exceeded"}
-    if isinstance(error, PermissionError) and "sandbox:" in str(error):
-        return {"kind": "policy", "message": shorten(str(error))}
     return {"kind": "exception", "message": shorten(f"{type(error).__name__}: {error}")}
+
+
+def _sandbox_refusal(error: BaseException | None) -> PermissionError | None:
+    """The audit hook's PermissionError among `error` and the exceptions it was raised from."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, PermissionError) and str(error).startswith("sandbox:"):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def log_traceback() -> None:
+    """Log the exception being handled, unless the log is full: a loss that printed past the
+    file-size limit must still get its result reported."""
+    try:
+        traceback.print_exc()
+    except OSError:
+        pass
 
 
 def run_child(request: dict, result_fd: int) -> None:
     """In the forked child: jail, run the job, write one JSON result, exit. Never returns."""
     status = 0
     try:
+        close_inherited_descriptors(result_fd)
         isolation = jail(request)
         module_name, function_name = JOB_FUNCTIONS[request["job"]].split(":")
         job = getattr(importlib.import_module(module_name), function_name)
@@ -207,14 +282,14 @@ def run_child(request: dict, result_fd: int) -> None:
             value = job(request["payload"])
             message = {"ok": True, "value": value, "isolation": isolation}
         except BaseException as error:  # noqa: BLE001 - the candidate may raise anything, SystemExit included
-            traceback.print_exc()
+            log_traceback()
             message = {"ok": False, "error": classify_exception(error), "isolation": isolation}
         data = json.dumps(message).encode()
         for start in range(0, len(data), 1 << 16):
             os.write(result_fd, data[start:start + (1 << 16)])
     except BaseException:  # noqa: BLE001 - a broken jail must still end the child
-        traceback.print_exc()
         status = 70
+        log_traceback()
     finally:
         os._exit(status)
 

@@ -11,7 +11,9 @@ before the code ever runs. The policy is a deny-list over a small language:
 - attributes: none starting with `_` (dunders, `_C`), no in-place methods
   (a trailing `_`, e.g. `add_`), none of `FORBIDDEN_ATTRIBUTES` (`grad_fn`,
   `backward`, `register_hook`, `data`, `storage`, ...), no torch namespace in
-  `FORBIDDEN_TORCH_PREFIXES` (`torch.load`, `torch.utils`, `torch.set_*`, ...);
+  `FORBIDDEN_TORCH_PREFIXES` (`torch.load`, `torch.utils`, `torch.set_*`, ...),
+  no module outside `MATH_MODULES` that an allowed one happens to hold
+  (`torch.os`, `torch.sys`, `F.importlib`: each reaches the whole interpreter);
 - statements: no assignment to attributes or subscripts, no `global`/`nonlocal`,
   no classes, `del`, `async`, `yield`, `await`;
 - a module name is only used as the base of an attribute (`torch.sigmoid`),
@@ -24,6 +26,9 @@ through here still cannot reach the network, other files or the scorer.
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
+import types
 
 from lossearch.contract import ALLOWED_MODULES, find_loss_function, parse_module, read_signature
 from lossearch.failures import CandidateError
@@ -52,6 +57,8 @@ FORBIDDEN_TORCH_PREFIXES = (
     "torch.nn.utils", "torch.nn.init", "torch.nn.parallel", "torch.sparse", "torch.futures",
     "torch.signal", "torch.func", "torch.empty", "torch.Generator", "torch.dynamo",
 )
+# the only modules a loss may reach through an attribute chain or `from ... import`
+MATH_MODULES = frozenset({"torch", "torch.nn", "torch.nn.functional", "torch.linalg", "torch.special", "torch.fft", "math"})
 ALLOWED_MODULE_STATEMENTS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.Assign, ast.AnnAssign, ast.Expr)
 REFUSED_NODES = {
     ast.Global: "`global`", ast.Nonlocal: "`nonlocal`", ast.ClassDef: "class definitions",
@@ -72,6 +79,23 @@ def _dotted(node: ast.expr) -> str | None:
         return None
     parts.append(node.id)
     return ".".join(reversed(parts))
+
+
+def _escaping_module(dotted: str) -> str | None:
+    """The first prefix of `dotted` that is a module outside MATH_MODULES (`torch.os`), else None.
+
+    Looks the chain up on the real, trusted modules without running anything of the
+    candidate's: getattr_static neither calls properties nor a module's lazy __getattr__.
+    """
+    parts = dotted.split(".")
+    value = importlib.import_module(parts[0])  # torch or math: the chain's root is an allowed import
+    for index in range(1, len(parts)):
+        value = inspect.getattr_static(value, parts[index], None)
+        if value is None:
+            return None
+        if isinstance(value, types.ModuleType) and value.__name__ not in MATH_MODULES:
+            return ".".join(parts[: index + 1])
+    return None
 
 
 class _PolicyVisitor(ast.NodeVisitor):
@@ -124,6 +148,9 @@ class _PolicyVisitor(ast.NodeVisitor):
     def check_torch_name(self, node: ast.AST, dotted: str) -> None:
         if dotted.startswith(FORBIDDEN_TORCH_PREFIXES):
             self.refuse(node, f"`{dotted}` reaches outside tensor arithmetic")
+        escaping = _escaping_module(dotted)
+        if escaping:
+            self.refuse(node, f"`{escaping}` is a module outside tensor arithmetic")
 
     # -- expressions -----------------------------------------------------------------------
     def visit_Name(self, node: ast.Name) -> None:

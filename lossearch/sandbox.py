@@ -78,6 +78,7 @@ def clean_environment() -> dict[str, str]:
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONSAFEPATH"] = "1"  # the zygote's cwd (the shared temp dir) stays off sys.path and its read roots
     env["OMP_NUM_THREADS"] = "1"
     return env
 
