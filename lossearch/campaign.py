@@ -114,6 +114,8 @@ class CampaignStats:
     """What the live display shows; rebuilt from the store, updated as the loop goes."""
 
     generation: int = 0
+    completed_generation: int = -1
+    """The last generation whose every step is recorded."""
     proposed: int = 0
     rejected: int = 0
     duplicates: int = 0
@@ -176,6 +178,8 @@ class CampaignRunner:
                     self.propose_generation(generation)
                 self.evaluate_generation(generation)
                 self.promote_generation(generation)
+                self.stats.completed_generation = generation
+                self.on_update(self.stats)
             reason = "evaluated the seed library" if last == 0 else f"reached {last} generation(s)"
             status = "finished"
         except StopCampaign as stop:

@@ -53,8 +53,9 @@ class CampaignDisplay:
     def update(self, stats: CampaignStats) -> None:
         if self.live:
             self.live.update(stats_table(stats, self.title))
-        elif stats.generation != self.last_generation:
-            self.last_generation = stats.generation
+        elif stats.completed_generation != self.last_generation:
+            self.last_generation = stats.completed_generation
             best = "-" if stats.best_fitness is None else f"{stats.best_fitness:.4f} ({stats.best_name})"
-            self.console.print(f"generation {stats.generation}: proposed {stats.proposed}, evaluated "
-                               f"{stats.evaluated}, failed {stats.failed}, best {best}", markup=False)
+            self.console.print(f"generation {stats.completed_generation} done: proposed {stats.proposed}, "
+                               f"evaluated {stats.evaluated} (finetuned {stats.finetuned}), failed {stats.failed}, "
+                               f"duplicates {stats.duplicates}, best {best}", markup=False)

@@ -1,0 +1,128 @@
+"""The campaign loop, run as a user runs it, killed and resumed as a user's machine would kill it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from lossearch.campaign import CampaignConfig, merge_resumed, run_campaign
+from lossearch.store import Store
+
+FAST = {"finetune": False, "population": 3, "islands": 2}
+
+
+def campaign_db(tmp_path, name: str) -> Store:
+    return Store.for_campaign_dir(tmp_path / "runs" / name)
+
+
+def test_a_short_campaign_records_everything(tmp_path):
+    outcome = run_campaign({"name": "short", "generations": 2, **FAST}, runs_dir=tmp_path / "runs")
+    assert outcome.stop_reason == "reached 2 generation(s)"
+    with campaign_db(tmp_path, "short") as store:
+        campaign = store.get_campaign("short")
+        assert campaign.status == "finished"
+        candidates = store.candidates(campaign.id)
+        by_generation = Counter(candidate.generation for candidate in candidates)
+        assert by_generation[0] == 24 and by_generation[1] == 3 and by_generation[2] == 3
+        assert not store.pending_candidates(campaign.id)
+        for child in (c for c in candidates if c.generation > 0):
+            edges = store.parents(child.id)
+            assert edges and {edge.relation for edge in edges} <= {"mutation", "crossover"}
+            assert child.proposer == "mutation" and child.idea
+        evaluated = [c for c in candidates if c.status == "evaluated"]
+        assert len(evaluated) >= 24
+        for candidate in evaluated:
+            tiers = Counter(e.tier for e in store.evaluations(candidate_id=candidate.id))
+            assert tiers == {"sanity": 1, "bandit": 1}
+        assert store.integrity_check() == "ok"
+
+
+def test_seeds_only_campaign_is_the_baseline(tmp_path):
+    outcome = run_campaign({"name": "base", "proposer": "none", "finetune": False}, runs_dir=tmp_path / "runs")
+    assert outcome.stop_reason == "evaluated the seed library"
+    with campaign_db(tmp_path, "base") as store:
+        board = store.leaderboard(store.get_campaign("base").id)
+        assert len(board) == 24 and all(entry.candidate.proposer == "seed" for entry in board)
+
+
+def test_resuming_refuses_a_changed_task_but_takes_new_limits():
+    stored = CampaignConfig(name="x", generations=2)
+    assert merge_resumed(stored, {"generations": 5, "task": None}).generations == 5
+    with pytest.raises(ValueError, match="started with task"):
+        merge_resumed(stored, {"task": "sort"})
+
+
+def test_max_evals_stops_and_says_why(tmp_path):
+    outcome = run_campaign({"name": "capped", "max_evals": 5, **FAST}, runs_dir=tmp_path / "runs")
+    assert outcome.stop_reason == "reached --max-evals 5"
+    with campaign_db(tmp_path, "capped") as store:
+        assert store.get_campaign("capped").status == "stopped"
+
+
+def snapshot(store: Store, name: str) -> dict:
+    campaign = store.find_campaign(name)
+    if campaign is None:
+        return {"candidates": {}, "evaluations": set()}
+    candidates = {c.id: c.code_hash for c in store.candidates(campaign.id)}
+    evaluations = {(e.candidate_id, e.tier, e.task, e.seed) for e in store.evaluations(campaign_id=campaign.id)}
+    return {"candidates": candidates, "evaluations": evaluations}
+
+
+def start_cli(tmp_path, *args: str) -> subprocess.Popen:
+    script = [sys.executable, "-c", "import sys; from lossearch.cli import main; sys.exit(main())"]
+    return subprocess.Popen(script + ["run", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_resume_loses_and_repeats_nothing(tmp_path):
+    args = ["--name", "crash", "--generations", "3", "--population", "3", "--no-finetune"]
+    seen: dict = {"candidates": {}, "evaluations": set()}
+    for delay in (2.5, 4.0, 5.5, 7.0, 9.0):
+        process = start_cli(tmp_path, *args)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        with campaign_db(tmp_path, "crash") as store:
+            assert store.integrity_check() == "ok"
+            now = snapshot(store, "crash")
+        # nothing recorded before a kill is lost by the kill or by the next run
+        assert seen["candidates"].items() <= now["candidates"].items()
+        assert seen["evaluations"] <= now["evaluations"]
+        seen = now
+    finished = start_cli(tmp_path, *args)
+    out, err = finished.communicate(timeout=300)
+    assert finished.returncode == 0, err
+    assert "reached 3 generation(s)" in out
+    with campaign_db(tmp_path, "crash") as store:
+        assert store.integrity_check() == "ok"
+        campaign = store.get_campaign("crash")
+        final = snapshot(store, "crash")
+        assert seen["candidates"].items() <= final["candidates"].items()
+        assert not store.pending_candidates(campaign.id)
+        candidates = store.candidates(campaign.id)
+        assert Counter(c.generation for c in candidates) == {0: 24, 1: 3, 2: 3, 3: 3}
+        assert len({c.code_hash for c in candidates}) == len(candidates)  # no candidate stored twice
+        per_key = Counter((e.candidate_id, e.tier, e.task, e.seed) for e in store.evaluations(campaign_id=campaign.id))
+        assert max(per_key.values()) == 1  # no evaluation recorded twice
+        for candidate in candidates:
+            if candidate.status == "evaluated":
+                assert {e.tier for e in store.evaluations(candidate_id=candidate.id)} >= {"sanity", "bandit"}
+
+
+def test_ctrl_c_stops_cleanly_and_resumably(tmp_path):
+    process = start_cli(tmp_path, "--name", "interrupted", "--generations", "3", "--no-finetune")
+    time.sleep(4.0)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "interrupted (Ctrl-C)" in out and "Traceback" not in err
+    with campaign_db(tmp_path, "interrupted") as store:
+        campaign = store.get_campaign("interrupted")
+        assert campaign.status == "stopped"
+        assert store.integrity_check() == "ok"
