@@ -1,8 +1,8 @@
 """Loss fingerprints: how a loss pushes the chosen and rejected log-ratios.
 
 The fingerprint is the gradient of the loss with respect to ρc (the chosen
-log-ratio, policy − reference) and ρr (the rejected one) on a fixed grid of
-(ρc, ρr) at the loss's default beta. Gradient descent moves ρc by −∂L/∂ρc, so
+log-ratio, policy − reference), ρr (the rejected one) and the two KL inputs on a
+fixed grid of (ρc, ρr) at the loss's default beta. Gradient descent moves ρc by −∂L/∂ρc, so
 the signs say whether a loss raises the chosen likelihood, lowers the rejected
 one, or lets both fall (the failure mode the "3D properties" analysis of DPO,
 Feng et al. 2024, points at). Two losses whose unit-normalized fingerprints
@@ -28,15 +28,18 @@ SAME_LOSS_DISTANCE = 0.02
 GRADIENT_TOLERANCE = 1e-9
 
 
-def grid_inputs() -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Contract inputs for the fingerprint grid, and the leaf log-ratios (ρc, ρr) to differentiate."""
+def grid_inputs() -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Contract inputs for the fingerprint grid, and the leaves to differentiate: ρc, ρr, chosen_kl, rejected_kl."""
     chosen_ratio, rejected_ratio = torch.meshgrid(
         torch.tensor(GRID_VALUES, dtype=torch.float64), torch.tensor(GRID_VALUES, dtype=torch.float64), indexing="ij")
     chosen_ratio = chosen_ratio.reshape(-1).clone().requires_grad_(True)  # (G*G,)
     rejected_ratio = rejected_ratio.reshape(-1).clone().requires_grad_(True)  # (G*G,)
     size = chosen_ratio.shape[0]
-    chosen_lengths = torch.tensor(CHOSEN_LENGTHS, dtype=torch.float64).repeat(size // 3 + 1)[:size]
-    rejected_lengths = torch.tensor(REJECTED_LENGTHS, dtype=torch.float64).repeat(size // 3 + 1)[:size]
+    cycle = lambda values: torch.tensor(values, dtype=torch.float64).repeat(size // len(values) + 1)[:size]  # noqa: E731
+    chosen_lengths, rejected_lengths = cycle(CHOSEN_LENGTHS), cycle(REJECTED_LENGTHS)
+    # the KL inputs are functions of the policy in training, so they are leaves here too
+    chosen_kl = cycle(CHOSEN_KL).requires_grad_(True)
+    rejected_kl = cycle(REJECTED_KL).requires_grad_(True)
     reference_chosen = TOKEN_LOGP * chosen_lengths
     reference_rejected = TOKEN_LOGP * rejected_lengths
     tensors = {
@@ -46,25 +49,26 @@ def grid_inputs() -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         "reference_rejected_logps": reference_rejected,
         "chosen_lengths": chosen_lengths,
         "rejected_lengths": rejected_lengths,
-        "chosen_kl": torch.tensor(CHOSEN_KL, dtype=torch.float64).repeat(size // 4 + 1)[:size],
-        "rejected_kl": torch.tensor(REJECTED_KL, dtype=torch.float64).repeat(size // 4 + 1)[:size],
+        "chosen_kl": chosen_kl,
+        "rejected_kl": rejected_kl,
     }
-    return tensors, chosen_ratio, rejected_ratio
+    return tensors, [chosen_ratio, rejected_ratio, chosen_kl, rejected_kl]
 
 
 def compute_fingerprint(loss_of: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> list[float]:
-    """∂(Σ loss)/∂ρc then ∂(Σ loss)/∂ρr on the grid, as one flat list of 2·G² floats.
+    """∂(Σ loss)/∂ρc, ∂/∂ρr, ∂/∂chosen_kl, ∂/∂rejected_kl on the grid: one flat list of 4·G² floats.
 
-    `loss_of(tensors)` returns the checked (B,) per-pair loss.
+    `loss_of(tensors)` returns the checked (B,) per-pair loss. The KL blocks are
+    zero for losses that do not read the KL inputs; they tell a KL-penalized
+    child from its parent.
     """
-    tensors, chosen_ratio, rejected_ratio = grid_inputs()
+    tensors, leaves = grid_inputs()
     total = loss_of(tensors).sum()
     if not total.requires_grad:
-        return [0.0] * (2 * chosen_ratio.shape[0])
-    chosen_grad, rejected_grad = torch.autograd.grad(total, (chosen_ratio, rejected_ratio), allow_unused=True)
-    chosen_grad = torch.zeros_like(chosen_ratio) if chosen_grad is None else chosen_grad
-    rejected_grad = torch.zeros_like(rejected_ratio) if rejected_grad is None else rejected_grad
-    return torch.cat([chosen_grad, rejected_grad]).detach().tolist()
+        return [0.0] * (len(leaves) * leaves[0].shape[0])
+    grads = torch.autograd.grad(total, leaves, allow_unused=True)
+    grads = [torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads)]
+    return torch.cat(grads).detach().tolist()
 
 
 @dataclass(frozen=True)
@@ -95,9 +99,10 @@ class FingerprintSummary:
 
 
 def split(fingerprint: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ρc and ρr blocks of a fingerprint."""
     values = torch.tensor(list(fingerprint), dtype=torch.float64)
-    half = values.shape[0] // 2
-    return values[:half], values[half:]
+    block = len(GRID_VALUES) ** 2
+    return values[:block], values[block:2 * block]
 
 
 def summarize(fingerprint: Sequence[float]) -> FingerprintSummary:
