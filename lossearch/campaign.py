@@ -353,11 +353,25 @@ class CampaignRunner:
             self.fail(candidate, "failed", "bandit" if self.has_evaluation(candidate.id, "sanity") else "sanity", error)
             return
         self.store.update_candidate(candidate.id, status="evaluated", tier="bandit", fitness=bandit["fitness"])
+        self.report_outcome(candidate, bandit["fitness"])
 
     def fail(self, candidate: Candidate, status: str, tier: str, error: CandidateError) -> None:
         failure = error.failure
         self.store.update_candidate(candidate.id, status=status, tier=tier, failure_kind=failure.kind,
                                     failure_message=failure.message)
+        if tier != "finetune":
+            self.report_outcome(candidate, None)
+
+    def report_outcome(self, candidate: Candidate, fitness: float | None) -> None:
+        """Tell an LLM proposer's model bandit how much its child improved on its parents, per dollar."""
+        record = getattr(self.proposer, "record_outcome", None)
+        if record is None or not candidate.model:
+            return
+        parents = [self.bandit_fitness(edge.parent_id) for edge in self.store.parents(candidate.id)]
+        baseline = max((value for value in parents if value > -math.inf), default=fitness or 0.0)
+        improvement = 0.0 if fitness is None else fitness - baseline
+        usage = self.store.llm_usage(self.campaign_id, model=candidate.model)
+        record(candidate.model, improvement, usage.cost / max(1, usage.calls))
 
     def has_evaluation(self, candidate_id: int, tier: str) -> bool:
         return any(e.tier == tier for e in self.store.evaluations(candidate_id=candidate_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -126,3 +127,53 @@ def test_ctrl_c_stops_cleanly_and_resumably(tmp_path):
         campaign = store.get_campaign("interrupted")
         assert campaign.status == "stopped"
         assert store.integrity_check() == "ok"
+
+
+LLM_CODE = '''"""Margin DPO {index}: DPO with a target margin on the implicit reward."""
+import torch.nn.functional as F
+
+
+def loss(policy_chosen_logps, policy_rejected_logps,
+         reference_chosen_logps, reference_rejected_logps, beta: float = 0.1, gamma: float = {gamma}):
+    margin = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * margin - gamma) + {weight} * F.softplus(-beta * margin) ** 2
+'''
+
+
+def test_llm_campaign_against_a_local_openai_compatible_server(tmp_path, monkeypatch):
+    from test_proposers import FakeOpenAI, Reply
+
+    server = FakeOpenAI()
+    try:
+        for index in range(12):
+            code = LLM_CODE.format(index=index, gamma=0.1 * (index + 1), weight=0.05 * index)
+            server.script.append(Reply(content=json.dumps({"thought": f"idea {index}", "name": f"margin_{index}",
+                                                           "code": code})))
+        server.script.insert(1, Reply(status=500))  # one failure on the way, retried
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a loopback server needs no key
+        process = start_cli(tmp_path, "--name", "llm", "--generations", "2", "--population", "3", "--no-finetune",
+                            "--proposer", "llm", "--llm-base-url", server.url, "--llm-model", "local-model")
+        out, err = process.communicate(timeout=300)
+    finally:
+        server.close()
+    assert process.returncode == 0, err
+    assert "reached 2 generation(s)" in out
+    with campaign_db(tmp_path, "llm") as store:
+        campaign = store.get_campaign("llm")
+        children = [c for c in store.candidates(campaign.id) if c.generation > 0]
+        assert len(children) == 6
+        assert all(c.proposer == "llm" and c.model == "local-model" for c in children)
+        assert all(c.idea.startswith("idea ") for c in children)
+        calls = store.llm_calls(campaign.id)
+        assert {call.outcome for call in calls} >= {"ok", "server_error"}
+        assert store.llm_usage(campaign.id).total_tokens > 0
+        assert any(edge.relation == "inspiration" or edge.relation in ("mutation", "crossover")
+                   for child in children for edge in store.parents(child.id))
+
+
+def test_unreachable_llm_endpoint_is_one_line(tmp_path):
+    process = start_cli(tmp_path, "--name", "nollm", "--generations", "1", "--no-finetune", "--proposer", "llm",
+                        "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "m")
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 2
+    assert err.startswith("error: ") and err.strip().count("\n") == 0 and "Traceback" not in err
