@@ -15,8 +15,11 @@ step that was cut short. Nothing is lost and no evaluation is recorded twice.
 from __future__ import annotations
 
 import math
+import queue
 import random
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -73,6 +76,8 @@ class CampaignConfig:
     """OpenAI-compatible endpoint of the `llm` proposer."""
     llm_models: tuple[str, ...] = ()
     """Model names of the `llm` proposer; with several, a bandit picks per call."""
+    workers: int = 1
+    """Candidates evaluated at once, each in a sandbox of its own (the local executor)."""
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -81,6 +86,8 @@ class CampaignConfig:
             raise ValueError(f"unknown proposer {self.proposer!r}; choose one of {', '.join(PROPOSERS)}")
         if self.generations < 0 or self.population < 1 or self.islands < 1 or self.migrate_every < 1:
             raise ValueError("generations must be >= 0; population, islands and migrate_every >= 1")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
         if not 0 < self.promote_share <= 1:
             raise ValueError("promote_share must be in (0, 1]")
         if self.proposer == "llm" and (not self.llm_base_url or not self.llm_models):
@@ -96,7 +103,8 @@ class CampaignConfig:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
-STOP_FIELDS = ("generations", "max_evals", "time_limit", "max_cost", "max_tokens")
+STOP_FIELDS = ("generations", "max_evals", "time_limit", "max_cost", "max_tokens", "workers")
+"""Fields a resumed campaign may change: when to stop and how many workers; nothing its results depend on."""
 
 
 def merge_resumed(stored: CampaignConfig, requested: dict[str, Any]) -> CampaignConfig:
@@ -163,6 +171,8 @@ class CampaignRunner:
         self.stats = CampaignStats()
         self.started = time.monotonic()
         self.campaign_id = 0
+        self.lock = threading.RLock()  # workers update the stats and the display
+        self.worker_sandboxes: list[Sandbox] = []
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> CampaignOutcome:
@@ -189,6 +199,8 @@ class CampaignRunner:
         except BaseException as error:
             self.store.set_campaign_status(self.campaign_id, "failed", f"{type(error).__name__}: {error}")
             raise
+        finally:
+            self.close_workers()
         self.store.set_campaign_status(self.campaign_id, status, reason)
         self.stats.message = f"stopped: {reason}"
         self.on_update(self.stats)
@@ -320,17 +332,63 @@ class CampaignRunner:
         return [FailureView(c.name, c.failure_kind, c.failure_message or "") for c in failed[-count:]]
 
     # -- evaluating ------------------------------------------------------------------------
+    def for_each(self, candidates: Sequence[Candidate], work: Callable[[Candidate, Sandbox], None]) -> None:
+        """Run `work` on each candidate: in turn, or `workers` at a time, each in a sandbox of its own."""
+        if self.config.workers <= 1 or len(candidates) <= 1:
+            for candidate in candidates:
+                self.check_limits()
+                work(candidate, self.sandbox)
+            return
+        while len(self.worker_sandboxes) < self.config.workers:
+            self.worker_sandboxes.append(Sandbox(self.sandbox.limits))
+        free: queue.Queue[Sandbox] = queue.Queue()
+        for sandbox in self.worker_sandboxes:
+            free.put(sandbox)
+
+        def task(candidate: Candidate) -> None:
+            sandbox = free.get()
+            try:
+                work(candidate, sandbox)
+            finally:
+                free.put(sandbox)
+
+        pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="lossearch-worker")
+        slots = threading.Semaphore(self.config.workers)  # submit no further than the free workers
+        futures = []
+        try:
+            for candidate in candidates:
+                slots.acquire()
+                self.check_limits()
+                future = pool.submit(task, candidate)
+                future.add_done_callback(lambda _: slots.release())
+                futures.append(future)
+            for future in futures:
+                future.result()
+        except BaseException:
+            self.close_workers()  # kills the running children: their candidates stay resumable
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def close_workers(self) -> None:
+        for sandbox in self.worker_sandboxes:
+            sandbox.close()
+        self.worker_sandboxes.clear()
+
     def evaluate_generation(self, generation: int) -> None:
         """Static, sanity, duplicate check and bandit for every unfinished candidate of the generation."""
-        for candidate in self.store.candidates(self.campaign_id, generation=generation):
-            if candidate.status in ("pending", "evaluating"):
-                self.check_limits()
-                started = time.monotonic()
-                self.evaluate_candidate(candidate)
-                self.stats.add_seconds(time.monotonic() - started)
-                self.refresh_stats()
+        todo = [c for c in self.store.candidates(self.campaign_id, generation=generation)
+                if c.status in ("pending", "evaluating")]
+        self.for_each(todo, self.evaluate_timed)
 
-    def evaluate_candidate(self, candidate: Candidate) -> None:
+    def evaluate_timed(self, candidate: Candidate, sandbox: Sandbox) -> None:
+        started = time.monotonic()
+        self.evaluate_candidate(candidate, sandbox)
+        with self.lock:
+            self.stats.add_seconds(time.monotonic() - started)
+            self.refresh_stats()
+
+    def evaluate_candidate(self, candidate: Candidate, sandbox: Sandbox) -> None:
         self.store.update_candidate(candidate.id, status="evaluating")
         try:
             spec = static_tier(candidate.source, candidate.name)
@@ -338,7 +396,7 @@ class CampaignRunner:
             self.fail(candidate, "rejected", "static", error)
             return
         try:
-            sanity = self.recorded_or_run(candidate, "sanity", SANITY_TASK, lambda: sanity_tier(self.sandbox, spec))
+            sanity = self.recorded_or_run(candidate, "sanity", SANITY_TASK, lambda: sanity_tier(sandbox, spec))
             self.store.update_candidate(candidate.id, fingerprint=sanity["fingerprint"], tier="sanity")
             # the seed library is the baseline: every seed is evaluated, near-twins included
             twin = None if candidate.generation == 0 else self.fingerprint_twin(candidate.id, sanity["fingerprint"])
@@ -348,7 +406,7 @@ class CampaignRunner:
                                             failure_message=f"same loss as #{twin.id} {twin.name} (fingerprint distance {distance:.3g})")
                 return
             bandit = self.recorded_or_run(candidate, "bandit", self.config.task,
-                                          lambda: bandit_tier(self.sandbox, spec, self.config.task, self.config.seed))
+                                          lambda: bandit_tier(sandbox, spec, self.config.task, self.config.seed))
         except CandidateError as error:
             self.fail(candidate, "failed", "bandit" if self.has_evaluation(candidate.id, "sanity") else "sanity", error)
             return
@@ -418,26 +476,28 @@ class CampaignRunner:
         return -math.inf
 
     def promote_generation(self, generation: int) -> None:
-        if not self.config.finetune:
-            return
+        if self.config.finetune:
+            todo = [c for c in self.promoted(generation) if c.tier != "finetune"]
+            self.for_each(todo, self.finetune_candidate)
+
+    def finetune_candidate(self, candidate: Candidate, sandbox: Sandbox) -> None:
         from lossearch.evaluate import finetune_tier
-        for candidate in self.promoted(generation):
-            if candidate.tier == "finetune":
-                continue
-            self.check_limits()
+
+        with self.lock:
             self.stats.message = f"finetuning {candidate.name}"
             self.on_update(self.stats)
-            spec = static_tier(candidate.source, candidate.name)
-            started = time.monotonic()
-            try:
-                metrics = self.recorded_or_run(candidate, "finetune", self.config.task, lambda: finetune_tier(
-                    self.sandbox, spec, self.config.task, budget=self.config.budget, seed=self.config.seed,
-                    storage=self.store.optuna_storage_url(),
-                    study_name=f"{self.config.name}-{candidate.id}-{self.config.task}"))
-            except CandidateError as error:
-                self.fail(candidate, "failed", "finetune", error)
-                continue
-            self.store.update_candidate(candidate.id, tier="finetune", fitness=metrics["fitness"])
+        spec = static_tier(candidate.source, candidate.name)
+        started = time.monotonic()
+        try:
+            metrics = self.recorded_or_run(candidate, "finetune", self.config.task, lambda: finetune_tier(
+                sandbox, spec, self.config.task, budget=self.config.budget, seed=self.config.seed,
+                storage=self.store.optuna_storage_url(),
+                study_name=f"{self.config.name}-{candidate.id}-{self.config.task}"))
+        except CandidateError as error:
+            self.fail(candidate, "failed", "finetune", error)
+            return
+        self.store.update_candidate(candidate.id, tier="finetune", fitness=metrics["fitness"])
+        with self.lock:
             self.stats.add_seconds(time.monotonic() - started)
             self.refresh_stats()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -33,6 +34,18 @@ class Tier(str, Enum):
     static = "static"
     sanity = "sanity"
     bandit = "bandit"
+    finetune = "finetune"
+
+
+class BudgetName(str, Enum):
+    quick = "quick"
+    standard = "standard"
+    full = "full"
+
+
+class DataMode(str, Enum):
+    offline = "offline"
+    online = "online"
 
 
 class Task(str, Enum):
@@ -101,31 +114,171 @@ def render_evaluation(path: Path, evaluation) -> None:
             table.add_row(*cells, style="bold" if best else None)
         console.print(table)
         console.print(f"  fitness {bandit['fitness']:.4f} at beta {bandit['beta']:g} (best of the grid)")
+    finetune = evaluation.metrics.get("finetune")
+    if finetune:
+        render_finetune(finetune)
+
+
+def _number(value, spread=None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" + (f" ± {spread:.2g}" if spread else "")
+
+
+def render_finetune(finetune: dict) -> None:
+    """One row per beta trial, then the best trial's means over seeds."""
+    budget = finetune["budget"]
+    table = Table(title=f"finetune tier, task {finetune['task']}, budget {budget['name']} ({finetune['data']}), "
+                        f"{budget['steps']} steps x {len(finetune['seeds'])} seed(s)")
+    for column in ("trial", "beta", "state", "fitness"):
+        table.add_column(column, justify="right")
+    for trial in finetune["trials"]:
+        best = trial["beta"] == finetune["beta"] and trial["state"] == "complete"
+        table.add_row(str(trial["number"]), _number(trial["beta"]), trial["state"], _number(trial["fitness"]),
+                      style="bold" if best else None)
+    console.print(table)
+    budget_text = f" at KL budget {finetune['kl_budget']:g}" if finetune.get("kl_budget") is not None else ""
+    console.print(f"  reward {_number(finetune['reward'], finetune['reward_std'])} "
+                  f"(reference {_number(finetune['reference_reward'])}), "
+                  f"KL {_number(finetune['kl'], finetune['kl_std'])} nats, "
+                  f"pref_acc {_number(finetune['pref_acc'], finetune['pref_acc_std'])}, "
+                  f"margin {_number(finetune['margin'])}", markup=False)
+    console.print(f"  fitness {_number(finetune['fitness'], finetune['fitness_std'])}{budget_text}, "
+                  f"beta {finetune['beta']:.3g}, {finetune['seconds']:.1f} s", markup=False)
+
+
+@contextmanager
+def progress_bar(enabled: bool):
+    """A ProgressFn drawing a transient rich bar on stderr when `enabled`, else one that does nothing."""
+    if not enabled:
+        yield lambda description, completed, total: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+                  TimeElapsedColumn(), console=errors, transient=True) as bar:
+        task_id = bar.add_task("starting", total=1)
+
+        def report(description: str, completed: float, total: float) -> None:
+            bar.update(task_id, description=description, completed=completed, total=total)
+
+        yield report
+
+
+def finetune_options(budget, data, device, model, dataset, reward, progress):
+    """FinetuneOptions from eval's flags; a flag combination that cannot work is a UsageProblem."""
+    from lossearch.finetune import FinetuneOptions, resolve_device
+    from lossearch.tasks.user import UserSetting
+
+    if (model is None) != (dataset is None):
+        raise UsageProblem("--model and --dataset go together: a model folder and a JSONL file of pairs")
+    if reward is not None and model is None:
+        raise UsageProblem("--reward scores your own setting: give --model and --dataset too")
+    if model is not None and data == DataMode.online:
+        raise UsageProblem("--data online needs a task's oracle to label fresh pairs; use it with --task, not --model")
+    try:
+        device = resolve_device(device)
+    except (ValueError, RuntimeError) as error:
+        raise UsageProblem(f"--device: {error}") from None
+    setting = UserSetting(model, dataset, reward) if model is not None else None
+    return FinetuneOptions(budget=(budget or BudgetName.quick).value, data=(data or DataMode.offline).value,
+                           device=device, setting=setting, progress=progress)
 
 
 @app.command("eval")
 def eval_command(
     file: Path = typer.Argument(..., help="A Python module defining `loss` (see DESIGN §2)."),
     tier: Tier = typer.Option(Tier.bandit, "--tier", help="Highest tier to run."),
-    task: Task = typer.Option(Task.sentiment, "--task", help="Task for the bandit tier."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the task and the training run."),
+    task: Task = typer.Option(Task.sentiment, "--task", help="Task for the bandit and finetune tiers."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the task and the training runs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: status, tier, error, metrics."),
+    budget: Optional[BudgetName] = typer.Option(None, "--budget", help="Finetune budget (see `lossearch tasks`) [default: quick]."),
+    data: Optional[DataMode] = typer.Option(None, "--data", help="Finetune on the task's fixed pairs, or online on fresh ones [default: offline]."),
+    device: Optional[str] = typer.Option(None, "--device", help="Torch device for the finetune tier [default: cuda if present, else cpu]."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Your own local causal LM folder (with --dataset) instead of a task's."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="JSONL pairs {prompt, chosen, rejected} to finetune --model on."),
+    reward: Optional[str] = typer.Option(None, "--reward", help="module.py:function(prompt, response) -> float scoring --model's samples."),
 ) -> None:
-    """Evaluate one loss file up the cascade: static, sanity, bandit.
+    """Evaluate one loss file up the cascade: static, sanity, bandit, finetune.
 
-    Exit code 0 when the loss passes, 1 when it is rejected or fails.
+    Exit code 0 when the loss passes, 1 when it is rejected or fails. The finetune
+    tier trains a small language model with the loss (quick: about 15 s on a CPU;
+    the task's base model is built once first, a minute or two) and scores it by
+    the task's oracle at its KL budget.
 
-    Example: lossearch eval seeds/dpo.py --tier sanity --json
+    Example: lossearch eval seeds/dpo.py --tier finetune --task sentiment --budget quick
     """
     from lossearch.evaluate import evaluate
+    from lossearch.tasks.user import SettingError
 
     source = read_source(file)
-    evaluation = evaluate(source, file.stem, tier.value, task=task.value, seed=seed)
+    finetune_flags = (budget, data, device, model, dataset, reward)
+    if tier != Tier.finetune and any(flag is not None for flag in finetune_flags):
+        raise UsageProblem("--budget, --data, --device, --model, --dataset and --reward need --tier finetune")
+    with progress_bar(tier == Tier.finetune and errors.is_terminal) as progress:
+        options = finetune_options(*finetune_flags, progress) if tier == Tier.finetune else None
+        try:
+            evaluation = evaluate(source, file.stem, tier.value, task=task.value, seed=seed, finetune=options)
+        except SettingError as error:
+            raise UsageProblem(str(error)) from None
     if as_json:
         print_json(evaluation.to_dict())
     else:
         render_evaluation(file, evaluation)
     raise typer.Exit(0 if evaluation.ok else 1)
+
+
+@app.command("tasks")
+def tasks_command(
+    build: bool = typer.Option(False, "--build", help="Build the base models and pairs now (a few minutes, once)."),
+    task: Optional[Task] = typer.Option(None, "--task", help="Only this task [default: all four]."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: tasks, budgets, cached artifacts."),
+) -> None:
+    """List the finetune tier's tasks, their sizes and budgets, and the cached artifacts.
+
+    Artifacts (base models, pairs) are built on first use into $LOSSEARCH_CACHE
+    (default ~/.cache/lossearch); --build builds them ahead of time.
+
+    Example: lossearch tasks --build --task sentiment
+    """
+    from dataclasses import asdict
+
+    from lossearch.finetune import BUDGETS
+    from lossearch.tasks import TASK_NAMES, cached_artifacts, load_task, task_summaries
+
+    names = [task.value] if task else list(TASK_NAMES)
+    if build:
+        with progress_bar(errors.is_terminal) as progress:
+            for name in names:
+                load_task(name, progress=progress)
+    summaries = [row for row in task_summaries() if row["name"] in names]
+    artifacts = cached_artifacts()
+    if as_json:
+        print_json({"tasks": summaries, "budgets": [asdict(b) for b in BUDGETS.values()], "artifacts": artifacts})
+        return
+    render_tasks(summaries, BUDGETS, artifacts)
+
+
+def render_tasks(summaries, budgets, artifacts) -> None:
+    table = Table(title="finetune tasks")
+    for column in ("task", "oracle rewards", "stresses", "vocab", "parameters", "KL budget", "built"):
+        table.add_column(column, overflow="fold")
+    for row in summaries:
+        built = "yes" if row["built"]["pairs"] else ("base model" if row["built"]["world"] else "no")
+        table.add_row(row["name"], row["rewards"], row["stresses"], str(row["vocabulary"]),
+                      f"{row['parameters']:,}" if row["parameters"] else "-", f"{row['kl_budget']:g} nats", built)
+    console.print(table)
+    table = Table(title="budgets (per candidate: trials x seeds training runs)")
+    for column in ("budget", "steps", "pairs", "batch", "trials", "seeds", "eval prompts", "lr"):
+        table.add_column(column, justify="right")
+    for budget in budgets.values():
+        table.add_row(budget.name, str(budget.steps), str(budget.pairs), str(budget.batch_size), str(budget.trials),
+                      str(budget.seeds), str(budget.eval_prompts), f"{budget.lr:g}")
+    console.print(table)
+    root = summaries[0]["cache"] if summaries else ""
+    console.print(f"cache {root}: {len(artifacts)} artifact(s)", markup=False)
+    for artifact in artifacts:
+        console.print(f"  {artifact['name']}  {artifact['bytes'] / 1e6:.1f} MB", markup=False)
 
 
 @app.command("compare")
@@ -186,6 +339,7 @@ def run_command(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop once LLM calls used this many tokens."),
     llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
     llm_model: Optional[list[str]] = typer.Option(None, "--llm-model", help="LLM model name; repeat for several."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Candidates evaluated at once, in separate processes [default: 1]."),
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store [default: sqlite:///runs/NAME/campaign.db]."),
 ) -> None:
     """Run a search campaign (or resume one): propose losses, evaluate them, keep the best.
@@ -202,7 +356,8 @@ def run_command(
                  "proposer": proposer.value if proposer else None, "generations": generations,
                  "population": population, "islands": islands, "seed": seed, "finetune": finetune,
                  "max_evals": max_evals, "time_limit": time_limit, "max_cost": max_cost, "max_tokens": max_tokens,
-                 "llm_base_url": llm_base_url, "llm_models": tuple(llm_model) if llm_model else None}
+                 "llm_base_url": llm_base_url, "llm_models": tuple(llm_model) if llm_model else None,
+                 "workers": workers}
     with CampaignDisplay(console, f"campaign {name}") as display:
         outcome = run_campaign(requested, db=db, on_update=display.update)
     store = open_store(name, db)
@@ -214,6 +369,237 @@ def run_command(
     console.print(f"stopped: {outcome.stop_reason}", markup=False)
     console.print(f"database: {outcome.database}", markup=False, highlight=False)
     console.print(f"resume or extend: lossearch run --name {name} --generations N", markup=False)
+
+
+# -- after a campaign (issue 6): campaigns, leaderboard, show, lineage, transfer, export, report --
+
+RUN_HELP = "Campaign name (runs/NAME/campaign.db, or NAME in --db) [default: the most recently active one]."
+DB_HELP = "SQLAlchemy URL of the store [default: each runs/*/campaign.db under this directory]."
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+    html = "html"
+
+
+@contextmanager
+def campaign_results(run: Optional[str], db: Optional[str]):
+    """The campaign the flags name; a campaign with nothing to show yet ends in one line, exit code 1."""
+    from lossearch.results import NoResults, open_campaign
+
+    try:
+        with open_campaign(run, db) as handle:
+            yield handle
+    except NoResults as error:
+        errors.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def write_or_print(text: str, out: Optional[Path]) -> None:
+    """`text` into `out`, or on stdout as it is."""
+    if out is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    console.print(f"wrote {out}", markup=False, highlight=False)
+
+
+@app.command("campaigns")
+def campaigns_command(
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+) -> None:
+    """List every campaign: status, candidates, best fitness, LLM cost and last activity.
+
+    Campaigns are found in runs/*/campaign.db under the current directory, or in --db.
+    The most recently active one (marked *) is what the other commands read by default.
+
+    Example: lossearch campaigns --json
+    """
+    from lossearch.results import list_campaigns
+    from lossearch.views import campaigns_table
+
+    listings = list_campaigns(db=db)
+    if as_json:
+        print_json([listing.to_dict() for listing in listings])
+        return
+    if not listings:
+        errors.print("error: no campaign found: no runs/*/campaign.db here; start one with `lossearch run --name NAME`",
+                     markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(campaigns_table(listings, console.width))
+
+
+@app.command("leaderboard")
+def leaderboard_command(
+    task: Optional[Task] = typer.Option(None, "--task", help="Rank on this task [default: the one the campaign selects on]."),
+    top: Optional[int] = typer.Option(None, "--top", min=1, help="Show the best K only."),
+    include_failed: bool = typer.Option(False, "--include-failed", help="List rejected, failed and duplicate candidates too."),
+    output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, markdown, json or html."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout."),
+    run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Rank a campaign's losses, with a column saying which beat the tuned DPO baseline.
+
+    Finetuned candidates rank ahead of bandit-only ones, then by fitness (its spread
+    over seeds after ±). "beats DPO" is yes when fitness - spread > DPO's fitness + DPO's
+    spread on the same task and tier. Seeds are the baselines.
+
+    Example: lossearch leaderboard --run demo --top 10 --format markdown --out leaderboard/demo.md
+    """
+    from lossearch.report import leaderboard_page
+    from lossearch.results import leaderboard
+    from lossearch.views import as_text, leaderboard_markdown, leaderboard_table
+
+    with campaign_results(run, db) as handle:
+        board = leaderboard(handle, task=task.value if task else None, top=top, include_failed=include_failed)
+    if output_format == OutputFormat.json:
+        write_or_print(json.dumps(board.to_dicts(), indent=2), out)
+    elif output_format == OutputFormat.markdown:
+        write_or_print(leaderboard_markdown(board), out)
+    elif output_format == OutputFormat.html:
+        write_or_print(leaderboard_page(board), out)
+    elif out is not None:
+        write_or_print(as_text(leaderboard_table(board)), out)
+    else:
+        console.print(leaderboard_table(board, console.width))
+
+
+@app.command("show")
+def show_command(
+    candidate: str = typer.Argument(..., help="Candidate id (12 or #12) or name."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Show one candidate: its code, the idea behind it, every evaluation, fingerprint, parents and children.
+
+    Example: lossearch show 31 --run demo
+    """
+    from lossearch.results import show_candidate
+    from lossearch.views import candidate_view
+
+    with campaign_results(run, db) as handle:
+        report = show_candidate(handle, candidate)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        console.print(candidate_view(report))
+
+
+@app.command("lineage")
+def lineage_command(
+    candidate: str = typer.Argument(..., help="Candidate id (12 or #12) or name."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (nested branches)."),
+    run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Draw a candidate's ancestry and descendants as a tree, with the fitness change along each edge.
+
+    Δ is child minus parent, on the campaign's task at the highest tier both were scored at.
+
+    Example: lossearch lineage 31 --run demo
+    """
+    from lossearch.results import lineage
+    from lossearch.views import lineage_tree
+
+    with campaign_results(run, db) as handle:
+        tree = lineage(handle, candidate)
+    if as_json:
+        print_json(tree.to_dict())
+    else:
+        console.print(lineage_tree(tree))
+
+
+@app.command("transfer")
+def transfer_command(
+    top: int = typer.Option(3, "--top", min=1, help="How many leaders to evaluate (DPO is always added)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated held-out tasks [default: every task but the campaign's]."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Evaluate the leaders on tasks they were not selected on, store the results, print the table.
+
+    Uses the campaign's top tier: finetune if the campaign ran it, else bandit. Results
+    already stored are reused, so running it again is instant.
+
+    Example: lossearch transfer --run demo --top 3 --tasks sort,length,noisy
+    """
+    from lossearch.results import transfer
+    from lossearch.views import transfer_view
+
+    names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks is not None else None
+    with campaign_results(run, db) as handle, progress_bar(errors.is_terminal and not as_json) as progress:
+        table = transfer(handle, tasks=names, top=top, progress=progress)
+    if as_json:
+        print_json(table.to_dict())
+    else:
+        console.print(transfer_view(table))
+
+
+@app.command("export")
+def export_command(
+    candidate: Optional[str] = typer.Argument(None, help="Candidate id (12 or #12) or name; or use --top."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the module here [default: print it]."),
+    top: Optional[int] = typer.Option(None, "--top", min=1, help="Export the best K instead, one module each."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for --top [default: leaderboard/CAMPAIGN/]."),
+    run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Export losses as standalone modules: the loss, its provenance, and an adapter for TRL's DPOTrainer.
+
+    A module imports only torch; `dpo_trainer_class()` in it returns a trl.DPOTrainer
+    subclass that trains with the loss. With --top, the folder also gets a README.md
+    holding the leaderboard.
+
+    Example: lossearch export --run demo --top 5 --out-dir leaderboard/demo/
+    """
+    from lossearch.export import export_candidate, export_top
+
+    if (candidate is None) == (top is None):
+        raise UsageProblem("give a candidate id, or --top K (not both)")
+    if candidate is not None and out_dir is not None:
+        raise UsageProblem("--out-dir goes with --top; for one candidate use --out FILE.py")
+    if top is not None and out is not None:
+        raise UsageProblem("--out is for one candidate; with --top use --out-dir FOLDER")
+    with campaign_results(run, db) as handle:
+        if top is not None:
+            modules = export_top(handle, top, out_dir or Path("leaderboard") / handle.campaign.name)
+        else:
+            module = export_candidate(handle, candidate, out)
+    if top is None:
+        if out is None:
+            sys.stdout.write(module.source)
+        else:
+            console.print(f"wrote {module.path} (#{module.candidate_id})", markup=False, highlight=False)
+        return
+    for module in modules:
+        console.print(f"wrote {module.path} (#{module.candidate_id})", markup=False, highlight=False)
+
+
+@app.command("report")
+def report_command(
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write [default: runs/NAME/report.html]."),
+    leaders: int = typer.Option(6, "--leaders", min=1, help="Leaders whose fingerprints and code are shown."),
+    run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Write one self-contained HTML report: plots, lineage graph, fingerprints and the leaderboard.
+
+    The plots are inline SVG; the file opens without a network.
+
+    Example: lossearch report --run demo --out runs/demo/report.html
+    """
+    from lossearch.report import write_report
+
+    with campaign_results(run, db) as handle:
+        path = write_report(handle, out, leaders=leaders)
+    console.print(f"wrote {path}", markup=False, highlight=False)
 
 
 def _click_exceptions() -> list:

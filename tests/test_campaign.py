@@ -171,9 +171,23 @@ def test_llm_campaign_against_a_local_openai_compatible_server(tmp_path, monkeyp
                    for child in children for edge in store.parents(child.id))
 
 
+@pytest.mark.slow
 def test_unreachable_llm_endpoint_is_one_line(tmp_path):
     process = start_cli(tmp_path, "--name", "nollm", "--generations", "1", "--no-finetune", "--proposer", "llm",
                         "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "m")
     out, err = process.communicate(timeout=300)
     assert process.returncode == 2
     assert err.startswith("error: ") and err.strip().count("\n") == 0 and "Traceback" not in err
+
+
+def test_two_workers_evaluate_the_same_campaign(tmp_path):
+    outcome = run_campaign({"name": "parallel", "generations": 1, "workers": 2, **FAST}, runs_dir=tmp_path / "runs")
+    assert outcome.stop_reason == "reached 1 generation(s)"
+    with campaign_db(tmp_path, "parallel") as store:
+        campaign = store.get_campaign("parallel")
+        assert not store.pending_candidates(campaign.id)
+        per_key = Counter((e.candidate_id, e.tier, e.task, e.seed) for e in store.evaluations(campaign_id=campaign.id))
+        assert per_key and max(per_key.values()) == 1
+        seeds = [c for c in store.candidates(campaign.id) if c.generation == 0]
+        assert all(c.status == "evaluated" for c in seeds)
+        assert store.integrity_check() == "ok"
