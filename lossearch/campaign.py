@@ -33,6 +33,7 @@ from lossearch.selection import PoolMember, SelectionWeights, choose_parents
 from lossearch.store import Candidate, Store
 
 PROPOSERS = ("mutation", "llm", "none")
+EXECUTORS = ("local", "ray")
 TIER_ORDER = {"static": 0, "sanity": 1, "bandit": 2, "finetune": 3}
 BASELINE_SEED = "dpo"
 SANITY_TASK = "-"  # sanity does not depend on a task; its evaluations are keyed by this
@@ -77,7 +78,11 @@ class CampaignConfig:
     llm_models: tuple[str, ...] = ()
     """Model names of the `llm` proposer; with several, a bandit picks per call."""
     workers: int = 1
-    """Candidates evaluated at once, each in a sandbox of its own (the local executor)."""
+    """Candidates evaluated at once, each in a sandbox of its own."""
+    executor: str = "local"
+    """`local` (sandboxes on this machine) or `ray` (sandboxes on Ray workers)."""
+    ray_address: str | None = None
+    """Address of the Ray cluster; None starts a local Ray instance."""
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -88,6 +93,8 @@ class CampaignConfig:
             raise ValueError("generations must be >= 0; population, islands and migrate_every >= 1")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.executor!r}; choose one of {', '.join(EXECUTORS)}")
         if not 0 < self.promote_share <= 1:
             raise ValueError("promote_share must be in (0, 1]")
         if self.proposer == "llm" and (not self.llm_base_url or not self.llm_models):
@@ -103,8 +110,8 @@ class CampaignConfig:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
-STOP_FIELDS = ("generations", "max_evals", "time_limit", "max_cost", "max_tokens", "workers")
-"""Fields a resumed campaign may change: when to stop and how many workers; nothing its results depend on."""
+STOP_FIELDS = ("generations", "max_evals", "time_limit", "max_cost", "max_tokens", "workers", "executor", "ray_address")
+"""Fields a resumed campaign may change: when to stop and where it runs; nothing its results depend on."""
 
 
 def merge_resumed(stored: CampaignConfig, requested: dict[str, Any]) -> CampaignConfig:
@@ -162,10 +169,12 @@ class CampaignRunner:
     """Runs one campaign against a store; see the module docstring for the loop."""
 
     def __init__(self, config: CampaignConfig, store: Store, sandbox: Sandbox, proposer=None,
-                 on_update: Callable[[CampaignStats], None] | None = None) -> None:
+                 on_update: Callable[[CampaignStats], None] | None = None,
+                 make_sandbox: Callable[[], Sandbox] | None = None) -> None:
         self.config = config
         self.store = store
         self.sandbox = sandbox
+        self.make_sandbox = make_sandbox or (lambda: Sandbox(sandbox.limits))
         self.proposer = proposer
         self.on_update = on_update or (lambda stats: None)
         self.stats = CampaignStats()
@@ -339,10 +348,11 @@ class CampaignRunner:
                 self.check_limits()
                 work(candidate, self.sandbox)
             return
-        while len(self.worker_sandboxes) < self.config.workers:
-            self.worker_sandboxes.append(Sandbox(self.sandbox.limits))
+        # the main sandbox is the first worker; the others are started once and kept
+        while len(self.worker_sandboxes) < self.config.workers - 1:
+            self.worker_sandboxes.append(self.make_sandbox())
         free: queue.Queue[Sandbox] = queue.Queue()
-        for sandbox in self.worker_sandboxes:
+        for sandbox in [self.sandbox, *self.worker_sandboxes]:
             free.put(sandbox)
 
         def task(candidate: Candidate) -> None:
@@ -366,6 +376,7 @@ class CampaignRunner:
                 future.result()
         except BaseException:
             self.close_workers()  # kills the running children: their candidates stay resumable
+            self.sandbox.close()  # (a local one restarts on its next run)
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -566,7 +577,21 @@ def run_campaign(requested: Mapping[str, Any], *, db: str | None = None, runs_di
     try:
         config = resolve_config(store, requested)
         proposer = build_proposer(config)
-        with Sandbox() as sandbox:
-            return CampaignRunner(config, store, sandbox, proposer, on_update).run()
+        make_sandbox = sandbox_factory(config)
+        sandbox = make_sandbox()
+        try:
+            return CampaignRunner(config, store, sandbox, proposer, on_update, make_sandbox).run()
+        finally:
+            sandbox.close()
     finally:
         store.close()
+
+
+def sandbox_factory(config: CampaignConfig) -> Callable[[], Sandbox]:
+    """Where evaluations run: local sandboxes, or sandboxes on Ray workers."""
+    if config.executor == "ray":
+        from lossearch.ray_executor import RaySandbox, connect
+
+        connect(config.ray_address)  # fails early, in one line, without Ray or a cluster
+        return lambda: RaySandbox(address=config.ray_address)
+    return Sandbox

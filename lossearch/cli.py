@@ -21,6 +21,7 @@ from rich.table import Table
 
 from lossearch.failures import CandidateError
 from lossearch.proposers.base import ProposerError
+from lossearch.ray_executor import RayUnavailable
 from lossearch.store import StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -128,8 +129,7 @@ def _number(value, spread=None) -> str:
 def render_finetune(finetune: dict) -> None:
     """One row per beta trial, then the best trial's means over seeds."""
     budget = finetune["budget"]
-    table = Table(title=f"finetune tier, task {finetune['task']}, budget {budget['name']} ({finetune['data']}), "
-                        f"{budget['steps']} steps x {len(finetune['seeds'])} seed(s)")
+    table = Table(title=f"finetune tier: {finetune['task']}, {budget['name']} budget, {finetune['data']}")
     for column in ("trial", "beta", "state", "fitness"):
         table.add_column(column, justify="right")
     for trial in finetune["trials"]:
@@ -144,7 +144,8 @@ def render_finetune(finetune: dict) -> None:
                   f"pref_acc {_number(finetune['pref_acc'], finetune['pref_acc_std'])}, "
                   f"margin {_number(finetune['margin'])}", markup=False)
     console.print(f"  fitness {_number(finetune['fitness'], finetune['fitness_std'])}{budget_text}, "
-                  f"beta {finetune['beta']:.3g}, {finetune['seconds']:.1f} s", markup=False)
+                  f"beta {finetune['beta']:.3g}; {budget['steps']} steps x {len(finetune['seeds'])} seed(s), "
+                  f"{finetune['seconds']:.1f} s", markup=False)
 
 
 @contextmanager
@@ -167,15 +168,21 @@ def progress_bar(enabled: bool):
 
 def finetune_options(budget, data, device, model, dataset, reward, progress):
     """FinetuneOptions from eval's flags; a flag combination that cannot work is a UsageProblem."""
-    from lossearch.finetune import FinetuneOptions, resolve_device
-    from lossearch.tasks.user import UserSetting
-
     if (model is None) != (dataset is None):
         raise UsageProblem("--model and --dataset go together: a model folder and a JSONL file of pairs")
     if reward is not None and model is None:
         raise UsageProblem("--reward scores your own setting: give --model and --dataset too")
     if model is not None and data == DataMode.online:
         raise UsageProblem("--data online needs a task's oracle to label fresh pairs; use it with --task, not --model")
+    if model is not None and not model.is_dir():
+        raise UsageProblem(f"--model {model}: no such folder (give a folder written by save_pretrained)")
+    if dataset is not None and not dataset.is_file():
+        raise UsageProblem(f"--dataset {dataset}: no such file (give a JSONL file of prompt/chosen/rejected)")
+    if reward is not None and not Path(reward.rpartition(":")[0]).is_file():
+        raise UsageProblem(f"--reward {reward}: write it as path/to/module.py:function, with an existing file")
+    from lossearch.finetune import FinetuneOptions, resolve_device
+    from lossearch.tasks.user import UserSetting
+
     try:
         device = resolve_device(device)
     except (ValueError, RuntimeError) as error:
@@ -303,6 +310,11 @@ def compare_command(
     raise typer.Exit(0)
 
 
+class Executor(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class Proposer(str, Enum):
     mutation = "mutation"
     llm = "llm"
@@ -340,6 +352,8 @@ def run_command(
     llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
     llm_model: Optional[list[str]] = typer.Option(None, "--llm-model", help="LLM model name; repeat for several."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Candidates evaluated at once, in separate processes [default: 1]."),
+    executor: Optional[Executor] = typer.Option(None, "--executor", help="local, or ray (pip install \"lossearch[ray]\") [default: local]."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address; without it a local Ray instance starts."),
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store [default: sqlite:///runs/NAME/campaign.db]."),
 ) -> None:
     """Run a search campaign (or resume one): propose losses, evaluate them, keep the best.
@@ -357,13 +371,15 @@ def run_command(
                  "population": population, "islands": islands, "seed": seed, "finetune": finetune,
                  "max_evals": max_evals, "time_limit": time_limit, "max_cost": max_cost, "max_tokens": max_tokens,
                  "llm_base_url": llm_base_url, "llm_models": tuple(llm_model) if llm_model else None,
-                 "workers": workers}
+                 "workers": workers, "executor": executor.value if executor else None, "ray_address": ray_address}
     with CampaignDisplay(console, f"campaign {name}") as display:
         outcome = run_campaign(requested, db=db, on_update=display.update)
     store = open_store(name, db)
     try:
         campaign = store.get_campaign(name)
-        render_short_leaderboard(store.leaderboard(campaign.id, top=10), f"campaign {name}: top 10")
+        # on the selection task only: `lossearch transfer` stores evaluations on other tasks too
+        board = store.leaderboard(campaign.id, task=campaign.config.get("task"), top=10)
+        render_short_leaderboard(board, f"campaign {name}: top 10")
     finally:
         store.close()
     console.print(f"stopped: {outcome.stop_reason}", markup=False)
@@ -632,7 +648,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
         errors.print(f"error: {error.format_message()}{hint}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    except (UsageProblem, CandidateError, ValueError, ProposerError, StoreError) as error:
+    except (UsageProblem, CandidateError, ValueError, ProposerError, StoreError, RayUnavailable) as error:
         errors.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except aborts + (KeyboardInterrupt,):

@@ -16,16 +16,17 @@ import os
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping, Sequence
 
 from lossearch.failures import Failure
 
-ENV_ALLOW_LIST = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
+ENV_ALLOW_LIST = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES")
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")
 
 
@@ -65,6 +66,8 @@ class SandboxResult:
     failure: Failure | None = None
     seconds: float = 0.0
     isolation: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+    """{name: bytes} of the files named in `run(outputs=...)` that the child left in its workdir."""
 
     @property
     def ok(self) -> bool:
@@ -142,14 +145,22 @@ class Sandbox:
         return json.loads(line)
 
     # -- running a job -------------------------------------------------------------------
-    def run(self, job: str, payload: dict, limits: SandboxLimits | None = None) -> SandboxResult:
-        """Run `job` (a name in lossearch._zygote.JOB_FUNCTIONS) on `payload` in a jailed child."""
+    def run(self, job: str, payload: dict, limits: SandboxLimits | None = None, *,
+            inputs: Mapping[str, str | os.PathLike] | None = None, outputs: Sequence[str] = ()) -> SandboxResult:
+        """Run `job` (a name in lossearch._zygote.JOB_FUNCTIONS) on `payload` in a jailed child.
+
+        `inputs` ({name: path}) are copied read-only into the child's working directory
+        before it starts; the files named in `outputs` that the child writes there come
+        back as bytes in `SandboxResult.outputs` (plain files no larger than
+        `limits.file_bytes`, read without following links) before the directory goes.
+        """
         limits = limits or self.limits
         if self._zygote is None or self._zygote.poll() is not None:
             self._start()
         workdir = tempfile.mkdtemp(prefix="lossearch-sandbox-")
         started = time.monotonic()
         try:
+            _copy_inputs(workdir, inputs or {})
             request = {"job": job, "payload": payload, "limits": asdict(limits), "workdir": workdir}
             self._zygote.stdin.write((json.dumps(request) + "\n").encode())
             self._zygote.stdin.flush()
@@ -164,9 +175,51 @@ class Sandbox:
                     done = {"status": signal.SIGKILL, "result": ""}
             seconds = time.monotonic() - started
             _kill_group(pid)  # leftovers of a child that exited but left processes behind
-            return _interpret(done, timed_out, seconds, limits, _read_log(workdir))
+            result = _interpret(done, timed_out, seconds, limits, _read_log(workdir))
+            return replace(result, outputs=_read_outputs(workdir, outputs, limits.file_bytes)) if outputs else result
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _check_name(name: str) -> str:
+    if not name or name != os.path.basename(name) or name in (".", "..") or name.startswith(".child"):
+        raise ValueError(f"sandbox file names must be plain file names, not {name!r}")
+    return name
+
+
+def _copy_inputs(workdir: str, inputs: Mapping[str, str | os.PathLike]) -> None:
+    """Copy each input into the working directory, readable by the (unprivileged) child, read-only."""
+    for name, source in inputs.items():
+        target = os.path.join(workdir, _check_name(name))
+        shutil.copyfile(source, target)
+        os.chmod(target, 0o444)
+
+
+def _read_outputs(workdir: str, names: Sequence[str], limit: int) -> dict[str, bytes]:
+    """The named plain files the child left, each at most `limit` bytes; links and the rest are ignored.
+
+    Every open is relative to a descriptor of the directory itself, opened without
+    following links, so a child that swapped a file or the directory for a link
+    cannot make us read anything else.
+    """
+    found: dict[str, bytes] = {}
+    try:
+        directory = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return found
+    try:
+        for name in names:
+            try:
+                handle = os.open(_check_name(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=directory)
+            except OSError:
+                continue
+            with os.fdopen(handle, "rb") as file:
+                info = os.fstat(file.fileno())
+                if stat.S_ISREG(info.st_mode) and info.st_size <= limit:
+                    found[name] = file.read(limit + 1)[:limit]
+    finally:
+        os.close(directory)
+    return found
 
 
 def _kill_group(pid: int) -> None:
