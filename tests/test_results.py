@@ -1,0 +1,324 @@
+"""After a campaign: campaigns, leaderboard, show, lineage, transfer, export, report.
+
+One small real campaign is built per module (about 15 s); every command runs through
+the real CLI in a subprocess, from the campaign's directory, and through the library.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from lossearch import campaign as campaign_module
+from lossearch import results as results_module
+from lossearch.campaign import run_campaign
+from lossearch.cli import main
+from lossearch.contract import TENSOR_INPUTS, call_loss, load_loss, parse_spec
+from lossearch.export import module_source
+from lossearch.results import (BEATS_RULE, NoResults, Score, beats, build_leaderboard, leaderboard,
+                               load_campaign_data, open_campaign)
+from lossearch.store import NotFoundError, Store
+
+
+def lossearch(*args: str, cwd) -> subprocess.CompletedProcess:
+    script = [sys.executable, "-c", "import sys; from lossearch.cli import main; sys.exit(main())"]
+    return subprocess.run(script + list(args), cwd=cwd, capture_output=True, text=True, timeout=180)
+
+
+@dataclass
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def in_process(monkeypatch, capfd):
+    """`main(args)` in this process, from `cwd`: the same code path as the console script, without its start-up."""
+    def call(*args: str, cwd) -> Done:
+        monkeypatch.chdir(cwd)
+        code = main(list(args))
+        out, err = capfd.readouterr()
+        return Done(code, out, err)
+    return call
+
+
+def ok(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def one_line_error(done: subprocess.CompletedProcess, code: int | tuple[int, ...] = (1, 2)) -> str:
+    assert done.returncode in ((code,) if isinstance(code, int) else code), (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.strip().count("\n") == 0, done.stderr
+    return done.stderr
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A directory holding runs/t/campaign.db: 24 seeds and one generation of 3 children."""
+    home = tmp_path_factory.mktemp("home")
+    run_campaign({"name": "t", "generations": 1, "population": 3, "finetune": False}, runs_dir=home / "runs")
+    return home
+
+
+@pytest.fixture(scope="module")
+def data(home):
+    with open_campaign(runs_dir=home / "runs") as handle:
+        return load_campaign_data(handle.store, handle.campaign)
+
+
+def child_of(data) -> int:
+    """A ranked child of generation 1 (it has parents)."""
+    board = build_leaderboard(data)
+    return next(row.id for row in board.rows if row.generation == 1 and row.parents)
+
+
+# -- library ---------------------------------------------------------------------------------
+
+
+def test_beats_takes_the_spread_into_account():
+    dpo = Score("sentiment", "finetune", 0.40, 0.02, 3)
+    assert beats(Score("sentiment", "finetune", 0.50, 0.05, 3), dpo)
+    assert not beats(Score("sentiment", "finetune", 0.45, 0.05, 3), dpo)  # intervals overlap
+    assert not beats(Score("sentiment", "finetune", 0.40, None, 1), Score("sentiment", "finetune", 0.40, None, 1))
+    assert beats(Score("sentiment", "bandit", 0.41, None, 1), Score("sentiment", "bandit", 0.40, None, 1))
+
+
+def test_leaderboard_ranks_marks_seeds_and_compares_with_dpo(data):
+    board = build_leaderboard(data)
+    assert [row.rank for row in board.rows] == list(range(1, len(board.rows) + 1))
+    assert len(board.rows) >= 24 and board.task == "sentiment"
+    fitnesses = [row.fitness for row in board.rows]
+    assert fitnesses == sorted(fitnesses, reverse=True)  # one tier here: plain fitness order
+    assert sum(row.is_seed for row in board.rows) == 24
+    (dpo,) = [row for row in board.rows if row.is_baseline]
+    assert dpo.name == "dpo" and dpo.is_seed and dpo.beats_dpo is None
+    for row in board.rows:
+        if not row.is_baseline:
+            expected = row.fitness - (row.fitness_std or 0) > dpo.fitness + (dpo.fitness_std or 0)
+            assert row.beats_dpo == expected
+            assert row.dpo_delta == pytest.approx(row.fitness - dpo.fitness)
+    assert build_leaderboard(data, top=3).rows == board.rows[:3]
+    everyone = build_leaderboard(data, include_failed=True).rows
+    assert len(everyone) == len(data.candidates)
+
+
+def test_the_most_recently_active_campaign_is_the_default(home, tmp_path):
+    with open_campaign(runs_dir=home / "runs") as handle:
+        assert handle.campaign.name == "t" and handle.location.endswith("campaign.db")
+    with pytest.raises(NotFoundError, match="no campaign found"):
+        with open_campaign(runs_dir=tmp_path / "runs"):
+            pass
+    with pytest.raises(NotFoundError, match="does not exist"):
+        with open_campaign("nope", runs_dir=home / "runs"):
+            pass
+
+
+def test_an_empty_campaign_has_no_leaderboard(tmp_path):
+    with Store.for_campaign_dir(tmp_path / "runs" / "empty") as store:
+        store.create_campaign("empty", {"task": "sentiment"})
+    with open_campaign(runs_dir=tmp_path / "runs") as handle, pytest.raises(NoResults, match="no candidates yet"):
+        leaderboard(handle)
+
+
+def random_inputs(batch: int = 16) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    tensors = {name: -torch.rand(batch, generator=generator, dtype=torch.float64) * 30 for name in TENSOR_INPUTS}
+    for name in ("chosen_lengths", "rejected_lengths"):
+        tensors[name] = torch.randint(1, 40, (batch,), generator=generator).double()
+    for name in ("chosen_kl", "rejected_kl"):
+        tensors[name] = torch.rand(batch, generator=generator, dtype=torch.float64) * 3
+    return tensors
+
+
+def exactly_equal(first_source: str, second_source: str) -> None:
+    first, second = parse_spec(first_source), parse_spec(second_source)
+    assert (first.inputs, dict(first.hyperparameters)) == (second.inputs, dict(second.hyperparameters))
+    tensors = random_inputs()
+    for beta in (None, 0.5):
+        a = call_loss(load_loss(first_source), first, tensors, beta=beta)
+        b = call_loss(load_loss(second_source), second, tensors, beta=beta)
+        assert torch.equal(a, b)
+
+
+def test_every_exported_loss_gives_exactly_the_stored_values(data):
+    for candidate in data.candidates.values():
+        if candidate.status != "rejected":
+            exactly_equal(candidate.source, module_source(data, candidate))
+
+
+def test_export_keeps_future_imports_and_odd_docstrings(tmp_path):
+    source = r'''"""A loss with \\ backslashes, an escaped \"\"\" triple quote and a trailing quote \""""
+from __future__ import annotations
+import torch.nn.functional as F
+
+def loss(policy_chosen_logps, policy_rejected_logps, beta: float = 0.2, gamma: float = 0.5):
+    return -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps) - gamma)
+'''
+    with Store.for_campaign_dir(tmp_path / "runs" / "odd") as store:
+        campaign = store.create_campaign("odd", {"task": "sentiment"})
+        candidate = store.add_candidate(campaign.id, source=source, name="odd loss!", proposer="llm", generation=1)
+        exported = module_source(load_campaign_data(store, campaign), candidate)
+    tree = ast.parse(exported)
+    docstring = ast.get_docstring(tree)
+    assert '\\ backslashes, an escaped """ triple quote and a trailing quote "' in docstring
+    assert f"#{candidate.id}" in docstring
+    assert isinstance(tree.body[1], ast.ImportFrom) and tree.body[1].module == "__future__"
+    exactly_equal(source, exported)
+
+
+# -- the CLI, as a user runs it ----------------------------------------------------------------
+
+
+def test_campaigns_lists_the_campaign(home):
+    listed = json.loads(ok(lossearch("campaigns", "--json", cwd=home)))
+    assert [entry["name"] for entry in listed] == ["t"]
+    assert listed[0]["location"] == "runs/t/campaign.db" and listed[0]["candidates"] == 27
+    assert "t *" in ok(lossearch("campaigns", cwd=home))
+
+
+def test_leaderboard_in_every_format(home, tmp_path):
+    rows = json.loads(ok(lossearch("leaderboard", "--format", "json", "--top", "5", cwd=home)))
+    assert len(rows) == 5 and [row["rank"] for row in rows] == [1, 2, 3, 4, 5]
+    for row in rows:
+        assert set(row) >= {"id", "name", "fitness", "reward", "kl", "pref_acc", "parents", "generation", "is_seed",
+                            "beats_dpo", "fitness_std", "tier", "proposer"}
+    table = ok(lossearch("leaderboard", "--run", "t", cwd=home))
+    assert "beats DPO" in table and "dpo (seed)" in table and "baseline" in table
+    markdown = ok(lossearch("leaderboard", "--format", "markdown", "--include-failed", cwd=home))
+    assert markdown.count("\n| ") >= 27 and BEATS_RULE in markdown
+    page = tmp_path / "board.html"
+    ok(lossearch("leaderboard", "--format", "html", "--out", str(page), cwd=home))
+    assert "<table>" in page.read_text() and "dpo" in page.read_text()
+
+
+def test_show_prints_code_idea_metrics_and_relatives(home, data):
+    child = child_of(data)
+    shown = json.loads(ok(lossearch("show", str(child), "--json", cwd=home)))
+    assert shown["id"] == child and "def loss" in shown["source"] and shown["idea"]
+    assert shown["is_seed"] is False and shown["parents"] and shown["fingerprint_summary"]["text"]
+    assert {(e["tier"], e["task"]) for e in shown["evaluations"]} >= {("bandit", "sentiment")}
+    parent = shown["parents"][0]
+    assert parent["delta"] == pytest.approx(shown["score"]["fitness"] - parent["fitness"])
+    text = ok(lossearch("show", f"#{child}", cwd=home))
+    assert "def loss" in text and "idea:" in text and "fingerprint:" in text and "parents" in text
+    first_parent = json.loads(ok(lossearch("show", data.candidates[parent["id"]].name, "--json", cwd=home)))
+    assert first_parent["is_seed"] and any(relative["id"] == child for relative in first_parent["children"])
+
+
+def test_lineage_draws_ancestry_with_fitness_changes(home, data):
+    child = child_of(data)
+    tree = json.loads(ok(lossearch("lineage", str(child), "--json", cwd=home)))
+    assert tree["root"]["id"] == child and tree["ancestors"]
+    for node in tree["ancestors"]:
+        parent = data.candidates[node["id"]]
+        assert node["relation"] in ("mutation", "crossover") and parent.generation == 0
+        assert node["delta"] == pytest.approx(tree["root"]["fitness"] - node["fitness"])
+    text = ok(lossearch("lineage", str(child), cwd=home))
+    assert "ancestry" in text and "Δ" in text and data.candidates[tree["ancestors"][0]["id"]].name in text
+
+
+def test_transfer_evaluates_stores_and_reuses(home):
+    first = json.loads(ok(lossearch("transfer", "--top", "1", "--tasks", "sort", "--json", cwd=home)))
+    assert first["tier"] == "bandit" and first["tasks"] == ["sort"] and first["ran"] == 2  # the leader and DPO
+    assert any(row["is_baseline"] for row in first["rows"])
+    for row in first["rows"]:
+        assert row["cells"]["sort"]["fitness"] is not None
+    with Store(f"sqlite:///{home / 'runs' / 't' / 'campaign.db'}") as store:
+        stored = store.evaluations(task="sort", tier="bandit")
+        assert {e.candidate_id for e in stored} == {row["id"] for row in first["rows"]}
+    again = " ".join(ok(lossearch("transfer", "--top", "1", "--tasks", "sort", cwd=home)).split())
+    assert "held out on sort" in again and "0 evaluation(s) run now" in again
+    on_sort = json.loads(ok(lossearch("leaderboard", "--task", "sort", "--format", "json", cwd=home)))
+    assert len(on_sort) == 2
+    one_line_error(lossearch("transfer", "--tasks", "sentiment", cwd=home), 2)
+
+
+def test_export_writes_standalone_modules(home, data, tmp_path):
+    child = child_of(data)
+    printed = ok(lossearch("export", str(child), cwd=home))
+    exactly_equal(data.candidates[child].source, printed)
+    folder = tmp_path / "board"
+    ok(lossearch("export", "--top", "2", "--out-dir", str(folder), cwd=home))
+    modules = sorted(folder.glob("rank*.py"))
+    assert [path.name[:6] for path in modules] == ["rank01", "rank02"] and (folder / "README.md").is_file()
+    for path in modules:
+        imported = {alias.name for node in ast.parse(path.read_text()).body if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module for node in ast.parse(path.read_text()).body if isinstance(node, ast.ImportFrom)}
+        assert imported <= {"torch", "torch.nn.functional", "math", "__future__"}
+    # imports and runs with torch alone: TRL, transformers and lossearch are made unimportable
+    probe = ("import sys, importlib.util, torch\n"
+             "for name in ('trl', 'transformers', 'lossearch', 'numpy'): sys.modules[name] = None\n"
+             f"spec = importlib.util.spec_from_file_location('exported', {str(modules[0])!r})\n"
+             "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+             "x = torch.zeros(4)\n"
+             "print(module.TUNED_BETA, callable(module.dpo_trainer_class), callable(module.use_in_dpo_trainer))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.split()[1:] == ["True", "True"], done.stderr
+
+
+def test_report_is_one_self_contained_html_file(home):
+    out = ok(lossearch("report", cwd=home))
+    path = home / "runs" / "t" / "report.html"
+    assert str(path.relative_to(home)) in out
+    html = path.read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.count("<svg") >= 5
+    for heading in ("Fitness over generations", "Reward against KL", "Lineage", "Fingerprints", "Leaderboard"):
+        assert heading in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
+    assert "<script" not in html and "<link" not in html and "@import" not in html
+    assert "Held-out tasks" in html or "sort" not in html  # present once transfer has stored something
+
+
+def test_errors_are_one_line(home, tmp_path, in_process):
+    one_line_error(lossearch("show", "99999", cwd=home), 2)  # once through the console script
+    one_line_error(in_process("lineage", "no-such-loss", cwd=home), 2)
+    one_line_error(in_process("export", "99999", cwd=home), 2)
+    one_line_error(in_process("export", cwd=home), 2)
+    one_line_error(in_process("export", "1", "--top", "2", cwd=home), 2)
+    one_line_error(in_process("leaderboard", "--run", "missing", cwd=home), 2)
+    one_line_error(in_process("leaderboard", "--task", "sorting", cwd=home), 2)
+    one_line_error(in_process("leaderboard", cwd=tmp_path), 2)  # no campaign here at all
+    one_line_error(in_process("campaigns", cwd=tmp_path), 1)
+    with Store.for_campaign_dir(tmp_path / "runs" / "empty") as store:
+        store.create_campaign("empty", {"task": "sentiment"})
+    one_line_error(lossearch("leaderboard", cwd=tmp_path), 1)
+    for command in (["report"], ["transfer"], ["export", "--top", "1"], ["show", "1"]):
+        one_line_error(in_process(*command, cwd=tmp_path), (1, 2))
+    assert json.loads(in_process("campaigns", "--json", cwd=tmp_path).stdout)[0]["candidates"] == 0
+
+
+def test_results_repeats_the_campaign_constants_exactly():
+    assert results_module.TIER_ORDER == campaign_module.TIER_ORDER
+    assert results_module.BASELINE_SEED == campaign_module.BASELINE_SEED
+    assert results_module.SANITY_TASK == campaign_module.SANITY_TASK
+
+
+def test_transfer_uses_the_campaigns_top_tier(monkeypatch):
+    from lossearch import evaluate
+    from lossearch.finetune import FinetuneOptions
+
+    assert results_module.transfer_tier({"finetune": False}) == "bandit"
+    assert results_module.transfer_tier({"finetune": True}) == "finetune"
+    seen = {}
+
+    def fake_finetune_tier(sandbox, spec, task, seed, options):
+        seen.update(task=task, seed=seed, options=options)
+        return {"fitness": 0.5}
+
+    monkeypatch.setattr(evaluate, "finetune_tier", fake_finetune_tier)
+    config = {"finetune": True, "budget": "standard", "seed": 3}
+    assert results_module.evaluate_on_task(None, None, "sort", "finetune", config, "sqlite:///x.db") == {"fitness": 0.5}
+    assert seen == {"task": "sort", "seed": 3, "options": FinetuneOptions(budget="standard", storage="sqlite:///x.db")}
+    monkeypatch.delattr(evaluate, "finetune_tier")
+    assert results_module.transfer_tier({"finetune": True}) == "bandit"

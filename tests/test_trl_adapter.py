@@ -1,0 +1,121 @@
+"""Exported modules train in TRL's DPOTrainer: a tiny random Llama, a tokenizer built here, no downloads.
+
+The exported DPO and hinge seeds must log, step for step, the losses TRL's own
+`sigmoid` and `hinge` give; a recorder shows the trainer's loss is the value our
+function returned; TDPO's KL inputs are computed (zero while policy = reference).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+
+import pytest
+
+trl = pytest.importorskip("trl")
+datasets = pytest.importorskip("datasets")
+
+import torch  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+
+from lossearch.export import module_source  # noqa: E402
+from lossearch.results import load_campaign_data  # noqa: E402
+from lossearch.seedlib import seed_path  # noqa: E402
+from lossearch.store import Store  # noqa: E402
+
+WORDS = "the movie film was is a good great fine bad awful boring plot acting".split()
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    """A saved tiny model, its tokenizer and eight preference pairs."""
+    folder = tmp_path_factory.mktemp("tiny")
+    vocab = {word: index for index, word in enumerate(["<pad>", "<eos>", "<unk>", *WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+                         pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    LlamaForCausalLM(config).save_pretrained(folder / "model")
+    pairs = datasets.Dataset.from_dict({"prompt": ["the movie was", "the plot is"] * 4,
+                                        "chosen": [" good", " great acting", " fine", " a great film"] * 2,
+                                        "rejected": [" bad", " awful acting", " boring", " a bad film"] * 2})
+    return folder, tokenizer, pairs
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The dpo, hinge and tdpo seeds exported from a campaign database, imported as modules."""
+    folder = tmp_path_factory.mktemp("exported")
+    modules = {}
+    with Store.for_campaign_dir(folder / "runs" / "x") as store:
+        campaign = store.create_campaign("x", {"task": "sentiment"})
+        for name in ("dpo", "hinge", "tdpo"):
+            store.add_candidate(campaign.id, source=seed_path(name).read_text(), name=name, proposer="seed",
+                                generation=0)
+        data = load_campaign_data(store, campaign)
+    for candidate in data.candidates.values():
+        path = folder / f"{candidate.name}.py"
+        path.write_text(module_source(data, candidate))
+        spec = importlib.util.spec_from_file_location(f"exported_{candidate.name}", path)
+        modules[candidate.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(modules[candidate.name])
+    return modules
+
+
+def train(setting, trainer_class=trl.DPOTrainer, patch=None, **config) -> list[float]:
+    """Two AdamW steps; the loss TRL logged at each."""
+    folder, tokenizer, pairs = setting
+    torch.manual_seed(0)
+    args = trl.DPOConfig(output_dir=str(folder / "out"), per_device_train_batch_size=4, max_steps=2, logging_steps=1,
+                         learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True, seed=0,
+                         disable_tqdm=True, **({"beta": 0.5} | config))
+    trainer = trainer_class(model=str(folder / "model"), args=args, train_dataset=pairs, processing_class=tokenizer)
+    if patch is not None:
+        patch(trainer)
+    trainer.train()
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def recording(loss_fn, calls: list):
+    """`loss_fn` with the same signature, keeping what it was called with and returned."""
+    @functools.wraps(loss_fn)
+    def recorder(**kwargs):
+        value = loss_fn(**kwargs)
+        calls.append({"loss": value.detach().mean().item(), **{k: v for k, v in kwargs.items() if k.endswith("kl")}})
+        return value
+    return recorder
+
+
+def test_exported_dpo_and_hinge_train_exactly_like_trl(setting, exported):
+    for name, loss_type in (("dpo", "sigmoid"), ("hinge", "hinge")):
+        theirs = train(setting, loss_type=[loss_type])
+        ours = train(setting, exported[name].dpo_trainer_class())
+        assert len(ours) == 2 and ours == pytest.approx(theirs, abs=1e-6), name
+    assert theirs[0] == pytest.approx(1.0)  # hinge at margin 0
+
+
+def test_a_patched_trainer_logs_the_loss_our_function_returned(setting, exported):
+    calls: list = []
+    module = exported["hinge"]
+    logged = train(setting, patch=lambda trainer: module.patch_dpo_trainer(trainer, recording(module.loss, calls)))
+    assert [call["loss"] for call in calls] == pytest.approx(logged, abs=1e-6)
+    assert logged[0] == pytest.approx(1.0) and logged[0] != pytest.approx(math.log(2))  # not TRL's sigmoid
+
+
+def test_tdpo_gets_its_kl_inputs(setting, exported):
+    calls: list = []
+    module = exported["tdpo"]
+
+    def patch(trainer):
+        assert module.use_in_dpo_trainer(trainer) is trainer  # the module's own entry point
+        module.patch_dpo_trainer(trainer, recording(module.loss, calls))  # the same, with a recorder
+
+    logged = train(setting, patch=patch)
+    assert len(calls) == 2 and all(math.isfinite(value) for value in logged)
+    assert calls[0]["chosen_kl"].abs().max() < 1e-5 and calls[0]["rejected_kl"].abs().max() < 1e-5  # policy = reference
+    assert calls[1]["rejected_kl"].min() > 0 and logged[0] == pytest.approx(math.log(2), abs=1e-5)
