@@ -46,6 +46,10 @@ DENIED_SYSCALLS = {"x86_64": (59, 322, 112, 109, 133, 259, 434, 424),
                    "aarch64": (221, 281, 157, 154, 33, 434, 424)}
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 PRELOAD = ("torch", "torch.nn.functional", "torch.optim", "lossearch.jobs", "lossearch.bandit")
+# trusted set-up that a job needs before its child forks, run here in the zygote on the job's
+# payload: imports the jailed child could not do (its audit hook refuses listing directories),
+# such as transformers and a model's architecture for the finetune tier; each runs once per kind
+JOB_PREPARE = {"finetune": "lossearch.jobs:prepare_finetune"}
 
 
 def warm_up() -> None:
@@ -294,10 +298,23 @@ def run_child(request: dict, result_fd: int) -> None:
         os._exit(status)
 
 
+def prepare(request: dict) -> None:
+    """Run the job's JOB_PREPARE function, if any, in the zygote before the fork."""
+    target = JOB_PREPARE.get(request.get("job"))
+    if target is None:
+        return
+    module_name, function_name = target.split(":")
+    try:
+        getattr(importlib.import_module(module_name), function_name)(request["payload"])
+    except Exception:  # noqa: BLE001 - the child meets the same problem and reports it as its failure
+        traceback.print_exc()
+
+
 def serve(channel_in, channel_out) -> None:
     """The zygote's loop: one request at a time, one forked child per request."""
     for line in channel_in:
         request = json.loads(line)
+        prepare(request)
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:

@@ -1,4 +1,4 @@
-"""The evaluation cascade (DESIGN §3): static → sanity → bandit, cheapest first.
+"""The evaluation cascade (DESIGN §3): static → sanity → bandit → finetune, cheapest first.
 
 `evaluate` climbs the tiers up to the one asked for and stops at the first
 failure. The static tier runs here (it never executes the candidate); every
@@ -17,7 +17,7 @@ from lossearch.fingerprint import summarize
 from lossearch.policy import check_policy
 from lossearch.sandbox import Sandbox, SandboxLimits
 
-TIERS = ("static", "sanity", "bandit")
+TIERS = ("static", "sanity", "bandit", "finetune")
 SANITY_LIMITS = SandboxLimits(wall_seconds=10.0, cpu_seconds=20)
 BANDIT_LIMITS = SandboxLimits(wall_seconds=20.0, cpu_seconds=40)
 
@@ -80,9 +80,27 @@ def bandit_tier(sandbox: Sandbox, spec: LossSpec, task: str, seed: int) -> dict[
     return metrics
 
 
+def finetune_tier(sandbox: Sandbox, spec: LossSpec, task: str, seed: int = 0, options=None,
+                  **option_fields: Any) -> dict[str, Any]:
+    """Train a small causal LM with the loss (one sandbox child per run), score it here.
+
+    `options` is a lossearch.finetune.FinetuneOptions; keyword arguments replace its
+    fields, e.g. `finetune_tier(sandbox, spec, "sentiment", budget="standard", storage=url)`.
+    """
+    from dataclasses import replace
+
+    from lossearch.finetune import FinetuneOptions, finetune_candidate
+
+    return finetune_candidate(sandbox, spec, task, seed, replace(options or FinetuneOptions(), **option_fields))
+
+
 def evaluate(source: str, name: str = "candidate", tier: str = "bandit", *, sandbox: Sandbox | None = None,
-             task: str = "sentiment", seed: int = 0) -> Evaluation:
-    """Run `source` up the cascade to `tier`; the first failing tier ends it."""
+             task: str = "sentiment", seed: int = 0, finetune=None) -> Evaluation:
+    """Run `source` up the cascade to `tier`; the first failing tier ends it.
+
+    `finetune` (a lossearch.finetune.FinetuneOptions) sets the finetune tier's budget,
+    data mode, device, user setting and Optuna storage; None means the `quick` defaults.
+    """
     if tier not in TIERS:
         raise ValueError(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
     try:
@@ -97,9 +115,12 @@ def evaluate(source: str, name: str = "candidate", tier: str = "bandit", *, sand
     current = "sanity"
     try:
         metrics["sanity"] = sanity_tier(sandbox, spec)
-        if tier == "bandit":
+        if tier in ("bandit", "finetune"):
             current = "bandit"
             metrics["bandit"] = bandit_tier(sandbox, spec, task, seed)
+        if tier == "finetune":
+            current = "finetune"
+            metrics["finetune"] = finetune_tier(sandbox, spec, task, seed, finetune)
     except CandidateError as error:
         return Evaluation("failed", current, error.failure, metrics, spec)
     finally:

@@ -8,6 +8,7 @@ from those results, by code the candidate never shares a process with.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import torch
@@ -115,3 +116,47 @@ def bandit_job(payload: dict) -> dict:
         return {"logits": {str(beta): logits.tolist() for beta, logits in logits_by_beta.items()}}
     finally:
         check_namespaces(before)  # after a failure too, as in sanity_job
+
+
+def prepare_finetune(payload: dict) -> None:
+    """In the zygote, before the fork: import transformers and the model's architecture, and run
+    the model once, so no lazy import is left for the jailed child (lossearch._zygote.prepare)."""
+    from lossearch.finetune import warm_up_model
+
+    warm_up_model(payload["model_config"])
+
+
+def finetune_job(payload: dict) -> dict:
+    """The finetune tier's training half: train a copy of the base model with the candidate loss.
+
+    Reads `base.safetensors` and `pairs.safetensors` from the working directory, writes the
+    trained parameters to `policy.safetensors`; the parent scores them (lossearch.finetune.Scorer).
+    """
+    from safetensors.torch import load_file
+
+    from lossearch.finetune import RunConfig, train_policy
+    from lossearch.tasks import PairSet
+    from lossearch.tasks.lm import load_parameters, make_model, save_parameters
+
+    config = RunConfig(**payload["run"])
+    torch.manual_seed(config.seed)
+    base = load_file("base.safetensors")
+    tensors = load_file("pairs.safetensors")
+    pairs = PairSet.from_tensors(tensors, "train", config.pairs)
+    prompts = (tensors["train_prompt_ids"], tensors["train_prompt_attention"].bool()) if config.online else None
+    policy, reference = make_model(payload["model_config"]), make_model(payload["model_config"])
+    for model in (policy, reference):
+        load_parameters(model, base)
+        model.to(config.device)
+    reference.eval().requires_grad_(False)
+    before = snapshot_namespaces()
+    try:
+        _, loss_of = load_candidate(payload)
+        started = time.perf_counter()
+        losses = train_policy(loss_of, policy, reference, pairs, config, prompts)
+        train_seconds = time.perf_counter() - started
+    finally:
+        check_namespaces(before)  # after a failure too, as in sanity_job
+    save_parameters(policy, "policy.safetensors")
+    return {"final_loss": sum(losses[-10:]) / len(losses[-10:]), "losses": losses[:: max(1, len(losses) // 50)],
+            "train_seconds": train_seconds}

@@ -21,3 +21,46 @@ def sandbox():
 @pytest.fixture
 def dpo_source() -> str:
     return seed_path("dpo").read_text()
+
+
+# -- the finetune tier's tasks (tests/test_tasks.py, tests/test_finetune.py) ----------------
+
+def tiny_world(world: str = "sentiment"):
+    """A base model of a few thousand parameters: builds in about a second."""
+    from lossearch.tasks import WorldConfig
+
+    return WorldConfig(world, corpus_size=400, hidden_size=32, layers=1, heads=2, intermediate_size=64,
+                       pretrain_steps=200, pretrain_batch=16)
+
+
+TINY_DATA_FIELDS = {"train_pairs": 48, "heldout_prompts": 24, "heldout_pairs": 16}
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("lossearch-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tiny_cache):
+    """The sentiment task on a tiny base model, in a cache of the session's own."""
+    from lossearch.tasks import DataConfig, load_task
+
+    return load_task("sentiment", tiny_cache, data=DataConfig(**TINY_DATA_FIELDS), world=tiny_world())
+
+
+@pytest.fixture(scope="session")
+def real_cache(tmp_path_factory):
+    """$LOSSEARCH_CACHE when set (CI may keep it between runs), else a fresh one: the real
+    sentiment base model then builds once for the session, in about three minutes."""
+    import os
+
+    return Path(os.environ["LOSSEARCH_CACHE"]) if os.environ.get("LOSSEARCH_CACHE") else \
+        tmp_path_factory.mktemp("lossearch-real-cache")
+
+
+@pytest.fixture(scope="session")
+def sentiment_task(real_cache):
+    from lossearch.tasks import load_task
+
+    return load_task("sentiment", real_cache)

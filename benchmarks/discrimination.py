@@ -1,0 +1,141 @@
+"""Discriminating power of the finetune tier: does it tell the seed losses apart?
+
+For each task, every seed loss is evaluated at a budget (default `standard`); the script
+prints each loss's fitness (mean over the budget's seeds, at its tuned beta) and the spread
+across seeds, then per task
+
+    spread  = max - min of the losses' mean fitness
+    noise   = median over losses of the standard deviation of one loss's fitness across seeds
+    ratio   = spread / noise          (target: at least 5)
+
+With `--seed-sets 0,1` it evaluates the library under two seed sets and prints the Spearman
+rank correlation of the two rankings (do rankings hold when repeated with other seeds?).
+Results stream to a JSONL file (`--out`), one line per (task, seed set, loss), and a rerun
+skips what is already there, so a long run can be stopped and resumed.
+
+    python benchmarks/discrimination.py --tasks sentiment --budget standard
+    python benchmarks/discrimination.py --tasks sentiment --losses dpo,ipo,sft --seed-sets 0,1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from lossearch.contract import read_spec
+from lossearch.evaluate import finetune_tier, static_tier
+from lossearch.failures import CandidateError
+from lossearch.finetune import FinetuneOptions
+from lossearch.sandbox import Sandbox
+from lossearch.seedlib import seed_path, seed_paths
+from lossearch.tasks import TASK_NAMES, load_task
+
+
+def spearman(first: list[float], second: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+    def ranks(values):
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        result = [0.0] * len(values)
+        start = 0
+        while start < len(order):
+            end = start
+            while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+                end += 1
+            for k in range(start, end + 1):
+                result[order[k]] = (start + end) / 2
+            start = end + 1
+        return result
+
+    a, b = ranks(first), ranks(second)
+    mean_a, mean_b = statistics.fmean(a), statistics.fmean(b)
+    cov = sum((x - mean_a) * (y - mean_b) for x, y in zip(a, b))
+    var = (sum((x - mean_a) ** 2 for x in a) * sum((y - mean_b) ** 2 for y in b)) ** 0.5
+    return cov / var if var else float("nan")
+
+
+def read_done(out: Path) -> dict:
+    done = {}
+    if out.is_file():
+        for line in out.read_text().splitlines():
+            row = json.loads(line)
+            done[(row["task"], row["seed_set"], row["loss"])] = row
+    return done
+
+
+def evaluate_loss(sandbox, task_data, name: str, budget: str, seed_set: int) -> dict:
+    spec = static_tier(read_spec(seed_path(name)).source, name)
+    started = time.monotonic()
+    try:
+        metrics = finetune_tier(sandbox, spec, task_data.name, seed_set,
+                                FinetuneOptions(budget=budget, task_data=task_data))
+    except CandidateError as error:
+        return {"failure": error.failure.to_dict(), "seconds": time.monotonic() - started}
+    keep = ("fitness", "fitness_std", "reward", "reward_std", "reference_reward", "kl", "kl_std", "pref_acc", "beta")
+    return {**{key: metrics[key] for key in keep}, "seconds": time.monotonic() - started}
+
+
+def summarize(rows: list[dict]) -> dict:
+    scored = [row for row in rows if "fitness" in row]
+    if len(scored) < 2:
+        return {}
+    fitness = [row["fitness"] for row in scored]
+    spread = max(fitness) - min(fitness)
+    noise = statistics.median(row["fitness_std"] for row in scored)
+    return {"losses": len(scored), "spread": spread, "median_std": noise,
+            "ratio": spread / noise if noise > 0 else float("inf")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default=",".join(TASK_NAMES))
+    parser.add_argument("--budget", default="standard")
+    parser.add_argument("--losses", default="", help="comma-separated seed names [default: the whole library]")
+    parser.add_argument("--seed-sets", default="0", help="comma-separated seed sets, e.g. 0,1")
+    parser.add_argument("--out", default="runs/discrimination.jsonl")
+    args = parser.parse_args()
+    losses = args.losses.split(",") if args.losses else [path.stem for path in seed_paths()]
+    seed_sets = [int(s) for s in args.seed_sets.split(",")]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = read_done(out)
+    with Sandbox() as sandbox:
+        for task in args.tasks.split(","):
+            task_data = load_task(task)
+            for seed_set in seed_sets:
+                print(f"\n== {task}, budget {args.budget}, seed set {seed_set}", flush=True)
+                print(f"{'loss':16} {'fitness':>8} {'± std':>7} {'reward':>7} {'kl':>6} {'beta':>8} {'s':>5}")
+                for name in losses:
+                    key = (task, seed_set, name)
+                    if key not in done:
+                        done[key] = {"task": task, "seed_set": seed_set, "loss": name, "budget": args.budget,
+                                     **evaluate_loss(sandbox, task_data, name, args.budget, seed_set)}
+                        with out.open("a") as log:
+                            log.write(json.dumps(done[key]) + "\n")
+                    print_row(done[key])
+                rows = [done[(task, seed_set, name)] for name in losses]
+                print(f"-- {task} seed set {seed_set}: {summarize(rows)}", flush=True)
+            if len(seed_sets) > 1:
+                print_rank_correlation(task, losses, seed_sets, done)
+
+
+def print_row(row: dict) -> None:
+    if "failure" in row:
+        print(f"{row['loss']:16} failed: {row['failure']['kind']}: {row['failure']['message'][:60]}", flush=True)
+        return
+    print(f"{row['loss']:16} {row['fitness']:8.4f} {row['fitness_std']:7.4f} {row['reward']:7.3f} {row['kl']:6.2f} "
+          f"{row['beta']:8.3g} {row['seconds']:5.0f}", flush=True)
+
+
+def print_rank_correlation(task: str, losses: list[str], seed_sets: list[int], done: dict) -> None:
+    first, second = seed_sets[:2]
+    common = [name for name in losses if "fitness" in done[(task, first, name)] and "fitness" in done[(task, second, name)]]
+    rho = spearman([done[(task, first, n)]["fitness"] for n in common], [done[(task, second, n)]["fitness"] for n in common])
+    print(f"-- {task}: Spearman rank correlation between seed sets {first} and {second} over {len(common)} losses: "
+          f"{rho:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""The finetune tier: training step, beta tuning, the sandboxed run, user settings, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lossearch.contract import call_loss, load_loss, read_spec
+from lossearch.evaluate import evaluate
+from lossearch.failures import CandidateError
+from lossearch.finetune import (BUDGETS, Budget, FinetuneOptions, learning_rate_scale, loss_and_gradients,
+                                policy_inputs)
+from lossearch.seedlib import seed_path
+from lossearch.tasks.lm import load_parameters, make_model
+from lossearch.tuning import tune_beta
+
+TINY_BUDGET = Budget("tiny", steps=6, pairs=48, batch_size=4, trials=1, seeds=1, eval_prompts=16)
+
+
+def trusted_loss(name: str):
+    spec = read_spec(seed_path(name))
+    function = load_loss(spec.source, spec.name)
+    return spec, lambda tensors, beta: call_loss(function, spec, tensors, beta=beta)
+
+
+def base_models(task):
+    from safetensors.torch import load_file
+
+    parameters = load_file(str(task.parameters_file))
+    models = [make_model(task.model_config) for _ in range(2)]
+    for model in models:
+        load_parameters(model, parameters)
+    return models
+
+
+# -- budgets and training -------------------------------------------------------------------
+
+def test_budgets_grow_and_are_validated():
+    quick, standard, full = BUDGETS["quick"], BUDGETS["standard"], BUDGETS["full"]
+    assert quick.runs == 1 and quick.runs < standard.runs < full.runs
+    with pytest.raises(ValueError, match="steps"):
+        Budget("broken", steps=0, pairs=1, batch_size=1, trials=1, seeds=1, eval_prompts=1)
+    with pytest.raises(ValueError, match="budget"):
+        FinetuneOptions(budget="huge")
+    with pytest.raises(ValueError, match="data mode"):
+        FinetuneOptions(data="streaming")
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth():
+    scales = [learning_rate_scale(step, 100, 10) for step in range(100)]
+    assert scales[0] == pytest.approx(0.1) and max(scales) == pytest.approx(1.0, abs=0.01)
+    assert scales[-1] == pytest.approx(0.1, abs=0.01)
+
+
+def test_our_training_step_gives_the_gradients_of_a_handwritten_dpo_step(tiny_task):
+    """The candidate only sees detached copies; the chain rule done by hand must give
+    exactly the parameter gradients of DPO written directly against the model."""
+    spec, loss_fn = trusted_loss("dpo")
+    ours, reference = base_models(tiny_task)
+    theirs, _ = base_models(tiny_task)
+    index = torch.arange(8)
+    outputs, fixed = policy_inputs(ours, reference, tiny_task.train, index, uses_kl=False)
+    _, grads = loss_and_gradients(loss_fn, outputs, fixed, beta=0.1)
+    torch.autograd.backward([outputs[name] for name in grads], list(grads.values()))
+
+    direct, fixed = policy_inputs(theirs, reference, tiny_task.train, index, uses_kl=False)
+    margin = (direct["policy_chosen_logps"] - fixed["reference_chosen_logps"]) - \
+             (direct["policy_rejected_logps"] - fixed["reference_rejected_logps"])
+    (-F.logsigmoid(0.1 * margin)).mean().backward()
+    for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+def test_kl_inputs_vanish_at_the_reference_and_only_kl_losses_pay_for_them(tiny_task):
+    policy, reference = base_models(tiny_task)
+    outputs, _ = policy_inputs(policy, reference, tiny_task.train, torch.arange(4), uses_kl=True)
+    assert torch.allclose(outputs["chosen_kl"], torch.zeros(4), atol=1e-5)
+    outputs, _ = policy_inputs(policy, reference, tiny_task.train, torch.arange(4), uses_kl=False)
+    assert "chosen_kl" not in outputs
+
+
+def test_a_loss_that_ignores_the_policy_is_refused(tiny_task):
+    policy, reference = base_models(tiny_task)
+    outputs, fixed = policy_inputs(policy, reference, tiny_task.train, torch.arange(4), uses_kl=False)
+    with pytest.raises(CandidateError) as caught:
+        loss_and_gradients(lambda tensors, beta: tensors["reference_chosen_logps"] * 0, outputs, fixed, 0.1)
+    assert caught.value.failure.kind == "no_grad"
+
+
+# -- beta tuning ----------------------------------------------------------------------------
+
+def fake_run(calls):
+    """A run whose fitness peaks at beta = 0.3 and is the same for every seed."""
+    def run(beta, seed):
+        calls.append((beta, seed))
+        return {"fitness": -abs(torch.log(torch.tensor(beta / 0.3)).item()), "reward": 0.5, "kl": 1.0}
+    return run
+
+
+def test_tuning_tries_the_default_first_and_keeps_the_best_trial():
+    calls = []
+    result = tune_beta(fake_run(calls), 0.1, trials=6, seeds=[0, 1])
+    assert calls[0] == (0.1, 0) and calls[1] == (0.1, 1)
+    assert len(result["trials"]) == 6
+    assert all(0.01 <= trial["beta"] <= 1.0 for trial in result["trials"])
+    assert result["fitness"] == max(t["fitness"] for t in result["trials"] if t["state"] == "complete")
+    assert result["fitness_std"] == 0.0 and result["reward"] == 0.5
+
+
+def test_tuning_prunes_trials_that_trail_after_their_first_seed():
+    calls = []
+    result = tune_beta(fake_run(calls), 0.1, trials=10, seeds=[0, 1, 2])
+    pruned = [trial for trial in result["trials"] if trial["state"] == "pruned"]
+    assert pruned and len(calls) < 10 * 3
+
+
+def test_a_divergence_fails_one_trial_and_any_other_failure_ends_the_study():
+    def diverges_at_large_beta(beta, seed):
+        if beta > 0.1:
+            raise CandidateError("nan", "diverged")
+        return {"fitness": beta}
+
+    result = tune_beta(diverges_at_large_beta, 0.1, trials=5, seeds=[0])
+    assert result["beta"] <= 0.1 and any(t["state"] == "pruned" for t in result["trials"]) or \
+        all(t["state"] == "complete" for t in result["trials"])
+    calls = []
+
+    def times_out(beta, seed):
+        calls.append(beta)
+        raise CandidateError("timeout", "too slow")
+
+    with pytest.raises(CandidateError, match="timeout"):
+        tune_beta(times_out, 0.1, trials=5, seeds=[0, 1])
+    assert len(calls) == 1
+
+
+def test_a_study_in_a_database_resumes_without_repeating_trials(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'campaign.db'}"
+    calls = []
+    first = tune_beta(fake_run(calls), 0.1, trials=3, seeds=[0], storage=storage, study_name="cand-1")
+    assert len(calls) == 3
+    again = tune_beta(fake_run(calls), 0.1, trials=3, seeds=[0], storage=storage, study_name="cand-1")
+    assert len(calls) == 3 and again["beta"] == first["beta"]
+    tune_beta(fake_run(calls), 0.1, trials=4, seeds=[0], storage=storage, study_name="cand-1")
+    assert len(calls) == 4
+    study = optuna.load_study(study_name="cand-1", storage=storage)
+    assert study.trials[0].intermediate_values == {0: pytest.approx(study.trials[0].value)}
+
+
+# -- the tier, in the sandbox ---------------------------------------------------------------
+
+def tiny_options(task, **fields) -> FinetuneOptions:
+    return FinetuneOptions(**{"budget": TINY_BUDGET, "task_data": task, "device": "cpu", **fields})
+
+
+def test_the_finetune_tier_trains_in_the_sandbox_and_scores_in_the_parent(sandbox, tiny_task, dpo_source):
+    evaluation = evaluate(dpo_source, "dpo", "finetune", sandbox=sandbox, finetune=tiny_options(tiny_task))
+    assert evaluation.ok, evaluation.error
+    metrics = evaluation.metrics["finetune"]
+    assert set(metrics) >= {"reward", "reference_reward", "kl", "pref_acc", "margin", "fitness", "beta",
+                            "fitness_std", "trials", "runs", "artifact", "budget", "seeds", "kl_budget"}
+    assert metrics["kl"] > 0 and 0 <= metrics["pref_acc"] <= 1 and metrics["beta"] == 0.1
+    assert -1 <= metrics["reward"] <= 1 and metrics["runs"][0]["final_loss"] > 0
+    assert evaluation.metrics["bandit"]["fitness"] is not None  # the cascade climbed through bandit
+
+
+def test_a_kl_loss_trains_and_a_loss_that_breaks_only_in_training_fails_there(sandbox, tiny_task, tmp_path):
+    tdpo = seed_path("tdpo").read_text()
+    assert evaluate(tdpo, "tdpo", "finetune", sandbox=sandbox, finetune=tiny_options(tiny_task)).ok
+    # the sanity tier calls the loss on 8 pairs; training batches hold 4
+    picky = ("import torch.nn.functional as F\n"
+             "def loss(policy_chosen_logps, policy_rejected_logps, beta: float = 0.1):\n"
+             "    if policy_chosen_logps.shape[0] == 4:\n"
+             "        return policy_chosen_logps.view(2, 2)\n"
+             "    return -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))\n")
+    evaluation = evaluate(picky, "picky", "finetune", sandbox=sandbox, finetune=tiny_options(tiny_task))
+    assert (evaluation.status, evaluation.tier, evaluation.error.kind) == ("failed", "finetune", "shape")
+
+
+def test_online_mode_samples_and_labels_fresh_pairs(sandbox, tiny_task, dpo_source):
+    budget = Budget("tiny-online", steps=4, pairs=48, batch_size=4, trials=1, seeds=1, eval_prompts=16,
+                    online_every=2)
+    evaluation = evaluate(dpo_source, "dpo", "finetune", sandbox=sandbox,
+                          finetune=tiny_options(tiny_task, budget=budget, data="online"))
+    assert evaluation.ok, evaluation.error
+    assert evaluation.metrics["finetune"]["data"] == "online"
+
+
+def test_sandbox_outputs_are_plain_files_only(tmp_path):
+    from lossearch.sandbox import _read_outputs
+
+    (tmp_path / "policy.safetensors").write_bytes(b"x" * 10)
+    (tmp_path / "secret").write_text("secret")
+    (tmp_path / "link.safetensors").symlink_to(tmp_path / "secret")
+    (tmp_path / "big.safetensors").write_bytes(b"x" * 100)
+    found = _read_outputs(str(tmp_path), ["policy.safetensors", "link.safetensors", "big.safetensors", "none"], 50)
+    assert found == {"policy.safetensors": b"x" * 10}
+    with pytest.raises(ValueError):
+        _read_outputs(str(tmp_path), ["../etc/passwd"], 50)
+
+
+# -- the user's own model and pairs ---------------------------------------------------------
+
+def test_a_user_model_is_scored_by_heldout_preferences_or_by_their_reward(sandbox, tmp_path, dpo_source):
+    from test_tasks import save_tiny_user_model, write_user_dataset
+
+    from lossearch.tasks.user import UserSetting
+
+    save_tiny_user_model(tmp_path / "model")
+    write_user_dataset(tmp_path / "pairs.jsonl")
+    reward = tmp_path / "reward.py"
+    reward.write_text("def short(prompt, response):\n    return -len(response.split())\n")
+    options = FinetuneOptions(budget=TINY_BUDGET, device="cpu", cache_dir=str(tmp_path / "cache"),
+                              setting=UserSetting(tmp_path / "model", tmp_path / "pairs.jsonl"))
+    metrics = evaluate(dpo_source, "dpo", "finetune", sandbox=sandbox, finetune=options).metrics["finetune"]
+    assert metrics["reward"] is None and metrics["fitness"] == metrics["pref_acc"]
+    assert metrics["margin"] is not None and metrics["task"] == "user"
+    options = FinetuneOptions(budget=TINY_BUDGET, device="cpu", cache_dir=str(tmp_path / "cache"),
+                              setting=UserSetting(tmp_path / "model", tmp_path / "pairs.jsonl", f"{reward}:short"))
+    metrics = evaluate(dpo_source, "dpo", "finetune", sandbox=sandbox, finetune=options).metrics["finetune"]
+    assert metrics["reward"] <= 0 and metrics["fitness"] == metrics["reward"]
+
+
+# -- the real thing: the sentiment task at the quick budget ----------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the first test to ask builds the real base model (about three minutes)
+def test_dpo_beats_the_reference_on_sentiment_at_quick(sandbox, sentiment_task, dpo_source):
+    options = FinetuneOptions(budget="quick", task_data=sentiment_task)
+    evaluation = evaluate(dpo_source, "dpo", "finetune", sandbox=sandbox, finetune=options)
+    assert evaluation.ok, evaluation.error
+    metrics = evaluation.metrics["finetune"]
+    assert metrics["reward"] > metrics["reference_reward"] + 0.1
+    assert metrics["pref_acc"] > 0.6
+
+
+def lossearch(*args: str, cwd, env=None) -> subprocess.CompletedProcess:
+    script = [sys.executable, "-c", "import sys; from lossearch.cli import main; sys.exit(main())"]
+    return subprocess.run(script + list(args), cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_eval_finetune_from_the_command_line(sentiment_task, real_cache, tmp_path):
+    done = lossearch("eval", str(seed_path("dpo")), "--tier", "finetune", "--task", "sentiment", "--budget", "quick",
+                     "--json", cwd=tmp_path, env={"LOSSEARCH_CACHE": str(real_cache)})
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["tier"] == "finetune" and result["metrics"]["finetune"]["budget"]["name"] == "quick"
+    done = lossearch("tasks", "--json", cwd=tmp_path, env={"LOSSEARCH_CACHE": str(real_cache)})
+    assert done.returncode == 0, done.stderr
+    listing = json.loads(done.stdout)
+    assert [task["name"] for task in listing["tasks"]] == ["sentiment", "sort", "length", "noisy"]
+    assert listing["tasks"][0]["built"] == {"world": True, "pairs": True}
+    assert {budget["name"] for budget in listing["budgets"]} == {"quick", "standard", "full"}
+
+
+@pytest.mark.parametrize("args", [
+    ("--budget", "quick"),  # finetune flags without --tier finetune
+    ("--tier", "finetune", "--model", "somewhere"),  # --model without --dataset
+    ("--tier", "finetune", "--reward", "r.py:f"),  # --reward without --model
+    ("--tier", "finetune", "--model", "m", "--dataset", "d.jsonl", "--data", "online"),
+    ("--tier", "finetune", "--device", "cuda:7") if not torch.cuda.is_available() else ("--budget", "quick"),
+    ("--tier", "finetune", "--budget", "huge"),
+])
+def test_finetune_usage_errors_are_one_line_and_exit_2(tmp_path, args):
+    done = lossearch("eval", str(seed_path("dpo")), *args, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: ")
+
+
+def test_a_missing_user_model_folder_is_a_usage_error(tmp_path):
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    done = lossearch("eval", str(seed_path("dpo")), "--tier", "finetune", "--model", str(tmp_path / "none"),
+                     "--dataset", str(tmp_path / "pairs.jsonl"), cwd=tmp_path)
+    assert done.returncode == 2 and "no such folder" in done.stderr
+    assert done.stderr.strip().count("\n") == 0
