@@ -161,7 +161,9 @@ def pretrain(model, corpus: torch.Tensor, world: catalog.WorldConfig, pad_id: in
 def load_base_model(folder: Path):
     """The base model saved in `folder`, in eval mode."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # a bar per load of a 0.6 M model is noise in a campaign's log
     return AutoModelForCausalLM.from_pretrained(folder).eval()
 
 
