@@ -69,7 +69,7 @@ REFUSED_NODES = {
 }
 
 
-def _dotted(node: ast.expr) -> str | None:
+def dotted_name(node: ast.AST) -> str | None:
     """`torch.nn.functional.x` for an attribute chain rooted at a name, else None."""
     parts: list[str] = []
     while isinstance(node, ast.Attribute):
@@ -161,7 +161,7 @@ class _PolicyVisitor(ast.NodeVisitor):
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         self.check_attribute(node, node.attr)
-        dotted = _dotted(node)
+        dotted = dotted_name(node)
         root = dotted.split(".")[0] if dotted else None
         if root in self.module_aliases:
             for part in dotted.split(".")[1:]:

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from lossearch.contract import TENSOR_INPUTS, find_loss_function, parse_module, read_signature
+from lossearch.policy import dotted_name
 
 POLICY_INPUTS = ("policy_chosen_logps", "policy_rejected_logps")
 LENGTH_INPUTS = ("chosen_lengths", "rejected_lengths")
@@ -60,18 +61,6 @@ class LossModule:
 
 
 # -- reading ---------------------------------------------------------------------------------
-
-def dotted_name(node: ast.AST) -> str | None:
-    """`torch.nn.functional.x` for an attribute chain rooted at a name, else None."""
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if not isinstance(node, ast.Name):
-        return None
-    parts.append(node.id)
-    return ".".join(reversed(parts))
-
 
 def canonical_spelling(full: str) -> str:
     """How a full dotted path is written in a child: `F.x` for torch.nn.functional, else unchanged."""
