@@ -30,13 +30,10 @@ from lossearch.fingerprint import fingerprint_distance, same_loss, summarize
 from lossearch.sandbox import Sandbox
 from lossearch.seedlib import seed_paths
 from lossearch.selection import PoolMember, SelectionWeights, choose_parents
-from lossearch.store import Candidate, Store
+from lossearch.store import BASELINE_SEED, SANITY_TASK, TIER_ORDER, Candidate, Store
 
 PROPOSERS = ("mutation", "llm", "none")
 EXECUTORS = ("local", "ray")
-TIER_ORDER = {"static": 0, "sanity": 1, "bandit": 2, "finetune": 3}
-BASELINE_SEED = "dpo"
-SANITY_TASK = "-"  # sanity does not depend on a task; its evaluations are keyed by this
 
 
 @dataclass(frozen=True)

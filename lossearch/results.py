@@ -39,13 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lossearch.store import (CAMPAIGN_DB_NAME, UNRANKED_STATUSES, Campaign, CampaignSummary, Candidate, Evaluation,
-                             LineageEdge, NotFoundError, Store)
-
-# lossearch.campaign's constants, repeated so that reading results does not import torch (a test keeps them equal)
-TIER_ORDER = {"static": 0, "sanity": 1, "bandit": 2, "finetune": 3}
-BASELINE_SEED = "dpo"
-SANITY_TASK = "-"
+from lossearch.store import (BASELINE_SEED, CAMPAIGN_DB_NAME, SANITY_TASK, TIER_ORDER, UNRANKED_STATUSES, Campaign,
+                             CampaignSummary, Candidate, Evaluation, LineageEdge, NotFoundError, Store)
 TASK_NAMES = ("sentiment", "sort", "length", "noisy")
 DEFAULT_RUNS_DIR = Path("runs")
 BEATS_RULE = "fitness - spread > DPO fitness + DPO spread (same task and tier; an unknown spread counts as 0)"

@@ -66,6 +66,12 @@ UNFINISHED_STATUSES = ("pending", "evaluating")
 UNRANKED_STATUSES = ("rejected", "failed", "duplicate")
 """Candidates left off a leaderboard unless failures are asked for."""
 RELATIONS = ("mutation", "crossover", "inspiration", "seed")
+TIER_ORDER = {"static": 0, "sanity": 1, "bandit": 2, "finetune": 3}
+"""The cascade's tiers, cheapest first: a candidate's `tier` is the highest it reached."""
+SANITY_TASK = "-"
+"""The `task` of sanity evaluations, which depend on no task."""
+BASELINE_SEED = "dpo"
+"""The seed whose evaluations are every leaderboard's baseline."""
 UPDATABLE_CANDIDATE_FIELDS = frozenset({"status", "tier", "fingerprint", "failure_kind", "failure_message", "fitness"})
 CAMPAIGN_DB_NAME = "campaign.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
