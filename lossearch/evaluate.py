@@ -54,8 +54,7 @@ def static_tier(source: str, name: str) -> LossSpec:
 def sanity_tier(sandbox: Sandbox, spec: LossSpec) -> dict[str, Any]:
     """Synthetic inputs and the fingerprint, in a sandbox child."""
     result = sandbox.run("sanity", {"source": spec.source, "name": spec.name}, SANITY_LIMITS)
-    if not result.ok:
-        raise CandidateError(result.failure.kind, result.failure.message)
+    result.raise_for_failure()
     metrics = dict(result.value)
     metrics["fingerprint_summary"] = summarize(metrics["fingerprint"]).to_dict()
     metrics["isolation"] = result.isolation
@@ -69,8 +68,7 @@ def bandit_tier(sandbox: Sandbox, spec: LossSpec, task: str, seed: int) -> dict[
 
     payload = {"source": spec.source, "name": spec.name, "task": task, "seed": seed}
     result = sandbox.run("bandit", payload, BANDIT_LIMITS)
-    if not result.ok:
-        raise CandidateError(result.failure.kind, result.failure.message)
+    result.raise_for_failure()
     logits = result.value.get("logits") if isinstance(result.value, dict) else None
     if not isinstance(logits, dict) or not logits:
         raise CandidateError("crash", "the bandit child returned no logits")

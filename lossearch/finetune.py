@@ -425,8 +425,7 @@ def train_in_sandbox(sandbox, spec, task: TaskData, config: RunConfig, limits,
                "hyperparameters": dict(hyperparameters or {})}
     inputs = {"base.safetensors": task.parameters_file, "pairs.safetensors": task.pairs_file}
     result = sandbox.run("finetune", payload, limits, inputs=inputs, outputs=("policy.safetensors",))
-    if not result.ok:
-        raise CandidateError(result.failure.kind, result.failure.message)
+    result.raise_for_failure()
     data = result.outputs.get("policy.safetensors")
     if not data:
         raise CandidateError("crash", "the training child wrote no parameters")

@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
-from lossearch.failures import Failure
+from lossearch.failures import CandidateError, Failure
 
 ENV_ALLOW_LIST = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES")
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")
@@ -72,6 +72,11 @@ class SandboxResult:
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+    def raise_for_failure(self) -> None:
+        """Raise the candidate's failure as a CandidateError, for tier code that stops at it."""
+        if self.failure is not None:
+            raise CandidateError(self.failure.kind, self.failure.message)
 
 
 def clean_environment() -> dict[str, str]:
