@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -13,6 +12,7 @@ import pytest
 
 from lossearch.campaign import CampaignConfig, merge_resumed, run_campaign
 from lossearch.store import Store
+from helpers import start_cli as start_lossearch
 
 FAST = {"finetune": False, "population": 3, "islands": 2}
 
@@ -75,9 +75,7 @@ def snapshot(store: Store, name: str) -> dict:
 
 
 def start_cli(tmp_path, *args: str) -> subprocess.Popen:
-    script = [sys.executable, "-c", "import sys; from lossearch.cli import main; sys.exit(main())"]
-    return subprocess.Popen(script + ["run", *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return start_lossearch("run", *args, cwd=tmp_path)
 
 
 @pytest.mark.slow

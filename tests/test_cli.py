@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
 from lossearch.cli import app
 from lossearch.evaluate import evaluate
 from lossearch.seedlib import seed_path, seed_paths
+from helpers import run_cli
 
 SEED_NAMES = ("dpo hinge ipo robust exo_pair nca_pair bco_pair sppo_hard aot aot_unpaired apo_zero apo_down "
               "discopop sigmoid_norm fdpo_forward_kl fdpo_js sft simpo cpo orpo rdpo tdpo kto_pair slic").split()
 
 
 def lossearch(*args: str, cwd) -> subprocess.CompletedProcess:
-    script = [sys.executable, "-c", "import sys; from lossearch.cli import main; sys.exit(main())"]
-    return subprocess.run(script + list(args), cwd=cwd, capture_output=True, text=True, timeout=120)
+    return run_cli(*args, cwd=cwd, timeout=120)
 
 
 def test_seeds_json_lists_the_library_from_any_directory(tmp_path):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import optuna
 import pytest
@@ -20,6 +18,7 @@ from lossearch.finetune import (BUDGETS, Budget, FinetuneOptions, learning_rate_
 from lossearch.seedlib import seed_path
 from lossearch.tasks.lm import load_parameters, make_model
 from lossearch.tuning import tune_beta
+from helpers import run_cli
 
 TINY_BUDGET = Budget("tiny", steps=6, pairs=48, batch_size=4, trials=1, seeds=1, eval_prompts=16)
 
@@ -242,9 +241,7 @@ def test_dpo_beats_the_reference_on_sentiment_at_quick(sandbox, sentiment_task, 
 
 
 def lossearch(*args: str, cwd, env=None) -> subprocess.CompletedProcess:
-    script = [sys.executable, "-c", "import sys; from lossearch.cli import main; sys.exit(main())"]
-    return subprocess.run(script + list(args), cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
+    return run_cli(*args, cwd=cwd, timeout=300, env=env)
 
 
 @pytest.mark.slow

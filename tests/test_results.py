@@ -25,11 +25,11 @@ from lossearch.export import module_source
 from lossearch.results import (BEATS_RULE, NoResults, Score, beats, build_leaderboard, leaderboard,
                                load_campaign_data, open_campaign)
 from lossearch.store import NotFoundError, Store
+from helpers import run_cli
 
 
 def lossearch(*args: str, cwd) -> subprocess.CompletedProcess:
-    script = [sys.executable, "-c", "import sys; from lossearch.cli import main; sys.exit(main())"]
-    return subprocess.run(script + list(args), cwd=cwd, capture_output=True, text=True, timeout=180)
+    return run_cli(*args, cwd=cwd, timeout=180)
 
 
 @dataclass

@@ -1,0 +1,20 @@
+"""Running the `lossearch` console script as a user does: a real process, in a directory of the test's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+CLI = [sys.executable, "-c", "import sys; from lossearch.cli import main; sys.exit(main())"]
+
+
+def run_cli(*args: str, cwd, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `lossearch ARGS` to completion; stdout and stderr captured as text."""
+    return subprocess.run(CLI + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def start_cli(*args: str, cwd) -> subprocess.Popen:
+    """Start `lossearch ARGS` and return at once, for tests that signal or kill it."""
+    return subprocess.Popen(CLI + list(args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
