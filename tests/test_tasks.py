@@ -274,3 +274,67 @@ def test_user_setting_mistakes_are_setting_errors(tmp_path):
     write_user_dataset(tmp_path / "pairs.jsonl")
     with pytest.raises(SettingError, match="module.py:function"):
         load_user_task(UserSetting(tmp_path / "model", tmp_path / "pairs.jsonl", reward="nocolon"), tmp_path / "cache")
+
+
+# -- the compact Llama: transformers' model, without transformers -----------------------------------
+
+def compact_and_hf(task):
+    from safetensors.torch import load_file
+
+    from lossearch.tasks.llama import CompactLlama
+    from lossearch.tasks.lm import load_parameters, make_hf_model, make_model
+
+    parameters = load_file(str(task.parameters_file))
+    compact, hf = make_model(task.model_config), make_hf_model(task.model_config)
+    assert isinstance(compact, CompactLlama) and not isinstance(hf, CompactLlama)
+    for model in (compact, hf):
+        load_parameters(model, parameters)
+    return compact, hf
+
+
+def test_the_compact_llama_has_transformers_parameters_and_logits(tiny_task):
+    compact, hf = compact_and_hf(tiny_task)
+    assert [(n, p.shape) for n, p in compact.named_parameters()] == [(n, p.shape) for n, p in hf.named_parameters()]
+    batch = make_sequences([[1, 5, 6, 7], [1, 8], [1]], [[9, 10, 2], [11, 2], [12, 13, 14, 2]], pad_id=0)
+    ours, theirs = forward_logits(compact, batch), forward_logits(hf, batch)
+    real = batch.attention[:, :-1]  # logits at padding positions are nobody's business
+    assert torch.allclose(ours[real], theirs[real], atol=1e-5)
+    # the same gradients flow back into the same parameters
+    (sequence_logps(compact, batch).sum()).backward()
+    (sequence_logps(hf, batch).sum()).backward()
+    hf_grads = dict(hf.named_parameters())
+    for name, param in compact.named_parameters():
+        assert torch.allclose(param.grad, hf_grads[name].grad, atol=1e-5), name
+
+
+def test_the_compact_llama_samples_what_transformers_samples(tiny_task):
+    compact, hf = compact_and_hf(tiny_task)
+    ids, attention = tiny_task.heldout_prompts
+    draws = [sample_responses(model.eval(), ids, attention, 8, tiny_task.eos_id, tiny_task.pad_id,
+                              torch.Generator().manual_seed(3)) for model in (compact, hf)]
+    assert torch.equal(draws[0].ids, draws[1].ids) and torch.equal(draws[0].response, draws[1].response)
+
+
+def test_models_the_compact_llama_cannot_compute_go_through_transformers(tiny_task):
+    from lossearch.tasks.llama import CompactLlama, supports
+    from lossearch.tasks.lm import make_model
+
+    assert supports(tiny_task.model_config)
+    for change in ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, {"attention_bias": True},
+                   {"hidden_act": "gelu"}, {"model_type": "gpt2"}):
+        assert not supports({**tiny_task.model_config, **change}), change
+    config = {**tiny_task.model_config, "attention_bias": True}
+    assert not isinstance(make_model(config), CompactLlama)
+    with pytest.raises(ValueError, match="plain Llama"):
+        CompactLlama(config)
+
+
+def test_decoding_matches_the_worlds_tokenizer():
+    from lossearch.tasks.catalog import decode_text
+
+    rng = random.Random(0)
+    for vocabulary in WORLD_VOCABULARIES.values():
+        tokenizer = build_tokenizer(vocabulary)
+        for _ in range(200):
+            ids = [rng.randrange(len(vocabulary)) for _ in range(rng.randrange(12))]
+            assert decode_text(ids, vocabulary) == tokenizer.decode(ids, skip_special_tokens=True)

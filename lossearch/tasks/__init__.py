@@ -44,6 +44,13 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.chosen)
 
+    def prefix(self, count: int | None) -> "PairSet":
+        """The first `count` pairs (all of them for None)."""
+        rows = slice(0, count)
+        return PairSet(*(Sequences(side.ids[rows], side.attention[rows], side.response[rows])
+                         for side in (self.chosen, self.rejected)),
+                       self.reference_chosen_logps[rows], self.reference_rejected_logps[rows])
+
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], split: str, count: int | None = None) -> "PairSet":
         """The first `count` pairs of `split` ("train" or "heldout") from a pairs.safetensors dict."""
@@ -103,9 +110,8 @@ def load_task(name: str, cache_dir: str | Path | None = None, progress: Progress
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASK_NAMES)}")
+    import functools
     import json
-
-    from lossearch.tasks.tokenizer import build_tokenizer
 
     root = cache.cache_root(cache_dir)
     folder = pairs_artifact(name, data, root, progress, world)
@@ -114,7 +120,6 @@ def load_task(name: str, cache_dir: str | Path | None = None, progress: Progress
     world_meta = json.loads((world_folder / "meta.json").read_text())
     vocabulary = catalog.WORLD_VOCABULARIES[definition.world]
     tensors = read_pairs(folder)
-    tokenizer = build_tokenizer(vocabulary)
     return TaskData(
         name=name, key=folder.name, model_config=json.loads((world_folder / "config.json").read_text()),
         parameters_file=world_folder / PARAMETERS_FILE, pairs_file=folder / "pairs.safetensors",
@@ -124,7 +129,7 @@ def load_task(name: str, cache_dir: str | Path | None = None, progress: Progress
         max_new_tokens=definition.max_new_tokens, reward=catalog.reward_of_ids(name),
         kl_budget=definition.kl_budget, kl_penalty=definition.kl_penalty, parameters=world_meta["parameters"],
         fitness_floor=definition.fitness_floor,
-        decode=lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True))
+        decode=functools.partial(catalog.decode_text, vocabulary=vocabulary))
 
 
 def load_user_task(setting, cache_dir: str | Path | None = None, progress: ProgressFn = no_progress) -> TaskData:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from lossearch.tasks import cache, catalog
-from lossearch.tasks.lm import (Sequences, make_model, make_sequences, pad_left, sample_responses, save_parameters,
+from lossearch.tasks.lm import (Sequences, make_hf_model, make_sequences, pad_left, sample_responses, save_parameters,
                                 sequence_logps)
 
 PAIRS_FORMAT = 2  # bump when the code changes what a pairs artifact holds for the same configuration
@@ -106,7 +106,7 @@ def build_world(world: catalog.WorldConfig, folder: Path, progress: ProgressFn =
     vocabulary = catalog.WORLD_VOCABULARIES[world.world]
     tokenizer = build_tokenizer(vocabulary)
     torch.manual_seed(world.seed)
-    model = make_model(model_config(world, vocabulary))
+    model = make_hf_model(model_config(world, vocabulary))  # transformers' own class: it saves the folder
     corpus = corpus_sequences(world, vocabulary)  # (D, T)
     losses = pretrain(model, corpus, world, vocabulary.index("<pad>"), progress)
     model.save_pretrained(folder)

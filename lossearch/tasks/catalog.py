@@ -114,6 +114,12 @@ def words_of(ids: Sequence[int], vocabulary: Sequence[str], eos_id: int) -> list
     return [vocabulary[i] if 0 <= i < len(vocabulary) else "<unk>" for i in ids]
 
 
+def decode_text(ids: Sequence[int], vocabulary: Sequence[str]) -> str:
+    """Token ids as text, special tokens left out: what the world's HF tokenizer's
+    `decode(ids, skip_special_tokens=True)` returns, without importing transformers."""
+    return " ".join(vocabulary[i] for i in ids if vocabulary[i] not in text.SPECIAL_TOKENS)
+
+
 def oracle_words(task: str, prompt: Sequence[str], response: Sequence[str]) -> float:
     """The oracle reward of a (prompt, response) in words."""
     if TASKS[task].world == "sort":

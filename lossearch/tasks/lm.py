@@ -44,7 +44,15 @@ class Sequences:
 
 
 def make_model(config: dict):
-    """A fresh causal LM from a config dict (`model_type` names the architecture)."""
+    """A fresh causal LM from a config dict: the compact Llama (lossearch.tasks.llama) when it
+    computes this config exactly, as for every task world; else `transformers`' class."""
+    from lossearch.tasks.llama import CompactLlama, supports
+
+    return CompactLlama(config) if supports(config) else make_hf_model(config)
+
+
+def make_hf_model(config: dict):
+    """A fresh `transformers` causal LM from a config dict (`model_type` names the architecture)."""
     from transformers import AutoModelForCausalLM
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -87,17 +95,24 @@ def sequence_kl(from_logits: torch.Tensor, to_logits: torch.Tensor, batch: Seque
 
 @torch.no_grad()
 def sample_responses(model, prompt_ids: torch.Tensor, prompt_attention: torch.Tensor, max_new_tokens: int,
-                     eos_id: int, pad_id: int, generator: torch.Generator, temperature: float = 1.0) -> Sequences:
-    """Sample one response per (left-padded) prompt, with a KV cache; rows stop at eos."""
+                     eos_id: int, pad_id: int, generator: torch.Generator, temperature: float = 1.0,
+                     step_logps: bool = False):
+    """Sample one response per (left-padded) prompt, with a KV cache; rows stop at eos.
+
+    With `step_logps`, returns (Sequences, (B, R, V) the model's next-token log-probs at each
+    of the R steps, at temperature 1): what a KL on the samples needs from the sampler.
+    """
     B = prompt_ids.shape[0]
     attention = prompt_attention.bool()
     step_ids, step_positions = prompt_ids, positions(attention)
-    cache, tokens = None, []
+    cache, tokens, logps = None, [], []
     finished = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
     for _ in range(max_new_tokens):
         out = model(input_ids=step_ids, attention_mask=attention.long(), position_ids=step_positions,
                     past_key_values=cache, use_cache=True)
         cache = out.past_key_values
+        if step_logps:
+            logps.append(F.log_softmax(out.logits[:, -1].float(), dim=-1))
         probs = F.softmax(out.logits[:, -1].float() / temperature, dim=-1)  # (B, V)
         token = torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
         token = torch.where(finished, torch.full_like(token, pad_id), token)
@@ -107,7 +122,8 @@ def sample_responses(model, prompt_ids: torch.Tensor, prompt_attention: torch.Te
         step_ids, step_positions = token[:, None], step_positions[:, -1:] + 1
         if bool(finished.all()):
             break
-    return join_responses(prompt_ids, prompt_attention, torch.stack(tokens, dim=1), eos_id, pad_id)
+    samples = join_responses(prompt_ids, prompt_attention, torch.stack(tokens, dim=1), eos_id, pad_id)
+    return (samples, torch.stack(logps, dim=1)) if step_logps else samples
 
 
 def join_responses(prompt_ids, prompt_attention, response_ids, eos_id: int, pad_id: int) -> Sequences:

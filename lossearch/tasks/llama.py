@@ -1,0 +1,172 @@
+"""A compact Llama: the tasks' base-model architecture without the `transformers` machinery.
+
+It holds exactly the named parameters of `transformers`' LlamaForCausalLM for the same
+config (tied embeddings included), so the same safetensors file loads into either, and
+computes the same logits at every real token (tests/test_tasks.py compares them). What
+it leaves out is what a 0.6 M-parameter model pays for and never uses: importing
+`transformers` (about a second in every process that builds a model), cache classes,
+mask builders, hooks and output dataclasses. It supports the plain Llama the task
+worlds build (default RoPE, SiLU MLP, no biases, no scaling); `supports(config)` says
+whether a config is one; any other model goes through `transformers`.
+
+Padding: a query that is itself padding attends to itself only, so no row of the
+attention is empty (an empty row makes NaN, and NaN poisons the gradients even where
+the loss ignores it); real tokens attend to the real tokens before them, as in HF.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Output(NamedTuple):
+    logits: torch.Tensor
+    """(N, T, V) next-token logits."""
+    past_key_values: Optional[list[tuple[torch.Tensor, torch.Tensor]]]
+    """Per layer (keys, values), each (N, kv_heads, T_total, head_dim); None unless use_cache."""
+
+
+def rope_theta(config: dict) -> float:
+    parameters = config.get("rope_parameters") or {}
+    return float(parameters.get("rope_theta", config.get("rope_theta", 10000.0)))
+
+
+def supports(config: dict) -> bool:
+    """Whether `config` (a Llama config dict) is a model this module computes exactly."""
+    parameters = config.get("rope_parameters") or {}
+    return (config.get("model_type") == "llama" and not config.get("attention_bias", False)
+            and not config.get("mlp_bias", False) and config.get("hidden_act", "silu") == "silu"
+            and config.get("pretraining_tp", 1) == 1 and not config.get("rope_scaling")
+            and parameters.get("rope_type", "default") == "default" and not config.get("attention_dropout", 0.0))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.q_proj = nn.Linear(hidden, heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
+
+    def forward(self, x, cos, sin, mask, past=None):
+        N, T, _ = x.shape
+        q = self.q_proj(x).view(N, T, self.heads, self.head_dim).transpose(1, 2)  # (N, H, T, D)
+        k = self.k_proj(x).view(N, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(N, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        with torch.autocast(x.device.type, enabled=False):  # in float32 even under bf16 autocast: CPU's
+            # bf16 flash-attention backward ran 8x slower than float32's at these sizes
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                 enable_gqa=self.kv_heads != self.heads)
+        return self.o_proj(out.to(x.dtype).transpose(1, 2).reshape(N, T, -1)), (k, v)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (Llama's half-split layout); cos/sin are (N, 1, T, D)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: dict, head_dim: int) -> None:
+        super().__init__()
+        hidden, eps = config["hidden_size"], config.get("rms_norm_eps", 1e-6)
+        heads = config["num_attention_heads"]
+        self.self_attn = Attention(hidden, heads, config.get("num_key_value_heads") or heads, head_dim)
+        self.mlp = MLP(hidden, config["intermediate_size"])
+        self.input_layernorm = RMSNorm(hidden, eps)
+        self.post_attention_layernorm = RMSNorm(hidden, eps)
+
+    def forward(self, x, cos, sin, mask, past=None):
+        attended, present = self.self_attn(self.input_layernorm(x), cos, sin, mask, past)
+        x = x + attended
+        return x + self.mlp(self.post_attention_layernorm(x)), present
+
+
+class CompactLlama(nn.Module):
+    """LlamaForCausalLM's parameters and logits; called like it with the arguments lossearch uses."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        if not supports(config):
+            raise ValueError("CompactLlama computes plain Llama configs only; use transformers for this one")
+        hidden, heads = config["hidden_size"], config["num_attention_heads"]
+        head_dim = config.get("head_dim") or hidden // heads
+        self.config = dict(config)
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(config["vocab_size"], hidden, config.get("pad_token_id"))
+        self.model.layers = nn.ModuleList(Block(config, head_dim) for _ in range(config["num_hidden_layers"]))
+        self.model.norm = RMSNorm(hidden, config.get("rms_norm_eps", 1e-6))
+        self.tied = bool(config.get("tie_word_embeddings", False))
+        if not self.tied:
+            self.lm_head = nn.Linear(hidden, config["vocab_size"], bias=False)
+        frequencies = 1.0 / (rope_theta(config) ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+        self.register_buffer("inv_freq", frequencies, persistent=False)
+        std = float(config.get("initializer_range", 0.02))
+        with torch.no_grad():  # HF's initialisation: normal(0, std) weights, a zero padding row, unit norms
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    module.weight.normal_(0.0, std)
+            if self.model.embed_tokens.padding_idx is not None:
+                self.model.embed_tokens.weight[self.model.embed_tokens.padding_idx].zero_()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, past_key_values=None, use_cache: bool = False) -> Output:
+        """`attention_mask` (N, past + T) covers the cached tokens too (default: all real);
+        `position_ids` (N, T) default to past, past + 1, ... in every row, as in HF."""
+        x = self.model.embed_tokens(input_ids)  # (N, T, hidden)
+        N, T = input_ids.shape
+        if attention_mask is None:
+            past_length = past_key_values[0][0].shape[2] if past_key_values else 0
+            attention_mask = torch.ones(N, past_length + T, dtype=torch.bool, device=x.device)
+        keys = attention_mask.bool()  # (N, S), S = past + T
+        S = keys.shape[1]
+        past = S - T
+        if position_ids is None:
+            position_ids = torch.arange(past, S, device=x.device).expand(N, T)
+        causal = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(past)  # query t sees keys <= past + t
+        own = torch.zeros(T, S, dtype=torch.bool, device=x.device)
+        own[:, past:] = torch.eye(T, dtype=torch.bool, device=x.device)
+        mask = ((causal & keys[:, None, :]) | own)[:, None]  # (N, 1, T, S)
+        freqs = position_ids[..., None].float() * self.inv_freq  # (N, T, D/2)
+        angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # (N, 1, T, D)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        presents = []
+        for index, layer in enumerate(self.model.layers):
+            x, present = layer(x, cos, sin, mask, past_key_values[index] if past_key_values else None)
+            presents.append(present)
+        weight = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
+        with torch.autocast(x.device.type, enabled=False):  # logits in float32 under bf16 autocast too: the
+            # losses read differences of summed log-probs, where bf16 logits would add noise (V is small)
+            logits = F.linear(self.model.norm(x.float()), weight.float())
+        return Output(logits, presents if use_cache else None)
