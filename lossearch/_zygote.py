@@ -45,7 +45,7 @@ JOB_FUNCTIONS = {
 DENIED_SYSCALLS = {"x86_64": (59, 322, 112, 109, 133, 259, 434, 424),
                    "aarch64": (221, 281, 157, 154, 33, 434, 424)}
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-PRELOAD = ("torch", "torch.nn.functional", "torch.optim", "lossearch.jobs", "lossearch.bandit")
+PRELOAD = ("torch", "torch.nn.functional", "lossearch.jobs", "lossearch.bandit")
 # trusted set-up that a job needs before its child forks, run here in the zygote on the job's
 # payload: imports the jailed child could not do (its audit hook refuses listing directories),
 # such as transformers and a model's architecture for the finetune tier; each runs once per kind
@@ -57,9 +57,8 @@ def warm_up() -> None:
     import torch
 
     weights = torch.zeros(3, requires_grad=True)
-    optimizer = torch.optim.Adam([weights], lr=0.1)
-    torch.nn.functional.logsigmoid(weights).sum().backward()
-    optimizer.step()
+    torch.nn.functional.logsigmoid(weights).sum().backward()  # no torch.optim step: its first imports
+    # torch._dynamo (a second of start-up), and no job uses torch.optim
 
 
 # -- jailing the child ---------------------------------------------------------------------

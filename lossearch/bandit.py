@@ -49,6 +49,7 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
+from lossearch.contract import backpropagate
 from lossearch.failures import CandidateError
 
 TASK_NAMES = ("sentiment", "sort", "length", "noisy")
@@ -328,7 +329,7 @@ def backward_through_policy(policy: dict, grads_per_beta: list[dict]) -> None:
         zeros = torch.zeros_like(output[0])  # (B,)
         outputs.append(output)
         grads.append(torch.stack([zeros if grad is None else grad for grad in per_beta]))  # (K, B)
-    torch.autograd.backward(outputs, grads)
+    backpropagate(outputs, grads)
 
 
 def adam_step(param: torch.Tensor, moments: tuple, step: int, lr: float,
