@@ -29,11 +29,14 @@ import functools
 import math
 import statistics
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 
+from lossearch.contract import backpropagate
 from lossearch.failures import CandidateError
 from lossearch.tasks import PairSet, TaskData
 from lossearch.tasks.build import ProgressFn, no_progress
@@ -41,6 +44,7 @@ from lossearch.tasks.lm import (Sequences, forward_logits, load_parameters, make
                                 sequence_kl, token_logps)
 
 DATA_MODES = ("offline", "online")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -60,13 +64,15 @@ class Budget:
     """Training seeds per trial; a trial's fitness is their mean."""
     eval_prompts: int
     """Held-out prompts sampled to measure reward and KL."""
+    heldout_pairs: int = 512
+    """Held-out pairs (at most the task's) that measure `pref_acc` and the implicit reward margin."""
     lr: float = 6e-4
     """Peak AdamW learning rate (linear warm-up over a tenth of the steps, cosine decay to a tenth)."""
     online_every: int = 16
     """Online mode: steps between two draws of fresh pairs from the current policy."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "pairs", "batch_size", "trials", "seeds", "eval_prompts", "online_every"):
+        for name in ("steps", "pairs", "batch_size", "trials", "seeds", "eval_prompts", "heldout_pairs", "online_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Budget.{name} must be at least 1")
         if not self.lr > 0:
@@ -84,7 +90,8 @@ class Budget:
 # steps x batch_size / pairs is about 1.5 epochs at `standard`; `full` sees more pairs, not more
 # steps, so its policies move as far as `standard`'s and the KL budget means the same at both
 BUDGETS = {
-    "quick": Budget("quick", steps=100, pairs=1024, batch_size=16, trials=1, seeds=1, eval_prompts=256),
+    "quick": Budget("quick", steps=100, pairs=1024, batch_size=16, trials=1, seeds=1, eval_prompts=256,
+                    heldout_pairs=256),
     "standard": Budget("standard", steps=200, pairs=2048, batch_size=16, trials=4, seeds=3, eval_prompts=512),
     "full": Budget("full", steps=200, pairs=4096, batch_size=32, trials=8, seeds=5, eval_prompts=1024),
 }
@@ -109,6 +116,10 @@ class FinetuneOptions:
     """Name of the Optuna study; None derives one from the code, task, budget, data mode and seed."""
     cache_dir: Optional[str] = None
     """Artifact cache; None means $LOSSEARCH_CACHE or ~/.cache/lossearch."""
+    precision: str = "auto"
+    """Training arithmetic: `fp32`, `bf16` (mixed: bf16 matrix products, float32 weights, optimizer,
+    attention, norms and logits), or `auto`: bf16 where the device computes it natively (CUDA with
+    bf16, CPUs with AVX512-BF16 or AMX), else fp32. Scoring is always float32."""
     threads: int = 1
     """Torch threads of the training child. One: on a busy two-core machine two threads made a
     training step seven times slower in our measurements (OpenMP threads wait on each other)."""
@@ -122,6 +133,8 @@ class FinetuneOptions:
             raise ValueError(f"unknown budget {self.budget!r}; choose one of {', '.join(BUDGETS)}")
         if self.data not in DATA_MODES:
             raise ValueError(f"unknown data mode {self.data!r}; choose one of {', '.join(DATA_MODES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.threads < 1:
             raise ValueError("FinetuneOptions.threads must be at least 1")
 
@@ -134,6 +147,30 @@ def resolve_device(device: Optional[str]) -> str:
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device here")
     torch.device(device)  # raises on a malformed name
     return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """`fp32` or `bf16` for `device`: `auto` picks bf16 where the hardware computes it natively."""
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device == "cpu" and native_bf16_cpu() else "fp32"
+
+
+@functools.lru_cache(maxsize=None)
+def native_bf16_cpu() -> bool:
+    """Whether this CPU has bf16 arithmetic instructions (x86 AVX512-BF16 or AMX-BF16, Arm BF16).
+
+    Without them torch emulates bf16, slower than float32. On this project's reference CPU
+    (AMD EPYC, AVX512-BF16) a (736 x 128) @ (128 x 352) product took 0.15 ms in bf16, 0.64 ms in fp32.
+    """
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = set(cpuinfo.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 @dataclass(frozen=True)
@@ -150,6 +187,8 @@ class RunConfig:
     online: Optional[dict] = None
     """Online mode: {"task", "every", "max_new_tokens", "eos_id", "pad_id"}; None: offline."""
     device: str = "cpu"
+    precision: str = "fp32"
+    """`fp32` or `bf16` (autocast around the policy's and reference's forward passes)."""
 
 
 # -----------------------------------------------------------------------------
@@ -172,25 +211,31 @@ def concat_sequences(first: Sequences, second: Sequences) -> Sequences:
                      torch.cat([first.response, second.response]))
 
 
-def policy_inputs(policy, reference, pairs: PairSet, index: torch.Tensor, uses_kl: bool):
+def policy_inputs(policy, reference, pairs: PairSet, index: torch.Tensor, uses_kl: bool, precision: str = "fp32"):
     """Contract inputs of a batch: policy-side (B,) tensors with graph, and the fixed ones."""
     device = next(policy.parameters()).device
     chosen, rejected = pairs.chosen.select(index), pairs.rejected.select(index)
     # both responses of every pair share the prompt columns, so one forward pass serves both
     both = concat_sequences(chosen, rejected).to(device)  # (2B, T)
-    logits = forward_logits(policy, both)  # (2B, T - 1, V)
+    with arithmetic(device, precision):
+        logits = forward_logits(policy, both).float()  # (2B, T - 1, V)
     logps = token_logps(logits, both).sum(-1)  # (2B,)
     B = len(index)
     outputs = {"policy_chosen_logps": logps[:B], "policy_rejected_logps": logps[B:]}
     if uses_kl:  # TDPO's inputs: sum over response positions of KL(reference || policy)
-        with torch.no_grad():
-            reference_logits = forward_logits(reference, both)
+        with torch.no_grad(), arithmetic(device, precision):
+            reference_logits = forward_logits(reference, both).float()
         kl = sequence_kl(reference_logits, logits, both)  # (2B,)
         outputs.update(chosen_kl=kl[:B], rejected_kl=kl[B:])
     fixed = {"reference_chosen_logps": pairs.reference_chosen_logps[index],
              "reference_rejected_logps": pairs.reference_rejected_logps[index],
              "chosen_lengths": chosen.response_lengths(), "rejected_lengths": rejected.response_lengths()}
     return outputs, {name: value.to(device) for name, value in fixed.items()}
+
+
+def arithmetic(device: torch.device, precision: str):
+    """The autocast context of `precision` on `device` (a disabled one for fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def loss_and_gradients(loss_fn: LossFn, outputs: dict, fixed: dict, beta: float):
@@ -209,20 +254,64 @@ def loss_and_gradients(loss_fn: LossFn, outputs: dict, fixed: dict, beta: float)
 
 
 def training_step(policy, reference, optimizer, loss_fn: LossFn, pairs: PairSet, index: torch.Tensor,
-                  beta: float, uses_kl: bool) -> float:
+                  beta: float, uses_kl: bool, precision: str = "fp32") -> float:
     """One AdamW step of the policy on the pairs `index`; returns the batch's mean loss."""
-    outputs, fixed = policy_inputs(policy, reference, pairs, index, uses_kl)
+    outputs, fixed = policy_inputs(policy, reference, pairs, index, uses_kl, precision)
     loss, grads = loss_and_gradients(loss_fn, outputs, fixed, beta)
     if not grads:
         raise CandidateError("no_grad", "the loss's gradients with respect to the policy log-probs are all missing")
     if not all(bool(torch.isfinite(grad).all()) for grad in grads.values()):
         raise CandidateError("nan", f"the loss's gradients were not finite during training at beta={beta:g}")
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()
     # chain rule by hand: d loss / d theta = sum over inputs of (d loss / d input) * (d input / d theta)
-    torch.autograd.backward([outputs[name] for name in grads], list(grads.values()))
+    backpropagate([outputs[name] for name in grads], list(grads.values()))
     torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
     optimizer.step()
     return loss
+
+
+class AdamW:
+    """torch.optim.AdamW's update (decoupled weight decay, bias-corrected moments), in foreach ops.
+
+    Not torch.optim's class: the first step of any torch.optim optimizer imports torch._dynamo,
+    about a second, paid by every fresh process (the sandbox's zygote) for a few-second run;
+    this one's step costs less than torch's default CPU path (one Python loop per tensor).
+    tests/test_finetune.py checks that it takes torch.optim.AdamW's steps.
+    """
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
+        self.params = [param for param in params if param.requires_grad]
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.exp_avg = [torch.zeros_like(param) for param in self.params]
+        self.exp_avg_sq = [torch.zeros_like(param) for param in self.params]
+        self.steps = [0] * len(self.params)  # per parameter, as torch's: one without a grad skips a step
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        live = [i for i, param in enumerate(self.params) if param.grad is not None]
+        if not live:
+            return
+        params = [self.params[i] for i in live]
+        grads = [self.params[i].grad for i in live]
+        exp_avg, exp_avg_sq = [self.exp_avg[i] for i in live], [self.exp_avg_sq[i] for i in live]
+        for i in live:
+            self.steps[i] += 1
+        steps = [self.steps[i] for i in live]
+        beta1, beta2 = self.betas
+        if self.weight_decay:
+            torch._foreach_mul_(params, 1 - self.lr * self.weight_decay)
+        torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - beta2)
+        denominator = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_div_(denominator, [math.sqrt(1 - beta2 ** step) for step in steps])
+        torch._foreach_add_(denominator, self.eps)
+        torch._foreach_addcdiv_(params, exp_avg, denominator, [-self.lr / (1 - beta1 ** step) for step in steps])
 
 
 def learning_rate_scale(step: int, steps: int, warmup: int) -> float:
@@ -235,19 +324,18 @@ def learning_rate_scale(step: int, steps: int, warmup: int) -> float:
 def train_policy(loss_fn: LossFn, policy, reference, pairs: PairSet, config: RunConfig,
                  prompts: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> list[float]:
     """Train `policy` in place for `config.steps` steps; returns the loss of every step."""
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    optimizer = AdamW(policy.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
     warmup = max(1, config.steps // 10)
     losses: list[float] = []
     policy.train()
     for step in range(config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * learning_rate_scale(step, config.steps, warmup)
+        optimizer.lr = config.lr * learning_rate_scale(step, config.steps, warmup)
         if config.online and step % config.online["every"] == 0:
             pairs = draw_online_pairs(policy, reference, prompts, config, generator)
         index = torch.randint(0, len(pairs), (config.batch_size,), generator=generator)  # (B,)
         losses.append(training_step(policy, reference, optimizer, loss_fn, pairs, index, config.beta,
-                                    config.uses_kl))
+                                    config.uses_kl, config.precision))
     policy.eval()
     if not all(bool(torch.isfinite(param).all()) for param in policy.parameters()):
         raise CandidateError("nan", f"training diverged at beta={config.beta:g}: the parameters are not finite")
@@ -299,14 +387,18 @@ def draw_online_pairs(policy, reference, prompts, config: RunConfig, generator: 
 class Scorer:
     """Scores trained parameters on a task's held-out prompts and pairs, against its base model."""
 
-    def __init__(self, task: TaskData, eval_prompts: int, device: str = "cpu") -> None:
+    def __init__(self, task: TaskData, eval_prompts: int, device: str = "cpu", heldout_pairs: Optional[int] = None) -> None:
         from safetensors.torch import load_file
 
         self.task = task
         self.device = device
         self.reference = self._model(load_file(str(task.parameters_file)))
         self.prompts = tuple(tensor[:eval_prompts].to(device) for tensor in task.heldout_prompts)
-        self._reference_rewards: dict[int, Optional[float]] = {}  # by seed: the base model's samples' reward
+        self.heldout = task.heldout.prefix(heldout_pairs)
+        self._reference_rewards: dict[int, Future] = {}  # by seed: the base model's samples' mean reward
+        # scoring work that does not wait on the policy's samples runs here, beside the rest: the
+        # reference's samples while the sandbox child trains, held-out preferences while sampling
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lossearch-scorer")
 
     def _model(self, parameters: Mapping[str, torch.Tensor]):
         model = make_model(self.task.model_config)
@@ -317,16 +409,20 @@ class Scorer:
         return model.to(self.device).eval()
 
     @torch.no_grad()
-    def sample(self, model, seed: int) -> Sequences:
-        """One response per held-out prompt; the same seed gives the base model the same draws."""
+    def sample(self, model, seed: int) -> tuple[Sequences, torch.Tensor]:
+        """One response per held-out prompt, and the model's next-token log-probs at each of its
+        steps, (N, R, V); the same seed gives the base model the same draws."""
         generator = torch.Generator(device=self.device).manual_seed(10_000 + seed)
         ids, attention = self.prompts
         batches = [sample_responses(model, ids[start:start + 256], attention[start:start + 256],
-                                    self.task.max_new_tokens, self.task.eos_id, self.task.pad_id, generator)
+                                    self.task.max_new_tokens, self.task.eos_id, self.task.pad_id, generator,
+                                    step_logps=True)
                    for start in range(0, ids.shape[0], 256)]
-        width = max(batch.ids.shape[1] for batch in batches)
-        batches = [widen(batch, width) for batch in batches]
-        return Sequences(*(torch.cat([getattr(b, name) for b in batches]) for name in ("ids", "attention", "response")))
+        width = max(batch.ids.shape[1] for batch, _ in batches)
+        steps = width - ids.shape[1]
+        samples = [widen(batch, width) for batch, _ in batches]
+        logps = torch.cat([F.pad(step, (0, 0, 0, steps - step.shape[1])) for _, step in batches])
+        return Sequences(*(torch.cat([getattr(b, name) for b in samples]) for name in ("ids", "attention", "response"))), logps
 
     def mean_reward(self, samples: Sequences) -> Optional[float]:
         if self.task.reward is None:
@@ -337,12 +433,16 @@ class Scorer:
         return statistics.fmean(self.task.reward(p, r) for p, r in zip(prompts, responses))
 
     @torch.no_grad()
-    def kl(self, model, samples: Sequences) -> float:
-        """Mean over prompts of sequence KL(policy || reference), exact per token on the policy's samples."""
-        total = 0.0
+    def kl(self, samples: Sequences, policy_logps: torch.Tensor) -> float:
+        """Mean over prompts of sequence KL(policy || reference), exact per token on the policy's
+        samples: the policy's side is its sampling's own log-probs, the reference's one forward pass."""
+        prompt_width, total = self.prompts[0].shape[1], 0.0
         for start in range(0, len(samples), 256):
-            batch = samples.select(slice(start, start + 256))
-            total += float(sequence_kl(forward_logits(model, batch), forward_logits(self.reference, batch), batch).sum())
+            batch = Sequences(*(getattr(samples, name)[start:start + 256] for name in ("ids", "attention", "response")))
+            reference = F.log_softmax(forward_logits(self.reference, batch)[:, prompt_width - 1:], dim=-1)  # (n, R, V)
+            policy = policy_logps[start:start + 256]
+            per_step = (policy.exp() * (policy - reference)).sum(-1)  # (n, R)
+            total += float((per_step * batch.response[:, prompt_width:]).sum())
         return total / len(samples)
 
     @torch.no_grad()
@@ -350,25 +450,38 @@ class Scorer:
         """(pref_acc, mean implicit reward margin) on the held-out pairs; ties count half."""
         from lossearch.tasks.build import batched_logps
 
-        heldout = self.task.heldout
+        heldout = self.heldout
         chosen = batched_logps(model, heldout.chosen.to(self.device)).cpu() - heldout.reference_chosen_logps
         rejected = batched_logps(model, heldout.rejected.to(self.device)).cpu() - heldout.reference_rejected_logps
         margin = chosen - rejected  # (M,) log-ratio margin; any beta > 0 keeps its sign
         return float(((margin > 0).double() + 0.5 * (margin == 0).double()).mean()), float(margin.mean())
 
+    def prepare(self, seeds: Sequence[int]) -> None:
+        """Start sampling the base model for these seeds' reference rewards in a background thread:
+        it runs while the sandbox child trains (the parent only waits on it then)."""
+        for seed in seeds:
+            if seed not in self._reference_rewards:
+                self._reference_rewards[seed] = self._background.submit(self._reference_reward, seed)
+
+    def _reference_reward(self, seed: int) -> Optional[float]:
+        return self.mean_reward(self.sample(self.reference, seed)[0])
+
     def reference_reward(self, seed: int) -> Optional[float]:
-        if seed not in self._reference_rewards:
-            self._reference_rewards[seed] = self.mean_reward(self.sample(self.reference, seed))
-        return self._reference_rewards[seed]
+        self.prepare([seed])
+        return self._reference_rewards[seed].result()
+
+    def close(self) -> None:
+        self._background.shutdown(wait=True, cancel_futures=True)
 
     def score(self, parameters: Mapping[str, torch.Tensor], seed: int) -> dict[str, Optional[float]]:
         """reward, reference_reward, kl, pref_acc, margin and fitness of trained parameters."""
         model = self._model(parameters)
-        samples = self.sample(model, seed)
-        reward, kl = self.mean_reward(samples), self.kl(model, samples)
+        preferences = self._background.submit(self.preferences, model)  # beside the sampling: no shared state
+        samples, logps = self.sample(model, seed)
+        reward, kl = self.mean_reward(samples), self.kl(samples, logps)
+        pref_acc, margin = preferences.result()
         if not math.isfinite(kl):
             raise CandidateError("nan", "the trained policy's KL from the reference is not finite")
-        pref_acc, margin = self.preferences(model)
         return {"reward": reward, "reference_reward": self.reference_reward(seed), "kl": kl,
                 "pref_acc": pref_acc, "margin": margin, "fitness": self.fitness(reward, kl, pref_acc)}
 
@@ -413,7 +526,8 @@ def run_config(task: TaskData, spec, budget: Budget, options: FinetuneOptions, b
         online = {"task": task.name, "every": budget.online_every, "max_new_tokens": task.max_new_tokens,
                   "eos_id": task.eos_id, "pad_id": task.pad_id}
     return RunConfig(beta=beta, seed=seed, steps=budget.steps, pairs=min(budget.pairs, len(task.train)),
-                     batch_size=budget.batch_size, lr=budget.lr, uses_kl=spec.uses_kl, online=online, device=device)
+                     batch_size=budget.batch_size, lr=budget.lr, uses_kl=spec.uses_kl, online=online, device=device,
+                     precision=resolve_precision(options.precision, device))
 
 
 def train_in_sandbox(sandbox, spec, task: TaskData, config: RunConfig, limits,
@@ -449,8 +563,9 @@ def finetune_candidate(sandbox, spec, task_name: str, seed: int, options: Finetu
     if options.data == "online" and not task.online:
         raise ValueError("online mode needs a task's oracle to label fresh pairs: use --task, not --model")
     limits = sandbox_limits(task, budget, options, device)
-    scorer = Scorer(task, budget.eval_prompts, device)
+    scorer = Scorer(task, budget.eval_prompts, device, budget.heldout_pairs)
     seeds = [seed * 1000 + index for index in range(budget.seeds)]
+    scorer.prepare(seeds)
     tunes_beta = "beta" in spec.inputs
 
     def run(beta: float, run_seed: int) -> dict:
@@ -458,17 +573,23 @@ def finetune_candidate(sandbox, spec, task_name: str, seed: int, options: Finetu
         report, parameters = train_in_sandbox(sandbox, spec, task, config, limits)
         return {"beta": beta, "seed": run_seed, **scorer.score(parameters, run_seed), **report}
 
-    tuning = tune_beta(run, float(spec.hyperparameters["beta"]), budget.trials if tunes_beta else 1, seeds,
-                       storage=options.storage, study_name=options.study_name or study_name(spec, task, budget, options, seed),
-                       progress=options.progress)
-    return {"task": task.name, "budget": asdict(budget), "data": options.data, "device": device, "seeds": seeds,
+    try:
+        tuning = tune_beta(run, float(spec.hyperparameters["beta"]), budget.trials if tunes_beta else 1, seeds,
+                           storage=options.storage,
+                           study_name=options.study_name or study_name(spec, task, budget, options, seed),
+                           progress=options.progress)
+    finally:
+        scorer.close()
+    return {"task": task.name, "budget": asdict(budget), "data": options.data, "device": device,
+            "precision": resolve_precision(options.precision, device), "seeds": seeds,
             "artifact": task.key, "base_parameters": task.parameters, "kl_budget": task.kl_budget,
             "kl_penalty": task.kl_penalty, **tuning, "seconds": time.monotonic() - started}
 
 
 def study_name(spec, task: TaskData, budget: Budget, options: FinetuneOptions, seed: int) -> str:
-    """One Optuna study per candidate code, task artifact, budget, data mode and seed set."""
-    return f"finetune-{spec.code_hash[:16]}-{task.key}-{budget.name}-{options.data}-s{seed}"
+    """One Optuna study per candidate code, task artifact, budget, data mode, precision and seed set."""
+    precision = resolve_precision(options.precision, resolve_device(options.device))
+    return f"finetune-{spec.code_hash[:16]}-{task.key}-{budget.name}-{options.data}-{precision}-s{seed}"
 
 
 def warm_up_model(config: dict) -> None:
@@ -485,7 +606,7 @@ def _warm_up(config_json: str) -> None:
     model = make_model(json.loads(config_json))
     ids = torch.ones(2, 4, dtype=torch.long)
     batch = Sequences(ids, torch.ones_like(ids, dtype=torch.bool), torch.ones_like(ids, dtype=torch.bool))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
+    optimizer = AdamW(model.parameters(), lr=0.0)
     token_logps(forward_logits(model, batch), batch).sum().backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()

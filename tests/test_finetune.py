@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from lossearch.contract import call_loss, load_loss, read_spec
 from lossearch.evaluate import evaluate
 from lossearch.failures import CandidateError
-from lossearch.finetune import (BUDGETS, Budget, FinetuneOptions, learning_rate_scale, loss_and_gradients,
-                                policy_inputs)
+from lossearch.contract import backpropagate
+from lossearch.finetune import (BUDGETS, AdamW, Budget, FinetuneOptions, Scorer, learning_rate_scale,
+                                loss_and_gradients, policy_inputs, resolve_precision, train_policy)
 from lossearch.seedlib import seed_path
 from lossearch.tasks.lm import load_parameters, make_model
 from lossearch.tuning import tune_beta
@@ -75,6 +76,86 @@ def test_our_training_step_gives_the_gradients_of_a_handwritten_dpo_step(tiny_ta
     (-F.logsigmoid(0.1 * margin)).mean().backward()
     for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+def test_our_adamw_takes_torch_adamws_steps():
+    torch.manual_seed(0)
+    ours = [torch.randn(5, 3, requires_grad=True), torch.randn(4, requires_grad=True)]
+    theirs = [param.detach().clone().requires_grad_() for param in ours]
+    optimizers = [AdamW(ours, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1),
+                  torch.optim.AdamW(theirs, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)]
+    for step in range(8):
+        grads = [torch.randn_like(param) for param in ours]
+        for params in (ours, theirs):
+            for param, grad in zip(params, grads):
+                param.grad = None if step == 3 and param.dim() == 1 else grad.clone()  # a missing grad: skipped
+        for optimizer in optimizers:
+            set_lr(optimizer, 1e-2 / (step + 1))
+            optimizer.step()
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, atol=1e-7)
+
+
+def set_lr(optimizer, lr: float) -> None:
+    """A schedule's step, set the way each optimizer takes it: our .lr, torch's param_groups."""
+    if isinstance(optimizer, AdamW):
+        optimizer.lr = lr
+    else:
+        optimizer.param_groups[0]["lr"] = lr
+
+
+def test_backpropagate_gives_torch_backwards_gradients():
+    weights = torch.randn(3, 4, requires_grad=True)
+    outputs = [weights.sum(0), (weights ** 2).sum(1)]
+    grads = [torch.randn(4), torch.randn(3)]
+    backpropagate(outputs, grads)
+    ours, weights.grad = weights.grad, None
+    outputs = [weights.sum(0), (weights ** 2).sum(1)]
+    torch.autograd.backward(outputs, grads)
+    assert torch.equal(ours, weights.grad)
+
+
+def test_bf16_training_follows_fp32_training_where_the_cpu_has_bf16(tiny_task, monkeypatch):
+    from lossearch.finetune import RunConfig
+
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr("lossearch.finetune.native_bf16_cpu", lambda: False)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr("lossearch.finetune.native_bf16_cpu", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        FinetuneOptions(precision="fp8")
+    _, loss_fn = trusted_loss("dpo")
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        policy, reference = base_models(tiny_task)
+        config = RunConfig(beta=0.1, seed=0, steps=20, pairs=48, batch_size=8, lr=3e-3, uses_kl=False,
+                           precision=precision)
+        losses[precision] = train_policy(loss_fn, policy, reference, tiny_task.train, config)
+    assert losses["fp32"][0] == pytest.approx(0.6931, abs=1e-3)  # log 2: the policy starts at the reference
+    assert losses["bf16"][0] == pytest.approx(losses["fp32"][0], abs=5e-3)
+    assert sum(losses["bf16"][-5:]) / 5 == pytest.approx(sum(losses["fp32"][-5:]) / 5, abs=0.02)
+    assert losses["bf16"][-1] < losses["bf16"][0]
+
+
+def test_the_scorers_kl_is_the_exact_kl_of_a_full_forward_pass(tiny_task):
+    from safetensors.torch import load_file
+
+    from lossearch.tasks.lm import forward_logits, sequence_kl
+
+    scorer = Scorer(tiny_task, eval_prompts=24, heldout_pairs=8)
+    try:
+        parameters = {name: value + 0.05 * torch.randn_like(value)
+                      for name, value in load_file(str(tiny_task.parameters_file)).items()}
+        policy = scorer._model(parameters)
+        samples, step_logps = scorer.sample(policy, seed=0)
+        with torch.no_grad():
+            full = sequence_kl(forward_logits(policy, samples), forward_logits(scorer.reference, samples), samples)
+        assert scorer.kl(samples, step_logps) == pytest.approx(float(full.mean()), rel=1e-4)
+        assert len(scorer.heldout) == 8
+        assert scorer.kl(*scorer.sample(scorer.reference, seed=0)) == pytest.approx(0.0, abs=1e-5)
+    finally:
+        scorer.close()
 
 
 def test_kl_inputs_vanish_at_the_reference_and_only_kl_losses_pay_for_them(tiny_task):
