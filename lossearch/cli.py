@@ -7,6 +7,7 @@ is rejected or fails ends with exit code 1.
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from contextlib import contextmanager
@@ -20,9 +21,6 @@ from rich.console import Console
 from rich.table import Table
 
 from lossearch.failures import CandidateError
-from lossearch.proposers.base import ProposerError
-from lossearch.ray_executor import RayUnavailable
-from lossearch.store import StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Search for new preference-optimization losses (the DPO family).")
@@ -47,6 +45,12 @@ class BudgetName(str, Enum):
 class DataMode(str, Enum):
     offline = "offline"
     online = "online"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
 
 
 class Task(str, Enum):
@@ -166,7 +170,7 @@ def progress_bar(enabled: bool):
         yield report
 
 
-def finetune_options(budget, data, device, model, dataset, reward, progress):
+def finetune_options(budget, data, device, precision, model, dataset, reward, progress):
     """FinetuneOptions from eval's flags; a flag combination that cannot work is a UsageProblem."""
     if (model is None) != (dataset is None):
         raise UsageProblem("--model and --dataset go together: a model folder and a JSONL file of pairs")
@@ -189,7 +193,8 @@ def finetune_options(budget, data, device, model, dataset, reward, progress):
         raise UsageProblem(f"--device: {error}") from None
     setting = UserSetting(model, dataset, reward) if model is not None else None
     return FinetuneOptions(budget=(budget or BudgetName.quick).value, data=(data or DataMode.offline).value,
-                           device=device, setting=setting, progress=progress)
+                           device=device, precision=(precision or Precision.auto).value, setting=setting,
+                           progress=progress)
 
 
 @app.command("eval")
@@ -202,6 +207,7 @@ def eval_command(
     budget: Optional[BudgetName] = typer.Option(None, "--budget", help="Finetune budget (see `lossearch tasks`) [default: quick]."),
     data: Optional[DataMode] = typer.Option(None, "--data", help="Finetune on the task's fixed pairs, or online on fresh ones [default: offline]."),
     device: Optional[str] = typer.Option(None, "--device", help="Torch device for the finetune tier [default: cuda if present, else cpu]."),
+    precision: Optional[Precision] = typer.Option(None, "--precision", help="Training arithmetic: bf16 (mixed), fp32, or auto: bf16 where the device computes it natively [default: auto]."),
     model: Optional[Path] = typer.Option(None, "--model", help="Your own local causal LM folder (with --dataset) instead of a task's."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="JSONL pairs {prompt, chosen, rejected} to finetune --model on."),
     reward: Optional[str] = typer.Option(None, "--reward", help="module.py:function(prompt, response) -> float scoring --model's samples."),
@@ -215,21 +221,27 @@ def eval_command(
 
     Example: lossearch eval seeds/dpo.py --tier finetune --task sentiment --budget quick
     """
-    from lossearch.evaluate import evaluate
-    from lossearch.tasks.user import SettingError
+    from lossearch.sandbox import Sandbox
 
     source = read_source(file)
-    finetune_flags = (budget, data, device, model, dataset, reward)
+    finetune_flags = (budget, data, device, precision, model, dataset, reward)
     if tier != Tier.finetune and any(flag is not None for flag in finetune_flags):
-        raise UsageProblem("--budget, --data, --device, --model, --dataset and --reward need --tier finetune")
-    with progress_bar(tier == Tier.finetune and errors.is_terminal) as progress:
+        raise UsageProblem("--budget, --data, --device, --precision, --model, --dataset and --reward need --tier finetune")
+    with Sandbox() as sandbox, progress_bar(tier == Tier.finetune and errors.is_terminal) as progress:
+        if tier != Tier.static:
+            sandbox.start()  # its zygote imports torch while this process does the same
+        from lossearch.evaluate import evaluate
+        from lossearch.tasks.user import SettingError
+
         options = finetune_options(*finetune_flags, progress) if tier == Tier.finetune else None
         try:
-            evaluation = evaluate(source, file.stem, tier.value, task=task.value, seed=seed, finetune=options)
+            evaluation = evaluate(source, file.stem, tier.value, task=task.value, seed=seed, finetune=options,
+                                  sandbox=sandbox)
         except SettingError as error:
             raise UsageProblem(str(error)) from None
     if as_json:
         print_json(evaluation.to_dict())
+
     else:
         render_evaluation(file, evaluation)
     raise typer.Exit(0 if evaluation.ok else 1)
@@ -630,8 +642,30 @@ def _click_exceptions() -> list:
     return modules + [vendored]
 
 
+# errors that are the user's to fix, printed as one line, by the module that raises them; a module
+# is imported only by the commands that need it (sqlalchemy and openai cost half a second to import)
+USER_ERRORS = {"lossearch.store": "StoreError", "lossearch.proposers.base": "ProposerError",
+               "lossearch.ray_executor": "RayUnavailable"}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """UsageProblem, CandidateError, ValueError and the USER_ERRORS of the modules loaded so far
+    (an error class of a module never imported cannot have been raised)."""
+    loaded = tuple(getattr(sys.modules[module], name) for module, name in USER_ERRORS.items() if module in sys.modules)
+    return (UsageProblem, CandidateError, ValueError) + loaded
+
+
+def entry() -> None:
+    """The `lossearch` console script: `main`, then exit."""
+    code = main()
+    # the interpreter's last garbage collection walks every object torch created, a third of a
+    # second at each exit; it skips frozen objects (the command has closed its files and stores)
+    gc.freeze()
+    sys.exit(code)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point of the `lossearch` console script."""
+    """Run one `lossearch` command line; its exit code."""
     command = typer.main.get_command(app)
     modules = _click_exceptions()
     exits = tuple(module.Exit for module in modules if hasattr(module, "Exit"))
@@ -640,6 +674,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     aborts = tuple(module.Abort for module in modules if hasattr(module, "Abort")) + (click.Abort, typer.Abort)
     try:
         result = command.main(args=argv, prog_name="lossearch", standalone_mode=False)
+
         return int(result or 0) if isinstance(result, int) else 0
     except exits as done:
         return done.exit_code
@@ -650,7 +685,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
         errors.print(f"error: {error.format_message()}{hint}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    except (UsageProblem, CandidateError, ValueError, ProposerError, StoreError, RayUnavailable) as error:
+    except Exception as error:
+        if not isinstance(error, user_errors()):
+            raise
         errors.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except aborts + (KeyboardInterrupt,):
@@ -659,4 +696,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -103,6 +103,7 @@ class Sandbox:
         self._zygote: subprocess.Popen | None = None
         self._selector: selectors.BaseSelector | None = None
         self._buffer = b""
+        self._ready = False
 
     def __enter__(self) -> "Sandbox":
         return self
@@ -111,16 +112,27 @@ class Sandbox:
         self.close()
 
     # -- the zygote ----------------------------------------------------------------------
-    def _start(self) -> None:
-        self._zygote = subprocess.Popen(
-            [sys.executable, "-m", "lossearch._zygote"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=clean_environment(), cwd=tempfile.gettempdir(), start_new_session=True,
-        )
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._zygote.stdout, selectors.EVENT_READ)
-        self._buffer = b""
-        self._read_message(time.monotonic() + 120)
+    def start(self) -> "Sandbox":
+        """Start the zygote now, without waiting for it: its second of importing torch then
+        overlaps with the caller's own start-up. `run` starts it when nobody has."""
+        if self._zygote is None or self._zygote.poll() is not None:
+            self._zygote = subprocess.Popen(
+                [sys.executable, "-m", "lossearch._zygote"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                env=clean_environment(), cwd=tempfile.gettempdir(), start_new_session=True,
+            )
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._zygote.stdout, selectors.EVENT_READ)
+            self._buffer = b""
+            self._ready = False
+        return self
+
+    def _wait_ready(self) -> None:
+        if not self._ready:
+            if self._read_message(time.monotonic() + 120) is None:
+                self.close()
+                raise SandboxError("the sandbox's zygote did not start within 120 s")
+            self._ready = True
 
     def close(self) -> None:
         """Stop the zygote and everything it started."""
@@ -160,8 +172,8 @@ class Sandbox:
         `limits.file_bytes`, read without following links) before the directory goes.
         """
         limits = limits or self.limits
-        if self._zygote is None or self._zygote.poll() is not None:
-            self._start()
+        self.start()
+        self._wait_ready()
         workdir = tempfile.mkdtemp(prefix="lossearch-sandbox-")
         started = time.monotonic()
         try:

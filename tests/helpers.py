@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-CLI = [sys.executable, "-c", "import sys; from lossearch.cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "from lossearch.cli import entry; entry()"]
 
 
 def run_cli(*args: str, cwd, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -15,7 +15,6 @@ from lossearch.proposers.base import (
     LLM_OUTCOMES, RELATIONS, FailureView, LLMUsage, ParentView, Proposal, ProposalContext, Proposer,
     ProposerError,
 )
-from lossearch.proposers.llm import LLMConfig, LLMProposer
 from lossearch.proposers.mutation import OPERATORS, MutationProposer
 
 PROPOSER_KINDS = ("mutation", "llm")
@@ -27,6 +26,16 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    """LLMConfig and LLMProposer on first use: their module imports openai (0.4 s), which the
+    offline commands never need."""
+    if name in ("LLMConfig", "LLMProposer"):
+        from lossearch.proposers import llm
+
+        return getattr(llm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def make_proposer(kind: str, **options: Any) -> Proposer:
     """A proposer of `kind` (`mutation` or `llm`) built from keyword options.
 
@@ -36,5 +45,7 @@ def make_proposer(kind: str, **options: Any) -> Proposer:
     if kind == "mutation":
         return MutationProposer(**options)
     if kind == "llm":
+        from lossearch.proposers.llm import LLMConfig, LLMProposer
+
         return LLMProposer(LLMConfig(**options))
     raise ProposerError(f"unknown proposer {kind!r}: choose one of {', '.join(PROPOSER_KINDS)}")
