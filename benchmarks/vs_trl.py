@@ -1,21 +1,24 @@
 """One DPO candidate evaluation through lossearch against TRL's DPOTrainer, end to end.
 
 Same base model (the task's, from the cache), same training pairs, same number of steps,
-batch size, peak learning rate, beta and warm-up + cosine schedule, one torch thread each.
+batch size, peak learning rate, beta, AdamW betas, gradient clipping and warm-up + cosine
+schedule (down to a tenth of the peak), one torch thread each, each in a fresh process:
 
-    lossearch  evaluate(seeds/dpo.py, tier="finetune") with one trial and one seed: a fresh
-               sandbox (zygote start), the static, sanity and bandit tiers, training in the
-               jailed child, then scoring on held-out prompts (sampling, oracle, exact KL,
-               pref_acc), which TRL's run does not even do
+    lossearch  `lossearch eval seeds/dpo.py --tier finetune --budget quick --json`, the command
+               a user runs: the sandbox's start, the static, sanity and bandit tiers, training
+               in the jailed child, then scoring on held-out prompts (sampling, oracle, exact
+               KL, pref_acc), which TRL's run does not even do
     TRL        DPOTrainer(loss_type="sigmoid") from loading the model to the end of train():
-               dataset tokenization, the reference model, the training loop
+               imports, dataset tokenization, the reference model, the training loop
 
-Each side runs in a fresh Python process, as a user would run it, imports included. It
-prints both wall-clock times and their ratio (target: lossearch at least 3x faster), the
-training loop's own time on each side, and both final training losses (mean over the
-last 10 steps), which should agree within noise.
+It prints the median wall-clock time of each side over --repeats runs (the sides alternate,
+so a busy machine slows both alike), their ratio (target: lossearch at least 3x faster), the
+training loop's own time on each side, and both final training losses (mean over the last
+10 steps), which should agree within noise. lossearch trains in mixed bf16 where the CPU has
+bf16 instructions (`--precision auto`); the script also times both sides in the other
+precision, so the comparison holds like for like:
 
-    python benchmarks/vs_trl.py [--task sentiment] [--steps 100] [--pairs 1024]
+    python benchmarks/vs_trl.py [--task sentiment] [--repeats 3] [--precisions auto,fp32]
 """
 
 from __future__ import annotations
@@ -43,22 +46,21 @@ def pairs_as_text(task, count: int) -> list[dict[str, str]]:
             for p, c, r in zip(prompts, chosen_ids, rejected_ids)]
 
 
-def run_lossearch(task_name: str, steps: int, pairs: int, batch: int, lr: float) -> dict:
-    """One DPO evaluation through the cascade up to the finetune tier: final loss, training seconds."""
-    from lossearch.evaluate import evaluate
-    from lossearch.finetune import Budget, FinetuneOptions
-    from lossearch.seedlib import seed_path
-
-    budget = Budget("bench", steps=steps, pairs=pairs, batch_size=batch, trials=1, seeds=1, eval_prompts=256, lr=lr)
-    evaluation = evaluate(seed_path("dpo").read_text(), "dpo", "finetune", task=task_name,
-                          finetune=FinetuneOptions(budget=budget, device="cpu"))
-    if not evaluation.ok:
-        raise SystemExit(f"lossearch evaluation failed: {evaluation.error}")
-    run = evaluation.metrics["finetune"]["runs"][0]
-    return {"final_loss": run["final_loss"], "train_seconds": run["train_seconds"]}
+QUICK = {"steps": 100, "pairs": 1024, "batch": 16, "lr": 6e-4, "beta": 0.1}  # the quick budget, seeds/dpo.py's beta
 
 
-def run_trl(task_name: str, steps: int, pairs: int, batch: int, lr: float) -> dict:
+def run_lossearch(task_name: str, precision: str) -> tuple[float, dict]:
+    """The user's command in a fresh process: (wall seconds, final loss and training seconds)."""
+    command = [sys.executable, "-m", "lossearch.cli", "eval", "seeds/dpo.py", "--tier", "finetune", "--task", task_name,
+               "--budget", "quick", "--precision", precision, "--json"]
+    seconds, output = timed(command)
+    finetune = json.loads(output)["metrics"]["finetune"]
+    run = finetune["runs"][0]
+    return seconds, {"final_loss": run["final_loss"], "train_seconds": run["train_seconds"],
+                     "precision": finetune["precision"]}
+
+
+def run_trl(task_name: str, precision: str) -> dict:
     """TRL's DPOTrainer on the same model and pairs: final loss (mean of the last 10 steps), training seconds."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -67,15 +69,16 @@ def run_trl(task_name: str, steps: int, pairs: int, batch: int, lr: float) -> di
     from lossearch.tasks import load_task
 
     task = load_task(task_name)
-    rows = pairs_as_text(task, pairs)
+    rows = pairs_as_text(task, QUICK["pairs"])
     model_dir = task.parameters_file.parent
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with tempfile.TemporaryDirectory() as output_dir:
         config = DPOConfig(
-            output_dir=output_dir, loss_type=["sigmoid"], beta=0.1, per_device_train_batch_size=batch,
-            max_steps=steps, learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 10),
-            weight_decay=0.0, adam_beta2=0.95, max_grad_norm=1.0, logging_steps=10, save_strategy="no",
+            output_dir=output_dir, loss_type=["sigmoid"], beta=QUICK["beta"], per_device_train_batch_size=QUICK["batch"],
+            max_steps=QUICK["steps"], learning_rate=QUICK["lr"], lr_scheduler_type="cosine_with_min_lr",
+            lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=QUICK["steps"] // 10, weight_decay=0.0,
+            adam_beta2=0.95, max_grad_norm=1.0, bf16=precision == "bf16", logging_steps=10, save_strategy="no",
             report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True, log_level="error")
         trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
                              processing_class=tokenizer)
@@ -83,49 +86,63 @@ def run_trl(task_name: str, steps: int, pairs: int, batch: int, lr: float) -> di
         trainer.train()
         train_seconds = time.perf_counter() - started
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {"final_loss": float(losses[-1]), "train_seconds": train_seconds}
+    return {"final_loss": float(losses[-1]), "train_seconds": train_seconds, "precision": precision}
 
 
-def timed_child(which: str, args) -> tuple[float, dict]:
-    """Run one side in a fresh Python process, as a user would: (wall seconds, its report)."""
-    command = [sys.executable, __file__, "--child", which, "--task", args.task, "--steps", str(args.steps),
-               "--pairs", str(args.pairs), "--batch", str(args.batch), "--lr", str(args.lr)]
+def timed(command: list[str]) -> tuple[float, str]:
+    """(wall seconds, stdout) of `command` in a fresh process with one torch thread."""
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1",
                                                                       "TOKENIZERS_PARALLELISM": "false"})
     seconds = time.perf_counter() - started
     if done.returncode != 0:
-        raise SystemExit(f"{which} failed:\n{done.stderr[-3000:]}")
-    return seconds, json.loads(done.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{' '.join(command[:4])} failed:\n{done.stderr[-3000:]}")
+    return seconds, done.stdout
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="sentiment")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--pairs", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=6e-4)
-    parser.add_argument("--child", choices=("lossearch", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precisions", default="auto,fp32", help="lossearch --precision values, comma-separated")
+    parser.add_argument("--trl-child", choices=("fp32", "bf16"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        torch.set_num_threads(1)  # the sandbox child trains on one thread; TRL gets the same
-        run = run_lossearch if args.child == "lossearch" else run_trl
-        print(json.dumps(run(args.task, args.steps, args.pairs, args.batch, args.lr)))
+    if args.trl_child:
+        torch.set_num_threads(1)
+        print(json.dumps(run_trl(args.task, args.trl_child)))
         return
     from lossearch.tasks import load_task
 
     load_task(args.task)  # built (if needed) before either clock starts: both read the same cached model
-    ours, our_report = timed_child("lossearch", args)
-    theirs, their_report = timed_child("trl", args)
-    print(f"task {args.task}: {args.steps} steps x {args.batch} pairs from {args.pairs}, lr {args.lr:g}, beta 0.1, "
-          f"one thread each, each in a fresh process")
-    print(f"lossearch eval (static, sanity, bandit, finetune incl. scoring): {ours:6.1f} s end to end, "
-          f"training {our_report['train_seconds']:5.1f} s, final loss {our_report['final_loss']:.4f}")
-    print(f"TRL DPOTrainer (sigmoid; no scoring)                        : {theirs:6.1f} s end to end, "
-          f"training {their_report['train_seconds']:5.1f} s, final loss {their_report['final_loss']:.4f}")
-    print(f"speed-up end to end: {theirs / ours:.2f}x (target >= 3x); "
-          f"training: {their_report['train_seconds'] / our_report['train_seconds']:.2f}x")
+    print(f"task {args.task}: {QUICK['steps']} steps x {QUICK['batch']} pairs from {QUICK['pairs']}, lr {QUICK['lr']:g}, "
+          f"beta {QUICK['beta']}, one thread each, each in a fresh process; medians of {args.repeats} runs")
+    for precision in args.precisions.split(","):
+        ours, theirs = [], []
+        for _ in range(args.repeats):
+            ours.append(run_lossearch(args.task, precision))
+            resolved = ours[-1][1]["precision"]
+            seconds, output = timed([sys.executable, __file__, "--task", args.task, "--trl-child", resolved])
+            theirs.append((seconds, json.loads(output.strip().splitlines()[-1])))
+        report(ours, theirs, precision)
+
+
+def report(ours: list[tuple[float, dict]], theirs: list[tuple[float, dict]], precision: str) -> None:
+    resolved = ours[0][1]["precision"]
+    rows = {"lossearch eval (static, sanity, bandit, finetune + scoring)": ours, "TRL DPOTrainer (sigmoid, no scoring)": theirs}
+    print(f"\n--precision {precision} (training in {resolved} on both sides)")
+    for label, runs in rows.items():
+        print(f"  {label:58s}: {median([s for s, _ in runs]):5.1f} s end to end, "
+              f"training {median([r['train_seconds'] for _, r in runs]):5.2f} s, "
+              f"final loss {median([r['final_loss'] for _, r in runs]):.4f}")
+    end_to_end = median([s for s, _ in theirs]) / median([s for s, _ in ours])
+    training = median([r["train_seconds"] for _, r in theirs]) / median([r["train_seconds"] for _, r in ours])
+    print(f"  speed-up end to end: {end_to_end:.2f}x (target >= 3x); training loop: {training:.2f}x")
 
 
 if __name__ == "__main__":
