@@ -215,7 +215,7 @@ def eval_command(
     """Evaluate one loss file up the cascade: static, sanity, bandit, finetune.
 
     Exit code 0 when the loss passes, 1 when it is rejected or fails. The finetune
-    tier trains a small language model with the loss (quick: about 15 s on a CPU;
+    tier trains a small language model with the loss (quick: about 5 s on a CPU;
     the task's base model is built once first, a minute or two) and scores it by
     the task's oracle at its KL budget.
 
@@ -288,11 +288,11 @@ def render_tasks(summaries, budgets, artifacts) -> None:
                       f"{row['parameters']:,}" if row["parameters"] else "-", f"{row['kl_budget']:g} nats", built)
     console.print(table)
     table = Table(title="budgets (per candidate: trials x seeds training runs)")
-    for column in ("budget", "steps", "pairs", "batch", "trials", "seeds", "eval prompts", "lr"):
+    for column in ("budget", "steps", "pairs", "batch", "trials", "seeds", "eval prompts", "held-out pairs", "lr"):
         table.add_column(column, justify="right")
     for budget in budgets.values():
         table.add_row(budget.name, str(budget.steps), str(budget.pairs), str(budget.batch_size), str(budget.trials),
-                      str(budget.seeds), str(budget.eval_prompts), f"{budget.lr:g}")
+                      str(budget.seeds), str(budget.eval_prompts), str(budget.heldout_pairs), f"{budget.lr:g}")
     console.print(table)
     root = summaries[0]["cache"] if summaries else ""
     console.print(f"cache {root}: {len(artifacts)} artifact(s)", markup=False)

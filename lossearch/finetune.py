@@ -323,7 +323,10 @@ def learning_rate_scale(step: int, steps: int, warmup: int) -> float:
 
 def train_policy(loss_fn: LossFn, policy, reference, pairs: PairSet, config: RunConfig,
                  prompts: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> list[float]:
-    """Train `policy` in place for `config.steps` steps; returns the loss of every step."""
+    """Train `policy` in place for `config.steps` steps; returns the loss of every step.
+
+    `reference` (the frozen base model) is read only for KL inputs and online pairs; None otherwise.
+    """
     optimizer = AdamW(policy.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
     warmup = max(1, config.steps // 10)

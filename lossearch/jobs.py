@@ -144,11 +144,16 @@ def finetune_job(payload: dict) -> dict:
     tensors = load_file("pairs.safetensors")
     pairs = PairSet.from_tensors(tensors, "train", config.pairs)
     prompts = (tensors["train_prompt_ids"], tensors["train_prompt_attention"].bool()) if config.online else None
-    policy, reference = make_model(payload["model_config"]), make_model(payload["model_config"])
-    for model in (policy, reference):
+    # the reference's log-probs of the pairs come cached; its model is needed only for a KL input
+    # or to label online pairs
+    needs_reference = config.uses_kl or config.online is not None
+    policy = make_model(payload["model_config"])
+    reference = make_model(payload["model_config"]) if needs_reference else None
+    for model in filter(None, (policy, reference)):
         load_parameters(model, base)
         model.to(config.device)
-    reference.eval().requires_grad_(False)
+    if reference is not None:
+        reference.eval().requires_grad_(False)
     before = snapshot_namespaces()
     try:
         _, loss_of = load_candidate(payload)

@@ -68,6 +68,17 @@ def test_usage_errors_are_one_line_and_exit_2(tmp_path, args):
     assert "Traceback" not in done.stderr
 
 
+def test_the_command_line_starts_without_torch_openai_or_sqlalchemy():
+    """Each costs a large part of a second to import; a command imports what it uses, when it does."""
+    import sys
+
+    script = ("import sys, lossearch.cli; "
+              "print(sorted(m for m in ('torch', 'openai', 'sqlalchemy', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_compare_prints_the_verdict(tmp_path):
     done = lossearch("compare", str(seed_path("dpo")), str(seed_path("ipo")), cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -348,6 +348,8 @@ def test_eval_finetune_from_the_command_line(sentiment_task, real_cache, tmp_pat
     ("--tier", "finetune", "--model", "m", "--dataset", "d.jsonl", "--data", "online"),
     ("--tier", "finetune", "--device", "cuda:7") if not torch.cuda.is_available() else ("--budget", "quick"),
     ("--tier", "finetune", "--budget", "huge"),
+    ("--precision", "bf16"),  # without --tier finetune
+    ("--tier", "finetune", "--precision", "fp8"),
 ])
 def test_finetune_usage_errors_are_one_line_and_exit_2(tmp_path, args):
     done = lossearch("eval", str(seed_path("dpo")), *args, cwd=tmp_path)

@@ -117,6 +117,14 @@ def test_the_child_holds_no_descriptor_but_its_result_pipe(sandbox):
     assert [is_pipe for fd, is_pipe in seen[3:]] == [True], "only the result pipe: not the zygote's protocol pipe"
 
 
+def test_a_sandbox_started_early_does_not_wait_for_its_zygote():
+    with Sandbox() as sandbox:
+        sandbox.start()  # returns without reading the zygote's "ready": it imports torch meanwhile
+        assert not sandbox._ready and sandbox._zygote.poll() is None
+        assert sandbox.run("echo", {"x": 1}).value == {"payload": {"x": 1}}
+        assert sandbox._ready
+
+
 def test_isolation_is_reported(sandbox):
     result = sandbox.run("echo", {"hello": [1, 2]}, LIMITS)
     assert result.ok and result.value == {"payload": {"hello": [1, 2]}}
