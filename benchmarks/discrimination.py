@@ -8,6 +8,7 @@ across seeds, then per task
     noise   = median over losses of the standard deviation of one loss's fitness across seeds
     ratio   = spread / noise          (target: at least 5)
 
+and the same ratio over the losses that are not at the task's fitness floor on every seed.
 With `--seed-sets 0,1` it evaluates the library under two seed sets and prints the Spearman
 rank correlation of the two rankings (do rankings hold when repeated with other seeds?).
 Results stream to a JSONL file (`--out`), one line per (task, seed set, loss), and a rerun
@@ -31,7 +32,7 @@ from lossearch.failures import CandidateError
 from lossearch.finetune import FinetuneOptions
 from lossearch.sandbox import Sandbox
 from lossearch.seedlib import seed_path, seed_paths
-from lossearch.tasks import TASK_NAMES, load_task
+from lossearch.tasks import TASK_NAMES, TASKS, load_task
 
 
 def spearman(first: list[float], second: list[float]) -> float:
@@ -73,19 +74,26 @@ def evaluate_loss(sandbox, task_data, name: str, budget: str, seed_set: int) -> 
                                 FinetuneOptions(budget=budget, task_data=task_data))
     except CandidateError as error:
         return {"failure": error.failure.to_dict(), "seconds": time.monotonic() - started}
-    keep = ("fitness", "fitness_std", "reward", "reward_std", "reference_reward", "kl", "kl_std", "pref_acc", "beta")
+    keep = ("fitness", "fitness_std", "reward", "reward_std", "reference_reward", "kl", "kl_std", "pref_acc", "beta",
+            "precision")
     return {**{key: metrics[key] for key in keep}, "seconds": time.monotonic() - started}
 
 
-def summarize(rows: list[dict]) -> dict:
+def summarize(rows: list[dict], floor: float) -> dict:
+    """Spread, median std and their ratio; also over the losses not stuck at the task's fitness
+    floor on every seed (those have std 0, which would flatter the median)."""
     scored = [row for row in rows if "fitness" in row]
     if len(scored) < 2:
         return {}
     fitness = [row["fitness"] for row in scored]
     spread = max(fitness) - min(fitness)
     noise = statistics.median(row["fitness_std"] for row in scored)
-    return {"losses": len(scored), "spread": spread, "median_std": noise,
-            "ratio": spread / noise if noise > 0 else float("inf")}
+    moving = [row["fitness_std"] for row in scored if not (row["fitness"] == floor and row["fitness_std"] == 0)]
+    moving_noise = statistics.median(moving) if moving else float("nan")
+    return {"losses": len(scored), "spread": round(spread, 4), "median_std": round(noise, 4),
+            "ratio": round(spread / noise, 1) if noise > 0 else float("inf"),
+            "at_floor": len(scored) - len(moving), "median_std_off_floor": round(moving_noise, 4),
+            "ratio_off_floor": round(spread / moving_noise, 1) if moving_noise > 0 else float("inf")}
 
 
 def main() -> None:
@@ -116,7 +124,7 @@ def main() -> None:
                             log.write(json.dumps(done[key]) + "\n")
                     print_row(done[key])
                 rows = [done[(task, seed_set, name)] for name in losses]
-                print(f"-- {task} seed set {seed_set}: {summarize(rows)}", flush=True)
+                print(f"-- {task} seed set {seed_set}: {summarize(rows, TASKS[task].fitness_floor)}", flush=True)
             if len(seed_sets) > 1:
                 print_rank_correlation(task, losses, seed_sets, done)
 
