@@ -8,7 +8,8 @@ across seeds, then per task
     noise   = median over losses of the standard deviation of one loss's fitness across seeds
     ratio   = spread / noise          (target: at least 5)
 
-and the same ratio over the losses that are not at the task's fitness floor on every seed.
+and the same three numbers over the losses that are not at the task's fitness floor on every
+seed (a collapsed loss widens the spread, and its std of 0 lowers the median).
 With `--seed-sets 0,1` it evaluates the library under two seed sets and prints the Spearman
 rank correlation of the two rankings (do rankings hold when repeated with other seeds?).
 Results stream to a JSONL file (`--out`), one line per (task, seed set, loss), and a rerun
@@ -88,12 +89,15 @@ def summarize(rows: list[dict], floor: float) -> dict:
     fitness = [row["fitness"] for row in scored]
     spread = max(fitness) - min(fitness)
     noise = statistics.median(row["fitness_std"] for row in scored)
-    moving = [row["fitness_std"] for row in scored if not (row["fitness"] == floor and row["fitness_std"] == 0)]
-    moving_noise = statistics.median(moving) if moving else float("nan")
-    return {"losses": len(scored), "spread": round(spread, 4), "median_std": round(noise, 4),
-            "ratio": round(spread / noise, 1) if noise > 0 else float("inf"),
-            "at_floor": len(scored) - len(moving), "median_std_off_floor": round(moving_noise, 4),
-            "ratio_off_floor": round(spread / moving_noise, 1) if moving_noise > 0 else float("inf")}
+    moving = [row for row in scored if not (row["fitness"] == floor and row["fitness_std"] == 0)]
+    summary = {"losses": len(scored), "spread": round(spread, 4), "median_std": round(noise, 4),
+               "ratio": round(spread / noise, 1) if noise > 0 else float("inf"), "at_floor": len(scored) - len(moving)}
+    if len(moving) >= 2:
+        moving_spread = max(row["fitness"] for row in moving) - min(row["fitness"] for row in moving)
+        moving_noise = statistics.median(row["fitness_std"] for row in moving)
+        summary.update(spread_off_floor=round(moving_spread, 4), median_std_off_floor=round(moving_noise, 4),
+                       ratio_off_floor=round(moving_spread / moving_noise, 1) if moving_noise > 0 else float("inf"))
+    return summary
 
 
 def main() -> None:
