@@ -80,9 +80,10 @@ def start_cli(tmp_path, *args: str) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_sigkill_at_any_moment_then_resume_loses_and_repeats_nothing(tmp_path):
-    args = ["--name", "crash", "--generations", "3", "--population", "3", "--no-finetune"]
+    # ten generations: about 15 s of work here, so each kill lands while there is work left
+    args = ["--name", "crash", "--generations", "10", "--population", "3", "--no-finetune"]
     seen: dict = {"candidates": {}, "evaluations": set()}
-    for delay in (2.5, 4.0, 5.5, 7.0, 9.0):
+    for delay in (2.0, 3.0, 4.0, 5.0, 6.0):
         process = start_cli(tmp_path, *args)
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
@@ -97,7 +98,7 @@ def test_sigkill_at_any_moment_then_resume_loses_and_repeats_nothing(tmp_path):
     finished = start_cli(tmp_path, *args)
     out, err = finished.communicate(timeout=300)
     assert finished.returncode == 0, err
-    assert "reached 3 generation(s)" in out
+    assert "reached 10 generation(s)" in out
     with campaign_db(tmp_path, "crash") as store:
         assert store.integrity_check() == "ok"
         campaign = store.get_campaign("crash")
@@ -105,7 +106,7 @@ def test_sigkill_at_any_moment_then_resume_loses_and_repeats_nothing(tmp_path):
         assert seen["candidates"].items() <= final["candidates"].items()
         assert not store.pending_candidates(campaign.id)
         candidates = store.candidates(campaign.id)
-        assert Counter(c.generation for c in candidates) == {0: 24, 1: 3, 2: 3, 3: 3}
+        assert Counter(c.generation for c in candidates) == {0: 24, **{generation: 3 for generation in range(1, 11)}}
         assert len({c.code_hash for c in candidates}) == len(candidates)  # no candidate stored twice
         per_key = Counter((e.candidate_id, e.tier, e.task, e.seed) for e in store.evaluations(campaign_id=campaign.id))
         assert max(per_key.values()) == 1  # no evaluation recorded twice
@@ -115,12 +116,15 @@ def test_sigkill_at_any_moment_then_resume_loses_and_repeats_nothing(tmp_path):
 
 
 def test_ctrl_c_stops_cleanly_and_resumably(tmp_path):
-    process = start_cli(tmp_path, "--name", "interrupted", "--generations", "3", "--no-finetune")
-    time.sleep(4.0)
+    # more generations than it can finish before the signal, which comes once generation 0 is done
+    process = start_cli(tmp_path, "--name", "interrupted", "--generations", "50", "--no-finetune")
+    first = process.stdout.readline()  # the console flushes each line
+    assert first.startswith("generation 0 done"), first + process.stderr.read()
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "interrupted (Ctrl-C)" in out and "Traceback" not in err
+    assert "reached 50 generation(s)" not in out
     with campaign_db(tmp_path, "interrupted") as store:
         campaign = store.get_campaign("interrupted")
         assert campaign.status == "stopped"
