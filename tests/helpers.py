@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -16,5 +17,10 @@ def run_cli(*args: str, cwd, timeout: float, env: dict | None = None) -> subproc
 
 
 def start_cli(*args: str, cwd) -> subprocess.Popen:
-    """Start `lossearch ARGS` and return at once, for tests that signal or kill it."""
-    return subprocess.Popen(CLI + list(args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Start `lossearch ARGS` and return at once, for tests that signal or kill it.
+
+    The child gets SIGINT's default action back: a test run started in the background by a
+    non-interactive shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    """
+    return subprocess.Popen(CLI + list(args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
