@@ -241,7 +241,6 @@ def eval_command(
             raise UsageProblem(str(error)) from None
     if as_json:
         print_json(evaluation.to_dict())
-
     else:
         render_evaluation(file, evaluation)
     raise typer.Exit(0 if evaluation.ok else 1)
@@ -674,7 +673,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     aborts = tuple(module.Abort for module in modules if hasattr(module, "Abort")) + (click.Abort, typer.Abort)
     try:
         result = command.main(args=argv, prog_name="lossearch", standalone_mode=False)
-
         return int(result or 0) if isinstance(result, int) else 0
     except exits as done:
         return done.exit_code

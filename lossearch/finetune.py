@@ -441,7 +441,7 @@ class Scorer:
         samples: the policy's side is its sampling's own log-probs, the reference's one forward pass."""
         prompt_width, total = self.prompts[0].shape[1], 0.0
         for start in range(0, len(samples), 256):
-            batch = Sequences(*(getattr(samples, name)[start:start + 256] for name in ("ids", "attention", "response")))
+            batch = samples.rows(slice(start, start + 256))
             reference = F.log_softmax(forward_logits(self.reference, batch)[:, prompt_width - 1:], dim=-1)  # (n, R, V)
             policy = policy_logps[start:start + 256]
             per_step = (policy.exp() * (policy - reference)).sum(-1)  # (n, R)
@@ -523,14 +523,14 @@ def sandbox_limits(task: TaskData, budget: Budget, options: FinetuneOptions, dev
 
 
 def run_config(task: TaskData, spec, budget: Budget, options: FinetuneOptions, beta: float, seed: int,
-               device: str) -> RunConfig:
+               device: str, precision: str) -> RunConfig:
     online = None
     if options.data == "online":
         online = {"task": task.name, "every": budget.online_every, "max_new_tokens": task.max_new_tokens,
                   "eos_id": task.eos_id, "pad_id": task.pad_id}
     return RunConfig(beta=beta, seed=seed, steps=budget.steps, pairs=min(budget.pairs, len(task.train)),
                      batch_size=budget.batch_size, lr=budget.lr, uses_kl=spec.uses_kl, online=online, device=device,
-                     precision=resolve_precision(options.precision, device))
+                     precision=precision)
 
 
 def train_in_sandbox(sandbox, spec, task: TaskData, config: RunConfig, limits,
@@ -562,6 +562,7 @@ def finetune_candidate(sandbox, spec, task_name: str, seed: int, options: Finetu
     started = time.monotonic()
     budget = Budget.named(options.budget)
     device = resolve_device(options.device)
+    precision = resolve_precision(options.precision, device)
     task = load_task_data(task_name, options)
     if options.data == "online" and not task.online:
         raise ValueError("online mode needs a task's oracle to label fresh pairs: use --task, not --model")
@@ -572,26 +573,25 @@ def finetune_candidate(sandbox, spec, task_name: str, seed: int, options: Finetu
     tunes_beta = "beta" in spec.inputs
 
     def run(beta: float, run_seed: int) -> dict:
-        config = run_config(task, spec, budget, options, beta, run_seed, device)
+        config = run_config(task, spec, budget, options, beta, run_seed, device, precision)
         report, parameters = train_in_sandbox(sandbox, spec, task, config, limits)
         return {"beta": beta, "seed": run_seed, **scorer.score(parameters, run_seed), **report}
 
     try:
         tuning = tune_beta(run, float(spec.hyperparameters["beta"]), budget.trials if tunes_beta else 1, seeds,
                            storage=options.storage,
-                           study_name=options.study_name or study_name(spec, task, budget, options, seed),
+                           study_name=options.study_name or study_name(spec, task, budget, options, precision, seed),
                            progress=options.progress)
     finally:
         scorer.close()
     return {"task": task.name, "budget": asdict(budget), "data": options.data, "device": device,
-            "precision": resolve_precision(options.precision, device), "seeds": seeds,
+            "precision": precision, "seeds": seeds,
             "artifact": task.key, "base_parameters": task.parameters, "kl_budget": task.kl_budget,
             "kl_penalty": task.kl_penalty, **tuning, "seconds": time.monotonic() - started}
 
 
-def study_name(spec, task: TaskData, budget: Budget, options: FinetuneOptions, seed: int) -> str:
+def study_name(spec, task: TaskData, budget: Budget, options: FinetuneOptions, precision: str, seed: int) -> str:
     """One Optuna study per candidate code, task artifact, budget, data mode, precision and seed set."""
-    precision = resolve_precision(options.precision, resolve_device(options.device))
     return f"finetune-{spec.code_hash[:16]}-{task.key}-{budget.name}-{options.data}-{precision}-s{seed}"
 
 

@@ -47,9 +47,8 @@ class PairSet:
     def prefix(self, count: int | None) -> "PairSet":
         """The first `count` pairs (all of them for None)."""
         rows = slice(0, count)
-        return PairSet(*(Sequences(side.ids[rows], side.attention[rows], side.response[rows])
-                         for side in (self.chosen, self.rejected)),
-                       self.reference_chosen_logps[rows], self.reference_rejected_logps[rows])
+        return PairSet(self.chosen.rows(rows), self.rejected.rows(rows), self.reference_chosen_logps[rows],
+                       self.reference_rejected_logps[rows])
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], split: str, count: int | None = None) -> "PairSet":

@@ -122,7 +122,6 @@ class CompactLlama(nn.Module):
             raise ValueError("CompactLlama computes plain Llama configs only; use transformers for this one")
         hidden, heads = config["hidden_size"], config["num_attention_heads"]
         head_dim = config.get("head_dim") or hidden // heads
-        self.config = dict(config)
         self.model = nn.Module()
         self.model.embed_tokens = nn.Embedding(config["vocab_size"], hidden, config.get("pad_token_id"))
         self.model.layers = nn.ModuleList(Block(config, head_dim) for _ in range(config["num_hidden_layers"]))

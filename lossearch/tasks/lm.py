@@ -36,6 +36,10 @@ class Sequences:
         first, last = int(used[0]), int(used[-1]) + 1
         return Sequences(ids[:, first:last], attention[:, first:last], response[:, first:last])
 
+    def rows(self, index) -> "Sequences":
+        """Rows `index`, every column kept (the layout's prompt width stays the same)."""
+        return Sequences(self.ids[index], self.attention[index], self.response[index])
+
     def to(self, device) -> "Sequences":
         return Sequences(self.ids.to(device), self.attention.to(device), self.response.to(device))
 
