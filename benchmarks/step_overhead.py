@@ -32,12 +32,14 @@ from lossearch.tasks.lm import load_parameters, make_model, positions
 
 def minimal_dpo_step(policy, optimizer, ids, attention, response, reference_chosen, reference_rejected, beta,
                      precision):
-    """A plain DPO step: one forward over chosen + rejected, logps by gather, loss, backward, step."""
+    """A plain DPO step: one forward over chosen + rejected (logits from the last prompt column
+    on, as ours), logps by gather, loss, backward, step."""
+    first = int(response.any(0).nonzero()[0])  # the first response column
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        logits = policy(input_ids=ids, attention_mask=attention.long(),
-                        position_ids=positions(attention)).logits[:, :-1].float()  # (2B, T - 1, V)
-    logps = logits.log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]  # (2B, T - 1)
-    logps = (logps * response[:, 1:]).sum(-1)  # (2B,)
+        logits = policy(input_ids=ids, attention_mask=attention.long(), position_ids=positions(attention),
+                        logits_to_keep=ids.shape[1] - first + 1).logits[:, :-1].float()  # (2B, T - first, V)
+    logps = logits.log_softmax(-1).gather(-1, ids[:, first:, None])[..., 0]  # (2B, T - first)
+    logps = (logps * response[:, first:]).sum(-1)  # (2B,)
     chosen, rejected = logps.chunk(2)
     margin = (chosen - reference_chosen) - (rejected - reference_rejected)
     loss = -F.logsigmoid(beta * margin).mean()

@@ -307,6 +307,26 @@ def test_the_compact_llama_has_transformers_parameters_and_logits(tiny_task):
         assert torch.allclose(param.grad, hf_grads[name].grad, atol=1e-5), name
 
 
+def test_logits_of_the_response_columns_only_are_the_full_logits_there(tiny_task):
+    from lossearch.tasks.lm import first_response_column
+
+    compact, hf = compact_and_hf(tiny_task)
+    batch = make_sequences([[1, 5, 6, 7], [1, 8], [1]], [[9, 10, 2], [11, 2], [12, 13, 14, 2]], pad_id=0)
+    first = first_response_column(batch)
+    assert first == 4 and not batch.response[:, :first].any()
+    for model in (compact, hf):
+        full = forward_logits(model, batch)  # (N, T - 1, V)
+        trimmed = forward_logits(model, batch, first)  # (N, T - first, V): the last block skips the prompt's queries
+        assert trimmed.shape == (3, batch.ids.shape[1] - first, full.shape[-1])
+        assert torch.allclose(trimmed, full[:, first - 1:], atol=1e-5)
+    # the compact model's logits_to_keep means what transformers' does
+    inputs = {"input_ids": batch.ids, "attention_mask": batch.attention.long()}
+    ours, theirs = compact(**inputs, logits_to_keep=3).logits, hf(**inputs, logits_to_keep=3).logits
+    assert ours.shape == theirs.shape == (3, 3, full.shape[-1])
+    real = batch.attention[:, -3:]
+    assert torch.allclose(ours[real], theirs[real], atol=1e-5)
+
+
 def test_the_compact_llama_samples_what_transformers_samples(tiny_task):
     compact, hf = compact_and_hf(tiny_task)
     ids, attention = tiny_task.heldout_prompts

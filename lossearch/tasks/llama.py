@@ -65,19 +65,21 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
 
-    def forward(self, x, cos, sin, mask, past=None):
+    def forward(self, x, cos, sin, mask, past=None, first_query: int = 0):
+        """Keys and values of every column of x; queries (and the output) from column `first_query` on."""
         N, T, _ = x.shape
-        q = self.q_proj(x).view(N, T, self.heads, self.head_dim).transpose(1, 2)  # (N, H, T, D)
-        k = self.k_proj(x).view(N, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        Q = T - first_query
+        q = self.q_proj(x[:, first_query:]).view(N, Q, self.heads, self.head_dim).transpose(1, 2)  # (N, H, Q, D)
+        k = self.k_proj(x).view(N, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (N, KV, T, D)
         v = self.v_proj(x).view(N, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        q, k = rotate(q, cos[:, :, first_query:], sin[:, :, first_query:]), rotate(k, cos, sin)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         with torch.autocast(x.device.type, enabled=False):  # in float32 even under bf16 autocast: CPU's
             # bf16 flash-attention backward ran 8x slower than float32's at these sizes
-            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask[:, :, first_query:],
                                                  enable_gqa=self.kv_heads != self.heads)
-        return self.o_proj(out.to(x.dtype).transpose(1, 2).reshape(N, T, -1)), (k, v)
+        return self.o_proj(out.to(x.dtype).transpose(1, 2).reshape(N, Q, -1)), (k, v)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -107,9 +109,10 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(hidden, eps)
         self.post_attention_layernorm = RMSNorm(hidden, eps)
 
-    def forward(self, x, cos, sin, mask, past=None):
-        attended, present = self.self_attn(self.input_layernorm(x), cos, sin, mask, past)
-        x = x + attended
+    def forward(self, x, cos, sin, mask, past=None, first_query: int = 0):
+        """The block's output from column `first_query` on (earlier columns still serve as keys)."""
+        attended, present = self.self_attn(self.input_layernorm(x), cos, sin, mask, past, first_query)
+        x = x[:, first_query:] + attended
         return x + self.mlp(self.post_attention_layernorm(x)), present
 
 
@@ -140,9 +143,12 @@ class CompactLlama(nn.Module):
                 self.model.embed_tokens.weight[self.model.embed_tokens.padding_idx].zero_()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                position_ids: Optional[torch.Tensor] = None, past_key_values=None, use_cache: bool = False) -> Output:
+                position_ids: Optional[torch.Tensor] = None, past_key_values=None, use_cache: bool = False,
+                logits_to_keep: int = 0) -> Output:
         """`attention_mask` (N, past + T) covers the cached tokens too (default: all real);
-        `position_ids` (N, T) default to past, past + 1, ... in every row, as in HF."""
+        `position_ids` (N, T) default to past, past + 1, ... in every row, as in HF;
+        `logits_to_keep` > 0: the logits of the last that many columns only, as in HF, and the
+        last block computes nothing else (no other column's output depends on it)."""
         x = self.model.embed_tokens(input_ids)  # (N, T, hidden)
         N, T = input_ids.shape
         if attention_mask is None:
@@ -156,13 +162,17 @@ class CompactLlama(nn.Module):
         causal = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(past)  # query t sees keys <= past + t
         own = torch.zeros(T, S, dtype=torch.bool, device=x.device)
         own[:, past:] = torch.eye(T, dtype=torch.bool, device=x.device)
-        mask = ((causal & keys[:, None, :]) | own)[:, None]  # (N, 1, T, S)
+        allowed = ((causal & keys[:, None, :]) | own)[:, None]  # (N, 1, T, S)
+        # additive float mask, built once: SDPA turns a boolean one into this at every layer
+        mask = torch.zeros(allowed.shape, device=x.device).masked_fill_(~allowed, float("-inf"))
         freqs = position_ids[..., None].float() * self.inv_freq  # (N, T, D/2)
         angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # (N, 1, T, D)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        presents = []
+        presents, last = [], len(self.model.layers) - 1
+        first_query = T - logits_to_keep if 0 < logits_to_keep < T else 0
         for index, layer in enumerate(self.model.layers):
-            x, present = layer(x, cos, sin, mask, past_key_values[index] if past_key_values else None)
+            x, present = layer(x, cos, sin, mask, past_key_values[index] if past_key_values else None,
+                               first_query if index == last else 0)
             presents.append(present)
         weight = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
         with torch.autocast(x.device.type, enabled=False):  # logits in float32 under bf16 autocast too: the

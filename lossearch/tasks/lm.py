@@ -69,32 +69,51 @@ def positions(attention: torch.Tensor) -> torch.Tensor:
     return (attention.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def forward_logits(model, batch: Sequences) -> torch.Tensor:
-    """(N, T - 1, V) next-token logits at every position but the last."""
-    logits = model(input_ids=batch.ids, attention_mask=batch.attention.long(),
-                   position_ids=positions(batch.attention)).logits  # (N, T, V)
-    return logits[:, :-1]
+def first_response_column(batch: Sequences) -> int:
+    """The first column holding a response token in any row (at least 1: a token needs a context)."""
+    used = batch.response.any(0).nonzero()  # (K, 1)
+    return max(1, int(used[0])) if used.numel() else batch.ids.shape[1] - 1
+
+
+def forward_logits(model, batch: Sequences, first_target: int = 1) -> torch.Tensor:
+    """(N, T - first_target, V) next-token logits predicting tokens first_target .. T - 1.
+
+    Log-probs of responses need the logits from the last prompt column on only
+    (`first_target=first_response_column(batch)`): the compact Llama then runs its last
+    block's queries, MLP and head on those columns alone (a tenth of a training step on
+    the tasks' data); any other model computes them all and drops the rest.
+    """
+    from lossearch.tasks.llama import CompactLlama
+
+    T = batch.ids.shape[1]
+    inputs = {"input_ids": batch.ids, "attention_mask": batch.attention.long(), "position_ids": positions(batch.attention)}
+    if isinstance(model, CompactLlama):
+        logits = model(**inputs, logits_to_keep=T - first_target + 1).logits  # (N, T - first_target + 1, V)
+        return logits[:, :-1]
+    return model(**inputs).logits[:, first_target - 1:-1]
 
 
 def token_logps(logits: torch.Tensor, batch: Sequences) -> torch.Tensor:
-    """(N, T - 1) log-prob of each next token; zero off the response."""
-    targets = batch.ids[:, 1:]  # (N, T - 1): position t predicts token t + 1
-    # gather - logsumexp: the log-softmax of the one token, without a (N, T, V) log-softmax
+    """(N, K) log-prob of each of the last K tokens (K = logits' width, from forward_logits); zero off the response."""
+    first_target = batch.ids.shape[1] - logits.shape[1]
+    targets = batch.ids[:, first_target:]  # (N, K): logits[:, k] predicts token first_target + k
+    # gather - logsumexp: the log-softmax of the one token, without a (N, K, V) log-softmax
     picked = logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)
-    return picked * batch.response[:, 1:]
+    return picked * batch.response[:, first_target:]
 
 
 def sequence_logps(model, batch: Sequences) -> torch.Tensor:
     """(N,) sum of the response's token log-probs under `model`."""
-    return token_logps(forward_logits(model, batch), batch).sum(-1)
+    return token_logps(forward_logits(model, batch, first_response_column(batch)), batch).sum(-1)
 
 
 def sequence_kl(from_logits: torch.Tensor, to_logits: torch.Tensor, batch: Sequences) -> torch.Tensor:
-    """(N,) sum over response positions of KL(from || to) of the next-token distributions."""
-    from_logps = F.log_softmax(from_logits, dim=-1)  # (N, T - 1, V)
+    """(N,) sum over response positions of KL(from || to) of the next-token distributions
+    (both logits as forward_logits gives them, of the same width)."""
+    from_logps = F.log_softmax(from_logits, dim=-1)  # (N, K, V)
     to_logps = F.log_softmax(to_logits, dim=-1)
-    per_position = (from_logps.exp() * (from_logps - to_logps)).sum(-1)  # (N, T - 1)
-    return (per_position * batch.response[:, 1:]).sum(-1)
+    per_position = (from_logps.exp() * (from_logps - to_logps)).sum(-1)  # (N, K)
+    return (per_position * batch.response[:, batch.ids.shape[1] - from_logits.shape[1]:]).sum(-1)
 
 
 @torch.no_grad()
