@@ -4,9 +4,12 @@ Importing torch costs over a second; a zygote imports it once, then forks a
 child per evaluation in milliseconds. The protocol with the parent
 (lossearch.sandbox) is JSON lines on a private pipe:
 
-    parent -> zygote   {"job": ..., "payload": ..., "limits": ..., "workdir": ...}
-    zygote -> parent   {"pid": PID}                          once the child exists
-    zygote -> parent   {"status": WAITSTATUS, "result": TEXT} once it has exited
+    parent -> zygote   {"id": N, "job": ..., "payload": ..., "limits": ..., "workdir": ...}
+    zygote -> parent   {"id": N, "pid": PID}                          once the child exists
+    zygote -> parent   {"id": N, "status": WAITSTATUS, "result": TEXT} once it has exited
+
+Children run side by side: the zygote forks each request's child at once and reports
+each end as it comes, tagged with the request's id.
 
 The child jails itself before any candidate code runs (`jail`): its own session
 (so the parent can kill the whole group), its own network namespace where the
@@ -24,6 +27,7 @@ import importlib
 import json
 import os
 import resource
+import selectors
 import signal
 import sys
 import traceback
@@ -309,27 +313,91 @@ def prepare(request: dict) -> None:
         traceback.print_exc()
 
 
-def serve(channel_in, channel_out) -> None:
-    """The zygote's loop: one request at a time, one forked child per request."""
-    for line in channel_in:
-        request = json.loads(line)
-        prepare(request)
+class Running:
+    """A forked child the zygote is collecting the result of."""
+
+    def __init__(self, request: dict, pid: int, result_fd: int) -> None:
+        self.id, self.pid, self.result_fd = request.get("id"), pid, result_fd
+        self.limit = int(request["limits"]["result_bytes"]) + 1  # one byte over tells an oversize result
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def take(self, data: bytes) -> None:
+        """Keep the result's first `limit` bytes; drain the rest so the child can finish writing."""
+        if self.size < self.limit:
+            self.chunks.append(data[: self.limit - self.size])
+        self.size += len(data)
+
+    def report(self, wait_status: int) -> dict:
+        return {"id": self.id, "status": wait_status, "result": b"".join(self.chunks).decode("utf-8", "replace")}
+
+
+def start_child(request: dict) -> Running:
+    """Prepare, fork and jail one child for `request`; the zygote keeps the read end of its result pipe."""
+    prepare(request)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        run_child(request, write_end)
+    os.close(write_end)
+    return Running(request, pid, read_end)
+
+
+def exit_descriptor(pid: int) -> int:
+    """A descriptor that turns readable when process `pid` exits (Linux 5.3+), else one already
+    readable, for a loop that then waits on the process itself."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
         read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read_end)
-            run_child(request, write_end)
-        os.close(write_end)
-        channel_out.write(json.dumps({"pid": pid}) + "\n")
+        os.close(write_end)  # an empty pipe with no writer reads as end-of-file at once
+        return read_end
+
+
+def serve(channel_in, channel_out) -> None:
+    """The zygote's loop: a forked child per request line, children running side by side.
+
+    Each reply carries the request's "id": {"id", "pid"} once its child exists, then
+    {"id", "status", "result"} once the child has exited (its pipe closed and waitpid done).
+    """
+    selector = selectors.DefaultSelector()
+    requests_fd = channel_in.fileno()
+    selector.register(requests_fd, selectors.EVENT_READ, None)
+    pending = b""
+
+    def reply(message: dict) -> None:
+        channel_out.write(json.dumps(message) + "\n")
         channel_out.flush()
-        with os.fdopen(read_end, "rb") as result:
-            data = result.read(int(request["limits"]["result_bytes"]) + 1)
-            while result.read(1 << 16):  # drain an oversize result so the child can finish
-                pass
-        _, wait_status = os.waitpid(pid, 0)
-        text = data.decode("utf-8", "replace")
-        channel_out.write(json.dumps({"status": wait_status, "result": text}) + "\n")
-        channel_out.flush()
+
+    while True:
+        for key, _ in selector.select():
+            if key.data is None:  # a request (or the parent's end)
+                chunk = os.read(requests_fd, 1 << 16)
+                if not chunk:
+                    return
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    child = start_child(json.loads(line))
+                    selector.register(child.result_fd, selectors.EVENT_READ, child)
+                    reply({"id": child.id, "pid": child.pid})
+                continue
+            child, fd = key.data, key.fd
+            data = os.read(fd, 1 << 16) if fd == child.result_fd else b""
+            if data:
+                child.take(data)
+                continue
+            selector.unregister(fd)
+            os.close(fd)
+            was_result, child.result_fd = fd == child.result_fd, -1  # the number may come back as the exit descriptor
+            exited, wait_status = os.waitpid(child.pid, os.WNOHANG)
+            if not exited and was_result:  # it closed its pipe and lives on: report it once it exits
+                selector.register(exit_descriptor(child.pid), selectors.EVENT_READ, child)
+                continue
+            if not exited:  # its exit descriptor fired; without pidfd, wait here for the exit
+                _, wait_status = os.waitpid(child.pid, 0)
+            reply(child.report(wait_status))
 
 
 def main() -> None:

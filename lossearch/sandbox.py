@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Sequence
@@ -104,6 +105,14 @@ class Sandbox:
         self._selector: selectors.BaseSelector | None = None
         self._buffer = b""
         self._ready = False
+        # jobs may run side by side (`run` from several threads): one thread at a time reads the
+        # zygote's messages and files each under its request id for whichever thread waits on it
+        self._condition = threading.Condition()
+        self._inbox: dict[int, list[dict]] = {}
+        self._reading = False
+        self._next_id = 0
+        self._running: dict[int, int | None] = {}  # request id -> child pid (None until it exists), for `cancel`
+        self._cancelled = False
 
     def __enter__(self) -> "Sandbox":
         return self
@@ -128,14 +137,23 @@ class Sandbox:
         return self
 
     def _wait_ready(self) -> None:
-        if not self._ready:
-            if self._read_message(time.monotonic() + 120) is None:
-                self.close()
-                raise SandboxError("the sandbox's zygote did not start within 120 s")
-            self._ready = True
+        with self._condition:
+            if not self._ready:
+                if self._read_message(time.monotonic() + 120) is None:
+                    self.close()
+                    raise SandboxError("the sandbox's zygote did not start within 120 s")
+                self._ready = True
 
     def close(self) -> None:
         """Stop the zygote and everything it started."""
+        with self._condition:
+            self._close()
+            self._condition.notify_all()
+
+    def _close(self) -> None:
+        for request_id in self._running:  # whoever waits on these hears that the zygote is gone
+            self._inbox.setdefault(request_id, []).append({"lost": True})
+        self._running.clear()
         if self._zygote is not None:
             try:
                 os.killpg(self._zygote.pid, signal.SIGKILL)
@@ -151,11 +169,15 @@ class Sandbox:
         """The zygote's next JSON line, or None when the deadline passes first."""
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._selector.select(remaining):
-                return None
-            chunk = os.read(self._zygote.stdout.fileno(), 1 << 20)
+            try:
+                if remaining <= 0 or not self._selector.select(remaining):
+                    return None
+                chunk = os.read(self._zygote.stdout.fileno(), 1 << 20)
+            except (OSError, ValueError, AttributeError):  # closed under us by another thread
+                raise SandboxError("the sandbox was closed") from None
             if not chunk:
-                self.close()
+                with self._condition:
+                    self._close()
                 raise SandboxError("the sandbox's zygote process died")
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
@@ -176,17 +198,17 @@ class Sandbox:
         self._wait_ready()
         workdir = tempfile.mkdtemp(prefix="lossearch-sandbox-")
         started = time.monotonic()
+        request_id = None
         try:
             _copy_inputs(workdir, inputs or {})
-            request = {"job": job, "payload": payload, "limits": asdict(limits), "workdir": workdir}
-            self._zygote.stdin.write((json.dumps(request) + "\n").encode())
-            self._zygote.stdin.flush()
-            pid = self._read_message(time.monotonic() + 30)["pid"]
-            done = self._read_message(started + limits.wall_seconds)
+            request_id = self._send({"job": job, "payload": payload, "limits": asdict(limits), "workdir": workdir})
+            pid = self._await(request_id, time.monotonic() + 30)["pid"]
+            self._running[request_id] = pid
+            done = self._await(request_id, started + limits.wall_seconds)
             timed_out = done is None
             if timed_out:
                 _kill_group(pid)
-                done = self._read_message(time.monotonic() + 10)
+                done = self._await(request_id, time.monotonic() + 10)
                 if done is None:  # a grandchild outside the group holds the pipe: start afresh
                     self.close()
                     done = {"status": signal.SIGKILL, "result": ""}
@@ -195,7 +217,73 @@ class Sandbox:
             result = _interpret(done, timed_out, seconds, limits, _read_log(workdir))
             return replace(result, outputs=_read_outputs(workdir, outputs, limits.file_bytes)) if outputs else result
         finally:
+            with self._condition:
+                self._running.pop(request_id, None)
+                self._inbox.pop(request_id, None)
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def cancel(self) -> None:
+        """Kill every child running now and refuse new jobs until `resume` (callable from any
+        thread): the running `run` calls return a `crash`, later ones raise SandboxError."""
+        with self._condition:
+            self._cancelled = True
+            pids = [pid for pid in self._running.values() if pid is not None]
+        for pid in pids:
+            _kill_group(pid)
+
+    def resume(self) -> None:
+        """Take jobs again after `cancel`."""
+        with self._condition:
+            self._cancelled = False
+
+    def _send(self, request: dict) -> int:
+        """Write one request to the zygote; its id."""
+        with self._condition:
+            if self._cancelled:
+                raise SandboxError("the sandbox's jobs were cancelled")
+            if self._zygote is None:
+                raise SandboxError("the sandbox was closed")
+            self._next_id += 1
+            request_id = self._next_id
+            self._running[request_id] = None
+            try:
+                self._zygote.stdin.write((json.dumps({"id": request_id, **request}) + "\n").encode())
+                self._zygote.stdin.flush()
+            except (OSError, ValueError):
+                self._close()
+                raise SandboxError("the sandbox's zygote process died") from None
+            return request_id
+
+    def _await(self, request_id: int, deadline: float) -> dict | None:
+        """The zygote's next message about `request_id`, or None when the deadline passes first.
+
+        Whoever waits and finds nobody reading reads the pipe for everyone, one message at a
+        time, and files each under its id; the others sleep until a message comes.
+        """
+        with self._condition:
+            while True:
+                inbox = self._inbox.get(request_id)
+                if inbox:
+                    message = inbox.pop(0)
+                    if message.get("lost"):
+                        raise SandboxError("the sandbox's zygote process died")
+                    return message
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                if self._reading:
+                    self._condition.wait(remaining)
+                    continue
+                self._reading = True
+                self._condition.release()  # read without the lock: others may file, send or cancel
+                try:
+                    message = self._read_message(deadline)
+                finally:
+                    self._condition.acquire()
+                    self._reading = False
+                    self._condition.notify_all()
+                if message is not None:
+                    self._inbox.setdefault(message.get("id"), []).append(message)
 
 
 def _check_name(name: str) -> str:

@@ -37,7 +37,9 @@ RunFn = Callable[[float, int], dict]
 
 def make_study(storage: Optional[str], study_name: Optional[str], seed: int = 0) -> optuna.Study:
     """A maximizing study with a seeded TPE sampler and a median pruner; reused if it exists."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: a run's exception (a cancelled sandbox, Ctrl-C) leaves the trial failed, to be run
+    # again on resume, and reaches our caller, who reports it; Optuna's warning would repeat it
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     return optuna.create_study(
         storage=storage, study_name=study_name, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=3),

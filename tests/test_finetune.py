@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import optuna
 import pytest
@@ -262,6 +263,23 @@ def test_a_kl_loss_trains_and_a_loss_that_breaks_only_in_training_fails_there(sa
              "    return -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))\n")
     evaluation = evaluate(picky, "picky", "finetune", sandbox=sandbox, finetune=tiny_options(tiny_task))
     assert (evaluation.status, evaluation.tier, evaluation.error.kind) == ("failed", "finetune", "shape")
+
+
+def test_a_loss_that_breaks_at_the_bandit_stops_the_finetune_running_beside_it(sandbox, tiny_task):
+    # the bandit trains on 256 pairs a step; the finetune tier starts beside it and is cancelled
+    bandit_only_nan = ("import math\nimport torch.nn.functional as F\n"
+                       "def loss(policy_chosen_logps, policy_rejected_logps, beta: float = 0.1):\n"
+                       "    margin = policy_chosen_logps - policy_rejected_logps\n"
+                       "    if policy_chosen_logps.shape[0] == 256:\n"
+                       "        return margin * math.nan\n"
+                       "    return -F.logsigmoid(beta * margin)\n")
+    slow = Budget("slow", steps=30_000, pairs=48, batch_size=4, trials=1, seeds=1, eval_prompts=16)
+    started = time.monotonic()
+    evaluation = evaluate(bandit_only_nan, "bandit_only_nan", "finetune", sandbox=sandbox,
+                          finetune=tiny_options(tiny_task, budget=slow))
+    assert (evaluation.status, evaluation.tier, evaluation.error.kind) == ("failed", "bandit", "nan")
+    assert "finetune" not in evaluation.metrics and time.monotonic() - started < 60  # 30k steps (minutes) were not trained
+    assert evaluate(seed_path("dpo").read_text(), "dpo", "bandit", sandbox=sandbox).ok  # the sandbox takes jobs again
 
 
 def test_online_mode_samples_and_labels_fresh_pairs(sandbox, tiny_task, dpo_source):

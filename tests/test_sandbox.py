@@ -290,3 +290,60 @@ def test_a_candidate_cannot_change_its_score_but_through_its_gradients(sandbox):
     scored = score_bandit_grid(task, {float(beta): logits for beta, logits in result.value["logits"].items()})
     assert scored["fitness"] == pytest.approx(honest.metrics["bandit"]["fitness"], abs=1e-9)
     assert scored["fitness"] < 1e9
+
+
+# -- jobs side by side ---------------------------------------------------------------------------
+
+SPINNER = "def loss(policy_chosen_logps):\n    while True:\n        pass\n"
+PIPE_CLOSER = '''
+import os, time
+
+def loss(policy_chosen_logps):
+    os.closerange(3, 1024)  # the result pipe among them: the zygote sees end-of-file, the child lives on
+    time.sleep(600)
+'''
+
+
+def run_in_thread(sandbox: Sandbox, job: str, payload: dict, limits: SandboxLimits) -> tuple[threading.Thread, list]:
+    outcome: list = []
+    thread = threading.Thread(target=lambda: outcome.append(sandbox.run(job, payload, limits)))
+    thread.start()
+    return thread, outcome
+
+
+def test_jobs_from_two_threads_run_side_by_side():
+    with Sandbox(LIMITS) as sandbox:
+        slow, slow_outcome = run_in_thread(sandbox, "sanity", unrestricted(SPINNER), LIMITS)  # spins until killed
+        while not any(pid for pid in sandbox._running.values()):
+            time.sleep(0.01)  # its child exists
+        quick = sandbox.run("echo", {"n": 1}, LIMITS)
+        assert quick.value == {"payload": {"n": 1}}
+        assert slow.is_alive(), "the echo job ended while the spinning one still ran"
+        slow.join()
+        assert slow_outcome[0].failure.kind == "timeout"
+        assert sandbox.run("echo", {"n": 2}, LIMITS).ok
+
+
+def test_a_child_that_closes_its_pipe_and_lives_on_blocks_no_other_job():
+    with Sandbox(LIMITS) as sandbox:
+        closer, closer_outcome = run_in_thread(sandbox, "sanity", unrestricted(PIPE_CLOSER), LIMITS)
+        time.sleep(0.3)  # it has closed its pipe by now and sleeps
+        assert sandbox.run("echo", {"n": 1}, LIMITS).ok  # the zygote still serves
+        closer.join()
+        assert closer_outcome[0].failure.kind == "timeout"  # its end reported once the wall-clock kill came
+
+
+def test_cancel_kills_running_jobs_and_refuses_new_ones_until_resumed():
+    from lossearch.sandbox import SandboxError
+
+    with Sandbox(LIMITS) as sandbox:
+        spinner, outcome = run_in_thread(sandbox, "sanity", unrestricted(SPINNER), SandboxLimits(wall_seconds=60.0))
+        while not any(pid for pid in sandbox._running.values()):
+            time.sleep(0.01)
+        sandbox.cancel()
+        spinner.join(timeout=10)
+        assert not spinner.is_alive() and outcome[0].failure.kind == "crash"  # killed long before its 60 s
+        with pytest.raises(SandboxError, match="cancelled"):
+            sandbox.run("echo", {}, LIMITS)
+        sandbox.resume()
+        assert sandbox.run("echo", {"n": 3}, LIMITS).value == {"payload": {"n": 3}}
