@@ -137,7 +137,8 @@ def report(ours: list[tuple[float, dict]], theirs: list[tuple[float, dict]], pre
     rows = {"lossearch eval (static, sanity, bandit, finetune + scoring)": ours, "TRL DPOTrainer (sigmoid, no scoring)": theirs}
     print(f"\n--precision {precision} (training in {resolved} on both sides)")
     for label, runs in rows.items():
-        print(f"  {label:58s}: {median([s for s, _ in runs]):5.1f} s end to end, "
+        print(f"  {label:58s}: {median([s for s, _ in runs]):5.2f} s end to end "
+              f"(runs: {', '.join(f'{s:.2f}' for s, _ in runs)}), "
               f"training {median([r['train_seconds'] for _, r in runs]):5.2f} s, "
               f"final loss {median([r['final_loss'] for _, r in runs]):.4f}")
     end_to_end = median([s for s, _ in theirs]) / median([s for s, _ in ours])

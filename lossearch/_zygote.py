@@ -49,7 +49,7 @@ JOB_FUNCTIONS = {
 DENIED_SYSCALLS = {"x86_64": (59, 322, 112, 109, 133, 259, 434, 424),
                    "aarch64": (221, 281, 157, 154, 33, 434, 424)}
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-PRELOAD = ("torch", "torch.nn.functional", "lossearch.jobs", "lossearch.bandit")
+PRELOAD = ("torch", "torch.nn.functional", "lossearch.jobs", "lossearch.bandit", "lossearch.finetune")
 # trusted set-up that a job needs before its child forks, run here in the zygote on the job's
 # payload: imports the jailed child could not do (its audit hook refuses listing directories),
 # such as transformers and a model's architecture for the finetune tier; each runs once per kind
@@ -60,9 +60,12 @@ def warm_up() -> None:
     """Run what jobs run once, so lazy imports happen here and not under the child's audit hook."""
     import torch
 
+    from lossearch.finetune import WARM_UP_CONFIG, warm_up_model
+
     weights = torch.zeros(3, requires_grad=True)
     torch.nn.functional.logsigmoid(weights).sum().backward()  # no torch.optim step: its first imports
     # torch._dynamo (a second of start-up), and no job uses torch.optim
+    warm_up_model(WARM_UP_CONFIG)  # the finetune tier's model, so its first job's fork waits on nothing
 
 
 # -- jailing the child ---------------------------------------------------------------------

@@ -7,8 +7,9 @@ is rejected or fails ends with exit code 1.
 
 from __future__ import annotations
 
-import gc
+import atexit
 import json
+import os
 import sys
 from contextlib import contextmanager
 from enum import Enum
@@ -656,11 +657,20 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def entry() -> None:
     """The `lossearch` console script: `main`, then exit."""
-    code = main()
-    # the interpreter's last garbage collection walks every object torch created, a third of a
-    # second at each exit; it skips frozen objects (the command has closed its files and stores)
-    gc.freeze()
-    sys.exit(code)
+    code = [1]  # what an exception escaping `main` exits with
+
+    def skip_teardown() -> None:
+        # registered before the command imports anything that registers its own exit handler
+        # (Ray's shutdown, Optuna's, ...), so it runs after them all: then the interpreter would
+        # collect and tear down torch's objects and libraries, 0.1-0.4 s of every command that
+        # loaded torch; the command has closed its files and stores, so end the process here
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code[0])
+
+    atexit.register(skip_teardown)
+    code[0] = main()
+    sys.exit(code[0])
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -589,22 +589,35 @@ def study_name(spec, task: TaskData, budget: Budget, options: FinetuneOptions, p
     return f"finetune-{spec.code_hash[:16]}-{task.key}-{budget.name}-{options.data}-{precision}-s{seed}"
 
 
+# a Llama of the tasks' kind, small: the zygote warms the compact model's code paths with it at start
+WARM_UP_CONFIG = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
+                  "num_key_value_heads": 2, "num_hidden_layers": 1, "vocab_size": 8, "pad_token_id": 0,
+                  "tie_word_embeddings": True, "max_position_embeddings": 16}
+
+
 def warm_up_model(config: dict) -> None:
-    """Build the model of `config` and run a training step and a sampling step, once per config."""
+    """Build a model of `config` and run a training step and a sampling step, in mixed bf16 too,
+    once per architecture: every config the compact Llama computes takes the same code paths."""
     import json
 
-    _warm_up(json.dumps(config, sort_keys=True, default=str))
+    from lossearch.tasks.llama import supports
+
+    _warm_up("compact-llama" if supports(config) else json.dumps(config, sort_keys=True, default=str),
+             json.dumps(config, default=str))
 
 
 @functools.lru_cache(maxsize=None)
-def _warm_up(config_json: str) -> None:
+def _warm_up(architecture: str, config_json: str) -> None:
     import json
 
     model = make_model(json.loads(config_json))
     ids = torch.ones(2, 4, dtype=torch.long)
     batch = Sequences(ids, torch.ones_like(ids, dtype=torch.bool), torch.ones_like(ids, dtype=torch.bool))
     optimizer = AdamW(model.parameters(), lr=0.0)
-    sequence_logps(model, batch).sum().backward()
+    for precision in ("fp32", "bf16") if native_bf16_cpu() else ("fp32",):
+        with arithmetic(torch.device("cpu"), precision):
+            logps = sequence_logps(model, batch)
+        logps.sum().backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     sample_responses(model.eval(), ids, batch.attention, 2, eos_id=0, pad_id=0, generator=torch.Generator())
