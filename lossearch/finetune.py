@@ -461,7 +461,13 @@ class Scorer:
                 self._reference_rewards[seed] = self._background.submit(self._reference_reward, seed)
 
     def _reference_reward(self, seed: int) -> Optional[float]:
-        return self.mean_reward(self.sample(self.reference, seed)[0])
+        cache = ReferenceRewardCache.of(self.task, len(self.prompts[0]), self.device)
+        if cache is not None and cache.get(seed) is not None:
+            return cache.get(seed)
+        reward = self.mean_reward(self.sample(self.reference, seed)[0])
+        if cache is not None and reward is not None:
+            cache.put(seed, reward)
+        return reward
 
     def reference_reward(self, seed: int) -> Optional[float]:
         self.prepare([seed])
@@ -490,6 +496,65 @@ class Scorer:
             return reward
         penalized = reward - self.task.kl_penalty * max(0.0, kl - self.task.kl_budget)
         return max(self.task.fitness_floor, penalized)
+
+
+SAMPLER_VERSION = 1  # bump when Scorer.sample or a task's oracle draws or scores differently: the cache's entries go stale
+
+
+class ReferenceRewardCache:
+    """The base model's mean sampled reward per seed, kept beside a catalog task's artifacts.
+
+    It depends on nothing a candidate changes: the artifact (base model, held-out prompts), the
+    seed, the number of prompts, the device and torch's sampler; every evaluation of a campaign
+    needs the same few, so they are drawn once. A user's task is never cached: its reward is
+    their code, which may change under the same artifact.
+    """
+
+    def __init__(self, path, entry: Callable[[int], str]) -> None:
+        self.path, self.entry = path, entry
+
+    @classmethod
+    def of(cls, task: TaskData, prompts: int, device: str) -> Optional["ReferenceRewardCache"]:
+        from lossearch.tasks import TASKS
+
+        if task.name not in TASKS or task.reward is None:
+            return None
+        device_type = torch.device(device).type
+        return cls(task.pairs_file.parent / "reference_rewards.json",
+                   lambda seed: f"seed {seed}, {prompts} prompts, {task.max_new_tokens} tokens, {device_type}, "
+                                f"torch {torch.__version__}, sampler {SAMPLER_VERSION}")
+
+    def _read(self) -> dict:
+        import json
+
+        try:
+            with open(self.path) as file:
+                table = json.load(file)
+        except (OSError, ValueError):
+            return {}
+        return table if isinstance(table, dict) else {}
+
+    def get(self, seed: int) -> Optional[float]:
+        value = self._read().get(self.entry(seed))
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def put(self, seed: int, reward: float) -> None:
+        """Add one entry; written whole to a temporary file, then renamed (a reader never sees half)."""
+        import json
+        import os
+        import tempfile
+
+        table = {**self._read(), self.entry(seed): reward}
+        try:
+            handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".reference_rewards-")
+        except OSError:  # a read-only cache: draw them again next time
+            return
+        try:
+            with os.fdopen(handle, "w") as file:
+                json.dump(table, file, indent=1)
+            os.replace(temporary, self.path)
+        except OSError:
+            os.unlink(temporary)
 
 
 # -----------------------------------------------------------------------------

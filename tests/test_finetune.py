@@ -159,6 +159,35 @@ def test_the_scorers_kl_is_the_exact_kl_of_a_full_forward_pass(tiny_task):
         scorer.close()
 
 
+def test_reference_rewards_are_drawn_once_per_artifact_and_seed(tiny_task):
+    import dataclasses
+
+    from lossearch.finetune import ReferenceRewardCache
+
+    cache_file = tiny_task.pairs_file.parent / "reference_rewards.json"
+    cache_file.unlink(missing_ok=True)
+    first = Scorer(tiny_task, eval_prompts=12)
+    try:
+        drawn = first.reference_reward(seed=5)
+        assert drawn == first.mean_reward(first.sample(first.reference, seed=5)[0])  # what it caches is the draw
+    finally:
+        first.close()
+    table = json.loads(cache_file.read_text())
+    assert list(table.values()) == [drawn] and "seed 5, 12 prompts" in next(iter(table))
+    # a later scorer reads it instead of sampling: a planted value comes back
+    cache_file.write_text(json.dumps({key: 0.125 for key in table}))
+    second = Scorer(tiny_task, eval_prompts=12)
+    try:
+        assert second.reference_reward(seed=5) == 0.125
+    finally:
+        second.close()
+    cache_file.write_text("{not json")  # a broken file is a miss, then rewritten
+    assert ReferenceRewardCache.of(tiny_task, 12, "cpu").get(5) is None
+    user_task = dataclasses.replace(tiny_task, name="user")  # a user's reward is their code: never cached
+    assert ReferenceRewardCache.of(user_task, 12, "cpu") is None
+    cache_file.unlink()
+
+
 def test_kl_inputs_vanish_at_the_reference_and_only_kl_losses_pay_for_them(tiny_task):
     policy, reference = base_models(tiny_task)
     outputs, _ = policy_inputs(policy, reference, tiny_task.train, torch.arange(4), uses_kl=True)
