@@ -498,7 +498,7 @@ class Scorer:
         return max(self.task.fitness_floor, penalized)
 
 
-SAMPLER_VERSION = 1  # bump when Scorer.sample or a task's oracle draws or scores differently: the cache's entries go stale
+SAMPLER_VERSION = 2  # bump when Scorer.sample or a task's oracle draws or scores differently: the cache's entries go stale
 
 
 class ReferenceRewardCache:

@@ -23,11 +23,44 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class KVCache:
+    """The keys and values of every token seen so far, per layer, for sampling a token at a time.
+
+    Each layer's buffer grows by doubling and a step writes only its own columns: concatenating
+    the whole past onto every step's keys (as a list of tensors does) took a quarter of sampling.
+    """
+
+    def __init__(self, layers: int) -> None:
+        self.keys: list[Optional[torch.Tensor]] = [None] * layers  # (N, KV, capacity, D) each
+        self.values: list[Optional[torch.Tensor]] = [None] * layers
+        self.length = 0
+        """Columns filled in every layer."""
+
+    def extend(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (N, KV, T, D) keys and values after the filled columns; all columns so far, as views."""
+        start, end = self.length, self.length + keys.shape[2]
+        if self.keys[layer] is None or self.keys[layer].shape[2] < end:
+            self.keys[layer] = grown(self.keys[layer], keys, start, max(16, 2 * end))
+            self.values[layer] = grown(self.values[layer], values, start, max(16, 2 * end))
+        self.keys[layer][:, :, start:end] = keys
+        self.values[layer][:, :, start:end] = values
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+def grown(buffer: Optional[torch.Tensor], like: torch.Tensor, filled: int, capacity: int) -> torch.Tensor:
+    """A (N, KV, capacity, D) buffer holding the first `filled` columns of `buffer`."""
+    N, KV, _, D = like.shape
+    bigger = like.new_empty(N, KV, capacity, D)
+    if buffer is not None:
+        bigger[:, :, :filled] = buffer[:, :, :filled]
+    return bigger
+
+
 class Output(NamedTuple):
     logits: torch.Tensor
     """(N, T, V) next-token logits."""
-    past_key_values: Optional[list[tuple[torch.Tensor, torch.Tensor]]]
-    """Per layer (keys, values), each (N, kv_heads, T_total, head_dim); None unless use_cache."""
+    past_key_values: Optional[KVCache]
+    """Every layer's keys and values so far, to pass to the next call; None unless use_cache."""
 
 
 def rope_theta(config: dict) -> float:
@@ -65,21 +98,22 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
 
-    def forward(self, x, cos, sin, mask, past=None, first_query: int = 0):
-        """Keys and values of every column of x; queries (and the output) from column `first_query` on."""
+    def forward(self, x, cos, sin, mask, cache: Optional[KVCache] = None, layer: int = 0, first_query: int = 0):
+        """Keys and values of every column of x (after the cache's, if any); queries (and the
+        output) from column `first_query` on."""
         N, T, _ = x.shape
         Q = T - first_query
         q = self.q_proj(x[:, first_query:]).view(N, Q, self.heads, self.head_dim).transpose(1, 2)  # (N, H, Q, D)
         k = self.k_proj(x).view(N, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (N, KV, T, D)
         v = self.v_proj(x).view(N, T, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = rotate(q, cos[:, :, first_query:], sin[:, :, first_query:]), rotate(k, cos, sin)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)  # (N, KV, past + T, D)
         with torch.autocast(x.device.type, enabled=False):  # in float32 even under bf16 autocast: CPU's
             # bf16 flash-attention backward ran 8x slower than float32's at these sizes
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask[:, :, first_query:],
                                                  enable_gqa=self.kv_heads != self.heads)
-        return self.o_proj(out.to(x.dtype).transpose(1, 2).reshape(N, Q, -1)), (k, v)
+        return self.o_proj(out.to(x.dtype).transpose(1, 2).reshape(N, Q, -1))
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
@@ -112,11 +146,10 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(hidden, eps)
         self.post_attention_layernorm = RMSNorm(hidden, eps)
 
-    def forward(self, x, cos, sin, mask, past=None, first_query: int = 0):
+    def forward(self, x, cos, sin, mask, cache: Optional[KVCache] = None, layer: int = 0, first_query: int = 0):
         """The block's output from column `first_query` on (earlier columns still serve as keys)."""
-        attended, present = self.self_attn(self.input_layernorm(x), cos, sin, mask, past, first_query)
-        x = x[:, first_query:] + attended
-        return x + self.mlp(self.post_attention_layernorm(x)), present
+        x = x[:, first_query:] + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, first_query)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class CompactLlama(nn.Module):
@@ -154,9 +187,9 @@ class CompactLlama(nn.Module):
         last block computes nothing else (no other column's output depends on it)."""
         x = self.model.embed_tokens(input_ids)  # (N, T, hidden)
         N, T = input_ids.shape
+        cache = past_key_values if past_key_values is not None else KVCache(len(self.model.layers)) if use_cache else None
         if attention_mask is None:
-            past_length = past_key_values[0][0].shape[2] if past_key_values else 0
-            attention_mask = torch.ones(N, past_length + T, dtype=torch.bool, device=x.device)
+            attention_mask = torch.ones(N, (cache.length if cache else 0) + T, dtype=torch.bool, device=x.device)
         keys = attention_mask.bool()  # (N, S), S = past + T
         S = keys.shape[1]
         past = S - T
@@ -173,14 +206,14 @@ class CompactLlama(nn.Module):
         sign = torch.ones(angles.shape[-1], device=x.device)
         sign[: angles.shape[-1] // 2] = -1.0  # (D,): rotate's signs, (-s, s)
         cos, sin = angles.cos().to(x.dtype), (angles.sin() * sign).to(x.dtype)
-        presents, last = [], len(self.model.layers) - 1
+        last = len(self.model.layers) - 1
         first_query = T - logits_to_keep if 0 < logits_to_keep < T else 0
-        for index, layer in enumerate(self.model.layers):
-            x, present = layer(x, cos, sin, mask, past_key_values[index] if past_key_values else None,
-                               first_query if index == last else 0)
-            presents.append(present)
+        for index, block in enumerate(self.model.layers):
+            x = block(x, cos, sin, mask, cache, index, first_query if index == last else 0)
+        if cache is not None:
+            cache.length += T
         weight = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
         with torch.autocast(x.device.type, enabled=False):  # logits in float32 under bf16 autocast too: the
             # losses read differences of summed log-probs, where bf16 logits would add noise (V is small)
             logits = F.linear(self.model.norm(x.float()), weight.float())
-        return Output(logits, presents if use_cache else None)
+        return Output(logits, cache if use_cache else None)
