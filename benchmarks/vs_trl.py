@@ -8,8 +8,9 @@ schedule (down to a tenth of the peak), one torch thread each, each in a fresh p
                a user runs: the sandbox's start, the static, sanity and bandit tiers, training
                in the jailed child, then scoring on held-out prompts (sampling, oracle, exact
                KL, pref_acc), which TRL's run does not even do
-    TRL        DPOTrainer(loss_type="sigmoid") from loading the model to the end of train():
-               imports, dataset tokenization, the reference model, the training loop
+    TRL        DPOTrainer(loss_type="sigmoid") from loading the model and the pairs (a JSONL of
+               text written before either clock starts) to the end of train(): imports,
+               dataset tokenization, the reference model, the training loop
 
 It prints the median wall-clock time of each side over --repeats runs (the sides alternate,
 so a busy machine slows both alike), their ratio (target: lossearch at least 3x faster), the
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,17 +62,17 @@ def run_lossearch(task_name: str, precision: str) -> tuple[float, dict]:
                      "precision": finetune["precision"]}
 
 
-def run_trl(task_name: str, precision: str) -> dict:
-    """TRL's DPOTrainer on the same model and pairs: final loss (mean of the last 10 steps), training seconds."""
+def run_trl(pairs_file: str, model_dir: str, precision: str) -> dict:
+    """TRL's DPOTrainer on the same model and pairs: final loss (mean of the last 10 steps), training seconds.
+
+    What a TRL user runs: load the model and a JSONL of text pairs (written before the clock
+    started, as a user's data set lies on disk), build the trainer, train."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from lossearch.tasks import load_task
-
-    task = load_task(task_name)
-    rows = pairs_as_text(task, QUICK["pairs"])
-    model_dir = task.parameters_file.parent
+    with open(pairs_file) as file:
+        rows = [json.loads(line) for line in file]
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with tempfile.TemporaryDirectory() as output_dir:
@@ -111,15 +113,20 @@ def main() -> None:
     parser.add_argument("--task", default="sentiment")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precisions", default="auto,fp32", help="lossearch --precision values, comma-separated")
-    parser.add_argument("--trl-child", choices=("fp32", "bf16"), help=argparse.SUPPRESS)
+    parser.add_argument("--trl-child", nargs=3, metavar=("PAIRS", "MODEL", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trl_child:
         torch.set_num_threads(1)
-        print(json.dumps(run_trl(args.task, args.trl_child)))
+        print(json.dumps(run_trl(*args.trl_child)))
         return
     from lossearch.tasks import load_task
 
-    load_task(args.task)  # built (if needed) before either clock starts: both read the same cached model
+    task = load_task(args.task)  # built (if needed) before either clock starts: both read the same cached model
+    workdir = tempfile.mkdtemp(prefix="vs-trl-")
+    pairs_file = os.path.join(workdir, "pairs.jsonl")
+    with open(pairs_file, "w") as file:
+        file.writelines(json.dumps(row) + "\n" for row in pairs_as_text(task, QUICK["pairs"]))
+    model_dir = str(task.parameters_file.parent)
     print(f"task {args.task}: {QUICK['steps']} steps x {QUICK['batch']} pairs from {QUICK['pairs']}, lr {QUICK['lr']:g}, "
           f"beta {QUICK['beta']}, one thread each, each in a fresh process; medians of {args.repeats} runs")
     for precision in args.precisions.split(","):
@@ -127,9 +134,10 @@ def main() -> None:
         for _ in range(args.repeats):
             ours.append(run_lossearch(args.task, precision))
             resolved = ours[-1][1]["precision"]
-            seconds, output = timed([sys.executable, __file__, "--task", args.task, "--trl-child", resolved])
+            seconds, output = timed([sys.executable, __file__, "--trl-child", pairs_file, model_dir, resolved])
             theirs.append((seconds, json.loads(output.strip().splitlines()[-1])))
         report(ours, theirs, precision)
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def report(ours: list[tuple[float, dict]], theirs: list[tuple[float, dict]], precision: str) -> None:
