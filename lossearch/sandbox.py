@@ -151,8 +151,10 @@ class Sandbox:
             self._condition.notify_all()
 
     def _close(self) -> None:
-        for request_id in self._running:  # whoever waits on these hears that the zygote is gone
-            self._inbox.setdefault(request_id, []).append({"lost": True})
+        for request_id, pid in self._running.items():
+            if pid is not None:  # a child has a session of its own: the zygote's group does not hold it
+                _kill_group(pid)
+            self._inbox.setdefault(request_id, []).append({"lost": True})  # its waiter hears the zygote is gone
         self._running.clear()
         if self._zygote is not None:
             try:
@@ -203,7 +205,8 @@ class Sandbox:
             _copy_inputs(workdir, inputs or {})
             request_id = self._send({"job": job, "payload": payload, "limits": asdict(limits), "workdir": workdir})
             pid = self._await(request_id, time.monotonic() + 30)["pid"]
-            self._running[request_id] = pid
+            with self._condition:
+                self._running[request_id] = pid
             done = self._await(request_id, started + limits.wall_seconds)
             timed_out = done is None
             if timed_out:

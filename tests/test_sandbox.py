@@ -305,8 +305,16 @@ def loss(policy_chosen_logps):
 
 
 def run_in_thread(sandbox: Sandbox, job: str, payload: dict, limits: SandboxLimits) -> tuple[threading.Thread, list]:
+    """Start `sandbox.run` in a thread; the list gets its result, or the exception it raised."""
     outcome: list = []
-    thread = threading.Thread(target=lambda: outcome.append(sandbox.run(job, payload, limits)))
+
+    def run() -> None:
+        try:
+            outcome.append(sandbox.run(job, payload, limits))
+        except Exception as error:  # noqa: BLE001 - the test reads it
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
     thread.start()
     return thread, outcome
 
@@ -347,3 +355,20 @@ def test_cancel_kills_running_jobs_and_refuses_new_ones_until_resumed():
             sandbox.run("echo", {}, LIMITS)
         sandbox.resume()
         assert sandbox.run("echo", {"n": 3}, LIMITS).value == {"payload": {"n": 3}}
+
+
+def test_closing_a_sandbox_ends_the_children_it_is_running():
+    from lossearch.sandbox import SandboxError
+
+    sandbox = Sandbox(LIMITS)
+    spinner, outcome = run_in_thread(sandbox, "sanity", unrestricted(SPINNER), SandboxLimits(wall_seconds=60.0))
+    while not any(pid for pid in sandbox._running.values()):
+        time.sleep(0.01)
+    child = next(pid for pid in sandbox._running.values() if pid)
+    sandbox.close()  # what Ctrl-C on a command does through its `with Sandbox()`
+    spinner.join(timeout=10)
+    assert not spinner.is_alive() and isinstance(outcome[0], SandboxError)
+    deadline = time.monotonic() + 5
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(child)  # killed, though its own session kept it out of the zygote's group
