@@ -216,7 +216,7 @@ def eval_command(
     """Evaluate one loss file up the cascade: static, sanity, bandit, finetune.
 
     Exit code 0 when the loss passes, 1 when it is rejected or fails. The finetune
-    tier trains a small language model with the loss (quick: about 5 s on a CPU;
+    tier trains a small language model with the loss (quick: about 4 s on a CPU;
     the task's base model is built once first, a minute or two) and scores it by
     the task's oracle at its KL budget.
 
