@@ -386,21 +386,28 @@ def serve(channel_in, channel_out) -> None:
                     selector.register(child.result_fd, selectors.EVENT_READ, child)
                     reply({"id": child.id, "pid": child.pid})
                 continue
-            child, fd = key.data, key.fd
-            data = os.read(fd, 1 << 16) if fd == child.result_fd else b""
-            if data:
-                child.take(data)
-                continue
-            selector.unregister(fd)
-            os.close(fd)
-            was_result, child.result_fd = fd == child.result_fd, -1  # the number may come back as the exit descriptor
-            exited, wait_status = os.waitpid(child.pid, os.WNOHANG)
-            if not exited and was_result:  # it closed its pipe and lives on: report it once it exits
-                selector.register(exit_descriptor(child.pid), selectors.EVENT_READ, child)
-                continue
-            if not exited:  # its exit descriptor fired; without pidfd, wait here for the exit
-                _, wait_status = os.waitpid(child.pid, 0)
-            reply(child.report(wait_status))
+            wait_status = collect(key.data, key.fd, selector)
+            if wait_status is not None:
+                reply(key.data.report(wait_status))
+
+
+def collect(child: Running, fd: int, selector: selectors.BaseSelector) -> int | None:
+    """Handle `fd` turning readable: more of the child's result, its pipe's end, or its exit.
+    The child's wait status once it has exited and its result is complete; else None."""
+    data = os.read(fd, 1 << 16) if fd == child.result_fd else b""
+    if data:
+        child.take(data)
+        return None
+    selector.unregister(fd)
+    os.close(fd)
+    was_result, child.result_fd = fd == child.result_fd, -1  # the number may come back as the exit descriptor
+    exited, wait_status = os.waitpid(child.pid, os.WNOHANG)
+    if not exited and was_result:  # it closed its pipe and lives on: report it once it exits
+        selector.register(exit_descriptor(child.pid), selectors.EVENT_READ, child)
+        return None
+    if not exited:  # its exit descriptor fired; without pidfd, wait here for the exit
+        _, wait_status = os.waitpid(child.pid, 0)
+    return wait_status
 
 
 def main() -> None:
