@@ -144,13 +144,15 @@ def bandit_beside_finetune(sandbox: Sandbox, spec: LossSpec, task: str, seed: in
     cascade there: it cancels the sandbox's jobs (the finetune's), and the caller reads the
     bandit's result first.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lossearch-bandit") as pool:
-        bandit = pool.submit(bandit_tier, sandbox, spec, task, seed)
-        bandit.add_done_callback(lambda done: done.exception() is not None and sandbox.cancel())
-        finetuned: Future = Future()
-        try:
-            finetuned.set_result(finetune_tier(sandbox, spec, task, seed, finetune))
-        except (CandidateError, SandboxError) as error:  # a cancel reaches the finetune tier as one of these
-            finetuned.set_exception(error)
-    sandbox.resume()  # both are done: the caller's sandbox takes jobs again
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lossearch-bandit") as pool:
+            bandit = pool.submit(bandit_tier, sandbox, spec, task, seed)
+            bandit.add_done_callback(lambda done: done.exception() is not None and sandbox.cancel())
+            finetuned: Future = Future()
+            try:
+                finetuned.set_result(finetune_tier(sandbox, spec, task, seed, finetune))
+            except (CandidateError, SandboxError) as error:  # a cancel reaches the finetune tier as one of these
+                finetuned.set_exception(error)
+    finally:
+        sandbox.resume()  # both are done: the caller's sandbox takes jobs again
     return bandit, finetuned
