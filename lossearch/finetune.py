@@ -462,8 +462,9 @@ class Scorer:
 
     def _reference_reward(self, seed: int) -> Optional[float]:
         cache = ReferenceRewardCache.of(self.task, len(self.prompts[0]), self.device)
-        if cache is not None and cache.get(seed) is not None:
-            return cache.get(seed)
+        cached = cache.get(seed) if cache is not None else None
+        if cached is not None:
+            return cached
         reward = self.mean_reward(self.sample(self.reference, seed)[0])
         if cache is not None and reward is not None:
             cache.put(seed, reward)
@@ -667,15 +668,17 @@ def warm_up_model(config: dict) -> None:
 
     from lossearch.tasks.llama import supports
 
-    _warm_up("compact-llama" if supports(config) else json.dumps(config, sort_keys=True, default=str),
-             json.dumps(config, default=str))
+    architecture = "compact-llama" if supports(config) else json.dumps(config, sort_keys=True, default=str)
+    if architecture not in _WARMED_UP:
+        _warm_up(config)
+        _WARMED_UP.add(architecture)
 
 
-@functools.lru_cache(maxsize=None)
-def _warm_up(architecture: str, config_json: str) -> None:
-    import json
+_WARMED_UP: set[str] = set()  # the architectures warm_up_model has run, in this process
 
-    model = make_model(json.loads(config_json))
+
+def _warm_up(config: dict) -> None:
+    model = make_model(config)
     ids = torch.ones(2, 4, dtype=torch.long)
     batch = Sequences(ids, torch.ones_like(ids, dtype=torch.bool), torch.ones_like(ids, dtype=torch.bool))
     optimizer = AdamW(model.parameters(), lr=0.0)

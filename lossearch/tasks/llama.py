@@ -174,6 +174,9 @@ class CompactLlama(nn.Module):
             self.lm_head = nn.Linear(hidden, config["vocab_size"], bias=False)
         frequencies = 1.0 / (rope_theta(config) ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
         self.register_buffer("inv_freq", frequencies, persistent=False)
+        sign = torch.ones(head_dim)
+        sign[: head_dim // 2] = -1.0  # rotate's signs, (-s, s)
+        self.register_buffer("rotation_sign", sign, persistent=False)
         std = float(config.get("initializer_range", 0.02))
         with torch.no_grad():  # HF's initialisation: normal(0, std) weights, a zero padding row, unit norms
             for module in self.modules():
@@ -207,9 +210,7 @@ class CompactLlama(nn.Module):
         mask = torch.zeros(allowed.shape, device=x.device).masked_fill_(~allowed, float("-inf"))
         freqs = position_ids[..., None].float() * self.inv_freq  # (N, T, D/2)
         angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # (N, 1, T, D)
-        sign = torch.ones(angles.shape[-1], device=x.device)
-        sign[: angles.shape[-1] // 2] = -1.0  # (D,): rotate's signs, (-s, s)
-        cos, sin = angles.cos().to(x.dtype), (angles.sin() * sign).to(x.dtype)
+        cos, sin = angles.cos().to(x.dtype), (angles.sin() * self.rotation_sign).to(x.dtype)
         last = len(self.model.layers) - 1
         first_query = T - logits_to_keep if 0 < logits_to_keep < T else 0
         for index, block in enumerate(self.model.layers):
