@@ -103,6 +103,8 @@ class Sandbox:
         self.limits = limits or SandboxLimits()
         self._zygote: subprocess.Popen | None = None
         self._selector: selectors.BaseSelector | None = None
+        self._wake: tuple[int, int] | None = None  # a pipe `close` writes to, so a reader in select() returns
+        self._handed_over: list = []  # what `close` left for the reader to close once it returns
         self._buffer = b""
         self._ready = False
         # jobs may run side by side (`run` from several threads): one thread at a time reads the
@@ -124,16 +126,19 @@ class Sandbox:
     def start(self) -> "Sandbox":
         """Start the zygote now, without waiting for it: its second of importing torch then
         overlaps with the caller's own start-up. `run` starts it when nobody has."""
-        if self._zygote is None or self._zygote.poll() is not None:
-            self._zygote = subprocess.Popen(
-                [sys.executable, "-m", "lossearch._zygote"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                env=clean_environment(), cwd=tempfile.gettempdir(), start_new_session=True,
-            )
-            self._selector = selectors.DefaultSelector()
-            self._selector.register(self._zygote.stdout, selectors.EVENT_READ)
-            self._buffer = b""
-            self._ready = False
+        with self._condition:
+            if self._zygote is None or self._zygote.poll() is not None:
+                self._zygote = subprocess.Popen(
+                    [sys.executable, "-m", "lossearch._zygote"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                    env=clean_environment(), cwd=tempfile.gettempdir(), start_new_session=True,
+                )
+                self._wake = os.pipe()
+                self._selector = selectors.DefaultSelector()
+                self._selector.register(self._zygote.stdout, selectors.EVENT_READ)
+                self._selector.register(self._wake[0], selectors.EVENT_READ, "wake")
+                self._buffer = b""
+                self._ready = False
         return self
 
     def _wait_ready(self) -> None:
@@ -162,9 +167,16 @@ class Sandbox:
             except ProcessLookupError:
                 pass
             self._zygote.wait()
-            for stream in (self._zygote.stdin, self._zygote.stdout):
-                stream.close()
-            self._selector.close()
+            # Closing a descriptor that another thread's select() watches drops it from the
+            # selector without waking that thread, which then sleeps out its whole deadline (a
+            # child forked a moment ago may still hold the zygote's end of the pipe, so no
+            # end-of-file comes first). So a reader is woken instead, and closes them itself.
+            handles = [self._selector, self._zygote.stdin, self._zygote.stdout, *self._wake]
+            if self._reading:
+                os.write(self._wake[1], b"!")
+                self._handed_over.extend(handles)
+            else:
+                _close_all(handles)
         self._zygote = None
 
     def _read_message(self, deadline: float) -> dict | None:
@@ -172,8 +184,11 @@ class Sandbox:
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             try:
-                if remaining <= 0 or not self._selector.select(remaining):
+                ready = [] if remaining <= 0 else self._selector.select(remaining)
+                if not ready:
                     return None
+                if any(key.data == "wake" for key, _ in ready):
+                    raise SandboxError("the sandbox was closed")
                 chunk = os.read(self._zygote.stdout.fileno(), 1 << 20)
             except (OSError, ValueError, AttributeError):  # closed under us by another thread
                 raise SandboxError("the sandbox was closed") from None
@@ -284,9 +299,20 @@ class Sandbox:
                 finally:
                     self._condition.acquire()
                     self._reading = False
+                    _close_all(self._handed_over)
+                    self._handed_over = []
                     self._condition.notify_all()
                 if message is not None:
                     self._inbox.setdefault(message.get("id"), []).append(message)
+
+
+def _close_all(handles: list) -> None:
+    """Close selectors, file objects and raw descriptors alike."""
+    for handle in handles:
+        if isinstance(handle, int):
+            os.close(handle)
+        else:
+            handle.close()
 
 
 def _check_name(name: str) -> str:
