@@ -517,7 +517,7 @@ def test_the_deadline_bounds_a_proposal_across_retries(server):
     started = time.monotonic()
     with pytest.raises(ProposerError, match="did not answer within 0.3 s"):
         proposer.propose([BY_NAME["dpo"]], CONTEXT, random.Random(0))
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 4.0  # 51 attempts of 0.3 s would take 15 s; slack for a loaded machine
 
 
 def test_an_unreachable_endpoint_ends_in_one_clear_line(monkeypatch):
