@@ -691,7 +691,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     except usage_errors as error:
         hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
-        errors.print(f"error: {error.format_message()}{hint}", markup=False, highlight=False, soft_wrap=True)
+        message = error.format_message().replace(": Value error, ", ": ")  # pydantic's prefix, through typer
+        errors.print(f"error: {message}{hint}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except Exception as error:
         if not isinstance(error, user_errors()):

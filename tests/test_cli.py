@@ -68,6 +68,12 @@ def test_usage_errors_are_one_line_and_exit_2(tmp_path, args):
     assert "Traceback" not in done.stderr
 
 
+def test_a_bad_choice_names_the_choices(tmp_path):
+    done = lossearch("eval", "x.py", "--task", "nope", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: Invalid value for '--task': 'nope' is not one of 'sentiment'")
+
+
 def test_the_command_line_starts_without_torch_openai_or_sqlalchemy():
     """Each costs a large part of a second to import; a command imports what it uses, when it does."""
     import sys
