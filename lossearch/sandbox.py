@@ -128,6 +128,7 @@ class Sandbox:
         overlaps with the caller's own start-up. `run` starts it when nobody has."""
         with self._condition:
             if self._zygote is None or self._zygote.poll() is not None:
+                self._close()  # a zygote that died between jobs leaves its pipes and selector to close
                 self._zygote = subprocess.Popen(
                     [sys.executable, "-m", "lossearch._zygote"],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -162,10 +163,11 @@ class Sandbox:
             self._inbox.setdefault(request_id, []).append({"lost": True})  # its waiter hears the zygote is gone
         self._running.clear()
         if self._zygote is not None:
-            try:
-                os.killpg(self._zygote.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            if self._zygote.returncode is None:  # once reaped, its pid may belong to someone else
+                try:
+                    os.killpg(self._zygote.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self._zygote.wait()
             # Closing a descriptor that another thread's select() watches drops it from the
             # selector without waking that thread, which then sleeps out its whole deadline (a

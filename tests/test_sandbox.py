@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 import textwrap
 import threading
@@ -123,6 +124,19 @@ def test_a_sandbox_started_early_does_not_wait_for_its_zygote():
         assert not sandbox._ready and sandbox._zygote.poll() is None
         assert sandbox.run("echo", {"x": 1}).value == {"payload": {"x": 1}}
         assert sandbox._ready
+
+
+def test_a_zygote_that_died_between_jobs_is_replaced_and_its_pipes_closed():
+    with Sandbox(LIMITS) as sandbox:
+        assert sandbox.run("echo", {"x": 1}).ok
+        descriptors = sorted(os.listdir("/proc/self/fd"))
+        dead = sandbox._zygote.pid
+        os.kill(dead, signal.SIGKILL)
+        while sandbox._zygote.poll() is None:
+            time.sleep(0.01)
+        assert sandbox.run("echo", {"x": 2}).value == {"payload": {"x": 2}}
+        assert sandbox._zygote.pid != dead
+        assert sorted(os.listdir("/proc/self/fd")) == descriptors  # the new zygote's pipes took the old ones' place
 
 
 def test_isolation_is_reported(sandbox):
