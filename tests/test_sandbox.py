@@ -371,6 +371,36 @@ def test_cancel_kills_running_jobs_and_refuses_new_ones_until_resumed():
         assert sandbox.run("echo", {"n": 3}, LIMITS).value == {"payload": {"n": 3}}
 
 
+def hold_pipe_open(pid: int, our_end: int) -> int:
+    """A descriptor, writing into the pipe whose other end is `our_end`, opened through process
+    `pid`'s own end of it: the pipe then stays open, whatever `pid` does."""
+    pipe = os.readlink(f"/proc/self/fd/{our_end}")
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        if os.readlink(f"/proc/{pid}/fd/{name}") == pipe:
+            return os.open(f"/proc/{pid}/fd/{name}", os.O_WRONLY)
+    raise AssertionError(f"process {pid} holds no end of {pipe}")
+
+
+def test_closing_a_sandbox_wakes_its_reader_even_when_no_end_of_file_comes():
+    """A child forked a moment before `close` may still hold the zygote's end of the pipe, so the
+    zygote's death need not reach a thread waiting on the pipe as end-of-file."""
+    from lossearch.sandbox import SandboxError
+
+    sandbox = Sandbox(LIMITS)
+    spinner, outcome = run_in_thread(sandbox, "sanity", unrestricted(SPINNER), SandboxLimits(wall_seconds=60.0))
+    while not any(pid for pid in sandbox._running.values()):
+        time.sleep(0.01)
+    writer = hold_pipe_open(sandbox._zygote.pid, sandbox._zygote.stdout.fileno())
+    try:
+        time.sleep(0.2)  # the thread running the job now waits in select() for its end
+        sandbox.close()
+        spinner.join(timeout=10)
+        assert not spinner.is_alive() and isinstance(outcome[0], SandboxError)
+    finally:
+        os.close(writer)
+        spinner.join()
+
+
 def test_closing_a_sandbox_ends_the_children_it_is_running():
     from lossearch.sandbox import SandboxError
 
