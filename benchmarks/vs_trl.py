@@ -53,7 +53,7 @@ QUICK = {"steps": 100, "pairs": 1024, "batch": 16, "lr": 6e-4, "beta": 0.1}  # t
 
 def run_lossearch(task_name: str, precision: str) -> tuple[float, dict]:
     """The user's command in a fresh process: (wall seconds, final loss and training seconds)."""
-    command = [sys.executable, "-m", "lossearch.cli", "eval", "seeds/dpo.py", "--tier", "finetune", "--task", task_name,
+    command = [sys.executable, "-m", "lossearch", "eval", "seeds/dpo.py", "--tier", "finetune", "--task", task_name,
                "--budget", "quick", "--precision", precision, "--json"]
     seconds, output = timed(command)
     finetune = json.loads(output)["metrics"]["finetune"]

@@ -200,6 +200,7 @@ def finetune_options(budget, data, device, precision, model, dataset, reward, pr
 
 @app.command("eval")
 def eval_command(
+    ctx: typer.Context,
     file: Path = typer.Argument(..., help="A Python module defining `loss` (see DESIGN §2)."),
     tier: Tier = typer.Option(Tier.bandit, "--tier", help="Highest tier to run."),
     task: Task = typer.Option(Task.sentiment, "--task", help="Task for the bandit and finetune tiers."),
@@ -228,7 +229,8 @@ def eval_command(
     finetune_flags = (budget, data, device, precision, model, dataset, reward)
     if tier != Tier.finetune and any(flag is not None for flag in finetune_flags):
         raise UsageProblem("--budget, --data, --device, --precision, --model, --dataset and --reward need --tier finetune")
-    with Sandbox() as sandbox, progress_bar(tier == Tier.finetune and errors.is_terminal) as progress:
+    started_early = (ctx.obj or {}).get("sandbox")  # by lossearch.__main__, before the CLI was imported
+    with started_early or Sandbox() as sandbox, progress_bar(tier == Tier.finetune and errors.is_terminal) as progress:
         if tier != Tier.static:
             sandbox.start()  # its zygote imports torch while this process does the same
         from lossearch.evaluate import evaluate
@@ -655,8 +657,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (UsageProblem, CandidateError, ValueError) + loaded
 
 
-def entry() -> None:
-    """The `lossearch` console script: `main`, then exit."""
+def entry(sandbox=None) -> None:
+    """The `lossearch` console script (through lossearch.__main__, which may have started
+    `sandbox` for the command): `main`, then exit."""
     code = [1]  # what an exception escaping `main` exits with
 
     def skip_teardown() -> None:
@@ -669,12 +672,13 @@ def entry() -> None:
         os._exit(code[0])
 
     atexit.register(skip_teardown)
-    code[0] = main()
+    code[0] = main(sandbox=sandbox)
     sys.exit(code[0])
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """Run one `lossearch` command line; its exit code."""
+def main(argv: Optional[list[str]] = None, sandbox=None) -> int:
+    """Run one `lossearch` command line; its exit code. `sandbox`, started early, goes to an `eval`
+    (and is closed here whatever the command did with it)."""
     command = typer.main.get_command(app)
     modules = _click_exceptions()
     exits = tuple(module.Exit for module in modules if hasattr(module, "Exit"))
@@ -682,7 +686,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     usage_errors = tuple(module.UsageError for module in modules)
     aborts = tuple(module.Abort for module in modules if hasattr(module, "Abort")) + (click.Abort, typer.Abort)
     try:
-        result = command.main(args=argv, prog_name="lossearch", standalone_mode=False)
+        result = command.main(args=argv, prog_name="lossearch", standalone_mode=False, obj={"sandbox": sandbox})
         return int(result or 0) if isinstance(result, int) else 0
     except exits as done:
         return done.exit_code
@@ -702,6 +706,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except aborts + (KeyboardInterrupt,):
         errors.print("interrupted", markup=False)
         return 130
+    finally:
+        if sandbox is not None:
+            sandbox.close()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-CLI = [sys.executable, "-c", "from lossearch.cli import entry; entry()"]
+CLI = [sys.executable, "-c", "from lossearch.__main__ import main; main()"]  # what the console script runs
 
 
 def run_cli(*args: str, cwd, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
