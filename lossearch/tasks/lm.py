@@ -12,6 +12,7 @@ positions are counted over real tokens only, so padding never shifts a token's p
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -116,6 +117,12 @@ def sequence_kl(from_logits: torch.Tensor, to_logits: torch.Tensor, batch: Seque
     return (per_position * batch.response[:, batch.ids.shape[1] - from_logits.shape[1]:]).sum(-1)
 
 
+def cache_keyword(model) -> str:
+    """What `model`'s forward calls its KV cache, in and out: `cache` in transformers >= 5.24
+    (which warns on the old name and drops it in 5.40), `past_key_values` before and in CompactLlama."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def sample_responses(model, prompt_ids: torch.Tensor, prompt_attention: torch.Tensor, max_new_tokens: int,
                      eos_id: int, pad_id: int, generator: torch.Generator, temperature: float = 1.0,
@@ -129,11 +136,12 @@ def sample_responses(model, prompt_ids: torch.Tensor, prompt_attention: torch.Te
     attention = prompt_attention.bool()
     step_ids, step_positions = prompt_ids, positions(attention)
     cache, tokens, logps = None, [], []
+    cache_name = cache_keyword(model)
     finished = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
     for _ in range(max_new_tokens):
         out = model(input_ids=step_ids, attention_mask=attention.long(), position_ids=step_positions,
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+                    use_cache=True, **{cache_name: cache})
+        cache = getattr(out, cache_name)
         if step_logps:
             logps.append(F.log_softmax(out.logits[:, -1].float(), dim=-1))
         probs = F.softmax(out.logits[:, -1].float() / temperature, dim=-1)  # (B, V)
