@@ -318,6 +318,13 @@ def loss(policy_chosen_logps):
 '''
 
 
+def wait_for_child(sandbox: Sandbox) -> int:
+    """The pid of a child the sandbox is running, once one exists."""
+    while not any(sandbox._running.values()):
+        time.sleep(0.01)
+    return next(pid for pid in sandbox._running.values() if pid)
+
+
 def run_in_thread(sandbox: Sandbox, job: str, payload: dict, limits: SandboxLimits) -> tuple[threading.Thread, list]:
     """Start `sandbox.run` in a thread; the list gets its result, or the exception it raised."""
     outcome: list = []
@@ -336,8 +343,7 @@ def run_in_thread(sandbox: Sandbox, job: str, payload: dict, limits: SandboxLimi
 def test_jobs_from_two_threads_run_side_by_side():
     with Sandbox(LIMITS) as sandbox:
         slow, slow_outcome = run_in_thread(sandbox, "sanity", unrestricted(SPINNER), LIMITS)  # spins until killed
-        while not any(pid for pid in sandbox._running.values()):
-            time.sleep(0.01)  # its child exists
+        wait_for_child(sandbox)
         quick = sandbox.run("echo", {"n": 1}, LIMITS)
         assert quick.value == {"payload": {"n": 1}}
         assert slow.is_alive(), "the echo job ended while the spinning one still ran"
@@ -360,8 +366,7 @@ def test_cancel_kills_running_jobs_and_refuses_new_ones_until_resumed():
 
     with Sandbox(LIMITS) as sandbox:
         spinner, outcome = run_in_thread(sandbox, "sanity", unrestricted(SPINNER), SandboxLimits(wall_seconds=60.0))
-        while not any(pid for pid in sandbox._running.values()):
-            time.sleep(0.01)
+        wait_for_child(sandbox)
         sandbox.cancel()
         spinner.join(timeout=10)
         assert not spinner.is_alive() and outcome[0].failure.kind == "crash"  # killed long before its 60 s
@@ -388,8 +393,7 @@ def test_closing_a_sandbox_wakes_its_reader_even_when_no_end_of_file_comes():
 
     sandbox = Sandbox(LIMITS)
     spinner, outcome = run_in_thread(sandbox, "sanity", unrestricted(SPINNER), SandboxLimits(wall_seconds=60.0))
-    while not any(pid for pid in sandbox._running.values()):
-        time.sleep(0.01)
+    wait_for_child(sandbox)
     writer = hold_pipe_open(sandbox._zygote.pid, sandbox._zygote.stdout.fileno())
     try:
         time.sleep(0.2)  # the thread running the job now waits in select() for its end
@@ -406,9 +410,7 @@ def test_closing_a_sandbox_ends_the_children_it_is_running():
 
     sandbox = Sandbox(LIMITS)
     spinner, outcome = run_in_thread(sandbox, "sanity", unrestricted(SPINNER), SandboxLimits(wall_seconds=60.0))
-    while not any(pid for pid in sandbox._running.values()):
-        time.sleep(0.01)
-    child = next(pid for pid in sandbox._running.values() if pid)
+    child = wait_for_child(sandbox)
     sandbox.close()  # what Ctrl-C on a command does through its `with Sandbox()`
     spinner.join(timeout=10)
     assert not spinner.is_alive() and isinstance(outcome[0], SandboxError)
