@@ -28,12 +28,14 @@ import time
 from pathlib import Path
 
 from lossearch.contract import read_spec
-from lossearch.evaluate import finetune_tier, static_tier
+from lossearch.evaluation.cascade import finetune_tier, static_tier
 from lossearch.failures import CandidateError
-from lossearch.finetune import FinetuneOptions
-from lossearch.sandbox import Sandbox
-from lossearch.seedlib import seed_path, seed_paths
-from lossearch.tasks import TASK_NAMES, TASKS, load_task
+from lossearch.evaluation.finetune.config import FinetuneOptions
+from lossearch.sandbox.local import Sandbox
+from lossearch.search.seeds import seed_path, seed_paths
+from lossearch.choices import TASK_NAMES
+from lossearch.evaluation.tasks.catalog import TASKS
+from lossearch.evaluation.tasks.load import load_task
 
 
 def spearman(first: list[float], second: list[float]) -> float:

@@ -13,7 +13,8 @@ import argparse
 import tempfile
 import time
 
-from lossearch.campaign import run_campaign
+from lossearch.search.campaign import run_campaign
+from lossearch.search.config import CampaignConfig
 
 CONFIGS = [("sequential", {"workers": 1}), ("local x1", {"workers": 1}), ("local x2", {"workers": 2}),
            ("local x4", {"workers": 4}), ("ray x2", {"workers": 2, "executor": "ray"})]
@@ -22,8 +23,8 @@ CONFIGS = [("sequential", {"workers": 1}), ("local x1", {"workers": 1}), ("local
 def measure(label: str, options: dict, runs_dir: str, index: int) -> float:
     """Candidates per minute of one seeds-only campaign."""
     started = time.perf_counter()
-    outcome = run_campaign({"name": f"bench{index}", "proposer": "none", "finetune": False, **options},
-                           runs_dir=runs_dir)
+    config = CampaignConfig(name=f"bench{index}", proposer="none", finetune=False, **options)
+    outcome = run_campaign(config, runs_dir=runs_dir)
     seconds = time.perf_counter() - started
     count = outcome.stats.evaluated + outcome.stats.failed + outcome.stats.duplicates
     return 60.0 * count / seconds

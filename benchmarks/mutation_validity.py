@@ -18,11 +18,11 @@ import random
 import time
 from collections import Counter
 
-from lossearch.evaluate import evaluate
+from lossearch.evaluation.cascade import evaluate
 from lossearch.fingerprint import same_loss
-from lossearch.proposers import MutationProposer, ParentView, ProposalContext
-from lossearch.sandbox import Sandbox
-from lossearch.seedlib import seed_paths
+from lossearch.search.proposers import MutationProposer, ParentView, ProposalContext
+from lossearch.sandbox.local import Sandbox
+from lossearch.search.seeds import seed_paths
 
 
 def breed(pool: list[ParentView], count: int, rng: random.Random) -> list:

@@ -1,6 +1,6 @@
 """Our training step against a minimal hand-written PyTorch DPO step, same model and batch.
 
-Ours is the step the sandbox child runs (lossearch.finetune.training_step): it picks the
+Ours is the step the sandbox child runs (lossearch.evaluation.finetune.training_step): it picks the
 batch's pairs and trims their padding, runs the policy on chosen and rejected at once,
 hands the candidate loss (loaded through the contract, restricted builtins and all)
 detached copies of its inputs, checks what it returns, and carries its gradients back by
@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from lossearch.contract import call_loss, load_loss, read_spec
-from lossearch.finetune import concat_sequences, training_step
-from lossearch.seedlib import seed_path
-from lossearch.tasks import load_task
-from lossearch.tasks.lm import load_parameters, make_model, positions
+from lossearch.evaluation.finetune.train import training_step
+from lossearch.search.seeds import seed_path
+from lossearch.evaluation.tasks.load import load_task
+from lossearch.evaluation.tasks.lm import concat_sequences, load_parameters, make_model, positions
 
 
 def minimal_dpo_step(policy, optimizer, ids, attention, response, reference_chosen, reference_rejected, beta,

@@ -38,7 +38,7 @@ import torch
 
 def pairs_as_text(task, count: int) -> list[dict[str, str]]:
     """The task's first `count` training pairs, decoded back to prompt/chosen/rejected strings."""
-    from lossearch.tasks.lm import split_sequences
+    from lossearch.evaluation.tasks.lm import split_sequences
 
     chosen, rejected = task.train.chosen.select(slice(0, count)), task.train.rejected.select(slice(0, count))
     prompt_width = int((~chosen.response).long().cumprod(-1).sum(-1).min())  # columns before any response
@@ -119,7 +119,7 @@ def main() -> None:
         torch.set_num_threads(1)
         print(json.dumps(run_trl(*args.trl_child)))
         return
-    from lossearch.tasks import load_task
+    from lossearch.evaluation.tasks.load import load_task
 
     task = load_task(args.task)  # built (if needed) before either clock starts: both read the same cached model
     workdir = tempfile.mkdtemp(prefix="vs-trl-")

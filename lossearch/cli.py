@@ -14,6 +14,7 @@ import sys
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import click
@@ -21,6 +22,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lossearch.choices import (BUDGET_NAMES, DATA_MODES, EXECUTORS, PRECISIONS, PROPOSERS, TASK_NAMES,
+                               TIERS)
+from lossearch.errors import UserError
 from lossearch.failures import CandidateError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -30,38 +34,25 @@ errors = Console(stderr=True)
 
 
 
-class Tier(str, Enum):
-    static = "static"
-    sanity = "sanity"
-    bandit = "bandit"
-    finetune = "finetune"
+def choice(values: Sequence[str]) -> Callable[[Optional[str]], Optional[str]]:
+    """A typer callback that accepts one of `values` (or nothing), as click.Choice would."""
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in values:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, values))}.")
+        return value
+    return check
 
 
-class BudgetName(str, Enum):
-    quick = "quick"
-    standard = "standard"
-    full = "full"
+def choices_metavar(values: Sequence[str]) -> str:
+    return "[" + "|".join(values) + "]"
 
 
-class DataMode(str, Enum):
-    offline = "offline"
-    online = "online"
+def choice_option(default: Optional[str], flag: str, values: Sequence[str], help: str) -> Any:
+    """A `--flag` taking one of `values` (lossearch.choices), listed in --help as click lists choices."""
+    return typer.Option(default, flag, callback=choice(values), metavar=choices_metavar(values), help=help)
 
 
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
-class Task(str, Enum):
-    sentiment = "sentiment"
-    sort = "sort"
-    length = "length"
-    noisy = "noisy"
-
-
-class UsageProblem(Exception):
+class UsageProblem(UserError):
     """A mistake in how the command was called: reported in one line, exit code 2."""
 
 
@@ -85,7 +76,7 @@ def seeds_command(as_json: bool = typer.Option(False, "--json", help="Print a JS
 
     Example: lossearch seeds --json
     """
-    from lossearch.seedlib import load_seed_specs
+    from lossearch.search.seeds import load_seed_specs
 
     specs = load_seed_specs()
     if as_json:
@@ -177,7 +168,7 @@ def finetune_options(budget, data, device, precision, model, dataset, reward, pr
         raise UsageProblem("--model and --dataset go together: a model folder and a JSONL file of pairs")
     if reward is not None and model is None:
         raise UsageProblem("--reward scores your own setting: give --model and --dataset too")
-    if model is not None and data == DataMode.online:
+    if model is not None and data == "online":
         raise UsageProblem("--data online needs a task's oracle to label fresh pairs; use it with --task, not --model")
     if model is not None and not model.is_dir():
         raise UsageProblem(f"--model {model}: no such folder (give a folder written by save_pretrained)")
@@ -185,31 +176,31 @@ def finetune_options(budget, data, device, precision, model, dataset, reward, pr
         raise UsageProblem(f"--dataset {dataset}: no such file (give a JSONL file of prompt/chosen/rejected)")
     if reward is not None and not Path(reward.rpartition(":")[0]).is_file():
         raise UsageProblem(f"--reward {reward}: write it as path/to/module.py:function, with an existing file")
-    from lossearch.finetune import FinetuneOptions, resolve_device
-    from lossearch.tasks.user import UserSetting
+    from lossearch.evaluation.finetune.config import FinetuneOptions
+    from lossearch.evaluation.finetune.device import resolve_device
+    from lossearch.evaluation.tasks.user import UserSetting
 
     try:
         device = resolve_device(device)
     except (ValueError, RuntimeError) as error:
         raise UsageProblem(f"--device: {error}") from None
     setting = UserSetting(model, dataset, reward) if model is not None else None
-    return FinetuneOptions(budget=(budget or BudgetName.quick).value, data=(data or DataMode.offline).value,
-                           device=device, precision=(precision or Precision.auto).value, setting=setting,
+    return FinetuneOptions(budget=budget or "quick", data=data or "offline",
+                           device=device, precision=precision or "auto", setting=setting,
                            progress=progress)
 
 
 @app.command("eval")
 def eval_command(
-    ctx: typer.Context,
     file: Path = typer.Argument(..., help="A Python module defining `loss` (see DESIGN §2)."),
-    tier: Tier = typer.Option(Tier.bandit, "--tier", help="Highest tier to run."),
-    task: Task = typer.Option(Task.sentiment, "--task", help="Task for the bandit and finetune tiers."),
+    tier: str = choice_option("bandit", "--tier", TIERS, "Highest tier to run."),
+    task: str = choice_option("sentiment", "--task", TASK_NAMES, "Task for the bandit and finetune tiers."),
     seed: int = typer.Option(0, "--seed", help="Seed of the task and the training runs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: status, tier, error, metrics."),
-    budget: Optional[BudgetName] = typer.Option(None, "--budget", help="Finetune budget (see `lossearch tasks`) [default: quick]."),
-    data: Optional[DataMode] = typer.Option(None, "--data", help="Finetune on the task's fixed pairs, or online on fresh ones [default: offline]."),
+    budget: Optional[str] = choice_option(None, "--budget", BUDGET_NAMES, "Finetune budget (see `lossearch tasks`) [default: quick]."),
+    data: Optional[str] = choice_option(None, "--data", DATA_MODES, "Finetune on the task's fixed pairs, or online on fresh ones [default: offline]."),
     device: Optional[str] = typer.Option(None, "--device", help="Torch device for the finetune tier [default: cuda if present, else cpu]."),
-    precision: Optional[Precision] = typer.Option(None, "--precision", help="Training arithmetic: bf16 (mixed), fp32, or auto: bf16 where the device computes it natively [default: auto]."),
+    precision: Optional[str] = choice_option(None, "--precision", PRECISIONS, "Training arithmetic: bf16 (mixed), fp32, or auto: bf16 where the device computes it natively [default: auto]."),
     model: Optional[Path] = typer.Option(None, "--model", help="Your own local causal LM folder (with --dataset) instead of a task's."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="JSONL pairs {prompt, chosen, rejected} to finetune --model on."),
     reward: Optional[str] = typer.Option(None, "--reward", help="module.py:function(prompt, response) -> float scoring --model's samples."),
@@ -223,25 +214,19 @@ def eval_command(
 
     Example: lossearch eval seeds/dpo.py --tier finetune --task sentiment --budget quick
     """
-    from lossearch.sandbox import Sandbox
+    from lossearch.sandbox.local import Sandbox
 
     source = read_source(file)
     finetune_flags = (budget, data, device, precision, model, dataset, reward)
-    if tier != Tier.finetune and any(flag is not None for flag in finetune_flags):
+    if tier != "finetune" and any(flag is not None for flag in finetune_flags):
         raise UsageProblem("--budget, --data, --device, --precision, --model, --dataset and --reward need --tier finetune")
-    started_early = (ctx.obj or {}).get("sandbox")  # by lossearch.__main__, before the CLI was imported
-    with started_early or Sandbox() as sandbox, progress_bar(tier == Tier.finetune and errors.is_terminal) as progress:
-        if tier != Tier.static:
+    with Sandbox() as sandbox, progress_bar(tier == "finetune" and errors.is_terminal) as progress:
+        if tier != "static":
             sandbox.start()  # its zygote imports torch while this process does the same
-        from lossearch.evaluate import evaluate
-        from lossearch.tasks.user import SettingError
+        from lossearch.evaluation.cascade import evaluate
 
-        options = finetune_options(*finetune_flags, progress) if tier == Tier.finetune else None
-        try:
-            evaluation = evaluate(source, file.stem, tier.value, task=task.value, seed=seed, finetune=options,
-                                  sandbox=sandbox)
-        except SettingError as error:
-            raise UsageProblem(str(error)) from None
+        options = finetune_options(*finetune_flags, progress) if tier == "finetune" else None
+        evaluation = evaluate(source, file.stem, tier, task=task, seed=seed, finetune=options, sandbox=sandbox)
     if as_json:
         print_json(evaluation.to_dict())
     else:
@@ -252,7 +237,7 @@ def eval_command(
 @app.command("tasks")
 def tasks_command(
     build: bool = typer.Option(False, "--build", help="Build the base models and pairs now (a few minutes, once)."),
-    task: Optional[Task] = typer.Option(None, "--task", help="Only this task [default: all four]."),
+    task: Optional[str] = choice_option(None, "--task", TASK_NAMES, "Only this task [default: all four]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: tasks, budgets, cached artifacts."),
 ) -> None:
     """List the finetune tier's tasks, their sizes and budgets, and the cached artifacts.
@@ -264,10 +249,11 @@ def tasks_command(
     """
     from dataclasses import asdict
 
-    from lossearch.finetune import BUDGETS
-    from lossearch.tasks import TASK_NAMES, cached_artifacts, load_task, task_summaries
+    from lossearch.evaluation.finetune.config import BUDGETS
+    from lossearch.choices import TASK_NAMES
+    from lossearch.evaluation.tasks.load import cached_artifacts, load_task, task_summaries
 
-    names = [task.value] if task else list(TASK_NAMES)
+    names = [task] if task else list(TASK_NAMES)
     if build:
         with progress_bar(errors.is_terminal) as progress:
             for name in names:
@@ -312,7 +298,7 @@ def compare_command(
 
     Example: lossearch compare seeds/dpo.py my_dpo_rewritten.py
     """
-    from lossearch.compare import compare_sources
+    from lossearch.evaluation.compare import compare_sources
 
     result = compare_sources(read_source(first), read_source(second), first.stem, second.stem)
     if as_json:
@@ -324,36 +310,12 @@ def compare_command(
     raise typer.Exit(0)
 
 
-class Executor(str, Enum):
-    local = "local"
-    ray = "ray"
-
-
-class Proposer(str, Enum):
-    mutation = "mutation"
-    llm = "llm"
-    none = "none"
-
-
-def render_short_leaderboard(entries, title: str) -> None:
-    table = Table(title=title)
-    for column in ("rank", "id", "name", "fitness", "reward", "kl", "tier", "gen", "proposer"):
-        table.add_column(column, justify="right" if column in ("rank", "id", "fitness", "reward", "kl", "gen") else "left")
-    for entry in entries:
-        candidate, metrics = entry.candidate, entry.metrics
-        cells = [str(entry.rank), str(candidate.id), candidate.name, f"{entry.fitness:.4f}",
-                 f"{metrics.get('reward', float('nan')):.4f}", f"{metrics.get('kl', float('nan')):.3f}",
-                 candidate.tier or "-", str(candidate.generation), candidate.proposer]
-        table.add_row(*cells, style="dim" if candidate.proposer == "seed" else None)
-    console.print(table)
-
-
 @app.command("run")
 def run_command(
     name: str = typer.Option("demo", "--name", help="Campaign name; an existing one is resumed."),
-    task: Optional[Task] = typer.Option(None, "--task", help="Task to select on [default: sentiment]."),
-    budget: Optional[str] = typer.Option(None, "--budget", help="Finetune budget: quick, standard, full [default: quick]."),
-    proposer: Optional[Proposer] = typer.Option(None, "--proposer", help="mutation (offline), llm, or none [default: mutation]."),
+    task: Optional[str] = choice_option(None, "--task", TASK_NAMES, "Task to select on [default: sentiment]."),
+    budget: Optional[str] = choice_option(None, "--budget", BUDGET_NAMES, "Finetune budget [default: quick]."),
+    proposer: Optional[str] = choice_option(None, "--proposer", PROPOSERS, "mutation (offline), llm, or none: the seeds only [default: mutation]."),
     generations: Optional[int] = typer.Option(None, "--generations", help="Generations after the seeds [default: 2]."),
     population: Optional[int] = typer.Option(None, "--population", help="Children per generation [default: 4]."),
     islands: Optional[int] = typer.Option(None, "--islands", help="Independent sub-populations [default: 2]."),
@@ -366,7 +328,7 @@ def run_command(
     llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
     llm_model: Optional[list[str]] = typer.Option(None, "--llm-model", help="LLM model name; repeat for several."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Candidates evaluated at once, in separate processes [default: 1]."),
-    executor: Optional[Executor] = typer.Option(None, "--executor", help="local, or ray (pip install \"lossearch[ray]\") [default: local]."),
+    executor: Optional[str] = choice_option(None, "--executor", EXECUTORS, "local, or ray (pip install \"lossearch[ray]\") [default: local]."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address; without it a local Ray instance starts."),
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store [default: sqlite:///runs/NAME/campaign.db]."),
 ) -> None:
@@ -377,25 +339,28 @@ def run_command(
 
     Example: lossearch run --name demo --task sentiment --budget quick --generations 2 --population 4
     """
-    from lossearch.campaign import open_store, run_campaign
-    from lossearch.display import CampaignDisplay
+    from lossearch.reporting.display import CampaignDisplay
+    from lossearch.reporting.results import NoResults, leaderboard
+    from lossearch.reporting.views import leaderboard_table
+    from lossearch.search.campaign import run_campaign
+    from lossearch.search.config import CampaignConfig
+    from lossearch.store.locate import open_campaign
 
-    requested = {"name": name, "task": task.value if task else None, "budget": budget,
-                 "proposer": proposer.value if proposer else None, "generations": generations,
-                 "population": population, "islands": islands, "seed": seed, "finetune": finetune,
-                 "max_evals": max_evals, "time_limit": time_limit, "max_cost": max_cost, "max_tokens": max_tokens,
-                 "llm_base_url": llm_base_url, "llm_models": tuple(llm_model) if llm_model else None,
-                 "workers": workers, "executor": executor.value if executor else None, "ray_address": ray_address}
+    flags: dict[str, Any] = {
+        "task": task, "budget": budget, "proposer": proposer, "generations": generations, "population": population,
+        "islands": islands, "seed": seed, "finetune": finetune, "max_evals": max_evals, "time_limit": time_limit,
+        "max_cost": max_cost, "max_tokens": max_tokens, "llm_base_url": llm_base_url,
+        "llm_models": tuple(llm_model) if llm_model else None, "workers": workers, "executor": executor,
+        "ray_address": ray_address}
+    given = {key for key, value in flags.items() if value is not None}
+    config = CampaignConfig(name=name, **{key: flags[key] for key in given})
     with CampaignDisplay(console, f"campaign {name}") as display:
-        outcome = run_campaign(requested, db=db, on_update=display.update)
-    store = open_store(name, db)
+        outcome = run_campaign(config, given=given, db=db, on_update=display.update)
     try:
-        campaign = store.get_campaign(name)
-        # on the selection task only: `lossearch transfer` stores evaluations on other tasks too
-        board = store.leaderboard(campaign.id, task=campaign.config.get("task"), top=10)
-        render_short_leaderboard(board, f"campaign {name}: top 10")
-    finally:
-        store.close()
+        with open_campaign(name, db) as handle:  # the table `lossearch leaderboard` prints, its top 10
+            console.print(leaderboard_table(leaderboard(handle, top=10), console.width))
+    except NoResults as empty:
+        console.print(str(empty), markup=False)
     console.print(f"stopped: {outcome.stop_reason}", markup=False)
     console.print(f"database: {outcome.database}", markup=False, highlight=False)
     console.print(f"resume or extend: lossearch run --name {name} --generations N", markup=False)
@@ -419,7 +384,8 @@ class OutputFormat(str, Enum):
 @contextmanager
 def campaign_results(run: Optional[str], db: Optional[str]):
     """The campaign the flags name; a campaign with nothing to show yet ends in one line, exit code 1."""
-    from lossearch.results import NoResults, open_campaign
+    from lossearch.reporting.results import NoResults
+    from lossearch.store.locate import open_campaign
 
     try:
         with open_campaign(run, db) as handle:
@@ -451,10 +417,10 @@ def campaigns_command(
 
     Example: lossearch campaigns --json
     """
-    from lossearch.results import list_campaigns
-    from lossearch.views import campaigns_table
+    from lossearch.reporting.results import campaign_overviews
+    from lossearch.reporting.views import campaigns_table
 
-    listings = list_campaigns(db=db)
+    listings = campaign_overviews(db=db)
     if as_json:
         print_json([listing.to_dict() for listing in listings])
         return
@@ -467,7 +433,7 @@ def campaigns_command(
 
 @app.command("leaderboard")
 def leaderboard_command(
-    task: Optional[Task] = typer.Option(None, "--task", help="Rank on this task [default: the one the campaign selects on]."),
+    task: Optional[str] = choice_option(None, "--task", TASK_NAMES, "Rank on this task [default: the one the campaign selects on]."),
     top: Optional[int] = typer.Option(None, "--top", min=1, help="Show the best K only."),
     include_failed: bool = typer.Option(False, "--include-failed", help="List rejected, failed and duplicate candidates too."),
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, markdown, json or html."),
@@ -483,12 +449,12 @@ def leaderboard_command(
 
     Example: lossearch leaderboard --run demo --top 10 --format markdown --out leaderboard/demo.md
     """
-    from lossearch.report import leaderboard_page
-    from lossearch.results import leaderboard
-    from lossearch.views import as_text, leaderboard_markdown, leaderboard_table
+    from lossearch.reporting.report import leaderboard_page
+    from lossearch.reporting.results import leaderboard
+    from lossearch.reporting.views import as_text, leaderboard_markdown, leaderboard_table
 
     with campaign_results(run, db) as handle:
-        board = leaderboard(handle, task=task.value if task else None, top=top, include_failed=include_failed)
+        board = leaderboard(handle, task=task, top=top, include_failed=include_failed)
     if output_format == OutputFormat.json:
         write_or_print(json.dumps(board.to_dicts(), indent=2), out)
     elif output_format == OutputFormat.markdown:
@@ -512,8 +478,8 @@ def show_command(
 
     Example: lossearch show 31 --run demo
     """
-    from lossearch.results import show_candidate
-    from lossearch.views import candidate_view
+    from lossearch.reporting.results import show_candidate
+    from lossearch.reporting.views import candidate_view
 
     with campaign_results(run, db) as handle:
         report = show_candidate(handle, candidate)
@@ -536,8 +502,8 @@ def lineage_command(
 
     Example: lossearch lineage 31 --run demo
     """
-    from lossearch.results import lineage
-    from lossearch.views import lineage_tree
+    from lossearch.reporting.results import lineage
+    from lossearch.reporting.views import lineage_tree
 
     with campaign_results(run, db) as handle:
         tree = lineage(handle, candidate)
@@ -562,8 +528,8 @@ def transfer_command(
 
     Example: lossearch transfer --run demo --top 3 --tasks sort,length,noisy
     """
-    from lossearch.results import transfer
-    from lossearch.views import transfer_view
+    from lossearch.search.transfer import transfer
+    from lossearch.reporting.views import transfer_view
 
     names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks is not None else None
     with campaign_results(run, db) as handle, progress_bar(errors.is_terminal and not as_json) as progress:
@@ -591,7 +557,7 @@ def export_command(
 
     Example: lossearch export --run demo --top 5 --out-dir leaderboard/demo/
     """
-    from lossearch.export import export_candidate, export_top
+    from lossearch.reporting.export import export_candidate, export_top
 
     if (candidate is None) == (top is None):
         raise UsageProblem("give a candidate id, or --top K (not both)")
@@ -627,7 +593,7 @@ def report_command(
 
     Example: lossearch report --run demo --out runs/demo/report.html
     """
-    from lossearch.report import write_report
+    from lossearch.reporting.report import write_report
 
     with campaign_results(run, db) as handle:
         path = write_report(handle, out, leaders=leaders)
@@ -644,41 +610,26 @@ def _click_exceptions() -> list:
     return modules + [vendored]
 
 
-# errors that are the user's to fix, printed as one line, by the module that raises them; a module
-# is imported only by the commands that need it (sqlalchemy and openai cost half a second to import)
-USER_ERRORS = {"lossearch.store": "StoreError", "lossearch.proposers.base": "ProposerError",
-               "lossearch.ray_executor": "RayUnavailable"}
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """UsageProblem, CandidateError, ValueError and the USER_ERRORS of the modules loaded so far
-    (an error class of a module never imported cannot have been raised)."""
-    loaded = tuple(getattr(sys.modules[module], name) for module, name in USER_ERRORS.items() if module in sys.modules)
-    return (UsageProblem, CandidateError, ValueError) + loaded
-
-
-def entry(sandbox=None) -> None:
-    """The `lossearch` console script (through lossearch.__main__, which may have started
-    `sandbox` for the command): `main`, then exit."""
+def entry() -> None:
+    """The `lossearch` console script (lossearch.__main__): `main`, then exit."""
     code = [1]  # what an exception escaping `main` exits with
 
     def skip_teardown() -> None:
         # registered before the command imports anything that registers its own exit handler
         # (Ray's shutdown, Optuna's, ...), so it runs after them all: then the interpreter would
-        # collect and tear down torch's objects and libraries, 0.1-0.4 s of every command that
-        # loaded torch; the command has closed its files and stores, so end the process here
+        # collect and tear down torch's objects and libraries, 0.1-0.4 s of a command that loaded
+        # torch; the command has closed its files and stores, so end the process here
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code[0])
 
     atexit.register(skip_teardown)
-    code[0] = main(sandbox=sandbox)
+    code[0] = main()
     sys.exit(code[0])
 
 
-def main(argv: Optional[list[str]] = None, sandbox=None) -> int:
-    """Run one `lossearch` command line; its exit code. `sandbox`, started early, goes to an `eval`
-    (and is closed here whatever the command did with it)."""
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run one `lossearch` command line; its exit code."""
     command = typer.main.get_command(app)
     modules = _click_exceptions()
     exits = tuple(module.Exit for module in modules if hasattr(module, "Exit"))
@@ -686,10 +637,10 @@ def main(argv: Optional[list[str]] = None, sandbox=None) -> int:
     usage_errors = tuple(module.UsageError for module in modules)
     aborts = tuple(module.Abort for module in modules if hasattr(module, "Abort")) + (click.Abort, typer.Abort)
     try:
-        result = command.main(args=argv, prog_name="lossearch", standalone_mode=False, obj={"sandbox": sandbox})
+        result = command.main(args=argv, prog_name="lossearch", standalone_mode=False)
         return int(result or 0) if isinstance(result, int) else 0
     except exits as done:
-        return done.exit_code
+        return int(done.exit_code)
     except help_requests as request:
         console.print(request.ctx.get_help(), markup=False, highlight=False)
         return 0
@@ -698,17 +649,12 @@ def main(argv: Optional[list[str]] = None, sandbox=None) -> int:
         message = error.format_message().replace(": Value error, ", ": ")  # pydantic's prefix, through typer
         errors.print(f"error: {message}{hint}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    except Exception as error:
-        if not isinstance(error, user_errors()):
-            raise
+    except (UsageProblem, UserError, CandidateError) as error:  # anything else is a bug: its traceback shows
         errors.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except aborts + (KeyboardInterrupt,):
         errors.print("interrupted", markup=False)
         return 130
-    finally:
-        if sandbox is not None:
-            sandbox.close()
 
 
 if __name__ == "__main__":

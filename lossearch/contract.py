@@ -36,6 +36,8 @@ CONTRACT_INPUTS: Mapping[str, str] = MappingProxyType(
     }
 )
 TENSOR_INPUTS = tuple(name for name in CONTRACT_INPUTS if name != "beta")
+LossFn = Callable[[Mapping[str, Any], float], Any]
+"""loss_fn(tensors, beta) -> (B,) per-pair losses: trusted code's binding of `call_loss` to one candidate."""
 DEFAULT_BETA = 0.1
 MAX_SOURCE_CHARS = 20_000
 
@@ -263,6 +265,25 @@ def call_loss(function: Callable[..., Any], spec: LossSpec, tensors: Mapping[str
             raise CandidateError("memory", f"the loss ran out of memory: {message}") from None
         raise CandidateError("exception", f"{type(error).__name__}: {message}") from None
     return check_output(value, batch_size)
+
+
+def loss_input_gradients(loss_fn: LossFn, policy_side: Mapping[str, Any], fixed: Mapping[str, Any],
+                         beta: float) -> tuple[Any, dict[str, Any]]:
+    """(mean loss, detached; {input: d mean loss / d input, None where the loss ignores it}).
+
+    The candidate sees fresh copies only: its policy-side inputs are new leaf tensors, so no
+    `.grad_fn` leads it to the model, and whatever it does to any input in place stays in the
+    copies (and out of the next call's inputs). Both training tiers call the loss through this.
+    """
+    leaves = {name: value.detach().clone().requires_grad_() for name, value in policy_side.items()}
+    copies = {name: value.detach().clone() for name, value in fixed.items()}
+    loss = loss_fn({**leaves, **copies}, beta).mean()
+    if not loss.requires_grad:
+        raise CandidateError("no_grad", "the loss does not depend on the policy's log-probabilities")
+    import torch
+
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return loss.detach(), dict(zip(leaves, grads))
 
 
 def backpropagate(outputs: Sequence[Any], grads: Sequence[Any]) -> None:

@@ -19,7 +19,7 @@ before the code ever runs. The policy is a deny-list over a small language:
 - a module name is only used as the base of an attribute (`torch.sigmoid`),
   never passed around as a value (`t = torch`).
 
-The sandbox (lossearch.sandbox) backs the policy up at run time: what slips
+The sandbox (lossearch.sandbox.local) backs the policy up at run time: what slips
 through here still cannot reach the network, other files or the scorer.
 """
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lossearch.sandbox import Sandbox
-from lossearch.seedlib import seed_path
+from lossearch.sandbox.local import Sandbox
+from lossearch.search.seeds import seed_path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ def dpo_source() -> str:
 
 def tiny_world(world: str = "sentiment"):
     """A base model of a few thousand parameters: builds in about a second."""
-    from lossearch.tasks import WorldConfig
+    from lossearch.evaluation.tasks.catalog import WorldConfig
 
     return WorldConfig(world, corpus_size=400, hidden_size=32, layers=1, heads=2, intermediate_size=64,
                        pretrain_steps=200, pretrain_batch=16)
@@ -44,7 +44,8 @@ def tiny_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_task(tiny_cache):
     """The sentiment task on a tiny base model, in a cache of the session's own."""
-    from lossearch.tasks import DataConfig, load_task
+    from lossearch.evaluation.tasks.build import DataConfig
+    from lossearch.evaluation.tasks.load import load_task
 
     return load_task("sentiment", tiny_cache, data=DataConfig(**TINY_DATA_FIELDS), world=tiny_world())
 
@@ -61,6 +62,6 @@ def real_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sentiment_task(real_cache):
-    from lossearch.tasks import load_task
+    from lossearch.evaluation.tasks.load import load_task
 
     return load_task("sentiment", real_cache)

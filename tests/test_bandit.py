@@ -9,21 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lossearch.bandit import (
-    TASK_NAMES,
-    BanditConfig,
-    evaluate_bandit,
-    make_bandit_task,
-    make_training_task,
-    mixture_reward_at_budget,
-    score_bandit,
-    score_bandit_grid,
-    train_bandit,
-    train_bandit_grid,
-)
+from lossearch.choices import TASK_NAMES
+from lossearch.evaluation.bandit.task import BanditConfig, make_bandit_task, make_training_task
+from lossearch.evaluation.bandit.score import evaluate_bandit, mixture_reward_at_budget, score_bandit, score_bandit_grid
+from lossearch.evaluation.bandit.train import train_bandit, train_bandit_grid
 from lossearch.contract import call_loss, load_loss, read_spec
 from lossearch.failures import CandidateError
-from lossearch.seedlib import seed_path
+from lossearch.search.seeds import seed_path
 
 
 def seed_loss(name: str):

@@ -10,7 +10,11 @@ from collections import Counter
 
 import pytest
 
-from lossearch.campaign import CampaignConfig, merge_resumed, run_campaign
+from lossearch.errors import ConfigError
+
+from lossearch.ranking import load_campaign_data, rank
+from lossearch.search.campaign import run_campaign
+from lossearch.search.config import CampaignConfig, merge_resumed
 from lossearch.store import Store
 from helpers import start_cli as start_lossearch
 
@@ -22,7 +26,7 @@ def campaign_db(tmp_path, name: str) -> Store:
 
 
 def test_a_short_campaign_records_everything(tmp_path):
-    outcome = run_campaign({"name": "short", "generations": 2, **FAST}, runs_dir=tmp_path / "runs")
+    outcome = run_campaign(CampaignConfig(**{"name": "short", "generations": 2, **FAST}), runs_dir=tmp_path / "runs")
     assert outcome.stop_reason == "reached 2 generation(s)"
     with campaign_db(tmp_path, "short") as store:
         campaign = store.get_campaign("short")
@@ -44,22 +48,23 @@ def test_a_short_campaign_records_everything(tmp_path):
 
 
 def test_seeds_only_campaign_is_the_baseline(tmp_path):
-    outcome = run_campaign({"name": "base", "proposer": "none", "finetune": False}, runs_dir=tmp_path / "runs")
+    outcome = run_campaign(CampaignConfig(**{"name": "base", "proposer": "none", "finetune": False}), runs_dir=tmp_path / "runs")
     assert outcome.stop_reason == "evaluated the seed library"
     with campaign_db(tmp_path, "base") as store:
-        board = store.leaderboard(store.get_campaign("base").id)
-        assert len(board) == 24 and all(entry.candidate.proposer == "seed" for entry in board)
+        board = rank(load_campaign_data(store, store.get_campaign("base"))).candidates
+        assert len(board) == 24 and all(candidate.proposer == "seed" for candidate in board)
 
 
 def test_resuming_refuses_a_changed_task_but_takes_new_limits():
     stored = CampaignConfig(name="x", generations=2)
-    assert merge_resumed(stored, {"generations": 5, "task": None}).generations == 5
-    with pytest.raises(ValueError, match="started with task"):
-        merge_resumed(stored, {"task": "sort"})
+    assert merge_resumed(stored, CampaignConfig(name="x", generations=5), {"generations"}).generations == 5
+    assert merge_resumed(stored, CampaignConfig(name="x", task="sort"), {"generations"}).task == "sentiment"
+    with pytest.raises(ConfigError, match="started with task"):
+        merge_resumed(stored, CampaignConfig(name="x", task="sort"), {"task"})
 
 
 def test_max_evals_stops_and_says_why(tmp_path):
-    outcome = run_campaign({"name": "capped", "max_evals": 5, **FAST}, runs_dir=tmp_path / "runs")
+    outcome = run_campaign(CampaignConfig(**{"name": "capped", "max_evals": 5, **FAST}), runs_dir=tmp_path / "runs")
     assert outcome.stop_reason == "reached --max-evals 5"
     with campaign_db(tmp_path, "capped") as store:
         assert store.get_campaign("capped").status == "stopped"
@@ -183,7 +188,7 @@ def test_unreachable_llm_endpoint_is_one_line(tmp_path):
 
 
 def test_two_workers_evaluate_the_same_campaign(tmp_path):
-    outcome = run_campaign({"name": "parallel", "generations": 1, "workers": 2, **FAST}, runs_dir=tmp_path / "runs")
+    outcome = run_campaign(CampaignConfig(**{"name": "parallel", "generations": 1, "workers": 2, **FAST}), runs_dir=tmp_path / "runs")
     assert outcome.stop_reason == "reached 1 generation(s)"
     with campaign_db(tmp_path, "parallel") as store:
         campaign = store.get_campaign("parallel")

@@ -7,10 +7,9 @@ import subprocess
 
 import pytest
 
-from lossearch.__main__ import early_sandbox
-from lossearch.cli import app, main
-from lossearch.evaluate import evaluate
-from lossearch.seedlib import seed_path, seed_paths
+from lossearch.cli import app
+from lossearch.evaluation.cascade import evaluate
+from lossearch.search.seeds import seed_path, seed_paths
 from helpers import run_cli
 
 SEED_NAMES = ("dpo hinge ipo robust exo_pair nca_pair bco_pair sppo_hard aot aot_unpaired apo_zero apo_down "
@@ -84,27 +83,6 @@ def test_the_command_line_starts_without_torch_openai_or_sqlalchemy():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
-
-
-@pytest.mark.parametrize("args, starts", [(["eval", "x.py"], True), (["eval", "x.py", "--tier", "finetune"], True),
-                                          (["eval", "x.py", "--tier", "static"], False),
-                                          (["eval", "x.py", "--tier=static"], False), (["eval", "--help"], False),
-                                          (["tasks"], False), ([], False)])
-def test_an_eval_that_runs_code_starts_its_sandbox_before_the_cli_loads(args, starts):
-    sandbox = early_sandbox(args)
-    try:
-        assert (sandbox is not None) == starts
-        assert sandbox is None or sandbox._zygote.poll() is None  # started, not waited for
-    finally:
-        if sandbox is not None:
-            sandbox.close()
-
-
-def test_eval_runs_its_jobs_in_the_sandbox_started_early_and_closes_it(capsys):
-    sandbox = early_sandbox(["eval", str(seed_path("dpo")), "--tier", "sanity"])
-    assert main(["eval", str(seed_path("dpo")), "--tier", "sanity", "--json"], sandbox=sandbox) == 0
-    assert json.loads(capsys.readouterr().out)["tier"] == "sanity"
-    assert sandbox._next_id == 1 and sandbox._zygote is None  # its one job ran there; closed after
 
 
 def test_compare_prints_the_verdict(tmp_path):

@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-from lossearch.campaign import run_campaign
-from lossearch.sandbox import SandboxLimits
-from lossearch.seedlib import seed_path
+from lossearch.search.campaign import run_campaign
+from lossearch.search.config import CampaignConfig
+from lossearch.sandbox.local import SandboxLimits
+from lossearch.search.seeds import seed_path
 from lossearch.store import Store
 
 ray = pytest.importorskip("ray")
@@ -23,7 +24,7 @@ def local_ray():
 
 
 def test_a_ray_sandbox_runs_the_same_jail(local_ray):
-    from lossearch.ray_executor import RaySandbox
+    from lossearch.sandbox.ray_sandbox import RaySandbox
 
     with RaySandbox(SandboxLimits(wall_seconds=3, cpu_seconds=3)) as sandbox:
         good = sandbox.run("sanity", {"source": seed_path("dpo").read_text(), "name": "dpo"})
@@ -39,7 +40,7 @@ def test_a_ray_sandbox_runs_the_same_jail(local_ray):
 def test_a_campaign_on_the_ray_executor(local_ray, tmp_path):
     requested = {"name": "onray", "generations": 1, "population": 2, "finetune": False, "workers": 2,
                  "executor": "ray"}
-    outcome = run_campaign(requested, runs_dir=tmp_path / "runs")
+    outcome = run_campaign(CampaignConfig(**requested), runs_dir=tmp_path / "runs")
     assert outcome.stop_reason == "reached 1 generation(s)"
     with Store.for_campaign_dir(tmp_path / "runs" / "onray") as store:
         campaign = store.get_campaign("onray")

@@ -12,14 +12,17 @@ import torch
 import torch.nn.functional as F
 
 from lossearch.contract import call_loss, load_loss, read_spec
-from lossearch.evaluate import evaluate
+from lossearch.evaluation.cascade import evaluate
 from lossearch.failures import CandidateError
 from lossearch.contract import backpropagate
-from lossearch.finetune import (BUDGETS, AdamW, Budget, FinetuneOptions, Scorer, learning_rate_scale,
-                                loss_and_gradients, policy_inputs, resolve_precision, train_policy)
-from lossearch.seedlib import seed_path
-from lossearch.tasks.lm import load_parameters, make_model
-from lossearch.tuning import tune_beta
+from lossearch.contract import loss_input_gradients
+from lossearch.evaluation.finetune.config import BUDGETS, Budget, FinetuneOptions
+from lossearch.evaluation.finetune.train import AdamW, learning_rate_scale, policy_inputs, train_policy
+from lossearch.evaluation.finetune.score import Scorer
+from lossearch.evaluation.finetune.device import resolve_precision
+from lossearch.search.seeds import seed_path
+from lossearch.evaluation.tasks.lm import load_parameters, make_model
+from lossearch.evaluation.tuning import tune_beta
 from helpers import run_cli
 
 TINY_BUDGET = Budget("tiny", steps=6, pairs=48, batch_size=4, trials=1, seeds=1, eval_prompts=16)
@@ -68,7 +71,8 @@ def test_our_training_step_gives_the_gradients_of_a_handwritten_dpo_step(tiny_ta
     theirs, _ = base_models(tiny_task)
     index = torch.arange(8)
     outputs, fixed = policy_inputs(ours, reference, tiny_task.train, index, uses_kl=False)
-    _, grads = loss_and_gradients(loss_fn, outputs, fixed, beta=0.1)
+    _, grads = loss_input_gradients(loss_fn, outputs, fixed, beta=0.1)
+    grads = {name: grad for name, grad in grads.items() if grad is not None}
     torch.autograd.backward([outputs[name] for name in grads], list(grads.values()))
 
     direct, fixed = policy_inputs(theirs, reference, tiny_task.train, index, uses_kl=False)
@@ -117,12 +121,12 @@ def test_backpropagate_gives_torch_backwards_gradients():
 
 
 def test_bf16_training_follows_fp32_training_where_the_cpu_has_bf16(tiny_task, monkeypatch):
-    from lossearch.finetune import RunConfig
+    from lossearch.evaluation.finetune.config import RunConfig
 
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
-    monkeypatch.setattr("lossearch.finetune.native_bf16_cpu", lambda: False)
+    monkeypatch.setattr("lossearch.evaluation.finetune.device.native_bf16_cpu", lambda: False)
     assert resolve_precision("auto", "cpu") == "fp32"
-    monkeypatch.setattr("lossearch.finetune.native_bf16_cpu", lambda: True)
+    monkeypatch.setattr("lossearch.evaluation.finetune.device.native_bf16_cpu", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"
     with pytest.raises(ValueError, match="precision"):
         FinetuneOptions(precision="fp8")
@@ -142,7 +146,7 @@ def test_bf16_training_follows_fp32_training_where_the_cpu_has_bf16(tiny_task, m
 def test_the_scorers_kl_is_the_exact_kl_of_a_full_forward_pass(tiny_task):
     from safetensors.torch import load_file
 
-    from lossearch.tasks.lm import forward_logits, sequence_kl
+    from lossearch.evaluation.tasks.lm import forward_logits, sequence_kl
 
     scorer = Scorer(tiny_task, eval_prompts=24, heldout_pairs=8)
     try:
@@ -162,7 +166,7 @@ def test_the_scorers_kl_is_the_exact_kl_of_a_full_forward_pass(tiny_task):
 def test_reference_rewards_are_drawn_once_per_artifact_and_seed(tiny_task):
     import dataclasses
 
-    from lossearch.finetune import ReferenceRewardCache
+    from lossearch.evaluation.finetune.score import ReferenceRewardCache
 
     cache_file = tiny_task.pairs_file.parent / "reference_rewards.json"
     cache_file.unlink(missing_ok=True)
@@ -200,7 +204,7 @@ def test_a_loss_that_ignores_the_policy_is_refused(tiny_task):
     policy, reference = base_models(tiny_task)
     outputs, fixed = policy_inputs(policy, reference, tiny_task.train, torch.arange(4), uses_kl=False)
     with pytest.raises(CandidateError) as caught:
-        loss_and_gradients(lambda tensors, beta: tensors["reference_chosen_logps"] * 0, outputs, fixed, 0.1)
+        loss_input_gradients(lambda tensors, beta: tensors["reference_chosen_logps"] * 0, outputs, fixed, 0.1)
     assert caught.value.failure.kind == "no_grad"
 
 
@@ -321,7 +325,7 @@ def test_online_mode_samples_and_labels_fresh_pairs(sandbox, tiny_task, dpo_sour
 
 
 def test_sandbox_outputs_are_plain_files_only(tmp_path):
-    from lossearch.sandbox import _read_outputs
+    from lossearch.sandbox.local import _read_outputs
 
     (tmp_path / "policy.safetensors").write_bytes(b"x" * 10)
     (tmp_path / "secret").write_text("secret")
@@ -338,7 +342,7 @@ def test_sandbox_outputs_are_plain_files_only(tmp_path):
 def test_a_user_model_is_scored_by_heldout_preferences_or_by_their_reward(sandbox, tmp_path, dpo_source):
     from test_tasks import save_tiny_user_model, write_user_dataset
 
-    from lossearch.tasks.user import UserSetting
+    from lossearch.evaluation.tasks.user import UserSetting
 
     save_tiny_user_model(tmp_path / "model")
     write_user_dataset(tmp_path / "pairs.jsonl")

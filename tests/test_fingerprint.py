@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from lossearch.compare import compare_sources
-from lossearch.evaluate import evaluate
+from lossearch.evaluation.compare import compare_sources
+from lossearch.evaluation.cascade import evaluate
 from lossearch.fingerprint import fingerprint_distance, summarize
-from lossearch.seedlib import seed_path
+from lossearch.search.seeds import seed_path
 
 DPO_AS_SOFTPLUS = '''"""DPO again, written as a softplus of the negated margin."""
 import torch.nn.functional as F

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import pytest
 
-import lossearch.evaluate
-from lossearch.evaluate import evaluate
+import lossearch.evaluation.cascade
+from lossearch.evaluation.cascade import evaluate
 from lossearch.failures import FAILURE_KINDS
-from lossearch.sandbox import Sandbox, SandboxLimits
-from lossearch.seedlib import seed_path
+from lossearch.sandbox.local import Sandbox, SandboxLimits
+from lossearch.search.seeds import seed_path
 
 HOSTILE_DIR = Path(__file__).resolve().parent / "hostile"
 HOSTILE_FILES = sorted(HOSTILE_DIR.glob("*.py"))
@@ -82,7 +82,7 @@ def world():
         for name, value in SECRETS.items():
             patch.setenv(name, value)  # before the sandbox's zygote starts
         patch.setattr(tempfile, "tempdir", str(workdirs))
-        patch.setattr(lossearch.evaluate, "SANITY_LIMITS", LIMITS)
+        patch.setattr(lossearch.evaluation.cascade, "SANITY_LIMITS", LIMITS)
         with Sandbox(LIMITS) as sandbox:
             yield World(sandbox, workdirs, markers, server, seed_path("dpo").read_text())
     server.close()

@@ -6,7 +6,7 @@ import pytest
 
 from lossearch.failures import CandidateError
 from lossearch.policy import check_policy
-from lossearch.seedlib import seed_paths
+from lossearch.search.seeds import seed_paths
 
 HEADER = "import torch\nimport torch.nn.functional as F\nimport math\n"
 

@@ -23,16 +23,16 @@ import torch
 import torch.nn.functional as F
 
 from lossearch.contract import call_loss, load_loss, parse_spec, source_hash
-from lossearch.evaluate import evaluate
+from lossearch.evaluation.cascade import evaluate
 from lossearch.policy import check_policy
-from lossearch.proposers import (
+from lossearch.search.proposers import (
     OPERATORS, FailureView, LLMConfig, LLMProposer, MutationProposer, ParentView, Proposal, ProposalContext, Proposer,
     ProposerError, make_proposer,
 )
-from lossearch.proposers import mutation, syntax
-from lossearch.proposers.llm import ModelBandit, is_local, price_of
-from lossearch.proposers.prompt import MalformedReply, parse_reply
-from lossearch.seedlib import seed_path, seed_paths
+from lossearch.search.proposers import mutation, syntax
+from lossearch.search.proposers.llm import ModelBandit, is_local, price_of
+from lossearch.search.proposers.prompt import MalformedReply, parse_reply
+from lossearch.search.seeds import seed_path, seed_paths
 
 SECRET = "sk-test-SECRET-0123456789"
 SEEDS = [ParentView(index, path.stem, path.read_text(), fitness=0.1 * index, metrics={"reward": 0.5, "kl": 1.5},

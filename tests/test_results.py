@@ -16,14 +16,16 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from lossearch import campaign as campaign_module
-from lossearch import results as results_module
-from lossearch.campaign import run_campaign
+from lossearch.reporting import results as results_module
+from lossearch.search import transfer as transfer_module
+from lossearch.search.campaign import run_campaign
+from lossearch.search.config import CampaignConfig
 from lossearch.cli import main
 from lossearch.contract import TENSOR_INPUTS, call_loss, load_loss, parse_spec
-from lossearch.export import module_source
-from lossearch.results import (BEATS_RULE, NoResults, Score, beats, build_leaderboard, leaderboard,
-                               load_campaign_data, open_campaign)
+from lossearch.reporting.export import module_source
+from lossearch.ranking import Score, load_campaign_data
+from lossearch.reporting.results import BEATS_RULE, NoResults, beats, build_leaderboard, leaderboard
+from lossearch.store.locate import open_campaign
 from lossearch.store import NotFoundError, Store
 from helpers import run_cli
 
@@ -66,7 +68,7 @@ def one_line_error(done: subprocess.CompletedProcess, code: int | tuple[int, ...
 def home(tmp_path_factory):
     """A directory holding runs/t/campaign.db: 24 seeds and one generation of 3 children."""
     home = tmp_path_factory.mktemp("home")
-    run_campaign({"name": "t", "generations": 1, "population": 3, "finetune": False}, runs_dir=home / "runs")
+    run_campaign(CampaignConfig(**{"name": "t", "generations": 1, "population": 3, "finetune": False}), runs_dir=home / "runs")
     return home
 
 
@@ -298,15 +300,8 @@ def test_errors_are_one_line(home, tmp_path, in_process):
     assert json.loads(in_process("campaigns", "--json", cwd=tmp_path).stdout)[0]["candidates"] == 0
 
 
-def test_results_and_the_campaign_share_one_definition_of_the_constants():
-    assert results_module.TIER_ORDER is campaign_module.TIER_ORDER
-    assert results_module.BASELINE_SEED is campaign_module.BASELINE_SEED
-    assert results_module.SANITY_TASK is campaign_module.SANITY_TASK
-
-
 def test_transfer_uses_the_campaigns_top_tier(monkeypatch):
-    from lossearch import evaluate
-    from lossearch.finetune import FinetuneOptions
+    from lossearch.evaluation.finetune.config import FinetuneOptions
 
     assert results_module.transfer_tier({"finetune": False}) == "bandit"
     assert results_module.transfer_tier({"finetune": True}) == "finetune"
@@ -316,9 +311,7 @@ def test_transfer_uses_the_campaigns_top_tier(monkeypatch):
         seen.update(task=task, seed=seed, options=options)
         return {"fitness": 0.5}
 
-    monkeypatch.setattr(evaluate, "finetune_tier", fake_finetune_tier)
-    config = {"finetune": True, "budget": "standard", "seed": 3}
-    assert results_module.evaluate_on_task(None, None, "sort", "finetune", config, "sqlite:///x.db") == {"fitness": 0.5}
+    monkeypatch.setattr(transfer_module, "finetune_tier", fake_finetune_tier)
+    config = CampaignConfig(finetune=True, budget="standard", seed=3)
+    assert transfer_module.evaluate_on_task(None, None, "sort", "finetune", config, "sqlite:///x.db") == {"fitness": 0.5}
     assert seen == {"task": "sort", "seed": 3, "options": FinetuneOptions(budget="standard", storage="sqlite:///x.db")}
-    monkeypatch.delattr(evaluate, "finetune_tier")
-    assert results_module.transfer_tier({"finetune": True}) == "bandit"

@@ -1,4 +1,4 @@
-"""The jail itself (lossearch.sandbox, lossearch._zygote), probed from inside a real child.
+"""The jail itself (lossearch.sandbox.local, lossearch.sandbox.zygote), probed from inside a real child.
 
 A probe is an unrestricted candidate (no AST policy, full builtins) whose loss raises
 `RuntimeError("probe:" + json)`: the JSON is what the child saw, and it comes back as the
@@ -20,10 +20,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lossearch.bandit import make_bandit_task, score_bandit_grid
-from lossearch.evaluate import evaluate
-from lossearch.sandbox import SECRET_MARKERS, Sandbox, SandboxLimits, clean_environment
-from lossearch.seedlib import seed_path
+from lossearch.evaluation.bandit.task import make_bandit_task
+from lossearch.evaluation.bandit.score import score_bandit_grid
+from lossearch.evaluation.cascade import evaluate
+from lossearch.sandbox.local import SECRET_MARKERS, Sandbox, SandboxLimits, clean_environment
+from lossearch.search.seeds import seed_path
 
 LIMITS = SandboxLimits(wall_seconds=3.0, cpu_seconds=3, memory_bytes=1 << 30)
 SECRETS = {"OPENAI_API_KEY": "sk-lossearch-canary-5f1c9e", "MY_SECRET_TOKEN": "tok-lossearch-canary-77ad03",
@@ -257,7 +258,7 @@ def loss(policy_chosen_logps, policy_rejected_logps, beta: float = 0.1):
     torch.sigmoid = lambda x: x * 0 + 0.5
     F.logsigmoid = lambda x: x * 0
     torch.Tensor.mean = lambda self, *args, **kwargs: self.sum() * 0
-    sys.modules["lossearch.jobs"].check_namespaces = lambda before: None  # disarm the check in this child
+    sys.modules["lossearch.sandbox.jobs"].check_namespaces = lambda before: None  # disarm the check in this child
     return -torch.log(torch.sigmoid(beta * (policy_chosen_logps - policy_rejected_logps)))
 '''
 
@@ -271,7 +272,7 @@ def test_a_monkey_patch_stays_in_its_child(sandbox):
 
 
 def test_a_monkey_patch_that_makes_a_check_fail_is_refused_as_such(sandbox):
-    mean_patch = PATCHER.replace('    sys.modules["lossearch.jobs"].check_namespaces = lambda before: None', "")
+    mean_patch = PATCHER.replace('    sys.modules["lossearch.sandbox.jobs"].check_namespaces = lambda before: None', "")
     result = sandbox.run("sanity", unrestricted(mean_patch), LIMITS)
     assert result.failure.kind == "policy" and "modified" in result.failure.message
 
@@ -283,7 +284,7 @@ import torch.nn.functional as F
 
 def loss(policy_chosen_logps, policy_rejected_logps,
          reference_chosen_logps, reference_rejected_logps, beta: float = 0.1):
-    bandit = sys.modules["lossearch.bandit"]
+    bandit = sys.modules["lossearch.evaluation.bandit"]
     perfect = {"reward": 1e9, "reference_reward": 0.0, "kl": 0.0, "pref_acc": 1.0, "fitness": 1e9}
     bandit.score_bandit = lambda task, logits: dict(perfect)
     bandit.score_bandit_grid = lambda task, logits: {"task": task.name, "seed": task.seed, "beta": 0.1, **perfect}
@@ -362,7 +363,7 @@ def test_a_child_that_closes_its_pipe_and_lives_on_blocks_no_other_job():
 
 
 def test_cancel_kills_running_jobs_and_refuses_new_ones_until_resumed():
-    from lossearch.sandbox import SandboxError
+    from lossearch.sandbox.local import SandboxError
 
     with Sandbox(LIMITS) as sandbox:
         spinner, outcome = run_in_thread(sandbox, "sanity", unrestricted(SPINNER), SandboxLimits(wall_seconds=60.0))
@@ -389,7 +390,7 @@ def hold_pipe_open(pid: int, our_end: int) -> int:
 def test_closing_a_sandbox_wakes_its_reader_even_when_no_end_of_file_comes():
     """A child forked a moment before `close` may still hold the zygote's end of the pipe, so the
     zygote's death need not reach a thread waiting on the pipe as end-of-file."""
-    from lossearch.sandbox import SandboxError
+    from lossearch.sandbox.local import SandboxError
 
     sandbox = Sandbox(LIMITS)
     spinner, outcome = run_in_thread(sandbox, "sanity", unrestricted(SPINNER), SandboxLimits(wall_seconds=60.0))
@@ -406,7 +407,7 @@ def test_closing_a_sandbox_wakes_its_reader_even_when_no_end_of_file_comes():
 
 
 def test_closing_a_sandbox_ends_the_children_it_is_running():
-    from lossearch.sandbox import SandboxError
+    from lossearch.sandbox.local import SandboxError
 
     sandbox = Sandbox(LIMITS)
     spinner, outcome = run_in_thread(sandbox, "sanity", unrestricted(SPINNER), SandboxLimits(wall_seconds=60.0))

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from lossearch.contract import call_loss, load_loss, read_spec
-from lossearch.seedlib import seed_paths
+from lossearch.search.seeds import seed_paths
 
 EXPECTED_HYPERPARAMETERS = {
     "aot": {"beta": 0.1},

@@ -24,9 +24,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from lossearch import store as store_module
+from lossearch.store import migrations, models, values
+from lossearch.store import store as store_module
 from lossearch.contract import source_hash
-from lossearch.store import SCHEMA_VERSION, NotFoundError, Store, StoreError
+from lossearch.store import NotFoundError, Store, StoreError
+from lossearch.store.migrations import SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("LOSSEARCH_TEST_POSTGRES_URL")
@@ -154,8 +156,8 @@ def test_a_candidate_is_recorded_with_its_lineage(store):
     assert child.code_hash == source_hash(variant(2))
     assert (child.status, child.tier, child.fitness, child.fingerprint) == ("pending", None, None, None)
     assert (child.idea, child.model, child.island) == ("blend DPO and IPO by the margin", "gpt-test", 2)
-    assert store.parents(child.id) == [store_module.LineageEdge(child.id, dpo.id, "crossover"),
-                                       store_module.LineageEdge(child.id, ipo.id, "crossover")]
+    assert store.parents(child.id) == [values.LineageEdge(child.id, dpo.id, "crossover"),
+                                       values.LineageEdge(child.id, ipo.id, "crossover")]
     assert [edge.child_id for edge in store.children(dpo.id)] == [child.id]
     assert store.parents(dpo.id) == []
     assert len(store.lineage(campaign.id)) == 2
@@ -294,7 +296,7 @@ def test_metrics_must_be_finite_json(store):
 def test_llm_usage_adds_up_the_calls(store):
     campaign = store.create_campaign("demo", {})
     candidate = add(store, campaign.id, 0)
-    assert store.llm_usage(campaign.id) == store_module.LLMUsage(0, 0, 0, 0.0, 0.0)
+    assert store.llm_usage(campaign.id) == values.LLMUsage(0, 0, 0, 0.0, 0.0)
     store.record_llm_call(campaign.id, model="small", prompt_tokens=1000, completion_tokens=200, cost=0.01,
                           latency=1.5, outcome="ok", candidate_id=candidate.id)
     store.record_llm_call(campaign.id, model="large", prompt_tokens=3000, completion_tokens=500, cost=0.25,
@@ -319,50 +321,12 @@ def record_seeds(store: Store, candidate_id: int, task: str, fitnesses: list[flo
                                 fitness=fitness, seconds=1.0)
 
 
-def test_the_leaderboard_ranks_by_fitness_and_summarizes_the_seeds(store):
-    campaign = store.create_campaign("demo", {})
-    low, high, failed, pending = (add(store, campaign.id, number) for number in range(4))
-    record_seeds(store, low.id, "sentiment", [0.2, 0.4])
-    record_seeds(store, high.id, "sentiment", [0.6, 0.8])
-    store.update_candidate(low.id, status="evaluated", tier="finetune", fitness=0.3)
-    store.update_candidate(high.id, status="evaluated", tier="finetune", fitness=0.7)
-    store.update_candidate(failed.id, status="failed", tier="sanity", failure_kind="nan", failure_message="nan")
-
-    board = store.leaderboard(campaign.id)
-    assert [(entry.rank, entry.candidate.id) for entry in board] == [(1, high.id), (2, low.id)]
-    best = board[0]
-    assert best.fitness == pytest.approx(0.7) and best.evaluations == 2
-    assert best.fitness_std == pytest.approx(0.1414, abs=1e-3)
-    assert best.metrics == pytest.approx({"reward": 0.8, "kl": 0.2})
-
-    everything = store.leaderboard(campaign.id, include_failed=True)
-    assert [(entry.rank, entry.candidate.id) for entry in everything] == [
-        (1, high.id), (2, low.id), (None, failed.id), (None, pending.id)]
-    assert [entry.candidate.id for entry in store.leaderboard(campaign.id, top=1)] == [high.id]
-
-
-def test_the_leaderboard_ranks_on_a_task_the_search_did_not_select_on(store):
-    campaign = store.create_campaign("demo", {})
-    a, b = add(store, campaign.id, 0), add(store, campaign.id, 1)
-    for candidate, own, transfer in ((a, 0.9, 0.1), (b, 0.5, 0.6)):
-        record_seeds(store, candidate.id, "sentiment", [own])
-        record_seeds(store, candidate.id, "sort", [transfer, transfer])
-        store.update_candidate(candidate.id, status="evaluated", tier="finetune", fitness=own)
-
-    assert [entry.candidate.id for entry in store.leaderboard(campaign.id)] == [a.id, b.id]
-    on_sort = store.leaderboard(campaign.id, task="sort")
-    assert [entry.candidate.id for entry in on_sort] == [b.id, a.id]
-    assert on_sort[0].fitness == pytest.approx(0.6) and on_sort[0].evaluations == 2
-    assert store.leaderboard(campaign.id, task="length") == []
-    assert store.leaderboard(campaign.id, task="sentiment", tier="bandit") == []
-
-
 def test_campaign_summaries_count_candidates_cost_and_activity(store):
     busy, idle = store.create_campaign("busy", {}), store.create_campaign("idle", {})
     made = [add(store, busy.id, number) for number in range(4)]
     store.update_candidate(made[0].id, status="evaluated", fitness=0.4)
     store.update_candidate(made[1].id, status="evaluated", fitness=0.6)
-    store.update_candidate(made[2].id, status="rejected", fitness=0.9)  # a stale score does not count
+    store.update_candidate(made[2].id, status="rejected", fitness=0.9)
     for cost in (0.5, 0.25):
         last = store.record_llm_call(busy.id, model="m", prompt_tokens=10, completion_tokens=5, cost=cost,
                                      latency=1.0, outcome="ok")
@@ -371,11 +335,10 @@ def test_campaign_summaries_count_candidates_cost_and_activity(store):
     summary = summaries["busy"]
     assert (summary.candidates, summary.evaluated, summary.failed) == (4, 2, 1)
     assert summary.by_status == {"evaluated": 2, "rejected": 1, "pending": 1}
-    assert summary.best_fitness == pytest.approx(0.6)
     assert summary.llm_cost == pytest.approx(0.75)
     assert summary.last_activity == last.created_at
     empty = summaries["idle"]
-    assert (empty.candidates, empty.best_fitness, empty.llm_cost) == (0, None, 0.0)
+    assert (empty.candidates, empty.llm_cost) == (0, 0.0)
     assert empty.last_activity == idle.updated_at
 
 
@@ -415,7 +378,7 @@ def test_a_database_error_rolls_back_and_becomes_a_store_error(store):
     campaign = store.create_campaign("demo", {})
     with pytest.raises(StoreError, match="database error at") as caught:
         with store._session_scope() as session:
-            session.add(store_module.CandidateModel(
+            session.add(models.CandidateModel(
                 campaign_id=campaign.id, name="x", source="x", code_hash="x", idea="", proposer="p",
                 generation=0, island=0, status="pending", created_at=store_module._now(),
                 updated_at=store_module._now()))
@@ -451,7 +414,7 @@ def test_optuna_studies_share_the_campaign_database(store):
 
 def test_a_version_1_database_is_upgraded_on_open(store_url):
     engine = store_module._create_engine(sa.make_url(store_url), {})
-    assert store_module._migrate(engine, target=1) == 1
+    assert migrations.migrate(engine, target=1) == 1
     with engine.begin() as connection:  # a row written by a lossearch that knew only version 1
         connection.execute(sa.text(
             "INSERT INTO campaigns (name, config, status, created_at, updated_at) "
@@ -470,7 +433,7 @@ def test_a_version_1_database_is_upgraded_on_open(store_url):
 
 def test_the_models_match_what_the_migrations_build(store):
     inspector = sa.inspect(sa.create_engine(store.url))
-    for table in store_module.Base.metadata.sorted_tables:
+    for table in models.Base.metadata.sorted_tables:
         columns = {column["name"]: column for column in inspector.get_columns(table.name)}
         assert set(columns) == set(table.columns.keys()), table.name
         for column in table.columns:
@@ -493,12 +456,12 @@ def test_a_failing_migration_leaves_the_database_as_it_was(store_url, monkeypatc
         connection.execute(sa.text("CREATE TABLE half_done (id INTEGER)"))
         raise RuntimeError("migration 2 broke")
 
-    monkeypatch.setattr(store_module, "MIGRATIONS", (store_module._create_tables, broken))
+    monkeypatch.setattr(migrations, "MIGRATIONS", (migrations._create_tables, broken))
     engine = store_module._create_engine(sa.make_url(store_url), {})
     with pytest.raises(RuntimeError, match="migration 2 broke"):
-        store_module._migrate(engine, target=2)
+        migrations.migrate(engine, target=2)
     with engine.connect() as connection:  # DDL included: the whole upgrade is one transaction
-        assert store_module._read_schema_version(connection) == 0
+        assert migrations.read_schema_version(connection) == 0
         assert not {"campaigns", "half_done"} & set(sa.inspect(connection).get_table_names())
     engine.dispose()
 

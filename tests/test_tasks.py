@@ -10,12 +10,15 @@ import time
 import pytest
 import torch
 
-from lossearch.tasks import DataConfig, WorldConfig, cache, load_task, load_user_task, task_summaries, text
-from lossearch.tasks.catalog import TASKS, WORLD_VOCABULARIES, reward_of_ids
-from lossearch.tasks.lm import (make_sequences, pad_left, sample_responses, safetensors_bytes, sequence_kl,
+from lossearch.evaluation.tasks.build import DataConfig
+from lossearch.evaluation.tasks.catalog import WorldConfig
+from lossearch.evaluation.tasks import cache, text
+from lossearch.evaluation.tasks.load import load_task, load_user_task, task_summaries
+from lossearch.evaluation.tasks.catalog import TASKS, WORLD_VOCABULARIES, reward_of_ids
+from lossearch.evaluation.tasks.lm import (make_sequences, pad_left, sample_responses, safetensors_bytes, sequence_kl,
                                 sequence_logps, forward_logits)
-from lossearch.tasks.tokenizer import build_tokenizer
-from lossearch.tasks.user import SettingError, UserSetting
+from lossearch.evaluation.tasks.tokenizer import build_tokenizer
+from lossearch.evaluation.tasks.user import SettingError, UserSetting
 
 from conftest import TINY_DATA_FIELDS, tiny_world
 
@@ -140,7 +143,7 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
 def test_sequence_logps_match_a_hand_computation(tiny_task):
     from safetensors.torch import load_file
 
-    from lossearch.tasks.lm import load_parameters, make_model
+    from lossearch.evaluation.tasks.lm import load_parameters, make_model
 
     model = make_model(tiny_task.model_config)
     load_parameters(model, load_file(str(tiny_task.parameters_file)))
@@ -159,7 +162,7 @@ def test_sequence_logps_match_a_hand_computation(tiny_task):
 def test_sampling_stops_at_eos_and_masks_what_follows(tiny_task):
     from safetensors.torch import load_file
 
-    from lossearch.tasks.lm import load_parameters, make_model
+    from lossearch.evaluation.tasks.lm import load_parameters, make_model
 
     model = make_model(tiny_task.model_config)
     load_parameters(model, load_file(str(tiny_task.parameters_file)))
@@ -192,7 +195,7 @@ def test_a_tiny_task_builds_with_pairs_reference_logps_and_heldout_sets(tiny_tas
     meta = json.loads((tiny_cache / tiny_task.key / "meta.json").read_text())
     assert meta["train_pairs"] == 48 and 0 <= meta["labels_agree_with_oracle"] <= 1
     # the held-out pairs are ordered by the oracle
-    from lossearch.tasks.lm import split_sequences
+    from lossearch.evaluation.tasks.lm import split_sequences
 
     prompt_width = int((tiny_task.heldout.chosen.response.long().cumsum(1) == 0).sum(1).min())
     prompts, chosen = split_sequences(tiny_task.heldout.chosen, prompt_width)
@@ -281,8 +284,8 @@ def test_user_setting_mistakes_are_setting_errors(tmp_path):
 def compact_and_hf(task):
     from safetensors.torch import load_file
 
-    from lossearch.tasks.llama import CompactLlama
-    from lossearch.tasks.lm import load_parameters, make_hf_model, make_model
+    from lossearch.evaluation.tasks.llama import CompactLlama
+    from lossearch.evaluation.tasks.lm import load_parameters, make_hf_model, make_model
 
     parameters = load_file(str(task.parameters_file))
     compact, hf = make_model(task.model_config), make_hf_model(task.model_config)
@@ -308,7 +311,7 @@ def test_the_compact_llama_has_transformers_parameters_and_logits(tiny_task):
 
 
 def test_logits_of_the_response_columns_only_are_the_full_logits_there(tiny_task):
-    from lossearch.tasks.lm import first_response_column
+    from lossearch.evaluation.tasks.lm import first_response_column
 
     compact, hf = compact_and_hf(tiny_task)
     batch = make_sequences([[1, 5, 6, 7], [1, 8], [1]], [[9, 10, 2], [11, 2], [12, 13, 14, 2]], pad_id=0)
@@ -336,8 +339,8 @@ def test_the_compact_llama_samples_what_transformers_samples(tiny_task):
 
 
 def test_models_the_compact_llama_cannot_compute_go_through_transformers(tiny_task):
-    from lossearch.tasks.llama import CompactLlama, supports
-    from lossearch.tasks.lm import make_model
+    from lossearch.evaluation.tasks.llama import CompactLlama, supports
+    from lossearch.evaluation.tasks.lm import make_model
 
     assert supports(tiny_task.model_config)
     for change in ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, {"attention_bias": True},
@@ -350,7 +353,7 @@ def test_models_the_compact_llama_cannot_compute_go_through_transformers(tiny_ta
 
 
 def test_decoding_matches_the_worlds_tokenizer():
-    from lossearch.tasks.catalog import decode_text
+    from lossearch.evaluation.tasks.catalog import decode_text
 
     rng = random.Random(0)
     for vocabulary in WORLD_VOCABULARIES.values():

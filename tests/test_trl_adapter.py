@@ -20,9 +20,9 @@ import torch  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
-from lossearch.export import module_source  # noqa: E402
-from lossearch.results import load_campaign_data  # noqa: E402
-from lossearch.seedlib import seed_path  # noqa: E402
+from lossearch.reporting.export import module_source  # noqa: E402
+from lossearch.reporting.results import load_campaign_data  # noqa: E402
+from lossearch.search.seeds import seed_path  # noqa: E402
 from lossearch.store import Store  # noqa: E402
 
 WORDS = "the movie film was is a good great fine bad awful boring plot acting".split()

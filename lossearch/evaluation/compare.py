@@ -1,0 +1,37 @@
+"""Whether two loss files are the same loss: run both to the sanity tier, compare fingerprints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lossearch.evaluation.cascade import evaluate
+from lossearch.failures import CandidateError
+from lossearch.fingerprint import fingerprint_distance, same_loss
+from lossearch.sandbox.local import Sandbox
+
+
+def compare_sources(first: str, second: str, first_name: str = "first", second_name: str = "second",
+                    sandbox: Sandbox | None = None) -> dict[str, Any]:
+    """Fingerprint distance between two losses and the verdict "same loss" or "different".
+
+    Raises CandidateError when either loss does not pass the sanity tier.
+    """
+    own_sandbox = sandbox is None
+    sandbox = sandbox or Sandbox()
+    try:
+        evaluations = [evaluate(source, name, "sanity", sandbox=sandbox)
+                       for source, name in ((first, first_name), (second, second_name))]
+    finally:
+        if own_sandbox:
+            sandbox.close()
+    for evaluation, name in zip(evaluations, (first_name, second_name)):
+        if not evaluation.ok:
+            raise CandidateError(evaluation.error.kind, f"{name} did not pass the sanity tier: {evaluation.error.message}")
+    prints = [evaluation.metrics["sanity"]["fingerprint"] for evaluation in evaluations]
+    distance = fingerprint_distance(*prints)
+    return {
+        "distance": distance,
+        "verdict": "same loss" if same_loss(*prints) else "different",
+        "first": {"name": first_name, "summary": evaluations[0].metrics["sanity"]["fingerprint_summary"]["text"]},
+        "second": {"name": second_name, "summary": evaluations[1].metrics["sanity"]["fingerprint_summary"]["text"]},
+    }

@@ -1,0 +1,112 @@
+"""The finetune tier (TRUSTED: the parent's side of every run).
+
+One candidate evaluation is an Optuna search over beta (lossearch.evaluation.tuning); each
+(beta, seed) run is one sandbox job: the parent copies in the base parameters and the pairs,
+the child trains (lossearch.evaluation.finetune.train) and writes the trained parameters back,
+the parent scores them (lossearch.evaluation.finetune.score).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any, Mapping, Optional
+
+from lossearch.evaluation.finetune.config import Budget, FinetuneOptions, RunConfig
+from lossearch.evaluation.finetune.device import resolve_device, resolve_precision
+from lossearch.evaluation.finetune.score import Scorer
+from lossearch.evaluation.tasks.data import TaskData
+from lossearch.evaluation.tasks.load import load_task, load_user_task
+from lossearch.evaluation.tuning import tune_beta
+from lossearch.sandbox.interface import SandboxLimits
+from lossearch.failures import CandidateError
+
+
+def load_task_data(task: str, options: FinetuneOptions) -> TaskData:
+    if options.task_data is not None:
+        return options.task_data
+    if options.setting is not None:
+        return load_user_task(options.setting, options.cache_dir, options.progress)
+    return load_task(task, options.cache_dir, options.progress)
+
+
+def sandbox_limits(task: TaskData, budget: Budget, options: FinetuneOptions, device: str):
+    """Wall time, CPU time, memory and file size for one run, scaled by the model and the budget."""
+    model_bytes = 4 * task.parameters
+    wall = 300.0 + 2.0 * budget.steps * max(1.0, task.parameters / 1e6)
+    memory = (2 << 30) + 24 * model_bytes + (64 << 30 if device.startswith("cuda") else 0)
+    return SandboxLimits(wall_seconds=wall, cpu_seconds=int(wall * options.threads) + 10, memory_bytes=memory,
+                         file_bytes=max(64 << 20, 2 * model_bytes + (16 << 20)), threads=options.threads)
+
+
+def run_config(task: TaskData, spec, budget: Budget, options: FinetuneOptions, beta: float, seed: int,
+               device: str, precision: str) -> RunConfig:
+    online = None
+    if options.data == "online":
+        online = {"task": task.name, "every": budget.online_every, "max_new_tokens": task.max_new_tokens,
+                  "eos_id": task.eos_id, "pad_id": task.pad_id}
+    return RunConfig(beta=beta, seed=seed, steps=budget.steps, pairs=min(budget.pairs, len(task.train)),
+                     batch_size=budget.batch_size, lr=budget.lr, uses_kl=spec.uses_kl, online=online, device=device,
+                     precision=precision)
+
+
+def train_in_sandbox(sandbox, spec, task: TaskData, config: RunConfig, limits,
+                     hyperparameters: Optional[Mapping[str, float]] = None) -> tuple[dict, dict]:
+    """Run one training job; (the child's report, the trained parameters)."""
+    from safetensors.torch import load as load_safetensors
+
+    payload = {"source": spec.source, "name": spec.name, "run": asdict(config), "model_config": task.model_config,
+               "hyperparameters": dict(hyperparameters or {})}
+    inputs = {"base.safetensors": task.parameters_file, "pairs.safetensors": task.pairs_file}
+    result = sandbox.run("finetune", payload, limits, inputs=inputs, outputs=("policy.safetensors",))
+    result.raise_for_failure()
+    data = result.outputs.get("policy.safetensors")
+    if not data:
+        raise CandidateError("crash", "the training child wrote no parameters")
+    try:
+        parameters = load_safetensors(data)
+    except Exception as error:  # a malformed file is the child's failure, not ours
+        raise CandidateError("crash", f"the training child wrote unreadable parameters: {error}") from None
+    report = result.value if isinstance(result.value, dict) else {}
+    return {"seconds": result.seconds, "train_seconds": report.get("train_seconds"),
+            "final_loss": report.get("final_loss")}, parameters
+
+
+def finetune_candidate(sandbox, spec, task_name: str, seed: int, options: FinetuneOptions) -> dict[str, Any]:
+    """The finetune tier's metrics for `spec`: the best beta's means over seeds, spreads, every trial."""
+    started = time.monotonic()
+    budget = Budget.named(options.budget)
+    device = resolve_device(options.device)
+    precision = resolve_precision(options.precision, device)
+    task = load_task_data(task_name, options)
+    if options.data == "online" and not task.online:
+        raise ValueError("online mode needs a task's oracle to label fresh pairs: use --task, not --model")
+    limits = sandbox_limits(task, budget, options, device)
+    scorer = Scorer(task, budget.eval_prompts, device, budget.heldout_pairs)
+    seeds = [seed * 1000 + index for index in range(budget.seeds)]
+    scorer.prepare(seeds)
+    tunes_beta = "beta" in spec.inputs
+
+    def run(beta: float, run_seed: int) -> dict:
+        config = run_config(task, spec, budget, options, beta, run_seed, device, precision)
+        report, parameters = train_in_sandbox(sandbox, spec, task, config, limits)
+        return {"beta": beta, "seed": run_seed, **scorer.score(parameters, run_seed), **report}
+
+    try:
+        tuning = tune_beta(run, float(spec.hyperparameters["beta"]), budget.trials if tunes_beta else 1, seeds,
+                           storage=options.storage,
+                           study_name=options.study_name or study_name(spec, task, budget, options, precision, seed),
+                           progress=options.progress)
+    finally:
+        scorer.close()
+    return {"task": task.name, "budget": asdict(budget), "data": options.data, "device": device,
+            "precision": precision, "seeds": seeds,
+            "artifact": task.key, "base_parameters": task.parameters, "kl_budget": task.kl_budget,
+            "kl_penalty": task.kl_penalty, **tuning, "seconds": time.monotonic() - started}
+
+
+def study_name(spec, task: TaskData, budget: Budget, options: FinetuneOptions, precision: str, seed: int) -> str:
+    """One Optuna study per candidate code, task artifact, budget, data mode, precision and seed set."""
+    return f"finetune-{spec.code_hash[:16]}-{task.key}-{budget.name}-{options.data}-{precision}-s{seed}"
+
+

@@ -1,0 +1,209 @@
+"""The finetune tier's training half (UNTRUSTED process: runs in the sandbox child, beside the candidate's code).
+
+A copy of the base model trains with the candidate loss: for each step a batch of pairs ->
+the policy's log-probs (with graph) -> the candidate loss on detached copies -> its input
+gradients carried back by us -> an AdamW step. The child imports this module and what it
+imports, nothing of the parent's side (tests/test_layout.py checks it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from lossearch.contract import LossFn, backpropagate, loss_input_gradients
+from lossearch.evaluation.finetune.config import RunConfig
+from lossearch.evaluation.finetune.device import native_bf16_cpu
+from lossearch.evaluation.tasks.catalog import TASKS, reward_of_ids
+from lossearch.evaluation.tasks.data import PairSet
+from lossearch.evaluation.tasks.labels import bradley_terry_labels
+from lossearch.evaluation.tasks.lm import (Sequences, concat_sequences, first_response_column, forward_logits, make_model,
+                                           sample_responses, sequence_kl, sequence_logps, split_sequences, token_logps,
+                                           widen)
+from lossearch.failures import CandidateError
+
+def policy_inputs(policy, reference, pairs: PairSet, index: torch.Tensor, uses_kl: bool, precision: str = "fp32"):
+    """Contract inputs of a batch: policy-side (B,) tensors with graph, and the fixed ones."""
+    device = next(policy.parameters()).device
+    chosen, rejected = pairs.chosen.select(index), pairs.rejected.select(index)
+    # both responses of every pair share the prompt columns, so one forward pass serves both
+    both = concat_sequences(chosen, rejected).to(device)  # (2B, T)
+    first = first_response_column(both)  # logits from the last prompt column on: all the loss reads
+    with arithmetic(device, precision):
+        logits = forward_logits(policy, both, first).float()  # (2B, T - first, V)
+    logps = token_logps(logits, both).sum(-1)  # (2B,)
+    B = len(index)
+    outputs = {"policy_chosen_logps": logps[:B], "policy_rejected_logps": logps[B:]}
+    if uses_kl:  # TDPO's inputs: sum over response positions of KL(reference || policy)
+        with torch.no_grad(), arithmetic(device, precision):
+            reference_logits = forward_logits(reference, both, first).float()
+        kl = sequence_kl(reference_logits, logits, both)  # (2B,)
+        outputs.update(chosen_kl=kl[:B], rejected_kl=kl[B:])
+    fixed = {"reference_chosen_logps": pairs.reference_chosen_logps[index],
+             "reference_rejected_logps": pairs.reference_rejected_logps[index],
+             "chosen_lengths": chosen.response_lengths(), "rejected_lengths": rejected.response_lengths()}
+    return outputs, {name: value.to(device) for name, value in fixed.items()}
+
+
+def arithmetic(device: torch.device, precision: str):
+    """The autocast context of `precision` on `device` (a disabled one for fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def training_step(policy, reference, optimizer, loss_fn: LossFn, pairs: PairSet, index: torch.Tensor,
+                  beta: float, uses_kl: bool, precision: str = "fp32") -> float:
+    """One AdamW step of the policy on the pairs `index`; returns the batch's mean loss."""
+    outputs, fixed = policy_inputs(policy, reference, pairs, index, uses_kl, precision)
+    loss, all_grads = loss_input_gradients(loss_fn, outputs, fixed, beta)
+    grads = {name: grad for name, grad in all_grads.items() if grad is not None}
+    if not grads:
+        raise CandidateError("no_grad", "the loss's gradients with respect to the policy log-probs are all missing")
+    if not all(bool(torch.isfinite(grad).all()) for grad in grads.values()):
+        raise CandidateError("nan", f"the loss's gradients were not finite during training at beta={beta:g}")
+    optimizer.zero_grad()
+    # chain rule by hand: d loss / d theta = sum over inputs of (d loss / d input) * (d input / d theta)
+    backpropagate([outputs[name] for name in grads], list(grads.values()))
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+    optimizer.step()
+    return float(loss)
+
+
+class AdamW:
+    """torch.optim.AdamW's update (decoupled weight decay, bias-corrected moments), fused.
+
+    Not torch.optim's class: the first step of any torch.optim optimizer imports torch._dynamo,
+    about a second, paid by every fresh process (the sandbox's zygote) for a few-second run.
+    It calls the kernel torch.optim.AdamW(fused=True) calls, one pass over each tensor's
+    parameter, gradient and moments: 0.3 ms a step for the tasks' model, where the same update
+    in foreach ops (eight passes) took 1.5 ms. tests/test_finetune.py checks that it takes
+    torch.optim.AdamW's steps.
+    """
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
+        self.params = [param for param in params if param.requires_grad]
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.exp_avg = [torch.zeros_like(param) for param in self.params]
+        self.exp_avg_sq = [torch.zeros_like(param) for param in self.params]
+        # per parameter, as torch's: one without a grad skips a step; float tensors, as the kernel takes them
+        self.steps = [torch.zeros((), dtype=torch.float32, device=param.device) for param in self.params]
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        live = [i for i, param in enumerate(self.params) if param.grad is not None]
+        if not live:
+            return
+        steps = [self.steps[i] for i in live]
+        torch._foreach_add_(steps, 1.0)
+        beta1, beta2 = self.betas
+        torch._fused_adamw_([self.params[i] for i in live], [self.params[i].grad for i in live],
+                            [self.exp_avg[i] for i in live], [self.exp_avg_sq[i] for i in live], [], steps,
+                            lr=self.lr, beta1=beta1, beta2=beta2, weight_decay=self.weight_decay, eps=self.eps,
+                            amsgrad=False, maximize=False)
+
+
+def learning_rate_scale(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth: the last steps are small, so where a run
+    ends depends little on exactly how many steps it took (less spread across seeds)."""
+    decay = max(0.0, (step - warmup) / max(1, steps - warmup))
+    return min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * decay)))
+
+
+def train_policy(loss_fn: LossFn, policy, reference, pairs: PairSet, config: RunConfig,
+                 prompts: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> list[float]:
+    """Train `policy` in place for `config.steps` steps; returns the loss of every step.
+
+    `reference` (the frozen base model) is read only for KL inputs and online pairs; None otherwise.
+    """
+    optimizer = AdamW(policy.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed)
+    warmup = max(1, config.steps // 10)
+    losses: list[float] = []
+    policy.train()
+    for step in range(config.steps):
+        optimizer.lr = config.lr * learning_rate_scale(step, config.steps, warmup)
+        if config.online and step % config.online["every"] == 0:
+            pairs = draw_online_pairs(policy, reference, prompts, config, generator)
+        index = torch.randint(0, len(pairs), (config.batch_size,), generator=generator)  # (B,)
+        losses.append(training_step(policy, reference, optimizer, loss_fn, pairs, index, config.beta,
+                                    config.uses_kl, config.precision))
+    policy.eval()
+    if not all(bool(torch.isfinite(param).all()) for param in policy.parameters()):
+        raise CandidateError("nan", f"training diverged at beta={config.beta:g}: the parameters are not finite")
+    return losses
+
+
+@torch.no_grad()
+def draw_online_pairs(policy, reference, prompts, config: RunConfig, generator: torch.Generator) -> PairSet:
+    """On-policy pairs: two responses per prompt from the current policy, labelled by the task's labeller."""
+
+    online = config.online
+    device = next(policy.parameters()).device
+    prompt_ids, prompt_attention = prompts
+    count = config.batch_size * online["every"]
+    index = torch.randint(0, prompt_ids.shape[0], (count,), generator=generator)
+    ids, attention = prompt_ids[index].to(device), prompt_attention[index].to(device)
+    sampler = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    policy.eval()
+    first, second = (sample_responses(policy, ids, attention, online["max_new_tokens"], online["eos_id"],
+                                      online["pad_id"], sampler).to("cpu") for _ in range(2))
+    policy.train()
+    labeller = reward_of_ids(online["task"], labels=True)
+    width = ids.shape[1]
+    first_rewards, second_rewards = (torch.tensor([labeller(p, r) for p, r in zip(*split_sequences(batch, width))])
+                                     for batch in (first, second))
+    definition = TASKS[online["task"]]
+    first_wins = bradley_terry_labels(first_rewards, second_rewards, definition.label_temperature,
+                                      definition.flip_fraction, generator)[:, None]  # (N, 1)
+    full_width = max(first.ids.shape[1], second.ids.shape[1])
+    first, second = widen(first, full_width), widen(second, full_width)
+
+    def pick(a: Sequences, b: Sequences) -> Sequences:  # a where the first response won, else b
+        return Sequences(*(torch.where(first_wins, x, y) for x, y in
+                           ((a.ids, b.ids), (a.attention, b.attention), (a.response, b.response))))
+
+    chosen, rejected = pick(first, second), pick(second, first)
+    reference_logps = [sequence_logps(reference, s.to(device)).cpu() for s in (chosen, rejected)]
+    return PairSet(chosen, rejected, *reference_logps)
+
+
+# a Llama of the tasks' kind, small: the zygote warms the compact model's code paths with it at start
+WARM_UP_CONFIG = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
+                  "num_key_value_heads": 2, "num_hidden_layers": 1, "vocab_size": 8, "pad_token_id": 0,
+                  "tie_word_embeddings": True, "max_position_embeddings": 16}
+
+
+def warm_up_model(config: dict) -> None:
+    """Build a model of `config` and run a training step and a sampling step, in mixed bf16 too,
+    once per architecture: every config the compact Llama computes takes the same code paths."""
+    import json
+
+    from lossearch.evaluation.tasks.llama import supports
+
+    architecture = "compact-llama" if supports(config) else json.dumps(config, sort_keys=True, default=str)
+    if architecture not in _WARMED_UP:
+        _warm_up(config)
+        _WARMED_UP.add(architecture)
+
+
+_WARMED_UP: set[str] = set()  # the architectures warm_up_model has run, in this process
+
+
+def _warm_up(config: dict) -> None:
+    model = make_model(config)
+    ids = torch.ones(2, 4, dtype=torch.long)
+    batch = Sequences(ids, torch.ones_like(ids, dtype=torch.bool), torch.ones_like(ids, dtype=torch.bool))
+    optimizer = AdamW(model.parameters(), lr=0.0)
+    for precision in ("fp32", "bf16") if native_bf16_cpu() else ("fp32",):
+        with arithmetic(torch.device("cpu"), precision):
+            logps = sequence_logps(model, batch)
+        logps.sum().backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    sample_responses(model.eval(), ids, batch.attention, 2, eos_id=0, pad_id=0, generator=torch.Generator())

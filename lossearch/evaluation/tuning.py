@@ -1,0 +1,123 @@
+"""Beta tuning for the finetune tier: one Optuna study per candidate evaluation.
+
+A trial is one beta from a decade either side of the loss's default. The first trials
+spread over that range in a fixed order (the default, then x10^0.5, x10, x10^-0.5, x10^-1),
+so a budget of a few trials sees both ends of it; later ones are TPE's draws (log-uniform).
+A loss's best beta can sit far from its default: on `sort`, with near-deterministic
+labels, DPO at beta 0.1 drifts to 16 nats of KL while beta 1 keeps it near 1. A trial
+trains one run per seed;
+after each seed the running mean fitness is reported as an intermediate value,
+so the median pruner can stop a trial that trails the others before it spends
+its remaining seeds. The study lives in memory, or in `storage` (an Optuna RDB
+URL such as the campaign's SQLite file), where a resumed evaluation finds the
+trials already finished and only runs the rest.
+
+A run that diverges (a `nan` failure) fails that trial only: a loss may be
+unstable at a large beta and fine at a small one. Any other failure (timeout,
+policy, exception, ...) ends the evaluation. If every trial diverged, the first
+divergence is the evaluation's failure.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Callable, Optional, Sequence
+
+import optuna
+
+from lossearch.failures import CandidateError
+
+BETA_RANGE = 10.0  # trials draw beta from [default / 10, default * 10]
+FIRST_BETAS = (1.0, 10 ** 0.5, 10.0, 10 ** -0.5, 0.1)  # multiples of the default the first trials try
+METRICS = ("fitness", "reward", "reference_reward", "kl", "pref_acc", "margin")
+
+# run(beta, seed) -> metrics of one trained and scored run, "fitness" among them
+RunFn = Callable[[float, int], dict]
+
+
+def make_study(storage: Optional[str], study_name: Optional[str], seed: int = 0) -> optuna.Study:
+    """A maximizing study with a seeded TPE sampler and a median pruner; reused if it exists."""
+    # ERROR: a run's exception (a cancelled sandbox, Ctrl-C) leaves the trial failed, to be run
+    # again on resume, and reaches our caller, who reports it; Optuna's warning would repeat it
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.create_study(
+        storage=storage, study_name=study_name, direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=3),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+
+
+def summarize_runs(runs: Sequence[dict]) -> dict[str, Any]:
+    """Mean and standard deviation (over seeds) of every metric the runs report."""
+    summary: dict[str, Any] = {}
+    for name in METRICS:
+        values = [run[name] for run in runs if run.get(name) is not None]
+        summary[name] = statistics.fmean(values) if values else None
+        summary[f"{name}_std"] = statistics.pstdev(values) if len(values) > 1 else (0.0 if values else None)
+    return summary
+
+
+def tune_beta(run: RunFn, default_beta: float, trials: int, seeds: Sequence[int], *,
+              storage: Optional[str] = None, study_name: Optional[str] = None,
+              progress: Callable[[str, float, float], None] = lambda *args: None) -> dict[str, Any]:
+    """Tune beta over `trials` trials of `len(seeds)` runs each; the best trial's summary and every trial."""
+    study = make_study(storage, study_name)
+    low, high = default_beta / BETA_RANGE, default_beta * BETA_RANGE
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    if not study.trials:
+        for multiple in FIRST_BETAS[:trials]:
+            study.enqueue_trial({"beta": min(high, max(low, default_beta * multiple))})
+    total_runs = trials * len(seeds)
+    done_runs = [sum(len(t.user_attrs.get("runs", [])) for t in finished)]
+
+    def objective(trial: optuna.Trial) -> float:
+        beta = trial.suggest_float("beta", low, high, log=True)
+        runs: list[dict] = []
+        for step, seed in enumerate(seeds):
+            progress(f"beta {beta:.3g}, seed {seed}", done_runs[0], total_runs)
+            try:
+                runs.append(run(beta, seed))
+            except CandidateError as error:
+                # recorded on the trial, which ends as pruned; any failure but a divergence also
+                # ends the study (raising through Optuna would log a traceback per failure)
+                trial.set_user_attr("failure", error.failure.to_dict())
+                if error.failure.kind != "nan":
+                    trial.study.stop()
+                raise optuna.TrialPruned(error.failure.message) from None
+            finally:
+                done_runs[0] += 1
+            trial.set_user_attr("runs", list(runs))
+            mean_fitness = statistics.fmean(row["fitness"] for row in runs)
+            trial.report(mean_fitness, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return mean_fitness
+
+    remaining = trials - len(finished)
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining)
+    progress("done", total_runs, total_runs)
+    return best_trial_summary(study)
+
+
+def best_trial_summary(study: optuna.Study) -> dict[str, Any]:
+    """The best complete trial's beta and metric summary, plus one row per trial."""
+    rows = []
+    for trial in study.trials:
+        runs = trial.user_attrs.get("runs", [])
+        rows.append({"number": trial.number, "beta": trial.params.get("beta"), "state": trial.state.name.lower(),
+                     "fitness": trial.value, "runs": runs, "failure": trial.user_attrs.get("failure")})
+    complete = [row for row in rows if row["state"] == "complete"]
+    failures = [row["failure"] for row in rows if row["failure"]]
+    fatal = [failure for failure in failures if failure["kind"] != "nan"]
+    if fatal or not complete:
+        failure = (fatal or failures or [{"kind": "crash", "message": "no beta trial finished"}])[0]
+        raise CandidateError(failure["kind"], failure["message"])
+    best = max(complete, key=lambda row: row["fitness"])  # the first of equals wins
+    return {"beta": best["beta"], **summarize_runs(best["runs"]), "runs": best["runs"],
+            "trials": [{key: row[key] for key in ("number", "beta", "state", "fitness")} for row in rows]}
+
+
+def create_study_storage(url: str) -> None:
+    """Create Optuna's tables in the database at `url` (a no-op when they exist). A campaign does it
+    once before its workers start: workers creating them at once collide (`table studies already exists`)."""
+    optuna.storages.RDBStorage(url)

@@ -1,0 +1,149 @@
+"""How a campaign's candidates rank: one read of the campaign, one score per candidate, one order.
+
+Every surface that orders candidates calls `rank`: the closing table of `lossearch run`,
+`lossearch leaderboard`, the report, `export --top`, `transfer`'s leaders, and the
+campaign's parent selection and promotion. So for one campaign they all show one order.
+
+Scores. A candidate's score on a task is the mean fitness of its evaluations on that task at
+the highest tier that has any (finetune above bandit), with their spread: the standard
+deviation over seeds when there are several evaluations, else the spread over training seeds
+that one finetune evaluation reports (`fitness_std`), else unknown.
+
+The rule. Only `evaluated` candidates with a score rank (rejected, failed, duplicate and
+unfinished ones do not). They rank by the tier of their score first, since a bandit fitness
+and a finetune fitness are on different scales, then by fitness, best first; ties go to the
+older candidate (lower id).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from lossearch.choices import TIER_ORDER
+from lossearch.store import BASELINE_SEED, Campaign, Candidate, Evaluation, LineageEdge, Store
+
+RANKED_STATUS = "evaluated"
+"""The one candidate status that ranks: it passed every tier it was sent to."""
+DEFAULT_TASK = "sentiment"
+"""The task of a campaign whose configuration names none."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """A candidate's fitness on one task at one tier."""
+
+    task: str
+    tier: str
+    fitness: float
+    spread: float | None
+    """Standard deviation over seeds (see the module docstring); None when unknown."""
+    seeds: int
+    """Evaluations averaged."""
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    """Mean of each finite numeric metric over those evaluations."""
+
+    @property
+    def low(self) -> float:
+        return self.fitness - (self.spread or 0.0)
+
+    @property
+    def high(self) -> float:
+        return self.fitness + (self.spread or 0.0)
+
+
+def mean_metrics(evaluations: Iterable[Evaluation]) -> dict[str, float]:
+    """Mean of each finite numeric metric over `evaluations`; a metric missing from one (or
+    not finite there) is left out of that one's count, not counted as zero."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for evaluation in evaluations:
+        for key, value in evaluation.metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                values[key].append(float(value))
+    return {key: statistics.fmean(numbers) for key, numbers in values.items()}
+
+
+def score_of(evaluations: Sequence[Evaluation], task: str, tier: str | None = None) -> Score | None:
+    """Mean fitness of `evaluations` on `task` at `tier` (the highest with any fitness), or None."""
+    scored = [e for e in evaluations if e.task == task and e.fitness is not None]
+    if tier is None and scored:
+        tier = max((e.tier for e in scored), key=lambda name: TIER_ORDER.get(name, -1))
+    counted = [e for e in scored if e.tier == tier]
+    if tier is None or not counted:
+        return None
+    fitnesses = [float(e.fitness) for e in counted if e.fitness is not None]
+    metrics = mean_metrics(counted)
+    spread = statistics.stdev(fitnesses) if len(fitnesses) >= 2 else metrics.get("fitness_std")
+    return Score(task, tier, statistics.fmean(fitnesses), spread, len(counted), metrics)
+
+
+@dataclass(frozen=True)
+class CampaignData:
+    """A snapshot of one campaign: candidates, lineage and evaluations, indexed."""
+
+    campaign: Campaign
+    candidates: dict[int, Candidate]
+    parents: dict[int, list[LineageEdge]]
+    children: dict[int, list[LineageEdge]]
+    evaluations: dict[int, list[Evaluation]]
+
+    @property
+    def task(self) -> str:
+        """The task the campaign selects on."""
+        return str(self.campaign.config.get("task") or DEFAULT_TASK)
+
+    @property
+    def baseline(self) -> Candidate | None:
+        """The DPO seed every candidate is compared with."""
+        return next((c for c in self.candidates.values() if c.proposer == "seed" and c.name == BASELINE_SEED), None)
+
+    def score(self, candidate_id: int, task: str | None = None, tier: str | None = None) -> Score | None:
+        """The candidate's score on `task` (the campaign's by default) at `tier` (the highest with any)."""
+        return score_of(self.evaluations.get(candidate_id, []), task or self.task, tier)
+
+    def baseline_score(self, task: str, tier: str) -> Score | None:
+        baseline = self.baseline
+        return None if baseline is None else self.score(baseline.id, task, tier)
+
+
+def load_campaign_data(store: Store, campaign: Campaign) -> CampaignData:
+    """Three reads: the campaign's candidates, lineage edges and evaluations."""
+    candidates = {candidate.id: candidate for candidate in store.candidates(campaign.id)}
+    parents: dict[int, list[LineageEdge]] = defaultdict(list)
+    children: dict[int, list[LineageEdge]] = defaultdict(list)
+    for edge in store.lineage(campaign.id):
+        parents[edge.child_id].append(edge)
+        children[edge.parent_id].append(edge)
+    evaluations: dict[int, list[Evaluation]] = defaultdict(list)
+    for evaluation in store.evaluations(campaign_id=campaign.id):
+        evaluations[evaluation.candidate_id].append(evaluation)
+    return CampaignData(campaign, candidates, dict(parents), dict(children), dict(evaluations))
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The ranked candidates, best first, each with the score it ranks by; then the rest."""
+
+    ranked: tuple[tuple[Candidate, Score], ...]
+    unranked: tuple[tuple[Candidate, Score | None], ...]
+    """Candidates that do not rank (not `evaluated`, or no score), in the order they were added."""
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return [candidate for candidate, _ in self.ranked]
+
+
+def rank(data: CampaignData, task: str | None = None, tier: str | None = None,
+         among: Iterable[int] | None = None) -> Ranking:
+    """Order the campaign's candidates (or the ids `among`) on `task` (the campaign's by default) by
+    the module's rule, scoring each at `tier` (by default the highest it has a score at)."""
+    task = task or data.task
+    ids = data.candidates if among is None else among
+    scored = [(data.candidates[i], data.score(i, task, tier)) for i in ids]
+    ranked = [(c, s) for c, s in scored if s is not None and c.status == RANKED_STATUS]
+    ranked.sort(key=lambda pair: (-TIER_ORDER.get(pair[1].tier, -1), -pair[1].fitness, pair[0].id))
+    ranked_ids = {candidate.id for candidate, _ in ranked}
+    return Ranking(tuple(ranked), tuple((c, s) for c, s in scored if c.id not in ranked_ids))

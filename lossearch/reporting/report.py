@@ -1,0 +1,283 @@
+"""The campaign report: one self-contained HTML file that opens without a network.
+
+Plots are inline SVG drawn by lossearch.reporting.svgplot (no JavaScript, no fetched
+fonts, styles or images): fitness over generations, reward against KL with the
+seeds highlighted, the lineage graph, the leaders' gradient fingerprints as
+heatmaps; then the leaderboard and, when `lossearch transfer` has run, the
+held-out table.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import Sequence
+
+from lossearch import __version__
+from lossearch.ranking import CampaignData, load_campaign_data
+from lossearch.reporting.results import (Leaderboard, LeaderboardRow, NoResults, TransferTable, build_leaderboard,
+                                         held_out_results)
+from lossearch.store.locate import CampaignHandle
+from lossearch.reporting.svgplot import Edge, Node, Point, Series, chart, graph, heatmap
+
+TIER_COLOURS = {"bandit": "#1f77b4", "finetune": "#ff7f0e"}
+SEED_COLOUR = "#8c8c8c"
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 0.85em; } td, th { padding: 3px 8px; border-bottom: 1px solid #eee; }
+th { text-align: left; background: #f6f6f6; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+tr.seed td { color: #777; font-style: italic; } tr.failed td { color: #b22; }
+.yes { color: #1a7f37; font-weight: 600; } .plots { display: flex; flex-wrap: wrap; gap: 1em; }
+.scroll { overflow-x: auto; } .leader { border: 1px solid #eee; padding: 0.5em 1em; margin: 0.5em 0; }
+pre { background: #f8f8f8; padding: 0.6em; overflow-x: auto; font-size: 0.8em; } .muted { color: #777; }
+"""
+
+
+def default_report_path(handle: CampaignHandle) -> Path:
+    """runs/NAME/report.html beside a SQLite campaign file, else NAME-report.html here."""
+    location = Path(handle.location)
+    if handle.location.endswith(".db") and location.parent.is_dir():
+        return location.parent / "report.html"
+    return Path(f"{handle.campaign.name}-report.html")
+
+
+def write_report(handle: CampaignHandle, out: str | Path | None = None, *, leaders: int = 6) -> Path:
+    """Write the report of the campaign to `out` (see `default_report_path`); returns the path."""
+    path = Path(out) if out is not None else default_report_path(handle)
+    html = report_html(load_campaign_data(handle.store, handle.campaign), leaders=leaders)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def report_html(data: CampaignData, *, leaders: int = 6) -> str:
+    """The whole report as one HTML document; `NoResults` when no candidate has a fitness yet."""
+    board = build_leaderboard(data)
+    if not board.rows:
+        raise NoResults(f"campaign {data.campaign.name!r} has no candidate with a fitness yet: nothing to report")
+    sections = [
+        _header(data, board),
+        _section("Fitness over generations", '<div class="plots">' + fitness_chart(data) + "</div>"),
+        _section("Reward against KL", '<div class="plots">' + "".join(reward_kl_charts(data)) + "</div>"),
+        _section("Lineage", '<p class="muted">One column per generation, best first; squares are seeds; colour is '
+                 'fitness rank (bright = high); red edges lead to the best discovered loss.</p><div class="scroll">'
+                 + lineage_graph(data, board) + "</div>"),
+        _section("Fingerprints of the leaders", fingerprints(data, board, leaders)),
+        _section("Leaderboard", leaderboard_table_html(board)),
+    ]
+    held_out = held_out_results(data)
+    if held_out is not None:
+        sections.append(_section("Held-out tasks", transfer_table_html(held_out)))
+    return _page(f"lossearch campaign {data.campaign.name}", "".join(sections))
+
+
+def leaderboard_page(board: Leaderboard) -> str:
+    """The leaderboard alone as an HTML document (`lossearch leaderboard --format html`)."""
+    return _page(f"lossearch campaign {board.campaign}: leaderboard on {board.task}",
+                 f"<h1>Campaign {escape(board.campaign)}: leaderboard on {escape(board.task)}</h1>"
+                 + leaderboard_table_html(board))
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body>{body}<p class=\"muted\">Written by lossearch {__version__} on "
+            f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p></body></html>\n")
+
+
+def _section(title: str, body: str) -> str:
+    return f"<h2>{escape(title)}</h2>{body}"
+
+
+def _header(data: CampaignData, board: Leaderboard) -> str:
+    campaign, config = data.campaign, data.campaign.config
+    statuses: dict[str, int] = {}
+    for candidate in data.candidates.values():
+        statuses[candidate.status] = statuses.get(candidate.status, 0) + 1
+    best = board.rows[0]
+    facts = [("status", f"{campaign.status}" + (f" ({campaign.stop_reason})" if campaign.stop_reason else "")),
+             ("selected on", data.task), ("proposer", str(config.get("proposer", "-"))),
+             ("generations x population", f"{config.get('generations', '-')} x {config.get('population', '-')}"),
+             ("finetune tier", "on" if config.get("finetune") else "off"),
+             ("candidates", ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))),
+             ("best", f"#{best.id} {best.name}: fitness {_num(best.fitness)} ({best.tier})"),
+             ("created", f"{campaign.created_at:%Y-%m-%d %H:%M} UTC")]
+    rows = "".join(f"<tr><th>{escape(key)}</th><td>{escape(value)}</td></tr>" for key, value in facts)
+    return f"<h1>lossearch campaign {escape(campaign.name)}</h1><table>{rows}</table>"
+
+
+def _num(value: float | None, spread: float | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" + (f" ± {spread:.2g}" if spread else "")
+
+
+# -- plots -----------------------------------------------------------------------------------
+
+
+def _tiers(data: CampaignData) -> list[str]:
+    present = {e.tier for evaluations in data.evaluations.values() for e in evaluations
+               if e.task == data.task and e.fitness is not None}
+    return [tier for tier in ("bandit", "finetune") if tier in present]
+
+
+def fitness_chart(data: CampaignData) -> str:
+    """Every candidate's fitness by generation (per tier), and the best so far as a step line."""
+    series = []
+    for tier in _tiers(data):
+        seeds, children, by_generation = [], [], {}
+        for index, candidate in enumerate(data.candidates.values()):
+            score = data.score(candidate.id, tier=tier)
+            if score is None:
+                continue
+            jitter = ((index * 7) % 9 - 4) * 0.035
+            point = Point(candidate.generation + jitter, score.fitness, f"#{candidate.id} {candidate.name}: "
+                          f"{score.fitness:.4g} ({tier}, generation {candidate.generation})")
+            (seeds if candidate.proposer == "seed" else children).append(point)
+            by_generation[candidate.generation] = max(by_generation.get(candidate.generation, score.fitness),
+                                                      score.fitness)
+        best, running = [], float("-inf")
+        for generation in sorted(by_generation):
+            running = max(running, by_generation[generation])
+            best.append(Point(generation, running, f"best up to generation {generation}: {running:.4g}"))
+        colour = TIER_COLOURS[tier]
+        series += [Series(f"seeds ({tier})", seeds, SEED_COLOUR, "square"),
+                   Series(f"children ({tier})", children, colour),
+                   Series(f"best so far ({tier})", best, colour, "none", line=True, step=True)]
+    return chart(series, title=f"Fitness on {data.task} by generation", x_label="generation", y_label="fitness",
+                 width=640, integer_x=True)
+
+
+def reward_kl_charts(data: CampaignData) -> list[str]:
+    """Reward against KL for every scored candidate, one chart per tier; seeds highlighted, KL budget dashed."""
+    charts = []
+    baseline = data.baseline
+    for tier in _tiers(data):
+        seeds, children, budget = [], [], None
+        scored = [(c, data.score(c.id, tier=tier)) for c in data.candidates.values()]
+        scored = [(c, s) for c, s in scored if s is not None and "reward" in s.metrics and "kl" in s.metrics]
+        best_children = {c.id for c, s in sorted((p for p in scored if p[0].proposer != "seed"),
+                                                 key=lambda p: -p[1].fitness)[:3]}
+        for candidate, score in scored:
+            budget = score.metrics.get("kl_budget", budget)
+            labelled = candidate.id in best_children or (baseline is not None and candidate.id == baseline.id)
+            point = Point(score.metrics["kl"], score.metrics["reward"],
+                          f"#{candidate.id} {candidate.name}: reward {score.metrics['reward']:.4g}, "
+                          f"KL {score.metrics['kl']:.4g}, fitness {score.fitness:.4g}",
+                          candidate.name if labelled else "")
+            (seeds if candidate.proposer == "seed" else children).append(point)
+        vlines = [(budget, f"KL budget {budget:g}")] if budget is not None else []
+        charts.append(chart([Series("seeds (baselines)", seeds, "#ff7f0e", "square", size=4.5),
+                             Series("discovered", children, TIER_COLOURS["bandit"])],
+                            title=f"Reward against KL ({tier} tier, {data.task})", x_label="KL(policy || reference)",
+                            y_label="reward", width=560, vlines=vlines))
+    return charts
+
+
+def lineage_graph(data: CampaignData, board: Leaderboard) -> str:
+    """Every candidate in its generation's column, parents joined to children; the best one's ancestry in red."""
+    scores = {c.id: data.score(c.id) for c in data.candidates.values()}
+    order = sorted(data.candidates.values(), key=lambda c: (c.generation, -(scores[c.id].fitness if scores[c.id]
+                                                                            else float("-inf")), c.id))
+    nodes = [Node(c.id, c.generation, f"#{c.id} {c.name[:26]}",
+                  f"#{c.id} {c.name} ({c.status}), fitness {_num(scores[c.id].fitness if scores[c.id] else None)}",
+                  scores[c.id].fitness if scores[c.id] and c.status == "evaluated" else None, c.proposer == "seed")
+             for c in order]
+    best = next((row for row in board.rows if not row.is_seed), board.rows[0])
+    ancestry = _ancestry(data, best.id)
+    edges = [Edge(edge.parent_id, edge.child_id, f"#{edge.parent_id} -> #{edge.child_id} ({edge.relation})",
+                  edge.child_id in ancestry and edge.parent_id in ancestry)
+             for edges in data.parents.values() for edge in edges]
+    return graph(nodes, edges, title=f"Lineage of campaign {data.campaign.name}")
+
+
+def _ancestry(data: CampaignData, candidate_id: int) -> set[int]:
+    found, stack = {candidate_id}, [candidate_id]
+    while stack:
+        for edge in data.parents.get(stack.pop(), ()):
+            if edge.parent_id not in found:
+                found.add(edge.parent_id)
+                stack.append(edge.parent_id)
+    return found
+
+
+def fingerprint_heatmaps(fingerprint: Sequence[float]) -> str:
+    """The descent push (-gradient) on rho_c and on rho_r over the (rho_c, rho_r) grid, as two heatmaps."""
+    from lossearch.fingerprint import GRID_VALUES  # imports torch: only the full report needs it
+
+    size = len(GRID_VALUES)
+    blocks = []
+    for offset, what in ((0, "ρc (chosen)"), (size * size, "ρr (rejected)")):
+        push = [-value for value in fingerprint[offset:offset + size * size]]
+        grid = [push[row * size:(row + 1) * size] for row in range(size)]  # row i: ρc = GRID[i]; column j: ρr
+        blocks.append(heatmap(grid, title=f"push on {what}", row_ticks=GRID_VALUES, column_ticks=GRID_VALUES,
+                              row_label="ρc", column_label="ρr", cell=12))
+    return "".join(blocks)
+
+
+def fingerprints(data: CampaignData, board: Leaderboard, count: int) -> str:
+    from lossearch.fingerprint import summarize
+
+    rows = list(board.rows[:count])
+    baseline = next((row for row in board.rows if row.is_baseline), None)
+    if baseline is not None and baseline not in rows:
+        rows.append(baseline)
+    parts = ['<p class="muted">Each heatmap is the descent push −∂L/∂ρ on one log-ratio over a grid of '
+             '(ρc, ρr), ρc up, ρr right: red raises it, blue lowers it, white leaves it (scaled per map).</p>']
+    for row in rows:
+        candidate = data.candidates[row.id]
+        if not candidate.fingerprint:
+            continue
+        summary = summarize(candidate.fingerprint).describe()
+        parts.append(f'<div class="leader"><b>{_rank(row)} #{row.id} {escape(row.name)}</b> fitness '
+                     f'{_num(row.fitness, row.fitness_std)} ({escape(row.tier or "-")})<br><span class="muted">'
+                     f'{escape(summary)}</span><div class="plots">{fingerprint_heatmaps(candidate.fingerprint)}</div>'
+                     f"<details><summary>code</summary><pre>{escape(candidate.source)}</pre></details></div>")
+    return "".join(parts)
+
+
+def _rank(row: LeaderboardRow) -> str:
+    return "DPO baseline" if row.is_baseline else (f"rank {row.rank}" if row.rank else "unranked")
+
+
+# -- tables ----------------------------------------------------------------------------------
+
+
+def leaderboard_table_html(board: Leaderboard) -> str:
+    head = ("rank", "id", "name", "fitness", "reward", "kl", "pref_acc", "beats DPO", "tier", "gen", "parents",
+            "proposer")
+    rows = []
+    for row in board.rows:
+        verdict = "baseline" if row.is_baseline else {True: "yes", False: "no", None: "-"}[row.beats_dpo]
+        cells = [(_text(row.rank), "n"), (str(row.id), "n"), (row.name + (" (seed)" if row.is_seed else ""), ""),
+                 (_num(row.fitness, row.fitness_std), "n"), (_num(row.reward), "n"), (_num(row.kl), "n"),
+                 (_num(row.pref_acc), "n"), (verdict, "yes" if row.beats_dpo else ""), (row.tier or "-", ""),
+                 (str(row.generation), "n"), (", ".join(map(str, row.parents)) or "-", ""), (row.proposer, "")]
+        css = "seed" if row.is_seed else ("failed" if row.rank is None else "")
+        rows.append(f'<tr class="{css}">' + "".join(f'<td class="{c}">{escape(text)}</td>' for text, c in cells)
+                    + "</tr>")
+    header = "".join(f"<th>{escape(name)}</th>" for name in head)
+    return (f'<p class="muted">Beats DPO: {escape(board.rule)}. Seeds (grey) are the baselines.</p>'
+            f'<div class="scroll"><table><tr>{header}</tr>{"".join(rows)}</table></div>')
+
+
+def _text(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def transfer_table_html(table: TransferTable) -> str:
+    header = "".join(f"<th>{escape(name)}</th>" for name in
+                     ("id", "name", f"{table.selected_on} (selected)", *table.tasks, "beats DPO on"))
+    rows = []
+    for row in table.rows:
+        cells = [f'<td class="n">{row.id}</td><td>{escape(row.name)}{" (seed)" if row.is_seed else ""}</td>',
+                 f'<td class="n">{_num(row.selected_fitness)}</td>']
+        for task in table.tasks:
+            cell = row.cells[task]
+            text = cell.failure.split(":")[0] if cell.failure else _num(cell.fitness, cell.spread)
+            cells.append(f'<td class="n {"yes" if cell.beats_dpo else ""}">{escape(text)}</td>')
+        cells.append(f'<td class="n">{"baseline" if row.is_baseline else f"{row.wins}/{len(table.tasks)}"}</td>')
+        rows.append(f'<tr class="{"seed" if row.is_seed else ""}">{"".join(cells)}</tr>')
+    return (f'<p class="muted">Fitness on tasks the losses were not selected on ({escape(table.tier)} tier); green: '
+            f'beats DPO ({escape(table.rule)}).</p><table><tr>{header}</tr>{"".join(rows)}</table>')

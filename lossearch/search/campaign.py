@@ -1,0 +1,497 @@
+"""The campaign loop: propose, deduplicate, climb the cascade, record, repeat.
+
+Generation 0 is the seed library. Each later generation chooses parents per
+island, asks the proposer for children, stores each child before anything
+else happens to it, rejects exact and fingerprint duplicates before any
+training, runs static → sanity → bandit, then promotes the best part of the
+generation to the finetune tier.
+
+Every step is recorded in the store before the next one starts, and every step
+is idempotent given the store: a campaign killed at any instant resumes with
+`run_campaign` on the same name, skips what is recorded and redoes only the
+step that was cut short. Nothing is lost and no evaluation is recorded twice.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from lossearch.contract import source_hash
+from lossearch.evaluation.cascade import bandit_tier, finetune_tier, sanity_tier, static_tier
+from lossearch.evaluation.tuning import create_study_storage
+from lossearch.failures import CandidateError
+from lossearch.fingerprint import fingerprint_distance, same_loss, summarize
+from lossearch.ranking import CampaignData, load_campaign_data, rank
+from lossearch.sandbox.interface import SandboxLike
+from lossearch.sandbox.local import Sandbox
+from lossearch.search.config import CampaignConfig, merge_resumed
+from lossearch.search.proposers import FailureView, ParentView, Proposal, ProposalContext, Proposer, make_proposer
+from lossearch.search.seeds import seed_paths
+from lossearch.search.selection import PoolMember, SelectionWeights, choose_parents
+from lossearch.store import BASELINE_SEED, SANITY_TASK, Candidate, Store
+from lossearch.store.locate import DEFAULT_RUNS_DIR, campaign_store
+
+
+@dataclass
+class CampaignStats:
+    """What the live display shows; rebuilt from the store, updated as the loop goes."""
+
+    generation: int = 0
+    completed_generation: int = -1
+    """The last generation whose every step is recorded."""
+    proposed: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    evaluated: int = 0
+    finetuned: int = 0
+    best_fitness: float | None = None
+    best_name: str | None = None
+    seconds_per_candidate: float = 0.0
+    llm_tokens: int = 0
+    llm_cost: float = 0.0
+    llm_calls: int = 0
+    message: str = ""
+    _seconds: list[float] = field(default_factory=list, repr=False)
+
+    def add_seconds(self, seconds: float) -> None:
+        self._seconds.append(seconds)
+        self.seconds_per_candidate = sum(self._seconds) / len(self._seconds)
+
+
+@dataclass(frozen=True)
+class CampaignOutcome:
+    """How a run ended and where to look next."""
+
+    campaign: str
+    stop_reason: str
+    stats: CampaignStats
+    database: str
+
+
+class StopCampaign(Exception):
+    """Raised inside the loop when a stopping limit is reached; carries the reason."""
+
+
+class CampaignRunner:
+    """Runs one campaign against a store; see the module docstring for the loop."""
+
+    def __init__(self, config: CampaignConfig, store: Store, sandbox: SandboxLike, proposer: Proposer | None = None,
+                 on_update: Callable[[CampaignStats], None] | None = None,
+                 make_sandbox: Callable[[], SandboxLike] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.sandbox = sandbox
+        self.make_sandbox = make_sandbox or (lambda: Sandbox(sandbox.limits))
+        self.proposer = proposer
+        self.on_update = on_update or (lambda stats: None)
+        self.stats = CampaignStats()
+        self.started = time.monotonic()
+        self.campaign_id = 0
+        self.lock = threading.RLock()  # workers update the stats and the display
+        self.worker_sandboxes: list[SandboxLike] = []
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> CampaignOutcome:
+        self.campaign_id = self.open_campaign()
+        self.refresh_stats()
+        reason = "finished"
+        try:
+            self.add_seeds()
+            last = 0 if self.config.proposer == "none" else self.config.generations
+            for generation in range(0, last + 1):
+                self.stats.generation = generation
+                if generation > 0 and self.config.proposer != "none":
+                    self.propose_generation(generation)
+                self.evaluate_generation(generation)
+                self.promote_generation(generation)
+                self.stats.completed_generation = generation
+                self.on_update(self.stats)
+            reason = "evaluated the seed library" if last == 0 else f"reached {last} generation(s)"
+            status = "finished"
+        except StopCampaign as stop:
+            reason, status = str(stop), "stopped"
+        except KeyboardInterrupt:
+            reason, status = "interrupted (Ctrl-C); resume with the same --name", "stopped"
+        except BaseException as error:
+            self.store.set_campaign_status(self.campaign_id, "failed", f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            self.close_workers()
+        self.store.set_campaign_status(self.campaign_id, status, reason)
+        self.stats.message = f"stopped: {reason}"
+        self.on_update(self.stats)
+        return CampaignOutcome(self.config.name, reason, self.stats, self.store.url)
+
+    def open_campaign(self) -> int:
+        existing = self.store.find_campaign(self.config.name)
+        if existing is None:
+            return self.store.create_campaign(self.config.name, self.config.to_dict()).id
+        self.store.set_campaign_status(existing.id, "running", None)
+        return existing.id
+
+    def check_limits(self) -> None:
+        """Raise StopCampaign when a limit other than the generation count is reached."""
+        config = self.config
+        if config.time_limit is not None and time.monotonic() - self.started >= config.time_limit:
+            raise StopCampaign(f"reached the time limit of {config.time_limit:g} s")
+        if config.max_evals is not None and self.stats.evaluated + self.stats.failed >= config.max_evals:
+            raise StopCampaign(f"reached --max-evals {config.max_evals}")
+        if config.max_cost is not None and self.stats.llm_cost >= config.max_cost:
+            raise StopCampaign(f"reached the LLM cost budget of ${config.max_cost:g}")
+        if config.max_tokens is not None and self.stats.llm_tokens >= config.max_tokens:
+            raise StopCampaign(f"reached the LLM token budget of {config.max_tokens}")
+
+    # -- generation 0 ----------------------------------------------------------------------
+    def add_seeds(self) -> None:
+        """Store the seed library as generation 0 (once; a resumed campaign finds them)."""
+        existing = {candidate.name for candidate in self.store.candidates(self.campaign_id, generation=0)}
+        for index, path in enumerate(seed_paths()):
+            if path.stem in existing:
+                continue
+            self.store.add_candidate(self.campaign_id, source=path.read_text(), name=path.stem,
+                                     idea="seed: a known loss from the literature", proposer="seed", model=None,
+                                     generation=0, island=index % self.config.islands, parents=())
+        self.refresh_stats()
+
+    # -- proposing -------------------------------------------------------------------------
+    def propose_generation(self, generation: int) -> None:
+        """Ask the proposer for children until the generation holds `population` of them."""
+        rng = random.Random(self.config.seed * 100_003 + generation)
+        attempts = 0
+        while len(self.store.candidates(self.campaign_id, generation=generation)) < self.config.population:
+            attempts += 1
+            if attempts > 5 * self.config.population:
+                self.stats.message = f"generation {generation}: the proposer kept repeating itself"
+                return
+            self.check_limits()
+            island = len(self.store.candidates(self.campaign_id, generation=generation)) % self.config.islands
+            data = self.snapshot()
+            ranked = rank(data).candidates
+            parents = self.choose_parents(data, ranked, island, generation, rng)
+            context = ProposalContext(task=self.config.task, task_description=task_description(self.config.task),
+                                      top=self.parent_views(data, ranked[:5]), failures=self.recent_failures(data))
+            assert self.proposer is not None  # a campaign without one (`none`) proposes nothing
+            proposals = self.proposer.propose(self.parent_views(data, parents), context, rng)
+            self.record_llm_usage()
+            for proposal in proposals:
+                self.store_proposal(proposal, generation, island)
+
+    def store_proposal(self, proposal: Proposal, generation: int, island: int) -> None:
+        if len(self.store.candidates(self.campaign_id, generation=generation)) >= self.config.population:
+            return
+        if self.store.find_candidate_by_hash(self.campaign_id, source_hash(proposal.source)) is not None:
+            self.stats.duplicates += 1
+            return
+        relations = [(parent_id, proposal.relation) for parent_id in proposal.parent_ids]
+        self.store.add_candidate(self.campaign_id, source=proposal.source, name=proposal.name, idea=proposal.idea,
+                                 proposer=proposal.proposer, model=proposal.model, generation=generation,
+                                 island=island, parents=relations)
+        self.stats.proposed += 1
+        self.on_update(self.stats)
+
+    def record_llm_usage(self) -> None:
+        drain = getattr(self.proposer, "drain_usage", None)
+        for usage in (drain() if drain else []):
+            self.store.record_llm_call(self.campaign_id, model=usage.model, prompt_tokens=usage.prompt_tokens,
+                                       completion_tokens=usage.completion_tokens, cost=usage.cost,
+                                       latency=usage.latency, outcome=usage.outcome)
+            self.stats.llm_calls += 1
+            self.stats.llm_tokens += usage.prompt_tokens + usage.completion_tokens
+            self.stats.llm_cost += usage.cost
+
+    # -- choosing parents ------------------------------------------------------------------
+    def snapshot(self) -> CampaignData:
+        """The campaign as the store holds it now: what ranking and selection read."""
+        return load_campaign_data(self.store, self.store.get_campaign_by_id(self.campaign_id))
+
+    def choose_parents(self, data: CampaignData, ranked: Sequence[Candidate], island: int, generation: int,
+                       rng: random.Random) -> list[Candidate]:
+        """Two parents from the island's pool of ranked candidates (lossearch.search.selection)."""
+        pool = [candidate for candidate in ranked if candidate.island == island]
+        if generation % self.config.migrate_every == 0 and self.config.islands > 1:
+            # migration: the best of the neighbouring island joins this island's pool
+            neighbour = [c for c in ranked if c.island == (island + 1) % self.config.islands][:1]
+            pool += [c for c in neighbour if c not in pool]
+        pool = pool or list(ranked)
+        order = {candidate.id: len(ranked) - position for position, candidate in enumerate(ranked)}
+        members = [PoolMember(c.id, float(order[c.id]), c.fingerprint, len(data.children.get(c.id, ())))
+                   for c in pool]
+        chosen = choose_parents(members, 2, rng, SelectionWeights())
+        by_id = {candidate.id: candidate for candidate in pool}
+        return [by_id[member.id] for member in chosen]
+
+    def parent_views(self, data: CampaignData, candidates: Sequence[Candidate]) -> list[ParentView]:
+        """What the proposer sees of each candidate: its code, its score's fitness and metrics, its fingerprint."""
+        views = []
+        for candidate in candidates:
+            score = data.score(candidate.id)
+            summary = summarize(candidate.fingerprint).describe() if candidate.fingerprint else ""
+            views.append(ParentView(candidate.id, candidate.name, candidate.source,
+                                    score.fitness if score else None, dict(score.metrics) if score else {}, summary))
+        return views
+
+    def recent_failures(self, data: CampaignData, count: int = 5) -> list[FailureView]:
+        failed = [c for c in data.candidates.values() if c.failure_kind]
+        return [FailureView(c.name, c.failure_kind or "", c.failure_message or "") for c in failed[-count:]]
+
+    # -- evaluating ------------------------------------------------------------------------
+    def for_each(self, candidates: Sequence[Candidate], work: Callable[[Candidate, SandboxLike], None]) -> None:
+        """Run `work` on each candidate: in turn, or `workers` at a time, each in a sandbox of its own."""
+        if self.config.workers <= 1 or len(candidates) <= 1:
+            for candidate in candidates:
+                self.check_limits()
+                work(candidate, self.sandbox)
+            return
+        # the main sandbox is the first worker; the others are started once and kept
+        while len(self.worker_sandboxes) < self.config.workers - 1:
+            self.worker_sandboxes.append(self.make_sandbox())
+        free: queue.Queue[SandboxLike] = queue.Queue()
+        for sandbox in [self.sandbox, *self.worker_sandboxes]:
+            free.put(sandbox)
+
+        def task(candidate: Candidate) -> None:
+            sandbox = free.get()
+            try:
+                work(candidate, sandbox)
+            finally:
+                free.put(sandbox)
+
+        pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="lossearch-worker")
+        slots = threading.Semaphore(self.config.workers)  # submit no further than the free workers
+        futures = []
+        try:
+            for candidate in candidates:
+                slots.acquire()
+                self.check_limits()
+                future = pool.submit(task, candidate)
+                future.add_done_callback(lambda _: slots.release())
+                futures.append(future)
+            for future in futures:
+                future.result()
+        except BaseException:
+            self.close_workers()  # kills the running children: their candidates stay resumable
+            self.sandbox.close()  # (a local one restarts on its next run)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def close_workers(self) -> None:
+        for sandbox in self.worker_sandboxes:
+            sandbox.close()
+        self.worker_sandboxes.clear()
+
+    def evaluate_generation(self, generation: int) -> None:
+        """Static, sanity, duplicate check and bandit for every unfinished candidate of the generation."""
+        todo = [c for c in self.store.candidates(self.campaign_id, generation=generation)
+                if c.status in ("pending", "evaluating")]
+        self.for_each(todo, self.evaluate_timed)
+
+    def evaluate_timed(self, candidate: Candidate, sandbox: SandboxLike) -> None:
+        started = time.monotonic()
+        self.evaluate_candidate(candidate, sandbox)
+        with self.lock:
+            self.stats.add_seconds(time.monotonic() - started)
+            self.refresh_stats()
+
+    def evaluate_candidate(self, candidate: Candidate, sandbox: SandboxLike) -> None:
+        self.store.update_candidate(candidate.id, status="evaluating")
+        try:
+            spec = static_tier(candidate.source, candidate.name)
+        except CandidateError as error:
+            self.fail(candidate, "rejected", "static", error)
+            return
+        try:
+            sanity = self.recorded_or_run(candidate, "sanity", SANITY_TASK, lambda: sanity_tier(sandbox, spec))
+            self.store.update_candidate(candidate.id, fingerprint=sanity["fingerprint"], tier="sanity")
+            # the seed library is the baseline: every seed is evaluated, near-twins included
+            twin = None if candidate.generation == 0 else self.fingerprint_twin(candidate.id, sanity["fingerprint"])
+            if twin is not None:
+                distance = fingerprint_distance(sanity["fingerprint"], twin.fingerprint)
+                self.store.update_candidate(candidate.id, status="duplicate", failure_kind=None,
+                                            failure_message=f"same loss as #{twin.id} {twin.name} (fingerprint distance {distance:.3g})")
+                return
+            bandit = self.recorded_or_run(candidate, "bandit", self.config.task,
+                                          lambda: bandit_tier(sandbox, spec, self.config.task, self.config.seed))
+        except CandidateError as error:
+            self.fail(candidate, "failed", "bandit" if self.has_evaluation(candidate.id, "sanity") else "sanity", error)
+            return
+        self.store.update_candidate(candidate.id, status="evaluated", tier="bandit", fitness=bandit["fitness"])
+        self.report_outcome(candidate, bandit["fitness"])
+
+    def fail(self, candidate: Candidate, status: str, tier: str, error: CandidateError) -> None:
+        failure = error.failure
+        self.store.update_candidate(candidate.id, status=status, tier=tier, failure_kind=failure.kind,
+                                    failure_message=failure.message)
+        if tier != "finetune":
+            self.report_outcome(candidate, None)
+
+    def report_outcome(self, candidate: Candidate, fitness: float | None) -> None:
+        """Tell an LLM proposer's model bandit how much its child improved on its parents, per dollar."""
+        record = getattr(self.proposer, "record_outcome", None)
+        if record is None or not candidate.model:
+            return
+        parents = [self.bandit_fitness(edge.parent_id) for edge in self.store.parents(candidate.id)]
+        baseline = max((value for value in parents if value > -math.inf), default=fitness or 0.0)
+        improvement = 0.0 if fitness is None else fitness - baseline
+        usage = self.store.llm_usage(self.campaign_id, model=candidate.model)
+        record(candidate.model, improvement, usage.cost / max(1, usage.calls))
+
+    def has_evaluation(self, candidate_id: int, tier: str) -> bool:
+        return any(e.tier == tier for e in self.store.evaluations(candidate_id=candidate_id))
+
+    def recorded_or_run(self, candidate: Candidate, tier: str, task: str, run: Callable[[], dict]) -> dict:
+        """The recorded metrics of this tier, or run it and record them before going on."""
+        for evaluation in self.store.evaluations(candidate_id=candidate.id, tier=tier):
+            if evaluation.task == task and evaluation.seed == self.config.seed:
+                return evaluation.metrics
+        started = time.monotonic()
+        metrics = run()
+        fitness = metrics.get("fitness")
+        self.store.record_evaluation(candidate.id, tier=tier, task=task, seed=self.config.seed, metrics=metrics,
+                                     fitness=fitness, seconds=time.monotonic() - started)
+        return metrics
+
+    def fingerprint_twin(self, candidate_id: int, fingerprint: Sequence[float]) -> Candidate | None:
+        """An earlier candidate that is the same loss in other words, if any."""
+        for other in self.store.candidates(self.campaign_id):
+            if other.id >= candidate_id or not other.fingerprint or other.status in ("duplicate", "rejected"):
+                continue
+            if same_loss(fingerprint, other.fingerprint):
+                return other
+        return None
+
+    # -- promoting to finetune -------------------------------------------------------------
+    def promoted(self, generation: int) -> list[Candidate]:
+        """The best `promote_share` of the generation's bandit survivors by their bandit score (and DPO in
+        generation 0): the ranking rule, at the bandit tier, among the generation."""
+        data = self.snapshot()
+        members = [c.id for c in data.candidates.values() if c.generation == generation]
+        survivors = rank(data, tier="bandit", among=members).candidates
+        chosen = survivors[: max(1, math.ceil(self.config.promote_share * len(survivors)))] if survivors else []
+        if generation == 0:
+            chosen += [c for c in survivors if c.name == BASELINE_SEED and c not in chosen]
+        return chosen
+
+    def bandit_fitness(self, candidate_id: int) -> float:
+        for evaluation in self.store.evaluations(candidate_id=candidate_id, tier="bandit"):
+            if evaluation.fitness is not None:
+                return evaluation.fitness
+        return -math.inf
+
+    def promote_generation(self, generation: int) -> None:
+        if self.config.finetune:
+            todo = [c for c in self.promoted(generation) if c.tier != "finetune"]
+            self.for_each(todo, self.finetune_candidate)
+
+    def finetune_candidate(self, candidate: Candidate, sandbox: SandboxLike) -> None:
+        with self.lock:
+            self.stats.message = f"finetuning {candidate.name}"
+            self.on_update(self.stats)
+        spec = static_tier(candidate.source, candidate.name)
+        started = time.monotonic()
+        try:
+            metrics = self.recorded_or_run(candidate, "finetune", self.config.task, lambda: finetune_tier(
+                sandbox, spec, self.config.task, budget=self.config.budget, seed=self.config.seed,
+                storage=self.store.optuna_storage_url(),
+                study_name=f"{self.config.name}-{candidate.id}-{self.config.task}"))
+        except CandidateError as error:
+            self.fail(candidate, "failed", "finetune", error)
+            return
+        self.store.update_candidate(candidate.id, tier="finetune", fitness=metrics["fitness"])
+        with self.lock:
+            self.stats.add_seconds(time.monotonic() - started)
+            self.refresh_stats()
+
+    # -- the display's numbers ---------------------------------------------------------------
+    def refresh_stats(self) -> None:
+        data = self.snapshot()
+        candidates = list(data.candidates.values())
+        stats = self.stats
+        stats.proposed = sum(1 for c in candidates if c.generation > 0)
+        stats.rejected = sum(1 for c in candidates if c.status == "rejected")
+        stats.duplicates = sum(1 for c in candidates if c.status == "duplicate")
+        stats.failed = sum(1 for c in candidates if c.status == "failed")
+        stats.evaluated = sum(1 for c in candidates if c.status == "evaluated")
+        stats.finetuned = sum(1 for c in candidates if c.tier == "finetune")
+        ranked = rank(data).ranked
+        if ranked:
+            leader, score = ranked[0]
+            stats.best_fitness, stats.best_name = score.fitness, f"#{leader.id} {leader.name}"
+        usage = self.store.llm_usage(self.campaign_id)
+        stats.llm_tokens, stats.llm_cost, stats.llm_calls = usage.total_tokens, usage.cost, usage.calls
+        self.on_update(stats)
+
+
+def task_description(task: str) -> str:
+    """One paragraph on what the task's oracle rewards, for the LLM proposer's prompt."""
+    return {
+        "sentiment": "Generate positive movie reviews; the oracle scores sentiment. Fitness is the reward at a KL budget.",
+        "sort": "Output the prompt's digits sorted; the oracle checks correctness. Fitness is the reward at a KL budget.",
+        "length": "The oracle penalizes length while the preference labels prefer longer answers: do not exploit length.",
+        "noisy": "As sentiment, with a third of the preference labels flipped: be robust to label noise.",
+    }.get(task, task)
+
+
+def build_proposer(config: CampaignConfig) -> Proposer | None:
+    """The proposer the configuration names (None for `none`)."""
+    if config.proposer == "none":
+        return None
+    if config.proposer == "llm":
+        return make_proposer("llm", base_url=config.llm_base_url, models=config.llm_models)
+    return make_proposer("mutation")
+
+
+def resolve_config(store: Store, requested: CampaignConfig, given: Collection[str] | None = None) -> CampaignConfig:
+    """A new campaign's configuration (`requested`), or the stored one with the new limits of `given`."""
+    existing = store.find_campaign(requested.name)
+    if existing is None:
+        return requested
+    given = ALL_FIELDS if given is None else given
+    return merge_resumed(CampaignConfig.from_dict(existing.config), requested, given)
+
+
+ALL_FIELDS = frozenset(f.name for f in fields(CampaignConfig))
+
+
+def run_campaign(config: CampaignConfig, *, given: Collection[str] | None = None, db: str | None = None,
+                 runs_dir: str | Path = DEFAULT_RUNS_DIR,
+                 on_update: Callable[[CampaignStats], None] | None = None) -> CampaignOutcome:
+    """Start the campaign `config.name`, or resume it where it stopped.
+
+    On a resume only the fields named in `given` (the flags a user gave; every field when
+    None) are compared with the stored configuration: new stopping limits and executors are
+    taken, any other change is refused (lossearch.search.config.merge_resumed).
+    """
+    store = campaign_store(config.name, db, runs_dir)
+    try:
+        config = resolve_config(store, config, given)
+        proposer = build_proposer(config)
+        make_sandbox = sandbox_factory(config)
+        if config.finetune:  # Optuna's tables, made once here: workers creating them at once collide
+            create_study_storage(store.optuna_storage_url())
+        sandbox = make_sandbox()
+        try:
+            return CampaignRunner(config, store, sandbox, proposer, on_update, make_sandbox).run()
+        finally:
+            sandbox.close()
+    finally:
+        store.close()
+
+
+def sandbox_factory(config: CampaignConfig) -> Callable[[], SandboxLike]:
+    """Where evaluations run: local sandboxes, or sandboxes on Ray workers."""
+    if config.executor == "ray":
+        from lossearch.sandbox.ray_sandbox import RaySandbox, connect
+
+        connect(config.ray_address)  # fails early, in one line, without Ray or a cluster
+        return lambda: RaySandbox(address=config.ray_address)
+    return Sandbox

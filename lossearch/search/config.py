@@ -1,0 +1,95 @@
+"""A campaign's configuration: everything its results depend on, stored with it, and what a resume may change."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Collection
+from typing import Any
+
+from lossearch.choices import BUDGET_NAMES, EXECUTORS, PROPOSERS, TASK_NAMES, check_choice
+from lossearch.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """Everything a campaign's results depend on, stored with it; resumes reuse it."""
+
+    name: str = "demo"
+    """The campaign's name; its default database is runs/NAME/campaign.db."""
+    task: str = "sentiment"
+    """The task candidates are selected on (sentiment, sort, length, noisy)."""
+    budget: str = "quick"
+    """The finetune tier's budget (quick, standard, full)."""
+    proposer: str = "mutation"
+    """`mutation` (offline, the default), `llm`, or `none` (evaluate the seed library only)."""
+    generations: int = 2
+    """Generations of children after generation 0 (the seeds)."""
+    population: int = 4
+    """Children proposed per generation, spread over the islands."""
+    islands: int = 2
+    """Independent sub-populations; the best migrate between them every `migrate_every` generations."""
+    migrate_every: int = 2
+    """Generations between migrations."""
+    promote_share: float = 0.25
+    """Share of a generation's bandit survivors promoted to the finetune tier (at least one)."""
+    seed: int = 0
+    """Seed of the tasks, the training runs and the proposer's random choices."""
+    finetune: bool = True
+    """Whether to run the finetune tier at all (off: the bandit tier's fitness ranks)."""
+    max_evals: int | None = None
+    """Stop after this many candidate evaluations (sanity or beyond) in this campaign."""
+    time_limit: float | None = None
+    """Stop after this many seconds of this run."""
+    max_cost: float | None = None
+    """Stop once the LLM calls of this campaign cost this many dollars."""
+    max_tokens: int | None = None
+    """Stop once the LLM calls of this campaign used this many tokens."""
+    llm_base_url: str | None = None
+    """OpenAI-compatible endpoint of the `llm` proposer."""
+    llm_models: tuple[str, ...] = ()
+    """Model names of the `llm` proposer; with several, a bandit picks per call."""
+    workers: int = 1
+    """Candidates evaluated at once, each in a sandbox of its own."""
+    executor: str = "local"
+    """`local` (sandboxes on this machine) or `ray` (sandboxes on Ray workers)."""
+    ray_address: str | None = None
+    """Address of the Ray cluster; None starts a local Ray instance."""
+
+    def __post_init__(self) -> None:
+        if not self.name or len(self.name) > 255 or "/" in self.name or self.name.startswith("."):
+            raise ConfigError("the campaign name must be a plain name of 1 to 255 characters, without '/'")
+        check_choice(self.task, TASK_NAMES, "task")
+        check_choice(self.budget, BUDGET_NAMES, "budget")
+        check_choice(self.proposer, PROPOSERS, "proposer")
+        check_choice(self.executor, EXECUTORS, "executor")
+        if self.generations < 0 or self.population < 1 or self.islands < 1 or self.migrate_every < 1:
+            raise ConfigError("generations must be >= 0; population, islands and migrate_every >= 1")
+        if self.workers < 1:
+            raise ConfigError("workers must be at least 1")
+        if not 0 < self.promote_share <= 1:
+            raise ConfigError("promote_share must be in (0, 1]")
+        if self.proposer == "llm" and (not self.llm_base_url or not self.llm_models):
+            raise ConfigError("the llm proposer needs --llm-base-url and at least one --llm-model")
+        object.__setattr__(self, "llm_models", tuple(self.llm_models))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "llm_models": list(self.llm_models)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CampaignConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+STOP_FIELDS = ("generations", "max_evals", "time_limit", "max_cost", "max_tokens", "workers", "executor", "ray_address")
+"""Fields a resumed campaign may change: when to stop and where it runs; nothing its results depend on."""
+
+
+def merge_resumed(stored: CampaignConfig, requested: CampaignConfig, given: Collection[str]) -> CampaignConfig:
+    """The stored configuration with the stopping limits and executor of `requested` among the fields
+    `given`; any other given field that differs from the stored one is refused."""
+    for key in given:
+        if key != "name" and key not in STOP_FIELDS and getattr(stored, key) != getattr(requested, key):
+            raise ConfigError(f"campaign {stored.name!r} was started with {key}={getattr(stored, key)!r}; "
+                              f"resume it without --{key.replace('_', '-')} or start another with a new --name")
+    return replace(stored, **{key: getattr(requested, key) for key in given if key in STOP_FIELDS})

@@ -1,0 +1,214 @@
+"""What the LLM proposer says to the model, and how it reads the answer.
+
+`build_messages` writes the chat: a system message with the loss contract and
+the reply format, and a user message with the task, the leaders (code,
+metrics, fingerprint summary), the parent(s) to improve and recent failures.
+`parse_reply` reads a reply leniently: a JSON object (bare, fenced or inside
+prose), else a fenced Python block; the code must pass `parse_spec`.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from lossearch.contract import CONTRACT_INPUTS, parse_spec
+from lossearch.failures import CandidateError
+from lossearch.search.proposers.base import ParentView, ProposalContext
+from lossearch.search.proposers.syntax import identifier, quote_docstring
+
+MAX_SHOWN_SOURCE = 4000
+FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+
+SYSTEM_PROMPT = """\
+You are a research scientist who designs new preference-optimization losses (the DPO family).
+A loss is one Python module that defines a function named `loss`; it is trained into a small
+language model on preference pairs and scored by an oracle reward at a KL budget.
+
+## The loss contract
+`loss` takes any of these parameters, by exactly these names; the trainer passes only those it asks for.
+Every tensor has shape (B,), one entry per preference pair.
+
+{inputs}
+
+Any other parameter is a hyperparameter and must have a float default (`gamma: float = 0.5`).
+Return a (B,) tensor of per-pair losses (a scalar is accepted and broadcast); the trainer takes the mean.
+It must be finite, and differentiable with respect to the policy log-probs.
+
+## Rules (checked before the code ever runs)
+- Imports: only `torch`, `torch.nn.functional` (as `F`) and `math`.
+- Module level: a docstring, imports, function definitions and `NAME = constant` only.
+- Plain tensor arithmetic: no attribute starting with `_`, no in-place methods (`x.add_()`),
+  no assignment to items or attributes (`x[0] = ...`), no `.grad`, `.data`, `.backward()`,
+  hooks, `torch.autograd`, `torch.no_grad`, files, `eval`/`exec`/`getattr`, classes, `try`, `with`.
+- Start the module with a docstring: one line saying what the loss is and why it should work.
+
+## Reply format
+Reply with one JSON object and nothing else:
+{{"thought": "<why this loss should do better, in two or three sentences>",
+ "name": "<a short snake_case name>",
+ "code": "<the complete Python module, as a JSON string>"}}
+"""
+
+EXAMPLE = '''"""DPO (Rafailov et al., 2023): logistic loss on the implicit reward margin."""
+import torch
+import torch.nn.functional as F
+
+
+def loss(policy_chosen_logps, policy_rejected_logps,
+         reference_chosen_logps, reference_rejected_logps, beta: float = 0.1):
+    margin = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * margin)
+'''
+
+
+def contract_table() -> str:
+    rows = ["| parameter | meaning |", "|---|---|"]
+    rows += [f"| `{name}` | {meaning} |" for name, meaning in CONTRACT_INPUTS.items()]
+    return "\n".join(rows)
+
+
+def system_prompt() -> str:
+    return SYSTEM_PROMPT.format(inputs=contract_table()) + "\nFor example, DPO:\n```python\n" + EXAMPLE + "```\n"
+
+
+def describe_candidate(candidate: ParentView) -> str:
+    """A heading with fitness and metrics, the fingerprint summary, and the code."""
+    fitness = "not yet scored" if candidate.fitness is None else f"fitness {candidate.fitness:.4g}"
+    metrics = ", ".join(f"{key} {value:.4g}" for key, value in candidate.metrics.items()
+                        if isinstance(value, (int, float)))
+    lines = [f"### {candidate.name} ({fitness}{'; ' + metrics if metrics else ''})"]
+    if candidate.fingerprint_summary:
+        lines.append(f"How its gradient pushes the likelihoods: {candidate.fingerprint_summary}")
+    source = candidate.source if len(candidate.source) <= MAX_SHOWN_SOURCE else candidate.source[:MAX_SHOWN_SOURCE] + "\n# ... (cut)"
+    lines.append(f"```python\n{source.rstrip()}\n```")
+    return "\n".join(lines)
+
+
+def instruction(parents: Sequence[ParentView]) -> str:
+    if len(parents) >= 2:
+        return (f"Write one new loss that combines what works in {parents[0].name} and {parents[1].name} "
+                "into something better than both.")
+    if parents:
+        return (f"Write one new loss that improves on {parents[0].name}: change what its metrics and "
+                "fingerprint suggest is holding it back. Do not just rename it or retune a constant.")
+    return "Write one new loss that could beat every loss shown above. Be bold but keep it sound."
+
+
+def user_prompt(parents: Sequence[ParentView], context: ProposalContext, top_k: int, max_failures: int) -> str:
+    parent_ids = {parent.id for parent in parents}
+    shown = [candidate for candidate in context.top if candidate.id not in parent_ids][:top_k]
+    parts = [f"## Task: {context.task}", context.task_description or ""]
+    if shown:
+        parts.append("## The best losses so far (best first)")
+        parts += [describe_candidate(candidate) for candidate in shown]
+    if parents:
+        parts.append("## The loss to improve" if len(parents) == 1 else "## The losses to combine")
+        parts += [describe_candidate(parent) for parent in parents]
+    failures = list(context.failures)[:max_failures]
+    if failures:
+        parts.append("## Recent failures (do not repeat them)")
+        parts += [f"- {failure.name} [{failure.kind}]: {' '.join(failure.message.split())}" for failure in failures]
+    parts.append("## Your job\n" + instruction(parents)
+                 + '\nReply with one JSON object: {"thought": ..., "name": ..., "code": ...}.')
+    return "\n\n".join(part for part in parts if part)
+
+
+def build_messages(parents: Sequence[ParentView], context: ProposalContext,
+                   top_k: int = 4, max_failures: int = 5) -> list[dict[str, str]]:
+    """The chat messages for one proposal."""
+    return [{"role": "system", "content": system_prompt()},
+            {"role": "user", "content": user_prompt(parents, context, top_k, max_failures)}]
+
+
+# -- reading the reply -----------------------------------------------------------------------
+
+class MalformedReply(ValueError):
+    """The reply holds no usable loss; the message says why (shown in LLMUsage.detail)."""
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A loss read from a reply."""
+
+    thought: str
+    name: str
+    code: str
+
+
+def _json_objects(text: str) -> list[dict[str, Any]]:
+    """JSON objects in the text: the whole text, fenced blocks, then any `{...}` inside prose."""
+    decoder = json.JSONDecoder(strict=False)  # strict=False: raw newlines inside strings are common
+    found: list[dict[str, Any]] = []
+    pieces = [text.strip()] + [body.strip() for _, body in FENCE.findall(text)]
+    for piece in pieces:
+        for start in [index for index, char in enumerate(piece) if char == "{"][:200]:
+            try:
+                value, _ = decoder.raw_decode(piece, start)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                found.append(value)
+                break
+    return found
+
+
+def _strip_fences(code: str) -> str:
+    match = FENCE.search(code)
+    return match.group(2) if match and "def loss" in match.group(2) else code
+
+
+def _python_block(text: str) -> str | None:
+    """The first fenced block that defines `loss` (labelled python, py or unlabelled)."""
+    for label, body in FENCE.findall(text):
+        if label.lower() in ("", "python", "py", "python3") and "def loss" in body:
+            return body
+    return None
+
+
+def _name_from_code(code: str) -> str:
+    try:
+        docstring = ast.get_docstring(ast.parse(code)) or ""
+    except SyntaxError:
+        docstring = ""
+    head = re.split(r"[:(.\n]", docstring.strip(), maxsplit=1)[0] if docstring.strip() else ""
+    return identifier(" ".join(head.split()[:6]), fallback="llm_loss")
+
+
+def read_draft(text: str) -> Draft:
+    """Thought, name and code from a reply, before any check of the code."""
+    for value in _json_objects(text):
+        code = value.get("code")
+        if isinstance(code, str) and code.strip():
+            name = value.get("name") if isinstance(value.get("name"), str) else ""
+            thought = value.get("thought") if isinstance(value.get("thought"), str) else ""
+            code = _strip_fences(code)
+            return Draft(thought.strip(), identifier(name, fallback="") or _name_from_code(code), code)
+    code = _python_block(text)
+    if code is None:
+        raise MalformedReply("the reply has neither a JSON object with `code` nor a ```python block defining `loss`")
+    prose = " ".join(FENCE.sub(" ", text).split())
+    return Draft(prose[:500], _name_from_code(code), code)
+
+
+def parse_reply(text: str | None) -> Draft:
+    """A checked `Draft`: its code parses, defines `loss` and obeys the contract's signature rules.
+
+    A module without a docstring gets one made from the name and the thought.
+    """
+    if not text or not text.strip():
+        raise MalformedReply("the reply is empty")
+    draft = read_draft(text)
+    code = draft.code.strip("\n") + "\n"
+    try:
+        parse_spec(code, draft.name)
+        if ast.get_docstring(ast.parse(code)) is None:
+            summary = draft.thought.split("\n")[0][:300] or "proposed by an LLM"
+            code = f"{quote_docstring(f'{draft.name}: {summary}')}\n{code}"
+            parse_spec(code, draft.name)
+    except CandidateError as error:
+        raise MalformedReply(f"the code is not a loss module ({error.failure.kind}: {error.failure.message})") from None
+    return Draft(draft.thought, draft.name, code)

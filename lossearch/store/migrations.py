@@ -1,0 +1,136 @@
+"""Schema migrations: each brings the schema from version N-1 to N; never edit a released one.
+
+`MIGRATIONS` lists the functions that build the schema one version at a time;
+opening a store applies the ones it has not seen, in one transaction. To change
+the schema, change lossearch.store.models and append a migration that brings an
+existing database to the same shape: the tests check that the two agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from lossearch.store.models import schema_version_table
+from lossearch.store.values import StoreError
+
+_POSTGRES_MIGRATION_LOCK = 0x6C6F7373  # any constant: serializes schema upgrades across processes
+
+
+def _create_tables(connection: Connection) -> None:
+    """1: campaigns, candidates, lineage edges, evaluations and LLM calls (frozen as released)."""
+    metadata = sa.MetaData()
+    sa.Table(
+        "campaigns", metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(255), nullable=False, unique=True),
+        sa.Column("config", sa.JSON, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("stop_reason", sa.Text),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("updated_at", sa.DateTime, nullable=False),
+    )
+    sa.Table(
+        "candidates", metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("campaign_id", sa.Integer, sa.ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("name", sa.Text, nullable=False),
+        sa.Column("source", sa.Text, nullable=False),
+        sa.Column("code_hash", sa.String(64), nullable=False),
+        sa.Column("idea", sa.Text, nullable=False),
+        sa.Column("proposer", sa.String(32), nullable=False),
+        sa.Column("model", sa.Text),
+        sa.Column("generation", sa.Integer, nullable=False),
+        sa.Column("island", sa.Integer, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("tier", sa.String(16)),
+        sa.Column("fingerprint", sa.JSON),
+        sa.Column("failure_kind", sa.String(16)),
+        sa.Column("failure_message", sa.Text),
+        sa.Column("fitness", sa.Float),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("updated_at", sa.DateTime, nullable=False),
+    )
+    sa.Table(
+        "lineage_edges", metadata,
+        sa.Column("child_id", sa.Integer, sa.ForeignKey("candidates.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("parent_id", sa.Integer, sa.ForeignKey("candidates.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("relation", sa.String(16), primary_key=True),
+    )
+    sa.Table(
+        "evaluations", metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("candidate_id", sa.Integer, sa.ForeignKey("candidates.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("tier", sa.String(16), nullable=False),
+        sa.Column("task", sa.String(64), nullable=False),
+        sa.Column("seed", sa.Integer, nullable=False),
+        sa.Column("metrics", sa.JSON, nullable=False),
+        sa.Column("fitness", sa.Float),
+        sa.Column("seconds", sa.Float, nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.UniqueConstraint("candidate_id", "tier", "task", "seed", name="uq_evaluations_key"),
+    )
+    sa.Table(
+        "llm_calls", metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("campaign_id", sa.Integer, sa.ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("candidate_id", sa.Integer, sa.ForeignKey("candidates.id", ondelete="SET NULL")),
+        sa.Column("model", sa.Text, nullable=False),
+        sa.Column("prompt_tokens", sa.Integer, nullable=False),
+        sa.Column("completion_tokens", sa.Integer, nullable=False),
+        sa.Column("cost", sa.Float, nullable=False),
+        sa.Column("latency", sa.Float, nullable=False),
+        sa.Column("outcome", sa.String(32), nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+    )
+    metadata.create_all(connection, checkfirst=False)
+
+
+def _index_read_paths(connection: Connection) -> None:
+    """2: indexes for the loop's and the leaderboard's reads (hash lookups, the pending
+    queue, ranking, children of a candidate, LLM spend per campaign)."""
+    indexes = {
+        "ix_candidates_campaign_status": "candidates (campaign_id, status)",
+        "ix_candidates_campaign_hash": "candidates (campaign_id, code_hash)",
+        "ix_candidates_campaign_fitness": "candidates (campaign_id, fitness)",
+        "ix_lineage_edges_parent": "lineage_edges (parent_id)",
+        "ix_llm_calls_campaign": "llm_calls (campaign_id)",
+    }
+    for name, target in indexes.items():
+        connection.execute(sa.text(f"CREATE INDEX {name} ON {target}"))
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create_tables, _index_read_paths)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def read_schema_version(connection: Connection) -> int:
+    if not sa.inspect(connection).has_table(schema_version_table.name):
+        return 0
+    return connection.execute(sa.select(sa.func.max(schema_version_table.c.version))).scalar() or 0
+
+
+def migrate(engine: Engine, target: int = SCHEMA_VERSION) -> int:
+    """Apply the migrations between the database's version and `target` in one transaction."""
+    with engine.connect() as connection:
+        current = read_schema_version(connection)
+    if current == target:
+        return current
+    with engine.connect().execution_options(lossearch_immediate=True) as connection, connection.begin():
+        if connection.dialect.name == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _POSTGRES_MIGRATION_LOCK})
+        current = read_schema_version(connection)  # again, now that no one else can migrate
+        if current > SCHEMA_VERSION:
+            raise StoreError(f"the database has schema version {current}, newer than this lossearch knows "
+                             f"({SCHEMA_VERSION}): upgrade lossearch")
+        schema_version_table.create(connection, checkfirst=True)
+        for version in range(current + 1, target + 1):
+            MIGRATIONS[version - 1](connection)
+        if target > current:
+            connection.execute(schema_version_table.delete())
+            connection.execute(schema_version_table.insert().values(version=target))
+        return max(current, target)
+
+

@@ -1,0 +1,101 @@
+"""The ORM models: the current schema (lossearch.store.migrations builds it, one version at a time)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CampaignModel(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    config: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    stop_reason: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime)
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime)
+
+
+class CandidateModel(Base):
+    __tablename__ = "candidates"
+    __table_args__ = (
+        sa.Index("ix_candidates_campaign_status", "campaign_id", "status"),
+        sa.Index("ix_candidates_campaign_hash", "campaign_id", "code_hash"),
+        sa.Index("ix_candidates_campaign_fitness", "campaign_id", "fitness"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.Text)
+    source: Mapped[str] = mapped_column(sa.Text)
+    code_hash: Mapped[str] = mapped_column(sa.String(64))
+    idea: Mapped[str] = mapped_column(sa.Text)
+    proposer: Mapped[str] = mapped_column(sa.String(32))
+    model: Mapped[str | None] = mapped_column(sa.Text)
+    generation: Mapped[int]
+    island: Mapped[int]
+    status: Mapped[str] = mapped_column(sa.String(16))
+    tier: Mapped[str | None] = mapped_column(sa.String(16))
+    fingerprint: Mapped[list[float] | None] = mapped_column(sa.JSON)
+    failure_kind: Mapped[str | None] = mapped_column(sa.String(16))
+    failure_message: Mapped[str | None] = mapped_column(sa.Text)
+    fitness: Mapped[float | None] = mapped_column(sa.Float)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime)
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime)
+
+
+class LineageEdgeModel(Base):
+    __tablename__ = "lineage_edges"
+    __table_args__ = (sa.Index("ix_lineage_edges_parent", "parent_id"),)
+
+    child_id: Mapped[int] = mapped_column(sa.ForeignKey("candidates.id", ondelete="CASCADE"), primary_key=True)
+    parent_id: Mapped[int] = mapped_column(sa.ForeignKey("candidates.id", ondelete="CASCADE"), primary_key=True)
+    relation: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+
+
+class EvaluationModel(Base):
+    __tablename__ = "evaluations"
+    __table_args__ = (sa.UniqueConstraint("candidate_id", "tier", "task", "seed", name="uq_evaluations_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    candidate_id: Mapped[int] = mapped_column(sa.ForeignKey("candidates.id", ondelete="CASCADE"))
+    tier: Mapped[str] = mapped_column(sa.String(16))
+    task: Mapped[str] = mapped_column(sa.String(64))
+    seed: Mapped[int]
+    metrics: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    fitness: Mapped[float | None] = mapped_column(sa.Float)
+    seconds: Mapped[float] = mapped_column(sa.Float)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime)
+
+
+class LLMCallModel(Base):
+    __tablename__ = "llm_calls"
+    __table_args__ = (sa.Index("ix_llm_calls_campaign", "campaign_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
+    candidate_id: Mapped[int | None] = mapped_column(sa.ForeignKey("candidates.id", ondelete="SET NULL"))
+    model: Mapped[str] = mapped_column(sa.Text)
+    prompt_tokens: Mapped[int]
+    completion_tokens: Mapped[int]
+    cost: Mapped[float] = mapped_column(sa.Float)
+    latency: Mapped[float] = mapped_column(sa.Float)
+    outcome: Mapped[str] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime)
+
+
+schema_version_table = sa.Table(
+    "lossearch_schema_version",  # not `version_info`: Optuna's tables share the database
+    Base.metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+

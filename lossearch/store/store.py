@@ -1,0 +1,598 @@
+"""The campaign store: the only shared state of a search (DESIGN §1).
+
+Every campaign, candidate, lineage edge, evaluation and LLM call lives in one
+relational database reached through `Store`. SQLite is the default
+(`runs/NAME/campaign.db`); any SQLAlchemy URL works, PostgreSQL included.
+
+Every public method is one committed transaction, so a process killed at any
+instant leaves a database that holds everything it had committed and nothing
+half-written. Callers get frozen value objects (`Campaign`, `Candidate`, ...),
+never ORM rows, and every database failure surfaces as a `StoreError` whose
+message fits on one line.
+
+The schema carries a version; lossearch.store.migrations upgrades a database
+to the current one when it is opened.
+"""
+
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections import defaultdict
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from lossearch.contract import source_hash
+from lossearch.failures import FAILURE_KINDS
+from lossearch.store.migrations import migrate, read_schema_version
+from lossearch.store.models import CampaignModel, CandidateModel, EvaluationModel, LineageEdgeModel, LLMCallModel
+from lossearch.store.values import (CAMPAIGN_DB_NAME, CAMPAIGN_STATUSES, CANDIDATE_STATUSES, RELATIONS,
+                                    UNFINISHED_STATUSES, UPDATABLE_CANDIDATE_FIELDS, Campaign,
+                                    CampaignSummary, Candidate, Evaluation, LineageEdge, LLMCall, LLMUsage,
+                                    NotFoundError, StoreError)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+# -- engine ------------------------------------------------------------------------------
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, foreign keys and a busy timeout on every connection; transactions that begin
+    when we say so (pysqlite's own BEGIN skips reads and DDL, which would make migrations
+    and read-then-write methods non-atomic)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get("lossearch_immediate", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _create_engine(url: sa.URL, engine_kwargs: Mapping[str, Any]) -> Engine:
+    engine = sa.create_engine(url, **engine_kwargs)
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    """Naive UTC: what every backend stores the same way."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+def _json_copy(value: Any, what: str) -> Any:
+    """A JSON round-trip of `value`; refuses what some backend could not store (nan, objects)."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{what} must be JSON with finite numbers: {error}") from None
+
+
+def _finite_or_none(value: float | None, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not math.isfinite(float(value)):
+        raise ValueError(f"{what} must be a finite number or None, not {value!r}")
+    return float(value)
+
+
+def _check_choice(value: str | None, choices: Sequence[str], what: str) -> None:
+    if value is not None and value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _as_campaign(row: CampaignModel) -> Campaign:
+    return Campaign(row.id, row.name, copy.deepcopy(row.config), row.status, row.stop_reason,
+                    _aware(row.created_at), _aware(row.updated_at))
+
+
+def _as_candidate(row: CandidateModel) -> Candidate:
+    fingerprint = None if row.fingerprint is None else tuple(float(x) for x in row.fingerprint)
+    return Candidate(
+        id=row.id, campaign_id=row.campaign_id, name=row.name, source=row.source, code_hash=row.code_hash,
+        idea=row.idea, proposer=row.proposer, model=row.model, generation=row.generation, island=row.island,
+        status=row.status, tier=row.tier, fingerprint=fingerprint, failure_kind=row.failure_kind,
+        failure_message=row.failure_message, fitness=row.fitness,
+        created_at=_aware(row.created_at), updated_at=_aware(row.updated_at),
+    )
+
+
+def _as_edge(row: LineageEdgeModel) -> LineageEdge:
+    return LineageEdge(row.child_id, row.parent_id, row.relation)
+
+
+def _as_evaluation(row: EvaluationModel) -> Evaluation:
+    return Evaluation(row.id, row.candidate_id, row.tier, row.task, row.seed, copy.deepcopy(row.metrics),
+                      row.fitness, row.seconds, _aware(row.created_at))
+
+
+def _as_llm_call(row: LLMCallModel) -> LLMCall:
+    return LLMCall(row.id, row.campaign_id, row.candidate_id, row.model, row.prompt_tokens, row.completion_tokens,
+                   row.cost, row.latency, row.outcome, _aware(row.created_at))
+
+
+# -- the store ---------------------------------------------------------------------------
+
+
+class Store:
+    """The campaign database.
+
+    Example:
+        store = Store.for_campaign_dir("runs/demo")
+        campaign = store.create_campaign("demo", {"task": "sentiment"})
+        seed = store.add_candidate(campaign.id, source=dpo_source, name="dpo", proposer="seed", generation=0)
+        store.record_evaluation(seed.id, tier="bandit", task="sentiment", seed=0,
+                                metrics={"reward": 0.8}, fitness=0.8, seconds=0.4)
+
+    Args:
+        url: Any SQLAlchemy database URL (`sqlite:///path.db`, `postgresql+psycopg://...`).
+        engine_kwargs: Passed on to `sqlalchemy.create_engine`.
+    """
+
+    def __init__(self, url: str | sa.URL, *, engine_kwargs: Mapping[str, Any] | None = None) -> None:
+        try:
+            self._url = sa.make_url(url)
+            self._engine = _create_engine(self._url, engine_kwargs or {})
+        except ImportError as error:
+            raise StoreError(f"cannot use the database URL {_masked(url)}: {error}; install its driver "
+                             "(PostgreSQL: pip install 'psycopg[binary]')") from error
+        except SQLAlchemyError as error:
+            raise StoreError(f"cannot use the database URL {_masked(url)}: {_first_line(error)}") from error
+        self._sessions = sessionmaker(bind=self._engine, expire_on_commit=False)
+        try:
+            migrate(self._engine)
+        except StoreError:
+            self._engine.dispose()
+            raise
+        except SQLAlchemyError as error:
+            self._engine.dispose()
+            raise StoreError(f"cannot open the database at {self}: {_first_line(error)}") from error
+
+    @classmethod
+    def for_campaign_dir(cls, path: str | Path) -> Store:
+        """The SQLite store of the campaign folder `path` (`runs/NAME`), created if missing."""
+        folder = Path(path).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{folder / CAMPAIGN_DB_NAME}")
+
+    @property
+    def url(self) -> str:
+        """The database URL, password included (pass it to other clients, never print it)."""
+        return self._url.render_as_string(hide_password=False)
+
+    def optuna_storage_url(self) -> str:
+        """The URL for `optuna.storages.RDBStorage`: Optuna's studies live in the same database."""
+        return self.url
+
+    def schema_version(self) -> int:
+        with self._session_scope() as session:
+            return read_schema_version(session.connection())
+
+    def close(self) -> None:
+        """Return every pooled connection; the store can still be used afterwards."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        return _masked(self._url)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self)!r})"
+
+    @contextmanager
+    def _session_scope(self, *, write: bool = False) -> Iterator[Session]:
+        """One transaction: committed if the block succeeds, rolled back if not; database
+        errors become `StoreError`.
+
+        A `write` transaction takes SQLite's write lock as it begins (waiting up to the busy
+        timeout for other writers), so its reads and writes cannot be split by another
+        writer's commit; read transactions never wait.
+        """
+        session = self._sessions()
+        try:
+            if write:
+                session.connection(execution_options={"lossearch_immediate": True})
+            yield session
+            session.commit()
+        except SQLAlchemyError as error:
+            session.rollback()
+            raise StoreError(f"database error at {self}: {_first_line(error)}") from error
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    # -- campaigns ---------------------------------------------------------------------
+
+    def create_campaign(self, name: str, config: Mapping[str, Any]) -> Campaign:
+        """Start a campaign called `name` (unique in this database) with its full configuration."""
+        if not name or len(name) > 255:
+            raise ValueError("a campaign name must have 1 to 255 characters")
+        config = _json_copy(dict(config), "the campaign configuration")
+        with self._session_scope(write=True) as session:
+            if session.scalar(sa.select(CampaignModel.id).where(CampaignModel.name == name)) is not None:
+                raise StoreError(f"a campaign named {name!r} already exists in {self}")
+            now = _now()
+            row = CampaignModel(name=name, config=config, status="running", created_at=now, updated_at=now)
+            session.add(row)
+            session.flush()
+            return _as_campaign(row)
+
+    def get_campaign(self, name: str) -> Campaign:
+        """The campaign called `name`; `NotFoundError` if there is none."""
+        campaign = self.find_campaign(name)
+        if campaign is None:
+            raise NotFoundError(f"no campaign named {name!r} in {self}")
+        return campaign
+
+    def find_campaign(self, name: str) -> Campaign | None:
+        """The campaign called `name`, or None (what `lossearch run --name NAME` resumes)."""
+        with self._session_scope() as session:
+            row = session.scalar(sa.select(CampaignModel).where(CampaignModel.name == name))
+            return None if row is None else _as_campaign(row)
+
+    def get_campaign_by_id(self, campaign_id: int) -> Campaign:
+        with self._session_scope() as session:
+            return _as_campaign(self._campaign_row(session, campaign_id))
+
+    def latest_campaign(self) -> Campaign | None:
+        """The campaign created last, or None in an empty database."""
+        with self._session_scope() as session:
+            row = session.scalar(sa.select(CampaignModel).order_by(CampaignModel.id.desc()).limit(1))
+            return None if row is None else _as_campaign(row)
+
+    def list_campaigns(self) -> list[CampaignSummary]:
+        """Every campaign, oldest first, with its candidate counts, LLM cost and last activity."""
+        with self._session_scope() as session:
+            rows = session.scalars(sa.select(CampaignModel).order_by(CampaignModel.id)).all()
+            by_status: dict[int, dict[str, int]] = defaultdict(dict)
+            for campaign_id, status, count in session.execute(
+                sa.select(CandidateModel.campaign_id, CandidateModel.status, sa.func.count())
+                .group_by(CandidateModel.campaign_id, CandidateModel.status)
+            ):
+                by_status[campaign_id][status] = count
+            cost = dict(session.execute(
+                sa.select(LLMCallModel.campaign_id, sa.func.sum(LLMCallModel.cost)).group_by(LLMCallModel.campaign_id)
+            ).all())
+            activity = self._last_activity(session)
+            return [
+                CampaignSummary(_as_campaign(row), dict(by_status[row.id]),
+                                float(cost.get(row.id) or 0.0), _aware(max([row.updated_at, *activity[row.id]])))
+                for row in rows
+            ]
+
+    @staticmethod
+    def _last_activity(session: Session) -> dict[int, list[datetime]]:
+        """Latest candidate update, evaluation and LLM call per campaign."""
+        queries = (
+            sa.select(CandidateModel.campaign_id, sa.func.max(CandidateModel.updated_at))
+            .group_by(CandidateModel.campaign_id),
+            sa.select(CandidateModel.campaign_id, sa.func.max(EvaluationModel.created_at))
+            .join(CandidateModel, EvaluationModel.candidate_id == CandidateModel.id)
+            .group_by(CandidateModel.campaign_id),
+            sa.select(LLMCallModel.campaign_id, sa.func.max(LLMCallModel.created_at))
+            .group_by(LLMCallModel.campaign_id),
+        )
+        moments: dict[int, list[datetime]] = defaultdict(list)
+        for query in queries:
+            for campaign_id, moment in session.execute(query):
+                moments[campaign_id].append(moment)
+        return moments
+
+    def set_campaign_status(self, campaign_id: int, status: str, reason: str | None = None) -> Campaign:
+        """Mark a campaign `running`, `stopped`, `finished` or `failed`, saying why it stopped."""
+        _check_choice(status, CAMPAIGN_STATUSES, "campaign status")
+        with self._session_scope(write=True) as session:
+            row = self._campaign_row(session, campaign_id)
+            row.status, row.stop_reason, row.updated_at = status, reason, _now()
+            session.flush()
+            return _as_campaign(row)
+
+    def _campaign_row(self, session: Session, campaign_id: int) -> CampaignModel:
+        row = session.get(CampaignModel, campaign_id)
+        if row is None:
+            raise NotFoundError(f"no campaign with id {campaign_id} in {self}")
+        return row
+
+    # -- candidates --------------------------------------------------------------------
+
+    def add_candidate(
+        self,
+        campaign_id: int,
+        *,
+        source: str,
+        name: str,
+        proposer: str,
+        generation: int,
+        idea: str = "",
+        model: str | None = None,
+        island: int = 0,
+        parents: Sequence[tuple[int, str]] = (),
+        status: str = "pending",
+    ) -> Candidate:
+        """Record a new candidate and its lineage edges (`(parent id, relation)` pairs) together."""
+        _check_choice(status, CANDIDATE_STATUSES, "candidate status")
+        for _, relation in parents:
+            _check_choice(relation, RELATIONS, "lineage relation")
+        edges = list(dict.fromkeys((int(parent_id), relation) for parent_id, relation in parents))
+        with self._session_scope(write=True) as session:
+            self._campaign_row(session, campaign_id)
+            self._check_candidates_exist(session, {parent_id for parent_id, _ in edges})
+            now = _now()
+            row = CandidateModel(
+                campaign_id=campaign_id, name=name, source=source, code_hash=source_hash(source), idea=idea,
+                proposer=proposer, model=model, generation=generation, island=island, status=status,
+                created_at=now, updated_at=now,
+            )
+            session.add(row)
+            session.flush()
+            session.add_all(LineageEdgeModel(child_id=row.id, parent_id=parent_id, relation=relation)
+                            for parent_id, relation in edges)
+            return _as_candidate(row)
+
+    def _check_candidates_exist(self, session: Session, candidate_ids: Collection[int]) -> None:
+        if not candidate_ids:
+            return
+        found = set(session.scalars(sa.select(CandidateModel.id).where(CandidateModel.id.in_(candidate_ids))))
+        missing = sorted(set(candidate_ids) - found)
+        if missing:
+            raise NotFoundError(f"no candidate with id {', '.join(map(str, missing))} in {self}")
+
+    def get_candidate(self, candidate_id: int) -> Candidate:
+        """The candidate with `candidate_id`; `NotFoundError` if there is none."""
+        with self._session_scope() as session:
+            return _as_candidate(self._candidate_row(session, candidate_id))
+
+    def _candidate_row(self, session: Session, candidate_id: int) -> CandidateModel:
+        row = session.get(CandidateModel, candidate_id)
+        if row is None:
+            raise NotFoundError(f"no candidate with id {candidate_id} in {self}")
+        return row
+
+    def find_candidate_by_hash(self, campaign_id: int, code_hash: str) -> Candidate | None:
+        """The first candidate of the campaign whose `code_hash` is this one, if any."""
+        with self._session_scope() as session:
+            row = session.scalar(
+                sa.select(CandidateModel)
+                .where(CandidateModel.campaign_id == campaign_id, CandidateModel.code_hash == code_hash)
+                .order_by(CandidateModel.id).limit(1)
+            )
+            return None if row is None else _as_candidate(row)
+
+    def update_candidate(self, candidate_id: int, **fields: Any) -> Candidate:
+        """Set some of `status`, `tier`, `fingerprint`, `failure_kind`, `failure_message`, `fitness`."""
+        unknown = set(fields) - UPDATABLE_CANDIDATE_FIELDS
+        if unknown:
+            allowed = ", ".join(sorted(UPDATABLE_CANDIDATE_FIELDS))
+            raise TypeError(f"cannot update {', '.join(sorted(unknown))}; only {allowed}")
+        _check_choice(fields.get("status"), CANDIDATE_STATUSES, "candidate status")
+        _check_choice(fields.get("failure_kind"), FAILURE_KINDS, "failure kind")
+        if "fitness" in fields:
+            fields["fitness"] = _finite_or_none(fields["fitness"], "fitness")
+        if fields.get("fingerprint") is not None:
+            fields["fingerprint"] = _json_copy([float(x) for x in fields["fingerprint"]], "a fingerprint")
+        with self._session_scope(write=True) as session:
+            row = self._candidate_row(session, candidate_id)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            row.updated_at = _now()
+            session.flush()
+            return _as_candidate(row)
+
+    def candidates(
+        self,
+        campaign_id: int,
+        *,
+        status: str | Collection[str] | None = None,
+        generation: int | None = None,
+        island: int | None = None,
+    ) -> list[Candidate]:
+        """The campaign's candidates in the order they were added, optionally filtered."""
+        query = sa.select(CandidateModel).where(CandidateModel.campaign_id == campaign_id)
+        if status is not None:
+            query = query.where(CandidateModel.status.in_([status] if isinstance(status, str) else list(status)))
+        if generation is not None:
+            query = query.where(CandidateModel.generation == generation)
+        if island is not None:
+            query = query.where(CandidateModel.island == island)
+        with self._session_scope() as session:
+            return [_as_candidate(row) for row in session.scalars(query.order_by(CandidateModel.id))]
+
+    def pending_candidates(self, campaign_id: int) -> list[Candidate]:
+        """Candidates still to evaluate: `pending`, and `evaluating` ones a killed run left behind."""
+        return self.candidates(campaign_id, status=UNFINISHED_STATUSES)
+
+    # -- lineage -----------------------------------------------------------------------
+
+    def parents(self, candidate_id: int) -> list[LineageEdge]:
+        """The edges from `candidate_id` to the candidates it was made from."""
+        return self._edges(LineageEdgeModel.child_id == candidate_id)
+
+    def children(self, candidate_id: int) -> list[LineageEdge]:
+        """The edges to the candidates made from `candidate_id`."""
+        return self._edges(LineageEdgeModel.parent_id == candidate_id)
+
+    def lineage(self, campaign_id: int) -> list[LineageEdge]:
+        """Every lineage edge whose child belongs to the campaign."""
+        children = sa.select(CandidateModel.id).where(CandidateModel.campaign_id == campaign_id)
+        return self._edges(LineageEdgeModel.child_id.in_(children))
+
+    def _edges(self, condition: sa.ColumnElement[bool]) -> list[LineageEdge]:
+        query = sa.select(LineageEdgeModel).where(condition)
+        query = query.order_by(LineageEdgeModel.child_id, LineageEdgeModel.parent_id, LineageEdgeModel.relation)
+        with self._session_scope() as session:
+            return [_as_edge(row) for row in session.scalars(query)]
+
+    # -- evaluations -------------------------------------------------------------------
+
+    def record_evaluation(
+        self,
+        candidate_id: int,
+        *,
+        tier: str,
+        task: str,
+        seed: int,
+        metrics: Mapping[str, Any],
+        fitness: float | None,
+        seconds: float,
+    ) -> Evaluation:
+        """Record a completed evaluation. Idempotent: if one (candidate, tier, task, seed) was
+        recorded already, that record is returned and nothing is written."""
+        metrics = _json_copy(dict(metrics), "metrics")
+        fitness = _finite_or_none(fitness, "fitness")
+        key = (EvaluationModel.candidate_id == candidate_id, EvaluationModel.tier == tier,
+               EvaluationModel.task == task, EvaluationModel.seed == seed)
+        with self._session_scope(write=True) as session:
+            existing = session.scalar(sa.select(EvaluationModel).where(*key))
+            if existing is not None:
+                return _as_evaluation(existing)
+            self._candidate_row(session, candidate_id)
+            row = EvaluationModel(candidate_id=candidate_id, tier=tier, task=task, seed=seed, metrics=metrics,
+                                  fitness=fitness, seconds=float(seconds), created_at=_now())
+            try:
+                with session.begin_nested():
+                    session.add(row)
+            except IntegrityError:  # another process recorded the same key since we looked
+                row = session.scalars(sa.select(EvaluationModel).where(*key)).one()
+            return _as_evaluation(row)
+
+    def find_evaluation(self, candidate_id: int, *, tier: str, task: str, seed: int) -> Evaluation | None:
+        """The evaluation recorded for this (candidate, tier, task, seed), if any."""
+        with self._session_scope() as session:
+            row = session.scalar(sa.select(EvaluationModel).where(
+                EvaluationModel.candidate_id == candidate_id, EvaluationModel.tier == tier,
+                EvaluationModel.task == task, EvaluationModel.seed == seed,
+            ))
+            return None if row is None else _as_evaluation(row)
+
+    def evaluations(
+        self,
+        *,
+        candidate_id: int | None = None,
+        campaign_id: int | None = None,
+        tier: str | None = None,
+        task: str | None = None,
+    ) -> list[Evaluation]:
+        """Evaluations in the order they were recorded, filtered by any of the arguments."""
+        with self._session_scope() as session:
+            rows = session.scalars(self._evaluation_query(candidate_id, campaign_id, tier, task))
+            return [_as_evaluation(row) for row in rows]
+
+    @staticmethod
+    def _evaluation_query(candidate_id: int | None, campaign_id: int | None, tier: str | None,
+                          task: str | None) -> sa.Select[Any]:
+        query = sa.select(EvaluationModel).order_by(EvaluationModel.id)
+        if campaign_id is not None:
+            query = query.join(CandidateModel, EvaluationModel.candidate_id == CandidateModel.id)
+            query = query.where(CandidateModel.campaign_id == campaign_id)
+        for column, value in ((EvaluationModel.candidate_id, candidate_id), (EvaluationModel.tier, tier),
+                              (EvaluationModel.task, task)):
+            if value is not None:
+                query = query.where(column == value)
+        return query
+
+    # -- LLM calls ---------------------------------------------------------------------
+
+    def record_llm_call(
+        self,
+        campaign_id: int,
+        *,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: float,
+        latency: float,
+        outcome: str,
+        candidate_id: int | None = None,
+    ) -> LLMCall:
+        """Record one request to an LLM proposer (the API key is never passed here)."""
+        with self._session_scope(write=True) as session:
+            self._campaign_row(session, campaign_id)
+            row = LLMCallModel(campaign_id=campaign_id, candidate_id=candidate_id, model=model,
+                               prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens),
+                               cost=float(cost), latency=float(latency), outcome=outcome, created_at=_now())
+            session.add(row)
+            session.flush()
+            return _as_llm_call(row)
+
+    def llm_calls(self, campaign_id: int) -> list[LLMCall]:
+        with self._session_scope() as session:
+            query = sa.select(LLMCallModel).where(LLMCallModel.campaign_id == campaign_id).order_by(LLMCallModel.id)
+            return [_as_llm_call(row) for row in session.scalars(query)]
+
+    def llm_usage(self, campaign_id: int, *, model: str | None = None) -> LLMUsage:
+        """Calls, tokens, cost and waiting time of the campaign's LLM calls (of one `model` if given)."""
+        query = sa.select(
+            sa.func.count(LLMCallModel.id),
+            sa.func.coalesce(sa.func.sum(LLMCallModel.prompt_tokens), 0),
+            sa.func.coalesce(sa.func.sum(LLMCallModel.completion_tokens), 0),
+            sa.func.coalesce(sa.func.sum(LLMCallModel.cost), 0.0),
+            sa.func.coalesce(sa.func.sum(LLMCallModel.latency), 0.0),
+        ).where(LLMCallModel.campaign_id == campaign_id)
+        if model is not None:
+            query = query.where(LLMCallModel.model == model)
+        with self._session_scope() as session:
+            calls, prompt, completion, cost, latency = session.execute(query).one()
+            return LLMUsage(int(calls), int(prompt), int(completion), float(cost), float(latency))
+
+    def integrity_check(self) -> str:
+        """Return "ok", or what SQLite's integrity and foreign-key checks found wrong.
+
+        Other backends guarantee both themselves and always answer "ok".
+        """
+        if self._engine.dialect.name != "sqlite":
+            return "ok"
+        with self._session_scope() as session:
+            problems = [row[0] for row in session.execute(sa.text("PRAGMA integrity_check")) if row[0] != "ok"]
+            violations = session.execute(sa.text("PRAGMA foreign_key_check"))
+            problems += [f"foreign key violated: {tuple(row)}" for row in violations]
+        return "\n".join(problems) or "ok"
+
+
+
+def _masked(url: str | sa.URL) -> str:
+    """`url` with its password hidden, fit for a message."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError, TypeError):
+        return str(url).split("://", 1)[0] + "://..."
+
+
+def _first_line(error: BaseException) -> str:
+    """The driver's own message when there is one, without SQLAlchemy's SQL dump and links."""
+    original = getattr(error, "orig", None)
+    text = str(original if original is not None else error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

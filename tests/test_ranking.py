@@ -1,0 +1,157 @@
+"""One ranking rule (lossearch.ranking), and every surface that orders candidates showing its order.
+
+The campaign built here is one where the three rules the project used to have disagree:
+ranking by the stored best fitness alone puts a bandit-only candidate first; ranking by
+(stored tier, stored best fitness) puts a finetuned candidate whose best seed was lucky
+ahead of one whose mean over seeds is higher; the rule ranks finetuned candidates ahead by
+their mean over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+
+import pytest
+
+from lossearch.cli import main
+from lossearch.ranking import load_campaign_data, mean_metrics, rank, score_of
+from lossearch.reporting.export import export_top
+from lossearch.reporting.report import report_html
+from lossearch.sandbox.local import Sandbox
+from lossearch.search.campaign import CampaignRunner, run_campaign
+from lossearch.search.config import CampaignConfig
+from lossearch.search.proposers import ParentView, Proposal, ProposalContext
+from lossearch.store import Evaluation, Store
+from lossearch.store.locate import open_campaign
+
+
+def evaluation(task: str, tier: str, seed: int, fitness: float | None, **metrics: object) -> Evaluation:
+    from datetime import datetime
+
+    return Evaluation(0, 1, tier, task, seed, dict(metrics), fitness, 1.0, datetime(2026, 1, 1))
+
+
+def test_a_score_is_the_mean_over_seeds_at_the_highest_tier_with_its_spread_and_metrics():
+    evaluations = [evaluation("sentiment", "bandit", 0, 0.9, reward=1.0),
+                   evaluation("sentiment", "finetune", 0, 0.6, reward=0.7, kl=0.2, note="text"),
+                   evaluation("sentiment", "finetune", 1, 0.8, reward=0.9, kl=float("nan")),
+                   evaluation("sort", "finetune", 0, 0.1)]
+    score = score_of(evaluations, "sentiment")
+    assert (score.tier, score.seeds) == ("finetune", 2)
+    assert score.fitness == pytest.approx(0.7) and score.spread == pytest.approx(0.1414, abs=1e-3)
+    assert score.metrics == pytest.approx({"reward": 0.8, "kl": 0.2})  # text and non-finite values are left out
+    assert score_of(evaluations, "sentiment", "bandit").fitness == pytest.approx(0.9)
+    assert score_of(evaluations, "sort").fitness == pytest.approx(0.1)
+    assert score_of(evaluations, "length") is None
+    assert mean_metrics([]) == {}
+
+
+def test_one_finetune_evaluation_takes_its_spread_over_training_seeds():
+    score = score_of([evaluation("sentiment", "finetune", 0, 0.5, fitness_std=0.03)], "sentiment")
+    assert score.spread == pytest.approx(0.03)
+
+
+@pytest.fixture(scope="module")
+def disputed(tmp_path_factory):
+    """A real campaign of the seed library (bandit tier), then finetune evaluations recorded by hand
+    so that the old rules disagree: the folder holding runs/disputed/campaign.db, and the expected
+    top three ids."""
+    home = tmp_path_factory.mktemp("disputed")
+    run_campaign(CampaignConfig(name="disputed", proposer="none", finetune=False), runs_dir=home / "runs")
+    with Store.for_campaign_dir(home / "runs" / "disputed") as store:
+        campaign = store.get_campaign("disputed")
+        by_name = {c.name: c for c in store.candidates(campaign.id)}
+        steady, lucky, bandit_star = by_name["ipo"], by_name["hinge"], by_name["sft"]
+        for candidate, fitnesses in ((steady, [0.62, 0.58]), (lucky, [0.30, 0.75])):
+            for seed, fitness in enumerate(fitnesses):
+                store.record_evaluation(candidate.id, tier="finetune", task="sentiment", seed=seed,
+                                        metrics={"reward": fitness, "kl": 1.0}, fitness=fitness, seconds=1.0)
+        # the stored best fitness, as the loop once kept it: lucky's best seed, steady's mean
+        store.update_candidate(steady.id, tier="finetune", fitness=0.60)
+        store.update_candidate(lucky.id, tier="finetune", fitness=0.75)
+        store.update_candidate(bandit_star.id, fitness=5.0)  # a bandit-tier number, on its own scale
+        data = load_campaign_data(store, campaign)
+    expected = rank(data).candidates[:3]
+    assert [c.id for c in expected[:2]] == [steady.id, lucky.id]
+    assert expected[2].tier == "bandit"
+    by_fitness = sorted(data.candidates.values(), key=lambda c: -(c.fitness or -1e9))
+    assert by_fitness[0].id == bandit_star.id  # the old `run` closing table's rule
+    by_stored_tier = sorted((c for c in data.candidates.values() if c.fitness is not None),
+                            key=lambda c: (c.tier == "finetune", c.fitness), reverse=True)
+    assert by_stored_tier[0].id == lucky.id  # the old parent selection's rule
+    return home, [c.id for c in expected]
+
+
+def table_ids(text: str) -> list[int]:
+    """The id column of a rich table printed by the CLI, in order (rank is the first column, id the second)."""
+    ids = []
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in re.split(r"[│┃|]", line)]
+        numbers = [cell for cell in cells if cell]
+        if len(numbers) >= 2 and numbers[0].isdigit() and numbers[1].isdigit():
+            ids.append(int(numbers[1]))
+    return ids
+
+
+def test_every_surface_shows_the_rankings_order(disputed, monkeypatch, capfd, tmp_path):
+    home, expected = disputed
+    monkeypatch.chdir(home)
+    monkeypatch.setenv("COLUMNS", "200")
+
+    assert main(["leaderboard", "--run", "disputed", "--format", "json"]) == 0
+    assert [row["id"] for row in json.loads(capfd.readouterr().out)][:3] == expected
+
+    assert main(["run", "--name", "disputed"]) == 0  # resumes a finished campaign: nothing to do, then its table
+    assert table_ids(capfd.readouterr().out)[:3] == expected
+
+    with open_campaign("disputed", runs_dir=home / "runs") as handle:
+        html = report_html(load_campaign_data(handle.store, handle.campaign))
+        assert [int(i) for i in re.findall(r'<td class="n">\d+</td><td class="n">(\d+)</td>', html)][:3] == expected
+        modules = export_top(handle, 3, tmp_path / "exported")
+        assert [module.candidate_id for module in modules] == expected
+        assert [module.path.name[:6] for module in modules] == ["rank01", "rank02", "rank03"]
+
+    assert main(["campaigns", "--json"]) == 0
+    assert json.loads(capfd.readouterr().out)[0]["leader"].startswith(f"#{expected[0]} ")
+
+
+class RecordingProposer:
+    """Proposes nothing and remembers what it was shown."""
+
+    def __init__(self) -> None:
+        self.shown: list[list[int]] = []
+        self.parents: list[list[int]] = []
+
+    def propose(self, parents: list[ParentView], context: ProposalContext, rng) -> list[Proposal]:
+        self.shown.append([view.id for view in context.top])
+        self.parents.append([view.id for view in parents])
+        return []
+
+
+def test_the_campaign_shows_its_proposer_the_rankings_order(disputed):
+    home, expected = disputed
+    proposer = RecordingProposer()
+    with Store.for_campaign_dir(home / "runs" / "disputed") as store:
+        data = load_campaign_data(store, store.get_campaign("disputed"))
+        config = replace(CampaignConfig.from_dict(data.campaign.config), proposer="mutation", generations=1,
+                         population=1, islands=1)
+        with Sandbox() as sandbox:
+            CampaignRunner(config, store, sandbox, proposer).run()
+    assert proposer.shown and all(shown[:3] == expected for shown in proposer.shown)
+    ranked_ids = {candidate.id for candidate in rank(data).candidates}
+    assert proposer.parents and all(set(parents) <= ranked_ids for parents in proposer.parents)
+
+
+def test_promotion_ranks_a_generation_by_its_bandit_scores(disputed):
+    home, _ = disputed
+    with Store.for_campaign_dir(home / "runs" / "disputed") as store:
+        data = load_campaign_data(store, store.get_campaign("disputed"))
+        config = CampaignConfig.from_dict(data.campaign.config)
+        runner = CampaignRunner(replace(config, promote_share=0.1), store, sandbox=None)  # type: ignore[arg-type]
+        runner.campaign_id = data.campaign.id
+        promoted = runner.promoted(0)
+    by_bandit = rank(data, tier="bandit").candidates
+    assert promoted[:3] == by_bandit[:3]
+    assert any(c.name == "dpo" for c in promoted)  # generation 0 always finetunes the baseline
