@@ -9,14 +9,13 @@ import time
 from collections import Counter
 
 import pytest
+from helpers import start_cli as start_lossearch
 
 from lossearch.errors import ConfigError
-
 from lossearch.ranking import load_campaign_data, rank
 from lossearch.search.campaign import run_campaign
 from lossearch.search.config import CampaignConfig, merge_resumed
 from lossearch.store import Store
-from helpers import start_cli as start_lossearch
 
 FAST = {"finetune": False, "population": 3, "islands": 2}
 
@@ -48,7 +47,7 @@ def test_a_short_campaign_records_everything(tmp_path):
 
 
 def test_seeds_only_campaign_is_the_baseline(tmp_path):
-    outcome = run_campaign(CampaignConfig(**{"name": "base", "proposer": "none", "finetune": False}), runs_dir=tmp_path / "runs")
+    outcome = run_campaign(CampaignConfig(name="base", proposer="none", finetune=False), runs_dir=tmp_path / "runs")
     assert outcome.stop_reason == "evaluated the seed library"
     with campaign_db(tmp_path, "base") as store:
         board = rank(load_campaign_data(store, store.get_campaign("base"))).candidates
@@ -188,7 +187,8 @@ def test_unreachable_llm_endpoint_is_one_line(tmp_path):
 
 
 def test_two_workers_evaluate_the_same_campaign(tmp_path):
-    outcome = run_campaign(CampaignConfig(**{"name": "parallel", "generations": 1, "workers": 2, **FAST}), runs_dir=tmp_path / "runs")
+    config = CampaignConfig(name="parallel", generations=1, workers=2, **FAST)
+    outcome = run_campaign(config, runs_dir=tmp_path / "runs")
     assert outcome.stop_reason == "reached 1 generation(s)"
     with campaign_db(tmp_path, "parallel") as store:
         campaign = store.get_campaign("parallel")
@@ -197,4 +197,36 @@ def test_two_workers_evaluate_the_same_campaign(tmp_path):
         assert per_key and max(per_key.values()) == 1
         seeds = [c for c in store.candidates(campaign.id) if c.generation == 0]
         assert all(c.status == "evaluated" for c in seeds)
+        assert store.integrity_check() == "ok"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_workers_finetune_a_new_campaign_whose_optuna_tables_exist_before_they_start(
+        tmp_path, sentiment_task, real_cache, monkeypatch):
+    import sqlalchemy as sa
+
+    from lossearch.search import campaign as campaign_module
+
+    monkeypatch.setenv("LOSSEARCH_CACHE", str(real_cache))
+    tables_when_finetuning: list[bool] = []
+    real_finetune_tier = campaign_module.finetune_tier
+
+    def finetune_tier(sandbox, spec, task, **options):  # the race, made certain: each worker looks first
+        engine = sa.create_engine(options["storage"])
+        try:
+            tables_when_finetuning.append(sa.inspect(engine).has_table("studies"))
+        finally:
+            engine.dispose()
+        return real_finetune_tier(sandbox, spec, task, **options)
+
+    monkeypatch.setattr(campaign_module, "finetune_tier", finetune_tier)
+    # generation 0 promotes its best and the DPO baseline: two finetunes, one per worker, at once
+    config = CampaignConfig(name="tuned", generations=1, population=2, workers=2, finetune=True, promote_share=0.01)
+    assert run_campaign(config, runs_dir=tmp_path / "runs").stop_reason == "reached 1 generation(s)"
+    assert tables_when_finetuning and all(tables_when_finetuning)  # no worker had to create Optuna's tables
+    with campaign_db(tmp_path, "tuned") as store:
+        campaign = store.get_campaign("tuned")
+        finetuned = [c for c in store.candidates(campaign.id) if c.tier == "finetune"]
+        assert len(finetuned) >= 2 and all(c.status == "evaluated" for c in finetuned)
         assert store.integrity_check() == "ok"

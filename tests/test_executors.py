@@ -1,4 +1,4 @@
-"""Executors: N local workers, and sandboxes on a real local Ray instance."""
+"""Executors: campaigns on a real local Ray instance (the sandbox itself: tests/test_sandbox_interface.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
+from lossearch.ranking import load_campaign_data
+from lossearch.reporting.results import build_leaderboard
 from lossearch.search.campaign import run_campaign
 from lossearch.search.config import CampaignConfig
-from lossearch.sandbox.local import SandboxLimits
-from lossearch.search.seeds import seed_path
 from lossearch.store import Store
 
 ray = pytest.importorskip("ray")
@@ -23,19 +23,6 @@ def local_ray():
     ray.shutdown()
 
 
-def test_a_ray_sandbox_runs_the_same_jail(local_ray):
-    from lossearch.sandbox.ray_sandbox import RaySandbox
-
-    with RaySandbox(SandboxLimits(wall_seconds=3, cpu_seconds=3)) as sandbox:
-        good = sandbox.run("sanity", {"source": seed_path("dpo").read_text(), "name": "dpo"})
-        assert good.ok and len(good.value["fingerprint"]) > 0
-        assert good.isolation["audit_hook"] is True
-        looping = sandbox.run("sanity", {"source": "def loss(policy_chosen_logps):\n    while True:\n        pass\n"})
-        assert looping.failure.kind == "timeout"
-        again = sandbox.run("sanity", {"source": seed_path("ipo").read_text(), "name": "ipo"})
-        assert again.ok
-
-
 @pytest.mark.slow
 def test_a_campaign_on_the_ray_executor(local_ray, tmp_path):
     requested = {"name": "onray", "generations": 1, "population": 2, "finetune": False, "workers": 2,
@@ -46,6 +33,31 @@ def test_a_campaign_on_the_ray_executor(local_ray, tmp_path):
         campaign = store.get_campaign("onray")
         assert not store.pending_candidates(campaign.id)
         assert sum(1 for c in store.candidates(campaign.id) if c.status == "evaluated") >= 24
+
+
+def leaderboard_shape(runs_dir, name: str) -> tuple[list[tuple], int]:
+    """(generation, name, status, tier, fitness) of every candidate, sorted; and how many were finetuned."""
+    with Store.for_campaign_dir(runs_dir / name) as store:
+        board = build_leaderboard(load_campaign_data(store, store.get_campaign(name)), include_failed=True)
+    rows = sorted((row.generation, row.name, row.status, row.tier, row.fitness) for row in board.rows)
+    return rows, sum(1 for row in board.rows if row.tier == "finetune")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_finetuning_campaign_on_ray_matches_the_same_campaign_run_locally(local_ray, sentiment_task, real_cache,
+                                                                           tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSEARCH_CACHE", str(real_cache))  # the driver scores; the actors only train
+    common = {"generations": 2, "population": 2, "workers": 2, "finetune": True}
+    for executor in ("local", "ray"):
+        outcome = run_campaign(CampaignConfig(name=executor, executor=executor, **common), runs_dir=tmp_path / "runs")
+        assert outcome.stop_reason == "reached 2 generation(s)"
+    local_rows, local_finetuned = leaderboard_shape(tmp_path / "runs", "local")
+    ray_rows, ray_finetuned = leaderboard_shape(tmp_path / "runs", "ray")
+    assert local_finetuned >= 3 and ray_finetuned == local_finetuned  # one per generation at least
+    assert [row[:4] for row in ray_rows] == [row[:4] for row in local_rows]  # names, generations, tiers reached
+    ray_fitness, local_fitness = ([row[4] for row in rows if row[4] is not None] for rows in (ray_rows, local_rows))
+    assert ray_fitness == pytest.approx(local_fitness, rel=1e-6, abs=1e-9)  # the same jail, seeds and threads
 
 
 def test_without_ray_the_executor_says_how_to_install_it(tmp_path):
