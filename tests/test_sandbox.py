@@ -20,8 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lossearch.evaluation.bandit.task import make_bandit_task
 from lossearch.evaluation.bandit.score import score_bandit_grid
+from lossearch.evaluation.bandit.task import make_bandit_task
 from lossearch.evaluation.cascade import evaluate
 from lossearch.sandbox.local import SECRET_MARKERS, Sandbox, SandboxLimits, clean_environment
 from lossearch.search.seeds import seed_path
@@ -123,7 +123,7 @@ def test_a_sandbox_started_early_does_not_wait_for_its_zygote():
     with Sandbox() as sandbox:
         sandbox.start()  # returns without reading the zygote's "ready": it imports torch meanwhile
         assert not sandbox._ready and sandbox._zygote.poll() is None
-        assert sandbox.run("echo", {"x": 1}).value == {"payload": {"x": 1}}
+        assert sandbox.run("echo", {"x": 1}).value["payload"] == {"x": 1}
         assert sandbox._ready
 
 
@@ -135,14 +135,14 @@ def test_a_zygote_that_died_between_jobs_is_replaced_and_its_pipes_closed():
         os.kill(dead, signal.SIGKILL)
         while sandbox._zygote.poll() is None:
             time.sleep(0.01)
-        assert sandbox.run("echo", {"x": 2}).value == {"payload": {"x": 2}}
+        assert sandbox.run("echo", {"x": 2}).value["payload"] == {"x": 2}
         assert sandbox._zygote.pid != dead
         assert sorted(os.listdir("/proc/self/fd")) == descriptors  # the new zygote's pipes took the old ones' place
 
 
 def test_isolation_is_reported(sandbox):
     result = sandbox.run("echo", {"hello": [1, 2]}, LIMITS)
-    assert result.ok and result.value == {"payload": {"hello": [1, 2]}}
+    assert result.ok and result.value["payload"] == {"hello": [1, 2]}
     assert result.isolation["network"] in ("network-namespace", "audit-hook")
     assert result.isolation["audit_hook"] is True
     assert result.isolation["user"] == ("nobody" if os.geteuid() == 0 else "same")
@@ -346,7 +346,7 @@ def test_jobs_from_two_threads_run_side_by_side():
         slow, slow_outcome = run_in_thread(sandbox, "sanity", unrestricted(SPINNER), LIMITS)  # spins until killed
         wait_for_child(sandbox)
         quick = sandbox.run("echo", {"n": 1}, LIMITS)
-        assert quick.value == {"payload": {"n": 1}}
+        assert quick.value["payload"] == {"n": 1}
         assert slow.is_alive(), "the echo job ended while the spinning one still ran"
         slow.join()
         assert slow_outcome[0].failure.kind == "timeout"
@@ -374,7 +374,7 @@ def test_cancel_kills_running_jobs_and_refuses_new_ones_until_resumed():
         with pytest.raises(SandboxError, match="cancelled"):
             sandbox.run("echo", {}, LIMITS)
         sandbox.resume()
-        assert sandbox.run("echo", {"n": 3}, LIMITS).value == {"payload": {"n": 3}}
+        assert sandbox.run("echo", {"n": 3}, LIMITS).value["payload"] == {"n": 3}
 
 
 def hold_pipe_open(pid: int, our_end: int) -> int:

@@ -11,15 +11,17 @@ finetune and is the one reported, as if they had run in turn.
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lossearch.choices import TIERS, check_choice
 from lossearch.contract import LossSpec, parse_spec
+from lossearch.evaluation.finetune.config import FinetuneOptions
 from lossearch.failures import CandidateError, Failure
 from lossearch.fingerprint import summarize
 from lossearch.policy import check_policy
-from lossearch.sandbox.local import Sandbox, SandboxError, SandboxLimits
+from lossearch.sandbox.interface import SandboxError, SandboxLike, SandboxLimits
+from lossearch.sandbox.local import Sandbox
 
 SANITY_LIMITS = SandboxLimits(wall_seconds=10.0, cpu_seconds=20)
 BANDIT_LIMITS = SandboxLimits(wall_seconds=20.0, cpu_seconds=40)
@@ -54,7 +56,7 @@ def static_tier(source: str, name: str) -> LossSpec:
     return spec
 
 
-def sanity_tier(sandbox: Sandbox, spec: LossSpec) -> dict[str, Any]:
+def sanity_tier(sandbox: SandboxLike, spec: LossSpec) -> dict[str, Any]:
     """Synthetic inputs and the fingerprint, in a sandbox child."""
     result = sandbox.run("sanity", {"source": spec.source, "name": spec.name}, SANITY_LIMITS)
     result.raise_for_failure()
@@ -65,10 +67,10 @@ def sanity_tier(sandbox: Sandbox, spec: LossSpec) -> dict[str, Any]:
     return metrics
 
 
-def bandit_tier(sandbox: Sandbox, spec: LossSpec, task: str, seed: int) -> dict[str, Any]:
+def bandit_tier(sandbox: SandboxLike, spec: LossSpec, task: str, seed: int) -> dict[str, Any]:
     """Train in a sandbox child over the beta grid; score the returned logits here."""
-    from lossearch.evaluation.bandit.task import make_bandit_task
     from lossearch.evaluation.bandit.score import score_bandit_grid
+    from lossearch.evaluation.bandit.task import make_bandit_task
 
     payload = {"source": spec.source, "name": spec.name, "task": task, "seed": seed}
     result = sandbox.run("bandit", payload, BANDIT_LIMITS)
@@ -82,23 +84,21 @@ def bandit_tier(sandbox: Sandbox, spec: LossSpec, task: str, seed: int) -> dict[
     return metrics
 
 
-def finetune_tier(sandbox: Sandbox, spec: LossSpec, task: str, seed: int = 0, options=None,
+def finetune_tier(sandbox: SandboxLike, spec: LossSpec, task: str, seed: int = 0,
+                  options: FinetuneOptions | None = None,
                   **option_fields: Any) -> dict[str, Any]:
     """Train a small causal LM with the loss (one sandbox child per run), score it here.
 
     `options` is a lossearch.evaluation.finetune.FinetuneOptions; keyword arguments replace its
     fields, e.g. `finetune_tier(sandbox, spec, "sentiment", budget="standard", storage=url)`.
     """
-    from dataclasses import replace
-
-    from lossearch.evaluation.finetune.config import FinetuneOptions
-    from lossearch.evaluation.finetune.tier import finetune_candidate
+    from lossearch.evaluation.finetune.tier import finetune_candidate  # torch and the tasks: only when needed
 
     return finetune_candidate(sandbox, spec, task, seed, replace(options or FinetuneOptions(), **option_fields))
 
 
-def evaluate(source: str, name: str = "candidate", tier: str = "bandit", *, sandbox: Sandbox | None = None,
-             task: str = "sentiment", seed: int = 0, finetune=None) -> Evaluation:
+def evaluate(source: str, name: str = "candidate", tier: str = "bandit", *, sandbox: SandboxLike | None = None,
+             task: str = "sentiment", seed: int = 0, finetune: FinetuneOptions | None = None) -> Evaluation:
     """Run `source` up the cascade to `tier`; the first failing tier ends it.
 
     `finetune` (a lossearch.evaluation.finetune.FinetuneOptions) sets the finetune tier's budget,
@@ -117,18 +117,15 @@ def evaluate(source: str, name: str = "candidate", tier: str = "bandit", *, sand
     current = "sanity"
     try:
         metrics["sanity"] = sanity_tier(sandbox, spec)
-        if tier == "finetune" and isinstance(sandbox, Sandbox):  # its jobs can run side by side
+        if tier == "finetune":  # every SandboxLike runs jobs side by side and can cancel them
             bandit, finetuned = bandit_beside_finetune(sandbox, spec, task, seed, finetune)
             current = "bandit"
             metrics["bandit"] = bandit.result()  # its failure first: the cascade stops at the cheaper tier
             current = "finetune"
             metrics["finetune"] = finetuned.result()
-        elif tier in ("bandit", "finetune"):
+        elif tier == "bandit":
             current = "bandit"
             metrics["bandit"] = bandit_tier(sandbox, spec, task, seed)
-            if tier == "finetune":
-                current = "finetune"
-                metrics["finetune"] = finetune_tier(sandbox, spec, task, seed, finetune)
     except CandidateError as error:
         return Evaluation("failed", current, error.failure, metrics, spec)
     finally:
@@ -137,7 +134,8 @@ def evaluate(source: str, name: str = "candidate", tier: str = "bandit", *, sand
     return Evaluation("ok", current, None, metrics, spec)
 
 
-def bandit_beside_finetune(sandbox: Sandbox, spec: LossSpec, task: str, seed: int, finetune) -> tuple[Future, Future]:
+def bandit_beside_finetune(sandbox: SandboxLike, spec: LossSpec, task: str, seed: int,
+                           finetune: FinetuneOptions | None) -> tuple[Future, Future]:
     """The bandit and finetune tiers side by side in one sandbox; (bandit, finetune) futures, both done.
 
     The finetune tier's set-up and first training run start while the bandit's child trains,
@@ -148,7 +146,7 @@ def bandit_beside_finetune(sandbox: Sandbox, spec: LossSpec, task: str, seed: in
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lossearch-bandit") as pool:
             bandit = pool.submit(bandit_tier, sandbox, spec, task, seed)
-            bandit.add_done_callback(lambda done: done.exception() is not None and sandbox.cancel())
+            bandit.add_done_callback(lambda done: cancel_on_failure(done, sandbox))
             finetuned: Future = Future()
             try:
                 finetuned.set_result(finetune_tier(sandbox, spec, task, seed, finetune))
@@ -157,3 +155,9 @@ def bandit_beside_finetune(sandbox: Sandbox, spec: LossSpec, task: str, seed: in
     finally:
         sandbox.resume()  # both are done: the caller's sandbox takes jobs again
     return bandit, finetuned
+
+
+def cancel_on_failure(bandit: Future, sandbox: SandboxLike) -> None:
+    """The bandit tier failed: cancel the finetune running beside it."""
+    if bandit.exception() is not None:
+        sandbox.cancel()

@@ -82,8 +82,8 @@ def check_gradients(loss_of: Callable[..., torch.Tensor]) -> dict[str, float]:
     if not per_pair.requires_grad:
         raise CandidateError("no_grad", "the loss does not depend on the policy log-probs (constant or detached)")
     leaves = (tensors["policy_chosen_logps"], tensors["policy_rejected_logps"])
-    grads = torch.autograd.grad(per_pair.mean(), leaves, allow_unused=True)
-    grads = [torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads)]
+    found = torch.autograd.grad(per_pair.mean(), leaves, allow_unused=True)
+    grads = [torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, found)]
     if not all(bool(torch.isfinite(grad).all()) for grad in grads):
         raise CandidateError("nan", "the loss's gradients are not finite on ordinary inputs")
     if all(bool((grad == 0).all()) for grad in grads):

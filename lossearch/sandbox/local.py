@@ -77,15 +77,16 @@ class Sandbox:
         with self._condition:
             if self._zygote is None or self._zygote.poll() is not None:
                 self._close()  # a zygote that died between jobs leaves its pipes and selector to close
-                self._zygote = subprocess.Popen(
+                zygote = subprocess.Popen(
                     [sys.executable, "-m", "lossearch.sandbox.zygote"],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                     env=clean_environment(), cwd=tempfile.gettempdir(), start_new_session=True,
                 )
-                self._wake = os.pipe()
-                self._selector = selectors.DefaultSelector()
-                self._selector.register(self._zygote.stdout, selectors.EVENT_READ)
-                self._selector.register(self._wake[0], selectors.EVENT_READ, "wake")
+                assert zygote.stdin is not None and zygote.stdout is not None  # both PIPE, above
+                wake, selector = os.pipe(), selectors.DefaultSelector()
+                selector.register(zygote.stdout, selectors.EVENT_READ)
+                selector.register(wake[0], selectors.EVENT_READ, "wake")
+                self._zygote, self._wake, self._selector = zygote, wake, selector
                 self._buffer = b""
                 self._ready = False
         return self
@@ -121,9 +122,11 @@ class Sandbox:
             # selector without waking that thread, which then sleeps out its whole deadline (a
             # child forked a moment ago may still hold the zygote's end of the pipe, so no
             # end-of-file comes first). So a reader is woken instead, and closes them itself.
-            handles = [self._selector, self._zygote.stdin, self._zygote.stdout, *self._wake]
+            wake = self._wake
+            assert wake is not None  # made with the zygote, in `start`
+            handles = [self._selector, self._zygote.stdin, self._zygote.stdout, *wake]
             if self._reading:
-                os.write(self._wake[1], b"!")
+                os.write(wake[1], b"!")
                 self._handed_over.extend(handles)
             else:
                 _close_all(handles)
@@ -133,14 +136,17 @@ class Sandbox:
         """The zygote's next JSON line, or None when the deadline passes first."""
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
+            selector, zygote = self._selector, self._zygote
+            if selector is None or zygote is None or zygote.stdout is None:
+                raise SandboxError("the sandbox was closed")
             try:
-                ready = [] if remaining <= 0 else self._selector.select(remaining)
+                ready = [] if remaining <= 0 else selector.select(remaining)
                 if not ready:
                     return None
                 if any(key.data == "wake" for key, _ in ready):
                     raise SandboxError("the sandbox was closed")
-                chunk = os.read(self._zygote.stdout.fileno(), 1 << 20)
-            except (OSError, ValueError, AttributeError):  # closed under us by another thread
+                chunk = os.read(zygote.stdout.fileno(), 1 << 20)
+            except (OSError, ValueError):  # closed under us by another thread
                 raise SandboxError("the sandbox was closed") from None
             if not chunk:
                 with self._condition:
@@ -148,7 +154,8 @@ class Sandbox:
                 raise SandboxError("the sandbox's zygote process died")
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
+        message: dict = json.loads(line)
+        return message
 
     # -- running a job -------------------------------------------------------------------
     def run(self, job: str, payload: dict, limits: SandboxLimits | None = None, *,
@@ -165,16 +172,22 @@ class Sandbox:
         self._wait_ready()
         workdir = tempfile.mkdtemp(prefix="lossearch-sandbox-")
         started = time.monotonic()
-        request_id = None
+        request_id: int | None = None
         try:
             _copy_inputs(workdir, inputs or {})
             request_id = self._send({"job": job, "payload": payload, "limits": asdict(limits), "workdir": workdir})
-            pid = self._await(request_id, time.monotonic() + 30)["pid"]
+            forked = self._await(request_id, time.monotonic() + 30)
+            if forked is None:
+                raise SandboxError("the sandbox's zygote started no child within 30 s")
+            pid = forked["pid"]
             with self._condition:
                 self._running[request_id] = pid
+                cancelled = self._cancelled  # a cancel between our request and its pid found none to kill
+            if cancelled:
+                _kill_group(pid)
             done = self._await(request_id, started + limits.wall_seconds)
             timed_out = done is None
-            if timed_out:
+            if done is None:
                 _kill_group(pid)
                 done = self._await(request_id, time.monotonic() + 10)
                 if done is None:  # a grandchild outside the group holds the pipe: start afresh
@@ -185,9 +198,10 @@ class Sandbox:
             result = _interpret(done, timed_out, seconds, limits, _read_log(workdir))
             return replace(result, outputs=_read_outputs(workdir, outputs, limits.file_bytes)) if outputs else result
         finally:
-            with self._condition:
-                self._running.pop(request_id, None)
-                self._inbox.pop(request_id, None)
+            if request_id is not None:
+                with self._condition:
+                    self._running.pop(request_id, None)
+                    self._inbox.pop(request_id, None)
             shutil.rmtree(workdir, ignore_errors=True)
 
     def cancel(self) -> None:
@@ -209,7 +223,7 @@ class Sandbox:
         with self._condition:
             if self._cancelled:
                 raise SandboxError("the sandbox's jobs were cancelled")
-            if self._zygote is None:
+            if self._zygote is None or self._zygote.stdin is None:
                 raise SandboxError("the sandbox was closed")
             self._next_id += 1
             request_id = self._next_id
@@ -245,15 +259,15 @@ class Sandbox:
                 self._reading = True
                 self._condition.release()  # read without the lock: others may file, send or cancel
                 try:
-                    message = self._read_message(deadline)
+                    read = self._read_message(deadline)
                 finally:
                     self._condition.acquire()
                     self._reading = False
                     _close_all(self._handed_over)
                     self._handed_over = []
                     self._condition.notify_all()
-                if message is not None:
-                    self._inbox.setdefault(message.get("id"), []).append(message)
+                if read is not None:
+                    self._inbox.setdefault(int(read.get("id", -1)), []).append(read)
 
 
 def _close_all(handles: list) -> None:
@@ -307,9 +321,16 @@ def _read_outputs(workdir: str, names: Sequence[str], limit: int) -> dict[str, b
 
 
 def _kill_group(pid: int) -> None:
+    """Kill the child's process group; a child that has not yet made its group (its `setsid` is
+    the jail's first act) is killed on its own."""
     try:
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+    except ProcessLookupError:
+        try:
+            os.kill(pid, signal.SIGKILL)  # still the zygote's unreaped child, so the pid is still its
+        except (ProcessLookupError, PermissionError):
+            pass
+    except PermissionError:
         pass
 
 
@@ -327,9 +348,11 @@ def _interpret(done: dict, timed_out: bool, seconds: float, limits: SandboxLimit
     """Turn the zygote's report of a child's end into a SandboxResult."""
     status = int(done["status"])
     if timed_out:
-        return SandboxResult(failure=Failure("timeout", f"no result within {limits.wall_seconds:g} s wall-clock"), seconds=seconds)
+        return SandboxResult(failure=Failure("timeout", f"no result within {limits.wall_seconds:g} s "
+                                                        f"wall-clock"), seconds=seconds)
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU,):
-        return SandboxResult(failure=Failure("timeout", f"CPU-time limit of {limits.cpu_seconds} s reached"), seconds=seconds)
+        return SandboxResult(failure=Failure("timeout", f"CPU-time limit of {limits.cpu_seconds} s "
+                                                        f"reached"), seconds=seconds)
     text = done.get("result") or ""
     if len(text) > limits.result_bytes:
         return SandboxResult(failure=Failure("crash", "the child sent an oversize result"), seconds=seconds)

@@ -163,7 +163,8 @@ def _allowed_read_roots() -> tuple[str, ...]:
     package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # lossearch/
     for path in filter(os.path.isdir, filter(None, sys.path)):
         # a checkout on sys.path would open the whole repository (runs/, a .env): only its package
-        inside_python = os.path.realpath(path).startswith(tuple(os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)))
+        pythons = tuple(os.path.realpath(p) for p in (sys.prefix, sys.base_prefix))
+        inside_python = os.path.realpath(path).startswith(pythons)
         roots.add(path if inside_python or "site-packages" in path else package_dir)
     return tuple(sorted(os.path.realpath(root) for root in roots))
 
@@ -306,7 +307,7 @@ def run_child(request: dict, result_fd: int) -> None:
 
 def prepare(request: dict) -> None:
     """Run the job's JOB_PREPARE function, if any, in the zygote before the fork."""
-    target = JOB_PREPARE.get(request.get("job"))
+    target = JOB_PREPARE.get(str(request.get("job")))
     if target is None:
         return
     module_name, function_name = target.split(":")
