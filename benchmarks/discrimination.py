@@ -27,15 +27,15 @@ import statistics
 import time
 from pathlib import Path
 
+from lossearch.choices import TASK_NAMES
 from lossearch.contract import read_spec
 from lossearch.evaluation.cascade import finetune_tier, static_tier
-from lossearch.failures import CandidateError
 from lossearch.evaluation.finetune.config import FinetuneOptions
-from lossearch.sandbox.local import Sandbox
-from lossearch.search.seeds import seed_path, seed_paths
-from lossearch.choices import TASK_NAMES
 from lossearch.evaluation.tasks.catalog import TASKS
 from lossearch.evaluation.tasks.load import load_task
+from lossearch.failures import CandidateError
+from lossearch.sandbox.local import Sandbox
+from lossearch.search.seeds import seed_path, seed_paths
 
 
 def spearman(first: list[float], second: list[float]) -> float:
@@ -145,8 +145,10 @@ def print_row(row: dict) -> None:
 
 def print_rank_correlation(task: str, losses: list[str], seed_sets: list[int], done: dict) -> None:
     first, second = seed_sets[:2]
-    common = [name for name in losses if "fitness" in done[(task, first, name)] and "fitness" in done[(task, second, name)]]
-    rho = spearman([done[(task, first, n)]["fitness"] for n in common], [done[(task, second, n)]["fitness"] for n in common])
+    common = [name for name in losses
+              if "fitness" in done[(task, first, name)] and "fitness" in done[(task, second, name)]]
+    rho = spearman([done[(task, first, n)]["fitness"] for n in common],
+                   [done[(task, second, n)]["fitness"] for n in common])
     print(f"-- {task}: Spearman rank correlation between seed sets {first} and {second} over {len(common)} losses: "
           f"{rho:.3f}", flush=True)
 

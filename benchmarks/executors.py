@@ -42,7 +42,8 @@ def main() -> None:
             except Exception as error:  # noqa: BLE001 - e.g. Ray not installed: report and go on
                 print(f"{label:12s} skipped: {error}")
                 continue
-            print(f"{label:12s} {rates[label]:7.1f} candidates/min  {rates[label] / rates['sequential']:.2f}x sequential")
+            print(f"{label:12s} {rates[label]:7.1f} candidates/min  {rates[label] / rates['sequential']:.2f}x "
+                  f"sequential")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from collections import Counter
 
 from lossearch.evaluation.cascade import evaluate
 from lossearch.fingerprint import same_loss
-from lossearch.search.proposers import MutationProposer, ParentView, ProposalContext
 from lossearch.sandbox.local import Sandbox
+from lossearch.search.proposers import MutationProposer, ParentView, ProposalContext
 from lossearch.search.seeds import seed_paths
 
 
@@ -51,7 +51,8 @@ def run_round(children: list, sandbox: Sandbox, label: str, fingerprints: dict[i
             continue
         passed += 1
         fingerprint = result.metrics["sanity"]["fingerprint"]
-        novel += not any(same_loss(fingerprint, fingerprints[parent]) for parent in child.parent_ids if parent in fingerprints)
+        novel += not any(same_loss(fingerprint, fingerprints[parent])
+                         for parent in child.parent_ids if parent in fingerprints)
         survivor = ParentView(1000 * (len(fingerprints) + 1) + index, child.name, child.source)
         fingerprints[survivor.id] = fingerprint
         survivors.append(survivor)

@@ -25,9 +25,9 @@ from safetensors.torch import load_file
 
 from lossearch.contract import call_loss, load_loss, read_spec
 from lossearch.evaluation.finetune.train import training_step
-from lossearch.search.seeds import seed_path
-from lossearch.evaluation.tasks.load import load_task
 from lossearch.evaluation.tasks.lm import concat_sequences, load_parameters, make_model, positions
+from lossearch.evaluation.tasks.load import load_task
+from lossearch.search.seeds import seed_path
 
 
 def minimal_dpo_step(policy, optimizer, ids, attention, response, reference_chosen, reference_rejected, beta,

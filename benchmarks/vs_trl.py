@@ -77,7 +77,8 @@ def run_trl(pairs_file: str, model_dir: str, precision: str) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with tempfile.TemporaryDirectory() as output_dir:
         config = DPOConfig(
-            output_dir=output_dir, loss_type=["sigmoid"], beta=QUICK["beta"], per_device_train_batch_size=QUICK["batch"],
+            output_dir=output_dir, loss_type=["sigmoid"], beta=QUICK["beta"],
+            per_device_train_batch_size=QUICK["batch"],
             max_steps=QUICK["steps"], learning_rate=QUICK["lr"], lr_scheduler_type="cosine_with_min_lr",
             lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=QUICK["steps"] // 10, weight_decay=0.0,
             adam_beta2=0.95, max_grad_norm=1.0, bf16=precision == "bf16", logging_steps=10, save_strategy="no",
@@ -127,7 +128,8 @@ def main() -> None:
     with open(pairs_file, "w") as file:
         file.writelines(json.dumps(row) + "\n" for row in pairs_as_text(task, QUICK["pairs"]))
     model_dir = str(task.parameters_file.parent)
-    print(f"task {args.task}: {QUICK['steps']} steps x {QUICK['batch']} pairs from {QUICK['pairs']}, lr {QUICK['lr']:g}, "
+    print(f"task {args.task}: {QUICK['steps']} steps x {QUICK['batch']} pairs from {QUICK['pairs']}, lr "
+          f"{QUICK['lr']:g}, "
           f"beta {QUICK['beta']}, one thread each, each in a fresh process; medians of {args.repeats} runs")
     for precision in args.precisions.split(","):
         ours, theirs = [], []
@@ -142,7 +144,8 @@ def main() -> None:
 
 def report(ours: list[tuple[float, dict]], theirs: list[tuple[float, dict]], precision: str) -> None:
     resolved = ours[0][1]["precision"]
-    rows = {"lossearch eval (static, sanity, bandit, finetune + scoring)": ours, "TRL DPOTrainer (sigmoid, no scoring)": theirs}
+    rows = {"lossearch eval (static, sanity, bandit, finetune + "
+            "scoring)": ours, "TRL DPOTrainer (sigmoid, no scoring)": theirs}
     print(f"\n--precision {precision} (training in {resolved} on both sides)")
     for label, runs in rows.items():
         print(f"  {label:58s}: {median([s for s, _ in runs]):5.2f} s end to end "

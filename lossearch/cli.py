@@ -11,10 +11,10 @@ import atexit
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import click
@@ -22,8 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lossearch.choices import (BUDGET_NAMES, DATA_MODES, EXECUTORS, PRECISIONS, PROPOSERS, TASK_NAMES,
-                               TIERS)
+from lossearch.choices import BUDGET_NAMES, DATA_MODES, EXECUTORS, PRECISIONS, PROPOSERS, TASK_NAMES, TIERS
 from lossearch.errors import UserError
 from lossearch.failures import CandidateError
 
@@ -197,13 +196,21 @@ def eval_command(
     task: str = choice_option("sentiment", "--task", TASK_NAMES, "Task for the bandit and finetune tiers."),
     seed: int = typer.Option(0, "--seed", help="Seed of the task and the training runs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: status, tier, error, metrics."),
-    budget: Optional[str] = choice_option(None, "--budget", BUDGET_NAMES, "Finetune budget (see `lossearch tasks`) [default: quick]."),
-    data: Optional[str] = choice_option(None, "--data", DATA_MODES, "Finetune on the task's fixed pairs, or online on fresh ones [default: offline]."),
-    device: Optional[str] = typer.Option(None, "--device", help="Torch device for the finetune tier [default: cuda if present, else cpu]."),
-    precision: Optional[str] = choice_option(None, "--precision", PRECISIONS, "Training arithmetic: bf16 (mixed), fp32, or auto: bf16 where the device computes it natively [default: auto]."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Your own local causal LM folder (with --dataset) instead of a task's."),
-    dataset: Optional[Path] = typer.Option(None, "--dataset", help="JSONL pairs {prompt, chosen, rejected} to finetune --model on."),
-    reward: Optional[str] = typer.Option(None, "--reward", help="module.py:function(prompt, response) -> float scoring --model's samples."),
+    budget: Optional[str] = choice_option(None, "--budget", BUDGET_NAMES, "Finetune budget (see `lossearch tasks`) "
+                                                                          "[default: quick]."),
+    data: Optional[str] = choice_option(None, "--data", DATA_MODES, "Finetune on the task's fixed pairs, or online on "
+                                                                    "fresh ones [default: offline]."),
+    device: Optional[str] = typer.Option(None, "--device", help="Torch device for the finetune tier [default: cuda if "
+                                                                "present, else cpu]."),
+    precision: Optional[str] = choice_option(None, "--precision", PRECISIONS, "Training arithmetic: bf16 (mixed), "
+                                                                              "fp32, or auto: bf16 where the device "
+                                                                              "computes it natively [default: auto]."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Your own local causal LM folder (with --dataset) "
+                                                               "instead of a task's."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="JSONL pairs {prompt, chosen, rejected} to "
+                                                                   "finetune --model on."),
+    reward: Optional[str] = typer.Option(None, "--reward", help="module.py:function(prompt, response) -> float "
+                                                                "scoring --model's samples."),
 ) -> None:
     """Evaluate one loss file up the cascade: static, sanity, bandit, finetune.
 
@@ -219,7 +226,8 @@ def eval_command(
     source = read_source(file)
     finetune_flags = (budget, data, device, precision, model, dataset, reward)
     if tier != "finetune" and any(flag is not None for flag in finetune_flags):
-        raise UsageProblem("--budget, --data, --device, --precision, --model, --dataset and --reward need --tier finetune")
+        raise UsageProblem("--budget, --data, --device, --precision, --model, --dataset and --reward need --tier "
+                           "finetune")
     with Sandbox() as sandbox, progress_bar(tier == "finetune" and errors.is_terminal) as progress:
         if tier != "static":
             sandbox.start()  # its zygote imports torch while this process does the same
@@ -249,8 +257,8 @@ def tasks_command(
     """
     from dataclasses import asdict
 
-    from lossearch.evaluation.finetune.config import BUDGETS
     from lossearch.choices import TASK_NAMES
+    from lossearch.evaluation.finetune.config import BUDGETS
     from lossearch.evaluation.tasks.load import cached_artifacts, load_task, task_summaries
 
     names = [task] if task else list(TASK_NAMES)
@@ -315,22 +323,29 @@ def run_command(
     name: str = typer.Option("demo", "--name", help="Campaign name; an existing one is resumed."),
     task: Optional[str] = choice_option(None, "--task", TASK_NAMES, "Task to select on [default: sentiment]."),
     budget: Optional[str] = choice_option(None, "--budget", BUDGET_NAMES, "Finetune budget [default: quick]."),
-    proposer: Optional[str] = choice_option(None, "--proposer", PROPOSERS, "mutation (offline), llm, or none: the seeds only [default: mutation]."),
+    proposer: Optional[str] = choice_option(None, "--proposer", PROPOSERS, "mutation (offline), llm, or none: the "
+                                                                           "seeds only [default: mutation]."),
     generations: Optional[int] = typer.Option(None, "--generations", help="Generations after the seeds [default: 2]."),
     population: Optional[int] = typer.Option(None, "--population", help="Children per generation [default: 4]."),
     islands: Optional[int] = typer.Option(None, "--islands", help="Independent sub-populations [default: 2]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of tasks, training and proposals [default: 0]."),
-    finetune: Optional[bool] = typer.Option(None, "--finetune/--no-finetune", help="Run the finetune tier [default: on]."),
+    finetune: Optional[bool] = typer.Option(None, "--finetune/--no-finetune", help="Run the finetune tier [default: "
+                                                                                   "on]."),
     max_evals: Optional[int] = typer.Option(None, "--max-evals", help="Stop after this many evaluations."),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop after this many seconds."),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop once LLM calls cost this many dollars."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop once LLM calls used this many tokens."),
-    llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
+    llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint, e.g. "
+                                                                            "http://127.0.0.1:8000/v1."),
     llm_model: Optional[list[str]] = typer.Option(None, "--llm-model", help="LLM model name; repeat for several."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Candidates evaluated at once, in separate processes [default: 1]."),
-    executor: Optional[str] = choice_option(None, "--executor", EXECUTORS, "local, or ray (pip install \"lossearch[ray]\") [default: local]."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address; without it a local Ray instance starts."),
-    db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store [default: sqlite:///runs/NAME/campaign.db]."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Candidates evaluated at once, in separate "
+                                                                  "processes [default: 1]."),
+    executor: Optional[str] = choice_option(None, "--executor", EXECUTORS, "local, or ray (pip install "
+                                                                           "\"lossearch[ray]\") [default: local]."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address; without it a local "
+                                                                          "Ray instance starts."),
+    db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store [default: "
+                                                        "sqlite:///runs/NAME/campaign.db]."),
 ) -> None:
     """Run a search campaign (or resume one): propose losses, evaluate them, keep the best.
 
@@ -433,9 +448,11 @@ def campaigns_command(
 
 @app.command("leaderboard")
 def leaderboard_command(
-    task: Optional[str] = choice_option(None, "--task", TASK_NAMES, "Rank on this task [default: the one the campaign selects on]."),
+    task: Optional[str] = choice_option(None, "--task", TASK_NAMES, "Rank on this task [default: the one the campaign "
+                                                                    "selects on]."),
     top: Optional[int] = typer.Option(None, "--top", min=1, help="Show the best K only."),
-    include_failed: bool = typer.Option(False, "--include-failed", help="List rejected, failed and duplicate candidates too."),
+    include_failed: bool = typer.Option(False, "--include-failed", help="List rejected, failed and duplicate "
+                                                                        "candidates too."),
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, markdown, json or html."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout."),
     run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
@@ -516,7 +533,8 @@ def lineage_command(
 @app.command("transfer")
 def transfer_command(
     top: int = typer.Option(3, "--top", min=1, help="How many leaders to evaluate (DPO is always added)."),
-    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated held-out tasks [default: every task but the campaign's]."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated held-out tasks [default: every task "
+                                                              "but the campaign's]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
@@ -528,8 +546,8 @@ def transfer_command(
 
     Example: lossearch transfer --run demo --top 3 --tasks sort,length,noisy
     """
-    from lossearch.search.transfer import transfer
     from lossearch.reporting.views import transfer_view
+    from lossearch.search.transfer import transfer
 
     names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks is not None else None
     with campaign_results(run, db) as handle, progress_bar(errors.is_terminal and not as_json) as progress:
@@ -545,7 +563,8 @@ def export_command(
     candidate: Optional[str] = typer.Argument(None, help="Candidate id (12 or #12) or name; or use --top."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the module here [default: print it]."),
     top: Optional[int] = typer.Option(None, "--top", min=1, help="Export the best K instead, one module each."),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for --top [default: leaderboard/CAMPAIGN/]."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for --top [default: "
+                                                                   "leaderboard/CAMPAIGN/]."),
     run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
@@ -569,6 +588,7 @@ def export_command(
         if top is not None:
             modules = export_top(handle, top, out_dir or Path("leaderboard") / handle.campaign.name)
         else:
+            assert candidate is not None  # exactly one of a candidate and --top, checked above
             module = export_candidate(handle, candidate, out)
     if top is None:
         if out is None:

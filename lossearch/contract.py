@@ -122,11 +122,11 @@ def read_signature(function: ast.FunctionDef) -> tuple[tuple[str, ...], dict[str
         raise CandidateError("policy", "`loss` may not take *args, **kwargs or positional-only parameters")
     params = args.args + args.kwonlyargs
     defaults: dict[str, ast.expr] = {}
-    for arg, default in zip(reversed(args.args), reversed(args.defaults)):
-        defaults[arg.arg] = default
-    for arg, default in zip(args.kwonlyargs, args.kw_defaults):
-        if default is not None:
-            defaults[arg.arg] = default
+    for arg, positional_default in zip(reversed(args.args), reversed(args.defaults)):
+        defaults[arg.arg] = positional_default
+    for arg, keyword_default in zip(args.kwonlyargs, args.kw_defaults):
+        if keyword_default is not None:
+            defaults[arg.arg] = keyword_default
 
     inputs: list[str] = []
     hyperparameters: dict[str, float] = {"beta": DEFAULT_BETA}
@@ -145,7 +145,8 @@ def read_signature(function: ast.FunctionDef) -> tuple[tuple[str, ...], dict[str
                 hyperparameters["beta"] = default
         elif default is None:
             known = ", ".join(CONTRACT_INPUTS)
-            raise CandidateError("policy", f"unknown parameter `{name}`: use one of {known}, or give it a float default")
+            raise CandidateError("policy",
+                                 f"unknown parameter `{name}`: use one of {known}, or give it a float default")
         else:
             hyperparameters[name] = default
     if not any(name in TENSOR_INPUTS for name in inputs):
@@ -234,11 +235,13 @@ def check_output(value: Any, batch_size: int):
     import torch
 
     if not isinstance(value, torch.Tensor):
-        raise CandidateError("shape", f"`loss` returned {type(value).__name__}, expected a tensor of shape ({batch_size},)")
+        raise CandidateError("shape",
+                             f"`loss` returned {type(value).__name__}, expected a tensor of shape ({batch_size},)")
     if value.dim() == 0:
         value = value.expand(batch_size)
     if tuple(value.shape) != (batch_size,):
-        raise CandidateError("shape", f"`loss` returned shape {tuple(value.shape)}, expected ({batch_size},) or a scalar")
+        raise CandidateError("shape",
+                             f"`loss` returned shape {tuple(value.shape)}, expected ({batch_size},) or a scalar")
     if not value.is_floating_point():
         raise CandidateError("shape", f"`loss` returned dtype {value.dtype}, expected a floating-point tensor")
     if not bool(torch.isfinite(value).all()):

@@ -66,8 +66,8 @@ def compute_fingerprint(loss_of: Callable[[dict[str, torch.Tensor]], torch.Tenso
     total = loss_of(tensors).sum()
     if not total.requires_grad:
         return [0.0] * (len(leaves) * leaves[0].shape[0])
-    grads = torch.autograd.grad(total, leaves, allow_unused=True)
-    grads = [torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads)]
+    raw_grads = torch.autograd.grad(total, leaves, allow_unused=True)  # None for a leaf the loss does not read
+    grads = [torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, raw_grads)]
     return torch.cat(grads).detach().tolist()
 
 

@@ -58,7 +58,8 @@ FORBIDDEN_TORCH_PREFIXES = (
     "torch.signal", "torch.func", "torch.empty", "torch.Generator", "torch.dynamo",
 )
 # the only modules a loss may reach through an attribute chain or `from ... import`
-MATH_MODULES = frozenset({"torch", "torch.nn", "torch.nn.functional", "torch.linalg", "torch.special", "torch.fft", "math"})
+MATH_MODULES = frozenset({"torch", "torch.nn", "torch.nn.functional", "torch.linalg", "torch.special", "torch.fft",
+                          "math"})
 ALLOWED_MODULE_STATEMENTS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.Assign, ast.AnnAssign, ast.Expr)
 REFUSED_NODES = {
     ast.Global: "`global`", ast.Nonlocal: "`nonlocal`", ast.ClassDef: "class definitions",
@@ -118,9 +119,9 @@ class _PolicyVisitor(ast.NodeVisitor):
                     self.module_aliases[local] = alias.name if alias.asname else local
             elif isinstance(node, ast.ImportFrom):
                 self.record_import_from(node)
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Import, ast.ImportFrom)) and node not in tree.body:
-                self.refuse(node, "imports belong at the top of the module")
+        for nested in ast.walk(tree):
+            if isinstance(nested, (ast.Import, ast.ImportFrom)) and nested not in tree.body:
+                self.refuse(nested, "imports belong at the top of the module")
 
     def record_import_from(self, node: ast.ImportFrom) -> None:
         module = node.module or ""
@@ -162,9 +163,9 @@ class _PolicyVisitor(ast.NodeVisitor):
     def visit_Attribute(self, node: ast.Attribute) -> None:
         self.check_attribute(node, node.attr)
         dotted = dotted_name(node)
-        root = dotted.split(".")[0] if dotted else None
-        if root in self.module_aliases:
-            for part in dotted.split(".")[1:]:
+        if dotted and dotted.split(".")[0] in self.module_aliases:
+            root, *parts = dotted.split(".")
+            for part in parts:
                 self.check_attribute(node, part)
             self.check_torch_name(node, self.module_aliases[root] + dotted[len(root):])
             return  # the module name at the root is fine here: do not visit it as a bare Name
@@ -208,7 +209,8 @@ class _PolicyVisitor(ast.NodeVisitor):
     def generic_visit(self, node: ast.AST) -> None:
         for refused, what in REFUSED_NODES.items():
             if isinstance(node, refused) and what is not None:
-                self.refuse(node, f"{what} are not allowed in a loss" if what.endswith("s") else f"{what} is not allowed in a loss")
+                verb = "are" if what.endswith("s") else "is"
+                self.refuse(node, f"{what} {verb} not allowed in a loss")
         super().generic_visit(node)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lossearch.choices import TASK_NAMES
-from lossearch.evaluation.bandit.task import BanditConfig, make_bandit_task, make_training_task
-from lossearch.evaluation.bandit.score import evaluate_bandit, mixture_reward_at_budget, score_bandit, score_bandit_grid
-from lossearch.evaluation.bandit.train import train_bandit, train_bandit_grid
 from lossearch.contract import call_loss, load_loss, read_spec
+from lossearch.evaluation.bandit.score import evaluate_bandit, mixture_reward_at_budget, score_bandit, score_bandit_grid
+from lossearch.evaluation.bandit.task import BanditConfig, make_bandit_task, make_training_task
+from lossearch.evaluation.bandit.train import train_bandit, train_bandit_grid
 from lossearch.failures import CandidateError
 from lossearch.search.seeds import seed_path
 
@@ -197,7 +196,8 @@ def test_loss_that_prefers_the_rejected_response_scores_below_the_reference():
 
 def loser_mask(task):
     """(P, R) True where a response is rejected in some training pair and chosen in none."""
-    chosen, rejected = torch.zeros_like(task.rewards, dtype=torch.bool), torch.zeros_like(task.rewards, dtype=torch.bool)
+    chosen = torch.zeros_like(task.rewards, dtype=torch.bool)
+    rejected = torch.zeros_like(task.rewards, dtype=torch.bool)
     chosen[task.train_prompts, task.train_chosen] = True
     rejected[task.train_prompts, task.train_rejected] = True
     return rejected & ~chosen
@@ -214,7 +214,8 @@ def test_dpo_overfits_deterministic_preferences_and_ipo_does_not(dpo):
     losers = loser_mask(task)
     reference_probs = task.reference_logits.softmax(-1)[losers].mean()
     ipo = seed_loss("ipo")
-    runs = {name: train_bandit(loss, task, beta=1.0, seed=0, config=config) for name, loss in (("dpo", dpo), ("ipo", ipo))}
+    runs = {name: train_bandit(loss, task, beta=1.0, seed=0, config=config)
+            for name, loss in (("dpo", dpo), ("ipo", ipo))}
     dpo_scores, ipo_scores = (score_bandit(task, runs[name]) for name in ("dpo", "ipo"))
     assert dpo_scores["kl"] > 1.0 and ipo_scores["kl"] < 0.2
     assert dpo_scores["kl"] > 10 * ipo_scores["kl"]
@@ -289,14 +290,3 @@ def test_losses_that_cannot_train_fail_with_a_kind():
 def test_a_loss_reading_the_kl_inputs_trains_through_them():
     tdpo = evaluate_bandit(seed_loss("tdpo"), "sentiment", seed=0)
     assert tdpo["fitness"] > tdpo["reference_reward"] + 0.2
-
-
-def test_evaluation_takes_under_a_second(dpo):
-    # ~0.15 s on an idle 2-core CPU; the bound leaves room for a busy CI machine
-    evaluate_bandit(dpo, "noisy", seed=0)  # warm up
-    timings = []
-    for _ in range(3):
-        start = time.perf_counter()
-        evaluate_bandit(dpo, "noisy", seed=0)
-        timings.append(time.perf_counter() - start)
-    assert min(timings) < 1.0

@@ -6,11 +6,11 @@ import json
 import subprocess
 
 import pytest
+from helpers import run_cli
 
 from lossearch.cli import app
 from lossearch.evaluation.cascade import evaluate
 from lossearch.search.seeds import seed_path, seed_paths
-from helpers import run_cli
 
 SEED_NAMES = ("dpo hinge ipo robust exo_pair nca_pair bco_pair sppo_hard aot aot_unpaired apo_zero apo_down "
               "discopop sigmoid_norm fdpo_forward_kl fdpo_js sft simpo cpo orpo rdpo tdpo kto_pair slic").split()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lossearch.evaluation.compare import compare_sources
 from lossearch.evaluation.cascade import evaluate
+from lossearch.evaluation.compare import compare_sources
 from lossearch.fingerprint import fingerprint_distance, summarize
 from lossearch.search.seeds import seed_path
 

@@ -57,7 +57,8 @@ def imported_modules(name: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                package_parts = package.split(".")
+                base = ".".join(package_parts[: len(package_parts) - node.level + 1] + ([base] if base else []))
             # `from lossearch.x import y` imports lossearch.x, and lossearch.x.y when y is a module
             targets = [base] + [f"{base}.{alias.name}" for alias in node.names
                                 if module_path(f"{base}.{alias.name}") is not None] \
@@ -89,7 +90,8 @@ def child_closure() -> set[str]:
 def test_the_child_imports_nothing_from_the_parents_side():
     closure = child_closure()
     assert closure <= CHILD_SIDE, f"the sandbox child would import parent-side code: {sorted(closure - CHILD_SIDE)}"
-    assert {"lossearch.sandbox.jobs", "lossearch.evaluation.finetune.train", "lossearch.evaluation.bandit.train"} <= closure
+    assert {"lossearch.sandbox.jobs", "lossearch.evaluation.finetune.train",
+            "lossearch.evaluation.bandit.train"} <= closure
 
 
 def test_the_zygote_really_loads_only_child_side_modules(sandbox):
@@ -141,9 +143,9 @@ def test_each_shared_list_is_written_once(what):
 
 
 def test_the_cli_offers_exactly_the_shared_choices():
-    from lossearch.cli import app
-
     import typer
+
+    from lossearch.cli import app
 
     command = typer.main.get_command(app)
     options = {param.name: param for param in command.commands["run"].params}  # type: ignore[attr-defined]

@@ -21,7 +21,8 @@ def test_ordinary_tensor_code_passes():
                  "def helper(x):\n    return G.softplus(-x)\n"
                  "def loss(policy_chosen_logps, reference_chosen_logps, beta: float = 0.1):\n"
                  "    ratio = (policy_chosen_logps - reference_chosen_logps).detach() * 0 + policy_chosen_logps\n"
-                 "    total = 0\n    for i in range(3):\n        total = total + helper(beta * ratio) * math.log(SCALE)\n"
+                 "    total = 0\n    for i in range(3):\n"
+                 "        total = total + helper(beta * ratio) * math.log(SCALE)\n"
                  "    return torch.where(ratio > 0, total, total.clamp(min=0.0))")
 
 

@@ -26,10 +26,20 @@ from lossearch.contract import call_loss, load_loss, parse_spec, source_hash
 from lossearch.evaluation.cascade import evaluate
 from lossearch.policy import check_policy
 from lossearch.search.proposers import (
-    OPERATORS, FailureView, LLMConfig, LLMProposer, MutationProposer, ParentView, Proposal, ProposalContext, Proposer,
-    ProposerError, make_proposer,
+    OPERATORS,
+    FailureView,
+    LLMConfig,
+    LLMProposer,
+    MutationProposer,
+    ParentView,
+    Proposal,
+    ProposalContext,
+    Proposer,
+    ProposerError,
+    make_proposer,
+    mutation,
+    syntax,
 )
-from lossearch.search.proposers import mutation, syntax
 from lossearch.search.proposers.llm import ModelBandit, is_local, price_of
 from lossearch.search.proposers.prompt import MalformedReply, parse_reply
 from lossearch.search.seeds import seed_path, seed_paths
@@ -277,7 +287,8 @@ def test_blend_is_discopops_gated_mix_of_the_two_parents():
               - (tensors["policy_rejected_logps"] - tensors["reference_rejected_logps"]))
     expected_dpo = -F.logsigmoid(beta * margin)
     per_token = ((tensors["policy_chosen_logps"] - tensors["reference_chosen_logps"]) / tensors["chosen_lengths"]
-                 - (tensors["policy_rejected_logps"] - tensors["reference_rejected_logps"]) / tensors["rejected_lengths"])
+                 - (tensors["policy_rejected_logps"] - tensors["reference_rejected_logps"])
+                 / tensors["rejected_lengths"])
     expected_ipo = (per_token - 1 / (2 * beta)) ** 2
     gate = torch.sigmoid(beta * margin / tau)
     torch.testing.assert_close(run(source, tensors), (1 - gate) * expected_dpo + gate * expected_ipo)
@@ -334,7 +345,8 @@ def test_each_term_adder_writes_its_term(adder, marker):
 
 def test_added_names_reach_a_helper_that_needs_them(sandbox):
     """A margin or KL term added inside a blend's helper becomes that helper's parameter, passed down from `loss`."""
-    blended = MutationProposer(operators=("blend",)).propose([BY_NAME["dpo"], BY_NAME["ipo"]], CONTEXT, random.Random(0))[0]
+    blender = MutationProposer(operators=("blend",))
+    blended = blender.propose([BY_NAME["dpo"], BY_NAME["ipo"]], CONTEXT, random.Random(0))[0]
     for seed in range(6):
         module = syntax.read_module(blended.source, blended.name)
         if mutation.add_kl(module, random.Random(seed)) and "chosen_kl.detach()" in ast.unparse(module.definitions[0]):
@@ -538,7 +550,8 @@ def test_a_rejected_key_is_not_retried(server):
     proposer = llm_proposer(server)
     with pytest.raises(ProposerError) as caught:
         proposer.propose([BY_NAME["dpo"]], CONTEXT, random.Random(0))
-    assert str(caught.value) == f"the LLM endpoint at {server.url} rejected the API key (HTTP 401): check OPENAI_API_KEY"
+    assert str(caught.value) == (f"the LLM endpoint at {server.url} rejected the API key (HTTP 401):"
+                                 " check OPENAI_API_KEY")
     [usage] = proposer.drain_usage()
     assert usage.outcome == "rejected" and len(server.requests) == 1
     assert_no_secret(caught.value, usage)

@@ -15,19 +15,19 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from helpers import run_cli
 
+from lossearch.cli import main
+from lossearch.contract import TENSOR_INPUTS, call_loss, load_loss, parse_spec
+from lossearch.ranking import Score, load_campaign_data
 from lossearch.reporting import results as results_module
+from lossearch.reporting.export import module_source
+from lossearch.reporting.results import BEATS_RULE, NoResults, beats, build_leaderboard, leaderboard
 from lossearch.search import transfer as transfer_module
 from lossearch.search.campaign import run_campaign
 from lossearch.search.config import CampaignConfig
-from lossearch.cli import main
-from lossearch.contract import TENSOR_INPUTS, call_loss, load_loss, parse_spec
-from lossearch.reporting.export import module_source
-from lossearch.ranking import Score, load_campaign_data
-from lossearch.reporting.results import BEATS_RULE, NoResults, beats, build_leaderboard, leaderboard
-from lossearch.store.locate import open_campaign
 from lossearch.store import NotFoundError, Store
-from helpers import run_cli
+from lossearch.store.locate import open_campaign
 
 
 def lossearch(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -68,7 +68,8 @@ def one_line_error(done: subprocess.CompletedProcess, code: int | tuple[int, ...
 def home(tmp_path_factory):
     """A directory holding runs/t/campaign.db: 24 seeds and one generation of 3 children."""
     home = tmp_path_factory.mktemp("home")
-    run_campaign(CampaignConfig(**{"name": "t", "generations": 1, "population": 3, "finetune": False}), runs_dir=home / "runs")
+    run_campaign(CampaignConfig(**{"name": "t", "generations": 1, "population": 3, "finetune": False}),
+                 runs_dir=home / "runs")
     return home
 
 
@@ -313,5 +314,6 @@ def test_transfer_uses_the_campaigns_top_tier(monkeypatch):
 
     monkeypatch.setattr(transfer_module, "finetune_tier", fake_finetune_tier)
     config = CampaignConfig(finetune=True, budget="standard", seed=3)
-    assert transfer_module.evaluate_on_task(None, None, "sort", "finetune", config, "sqlite:///x.db") == {"fitness": 0.5}
+    evaluated = transfer_module.evaluate_on_task(None, None, "sort", "finetune", config, "sqlite:///x.db")
+    assert evaluated == {"fitness": 0.5}
     assert seen == {"task": "sort", "seed": 3, "options": FinetuneOptions(budget="standard", storage="sqlite:///x.db")}

@@ -250,8 +250,9 @@ def test_discopop_stays_finite_where_trl_overflows(seeds):
     batch = make_batch(5)
     batch["policy_chosen_logps"] = (batch["reference_chosen_logps"] - 10_000.0).detach()
     ours = run_seed(seeds, "discopop", batch, beta=0.1)
-    expected = torch.nn.functional.softplus(-0.1 * (batch["policy_chosen_logps"] - batch["reference_chosen_logps"]
-                                                    - batch["policy_rejected_logps"] + batch["reference_rejected_logps"]))
+    margin = (batch["policy_chosen_logps"] - batch["reference_chosen_logps"]
+              - batch["policy_rejected_logps"] + batch["reference_rejected_logps"])
+    expected = torch.nn.functional.softplus(-0.1 * margin)
     torch.testing.assert_close(ours, expected.detach(), **TOLERANCE)
 
 
@@ -368,9 +369,11 @@ def test_kto_pair_equals_trl_08(seeds, beta):
         ours = run_seed(seeds, "kto_pair", batch, beta=beta)
         table = rows(batch)
         chosen_kl = max(0.0, sum(r["policy_chosen_logps"] - r["reference_chosen_logps"] for r in table) / BATCH_SIZE)
-        rejected_kl = max(0.0, sum(r["policy_rejected_logps"] - r["reference_rejected_logps"] for r in table) / BATCH_SIZE)
+        rejected_kl = max(0.0, sum(r["policy_rejected_logps"] - r["reference_rejected_logps"]
+                                   for r in table) / BATCH_SIZE)
         expected = [0.5 * ((1 - sigmoid(beta * (r["policy_chosen_logps"] - r["reference_chosen_logps"] - rejected_kl)))
-                           + (1 - sigmoid(beta * (chosen_kl - r["policy_rejected_logps"] + r["reference_rejected_logps"]))))
+                           + (1 - sigmoid(beta * (chosen_kl
+                                                  - r["policy_rejected_logps"] + r["reference_rejected_logps"]))))
                     for r in table]
         torch.testing.assert_close(ours, torch.tensor(expected, dtype=torch.float64), **TOLERANCE)
         # gradients too: TRL 0.8 lets them flow through the KL estimates (no detach)

@@ -24,10 +24,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from lossearch.store import migrations, models, values
-from lossearch.store import store as store_module
 from lossearch.contract import source_hash
-from lossearch.store import NotFoundError, Store, StoreError
+from lossearch.store import NotFoundError, Store, StoreError, migrations, models, values
+from lossearch.store import store as store_module
 from lossearch.store.migrations import SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parent.parent

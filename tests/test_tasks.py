@@ -9,18 +9,23 @@ import time
 
 import pytest
 import torch
+from conftest import TINY_DATA_FIELDS, tiny_world
 
-from lossearch.evaluation.tasks.build import DataConfig
-from lossearch.evaluation.tasks.catalog import WorldConfig
 from lossearch.evaluation.tasks import cache, text
+from lossearch.evaluation.tasks.build import DataConfig
+from lossearch.evaluation.tasks.catalog import TASKS, WORLD_VOCABULARIES, WorldConfig, reward_of_ids
+from lossearch.evaluation.tasks.lm import (
+    forward_logits,
+    make_sequences,
+    pad_left,
+    safetensors_bytes,
+    sample_responses,
+    sequence_kl,
+    sequence_logps,
+)
 from lossearch.evaluation.tasks.load import load_task, load_user_task, task_summaries
-from lossearch.evaluation.tasks.catalog import TASKS, WORLD_VOCABULARIES, reward_of_ids
-from lossearch.evaluation.tasks.lm import (make_sequences, pad_left, sample_responses, safetensors_bytes, sequence_kl,
-                                sequence_logps, forward_logits)
 from lossearch.evaluation.tasks.tokenizer import build_tokenizer
 from lossearch.evaluation.tasks.user import SettingError, UserSetting
-
-from conftest import TINY_DATA_FIELDS, tiny_world
 
 TINY_WORLDS = {"sentiment": tiny_world("sentiment"), "sort": tiny_world("sort")}
 TINY_DATA = DataConfig(**TINY_DATA_FIELDS)
@@ -167,7 +172,8 @@ def test_sampling_stops_at_eos_and_masks_what_follows(tiny_task):
     model = make_model(tiny_task.model_config)
     load_parameters(model, load_file(str(tiny_task.parameters_file)))
     ids, attention = pad_left([[1, 5], [1, 6, 7, 8]], tiny_task.pad_id)
-    batch = sample_responses(model, ids, attention, 12, tiny_task.eos_id, tiny_task.pad_id, torch.Generator().manual_seed(0))
+    batch = sample_responses(model, ids, attention, 12, tiny_task.eos_id, tiny_task.pad_id,
+                             torch.Generator().manual_seed(0))
     for row in range(2):
         response = batch.ids[row][batch.response[row]].tolist()
         assert 1 <= len(response) <= 12
@@ -277,6 +283,11 @@ def test_user_setting_mistakes_are_setting_errors(tmp_path):
     write_user_dataset(tmp_path / "pairs.jsonl")
     with pytest.raises(SettingError, match="module.py:function"):
         load_user_task(UserSetting(tmp_path / "model", tmp_path / "pairs.jsonl", reward="nocolon"), tmp_path / "cache")
+    not_python = tmp_path / "reward.txt"
+    not_python.write_text("def reward(prompt, response):\n    return 1.0\n")
+    with pytest.raises(SettingError, match="not a Python module"):
+        load_user_task(UserSetting(tmp_path / "model", tmp_path / "pairs.jsonl", reward=f"{not_python}:reward"),
+                       tmp_path / "cache")
 
 
 # -- the compact Llama: transformers' model, without transformers -----------------------------------

@@ -26,7 +26,9 @@ def compare_sources(first: str, second: str, first_name: str = "first", second_n
             sandbox.close()
     for evaluation, name in zip(evaluations, (first_name, second_name)):
         if not evaluation.ok:
-            raise CandidateError(evaluation.error.kind, f"{name} did not pass the sanity tier: {evaluation.error.message}")
+            error = evaluation.error
+            assert error is not None  # evaluate() sets the failure of every evaluation that is not ok
+            raise CandidateError(error.kind, f"{name} did not pass the sanity tier: {error.message}")
     prints = [evaluation.metrics["sanity"]["fingerprint"] for evaluation in evaluations]
     distance = fingerprint_distance(*prints)
     return {

@@ -62,7 +62,8 @@ def tune_beta(run: RunFn, default_beta: float, trials: int, seeds: Sequence[int]
     """Tune beta over `trials` trials of `len(seeds)` runs each; the best trial's summary and every trial."""
     study = make_study(storage, study_name)
     low, high = default_beta / BETA_RANGE, default_beta * BETA_RANGE
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    finished = [t for t in study.trials if t.state in done_states]
     if not study.trials:
         for multiple in FIRST_BETAS[:trials]:
             study.enqueue_trial({"beta": min(high, max(low, default_beta * multiple))})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import TracebackType
+
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -46,9 +48,10 @@ class CampaignDisplay:
             self.live.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         if self.live:
-            self.live.__exit__(*exc)
+            self.live.__exit__(exc_type, exc, traceback)
 
     def update(self, stats: CampaignStats) -> None:
         if self.live:

@@ -21,12 +21,12 @@ from pathlib import Path
 
 from lossearch import __version__
 from lossearch.contract import parse_spec
-from lossearch.failures import CandidateError
 from lossearch.errors import ConfigError
+from lossearch.failures import CandidateError
 from lossearch.ranking import CampaignData, load_campaign_data
 from lossearch.reporting.results import NoResults, build_leaderboard, resolve_candidate
-from lossearch.store.locate import CampaignHandle
 from lossearch.store import Candidate
+from lossearch.store.locate import CampaignHandle
 
 ADAPTER_MARKER = "# -- exported adapter"
 ENTRY_POINTS = '''
@@ -84,13 +84,15 @@ def export_top(handle: CampaignHandle, top: int, out_dir: str | Path) -> list[Ex
         raise NoResults(f"campaign {data.campaign.name!r} has no ranked candidate to export yet")
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[ExportedModule] = []
+    listing: list[str] = []
     for row in board.rows:
         candidate = data.candidates[row.id]
         exported = ExportedModule(candidate.id, module_name(candidate, row.rank), module_source(data, candidate))
-        written.append(_write(exported, folder / f"{exported.name}.py"))
-    files = "\n".join(f"- [{module.path.name}]({module.path.name}): #{module.candidate_id} "
-                      f"{data.candidates[module.candidate_id].name}" for module in written)
+        path = folder / f"{exported.name}.py"
+        written.append(_write(exported, path))
+        listing.append(f"- [{path.name}]({path.name}): #{candidate.id} {candidate.name}")
+    files = "\n".join(listing)
     (folder / "README.md").write_text(f"{leaderboard_markdown(board)}\n## Modules\n\n{files}\n\n"
                                       f"Exported by lossearch {__version__} on {_today()}.\n", encoding="utf-8")
     return written
@@ -147,10 +149,11 @@ def _split_source(source: str, tree: ast.Module) -> tuple[str, list[str]]:
     dropped: set[int] = set()
     futures = []
     for index, node in enumerate(tree.body):
-        is_docstring = index == 0 and isinstance(node, ast.Expr) and isinstance(getattr(node, "value", None), ast.Constant) \
-            and isinstance(node.value.value, str)
+        is_docstring = (index == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+                        and isinstance(node.value.value, str))
         is_future = isinstance(node, ast.ImportFrom) and node.module == "__future__"
         if is_docstring or is_future:
+            assert node.end_lineno is not None  # ast.parse sets every statement's end line
             span = range(node.lineno - 1, node.end_lineno)
             if is_future:
                 futures.append("\n".join(lines[line] for line in span))

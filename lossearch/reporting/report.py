@@ -16,10 +16,16 @@ from typing import Sequence
 
 from lossearch import __version__
 from lossearch.ranking import CampaignData, load_campaign_data
-from lossearch.reporting.results import (Leaderboard, LeaderboardRow, NoResults, TransferTable, build_leaderboard,
-                                         held_out_results)
-from lossearch.store.locate import CampaignHandle
+from lossearch.reporting.results import (
+    Leaderboard,
+    LeaderboardRow,
+    NoResults,
+    TransferTable,
+    build_leaderboard,
+    held_out_results,
+)
 from lossearch.reporting.svgplot import Edge, Node, Point, Series, chart, graph, heatmap
+from lossearch.store.locate import CampaignHandle
 
 TIER_COLOURS = {"bandit": "#1f77b4", "finetune": "#ff7f0e"}
 SEED_COLOUR = "#8c8c8c"
@@ -126,7 +132,9 @@ def fitness_chart(data: CampaignData) -> str:
     """Every candidate's fitness by generation (per tier), and the best so far as a step line."""
     series = []
     for tier in _tiers(data):
-        seeds, children, by_generation = [], [], {}
+        seeds: list[Point] = []
+        children: list[Point] = []
+        by_generation: dict[int, float] = {}  # generation -> its best fitness
         for index, candidate in enumerate(data.candidates.values()):
             score = data.score(candidate.id, tier=tier)
             if score is None:
@@ -154,9 +162,11 @@ def reward_kl_charts(data: CampaignData) -> list[str]:
     charts = []
     baseline = data.baseline
     for tier in _tiers(data):
-        seeds, children, budget = [], [], None
-        scored = [(c, data.score(c.id, tier=tier)) for c in data.candidates.values()]
-        scored = [(c, s) for c, s in scored if s is not None and "reward" in s.metrics and "kl" in s.metrics]
+        seeds: list[Point] = []
+        children: list[Point] = []
+        budget: float | None = None
+        scores = [(c, data.score(c.id, tier=tier)) for c in data.candidates.values()]
+        scored = [(c, s) for c, s in scores if s is not None and "reward" in s.metrics and "kl" in s.metrics]
         best_children = {c.id for c, s in sorted((p for p in scored if p[0].proposer != "seed"),
                                                  key=lambda p: -p[1].fitness)[:3]}
         for candidate, score in scored:
@@ -178,11 +188,12 @@ def reward_kl_charts(data: CampaignData) -> list[str]:
 def lineage_graph(data: CampaignData, board: Leaderboard) -> str:
     """Every candidate in its generation's column, parents joined to children; the best one's ancestry in red."""
     scores = {c.id: data.score(c.id) for c in data.candidates.values()}
-    order = sorted(data.candidates.values(), key=lambda c: (c.generation, -(scores[c.id].fitness if scores[c.id]
-                                                                            else float("-inf")), c.id))
+    fitness = {key: score.fitness if score is not None else None for key, score in scores.items()}
+    ranked = {key: value if value is not None else float("-inf") for key, value in fitness.items()}
+    order = sorted(data.candidates.values(), key=lambda c: (c.generation, -ranked[c.id], c.id))
     nodes = [Node(c.id, c.generation, f"#{c.id} {c.name[:26]}",
-                  f"#{c.id} {c.name} ({c.status}), fitness {_num(scores[c.id].fitness if scores[c.id] else None)}",
-                  scores[c.id].fitness if scores[c.id] and c.status == "evaluated" else None, c.proposer == "seed")
+                  f"#{c.id} {c.name} ({c.status}), fitness {_num(fitness[c.id])}",
+                  fitness[c.id] if c.status == "evaluated" else None, c.proposer == "seed")
              for c in order]
     best = next((row for row in board.rows if not row.is_seed), board.rows[0])
     ancestry = _ancestry(data, best.id)

@@ -15,8 +15,8 @@ there a single evaluation has no seed noise to allow for.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from lossearch.choices import TASK_NAMES, TIER_ORDER, check_choice
@@ -141,7 +141,8 @@ def build_leaderboard(data: CampaignData, *, task: str | None = None, top: int |
     """`leaderboard` on a snapshot (the report and `export --top` use it too); may be empty."""
     task = task or data.task
     ranking = rank(data, task)
-    rows = [leaderboard_row(data, candidate, score, place) for place, (candidate, score) in enumerate(ranking.ranked, 1)]
+    rows = [leaderboard_row(data, candidate, score, place)
+            for place, (candidate, score) in enumerate(ranking.ranked, 1)]
     if top is not None:
         rows = rows[:max(top, 0)]
     if include_failed:
@@ -239,7 +240,8 @@ class CandidateReport:
                 "beats_dpo": self.beats_dpo, "hyperparameters": self.hyperparameters,
                 "evaluations": [asdict(row) for row in self.evaluations],
                 "fingerprint_summary": self.fingerprint_summary,
-                "parents": [asdict(edge) for edge in self.parents], "children": [asdict(edge) for edge in self.children]}
+                "parents": [asdict(edge) for edge in self.parents],
+                "children": [asdict(edge) for edge in self.children]}
 
 
 def resolve_candidate(data: CampaignData, ident: str | int) -> Candidate:
@@ -296,7 +298,7 @@ def _evaluation_row(evaluation: Evaluation) -> EvaluationRow:
 
 def edge_delta(data: CampaignData, child_id: int, parent_id: int) -> tuple[float | None, str | None]:
     """child - parent fitness on the campaign's task, at the highest tier both have a score at."""
-    for tier in sorted(TIER_ORDER, key=TIER_ORDER.get, reverse=True):
+    for tier in sorted(TIER_ORDER, key=TIER_ORDER.__getitem__, reverse=True):
         child, parent = data.score(child_id, tier=tier), data.score(parent_id, tier=tier)
         if child is not None and parent is not None:
             return child.fitness - parent.fitness, tier

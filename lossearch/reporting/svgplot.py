@@ -169,7 +169,8 @@ def _series(frame: Frame, series: Series) -> str:
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{series.size}" fill="{series.colour}" '
                          f'fill-opacity="0.75" stroke="#333" stroke-width="0.5">{tip}</circle>')
         if point.label:
-            parts.append(f'<text x="{x + 6:.1f}" y="{y - 5:.1f}" font-size="9" {HALO} {FONT}>{escape(point.label)}</text>')
+            parts.append(f'<text x="{x + 6:.1f}" y="{y - 5:.1f}" font-size="9" {HALO} {FONT}>'
+                         f'{escape(point.label)}</text>')
     return "".join(parts)
 
 
@@ -303,7 +304,9 @@ def graph(nodes: Sequence[Node], edges: Sequence[Edge], *, title: str, column_wi
         tip = f"<title>{escape(node.tip)}</title>"
         shape = (f'<rect x="{x - 5:.1f}" y="{y - 5:.1f}" width="10" height="10" fill="{colour}" stroke="#333" '
                  f'stroke-width="0.6">{tip}</rect>' if node.square else
-                 f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour}" stroke="#333" stroke-width="0.6">{tip}</circle>')
-        parts.append(shape + f'<text x="{x + 8:.1f}" y="{y + 3:.1f}" font-size="9" {HALO} {FONT}>{escape(node.label)}</text>')
+                 f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour}" stroke="#333" '
+                 f'stroke-width="0.6">{tip}</circle>')
+        parts.append(shape + f'<text x="{x + 8:.1f}" y="{y + 3:.1f}" font-size="9" {HALO} {FONT}>'
+                     f'{escape(node.label)}</text>')
     parts.append("</svg>")
     return "".join(parts)

@@ -32,7 +32,8 @@ def make_dpo_trainer_class(loss_fn, **hyperparameters):
         def _compute_loss(self, model, inputs, return_outputs):
             return _contract_dpo_loss(self, model, inputs, return_outputs, loss_fn, hyperparameters)
 
-    LossearchDPOTrainer.__name__ = LossearchDPOTrainer.__qualname__ = f"DPOTrainer_{getattr(loss_fn, '__module__', 'loss')}"
+    trainer_name = f"DPOTrainer_{getattr(loss_fn, '__module__', 'loss')}"
+    LossearchDPOTrainer.__name__ = LossearchDPOTrainer.__qualname__ = trainer_name
     return LossearchDPOTrainer
 
 
@@ -73,7 +74,8 @@ def _contract_dpo_loss(trainer, model, inputs, return_outputs, loss_fn, hyperpar
     lengths = shift_mask.sum(dim=1).to(logps.dtype)  # (2B,) response tokens
     tensors = {
         "policy_chosen_logps": chosen_logps, "policy_rejected_logps": rejected_logps,
-        "reference_chosen_logps": ref_chosen_logps.to(logps.dtype), "reference_rejected_logps": ref_rejected_logps.to(logps.dtype),
+        "reference_chosen_logps": ref_chosen_logps.to(logps.dtype),
+        "reference_rejected_logps": ref_rejected_logps.to(logps.dtype),
         "chosen_lengths": lengths.chunk(2)[0], "rejected_lengths": lengths.chunk(2)[1],
     }
     if kl is not None:

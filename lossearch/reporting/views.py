@@ -15,8 +15,16 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from lossearch.reporting.results import (CampaignOverview, CandidateReport, Leaderboard, LeaderboardRow, Lineage, LineageNode,
-                               Relative, TransferTable)
+from lossearch.reporting.results import (
+    CampaignOverview,
+    CandidateReport,
+    Leaderboard,
+    LeaderboardRow,
+    Lineage,
+    LineageNode,
+    Relative,
+    TransferTable,
+)
 
 
 def number(value: float | None, spread: float | None = None, digits: int = 4) -> str:
@@ -43,9 +51,10 @@ def plain_row(table: Table, cells: list, style: str | None = None) -> None:
 
 def as_text(renderable: RenderableType, width: int = 160) -> str:
     """What the console would print, without colours (for --out files)."""
-    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
     console.print(renderable)
-    return console.file.getvalue()
+    return buffer.getvalue()
 
 
 # -- campaigns -------------------------------------------------------------------------------
@@ -66,7 +75,8 @@ def narrow_table(title: str, columns: tuple[str, ...], caption: str | None = Non
 
 
 def campaigns_table(overviews: list[CampaignOverview], width: int = WIDE) -> Table:
-    columns = ("name", "status", "task", "cands", "evaluated", "failed", "best", "LLM $", "last activity", "database")
+    columns: tuple[str, ...] = ("name", "status", "task", "cands", "evaluated", "failed", "best", "LLM $",
+                                "last activity", "database")
     if width < WIDE:
         columns = ("name", "status", "cands", "best", "last activity")
     table = narrow_table(f"{len(overviews)} campaign(s), most recently active first", columns,
@@ -134,11 +144,12 @@ def leaderboard_markdown(board: Leaderboard) -> str:
 def candidate_view(report: CandidateReport) -> Group:
     candidate = report.candidate
     header = Text.assemble((f"#{candidate.id} {candidate.name}", "bold"),
-                           f"  campaign {report.campaign}, generation {candidate.generation}, island {candidate.island}, "
+                           f"  campaign {report.campaign}, generation {candidate.generation}, "
+                           f"island {candidate.island}, "
                            f"{candidate.status} at tier {candidate.tier or '-'}, by {candidate.proposer}"
                            + (f" ({candidate.model})" if candidate.model else ""))
     score = report.score
-    lines = [header]
+    lines: list[RenderableType] = [header]
     if score is not None:
         rank = f"rank {report.rank}" if report.rank else "unranked"
         beats = {True: "beats DPO", False: "does not beat DPO", None: "no DPO comparison"}[report.beats_dpo]

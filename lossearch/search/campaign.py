@@ -314,10 +314,11 @@ class CampaignRunner:
             self.store.update_candidate(candidate.id, fingerprint=sanity["fingerprint"], tier="sanity")
             # the seed library is the baseline: every seed is evaluated, near-twins included
             twin = None if candidate.generation == 0 else self.fingerprint_twin(candidate.id, sanity["fingerprint"])
-            if twin is not None:
+            if twin is not None and twin.fingerprint is not None:  # a twin has one: it was found by it
                 distance = fingerprint_distance(sanity["fingerprint"], twin.fingerprint)
+                message = f"same loss as #{twin.id} {twin.name} (fingerprint distance {distance:.3g})"
                 self.store.update_candidate(candidate.id, status="duplicate", failure_kind=None,
-                                            failure_message=f"same loss as #{twin.id} {twin.name} (fingerprint distance {distance:.3g})")
+                                            failure_message=message)
                 return
             bandit = self.recorded_or_run(candidate, "bandit", self.config.task,
                                           lambda: bandit_tier(sandbox, spec, self.config.task, self.config.seed))
@@ -434,9 +435,12 @@ class CampaignRunner:
 def task_description(task: str) -> str:
     """One paragraph on what the task's oracle rewards, for the LLM proposer's prompt."""
     return {
-        "sentiment": "Generate positive movie reviews; the oracle scores sentiment. Fitness is the reward at a KL budget.",
-        "sort": "Output the prompt's digits sorted; the oracle checks correctness. Fitness is the reward at a KL budget.",
-        "length": "The oracle penalizes length while the preference labels prefer longer answers: do not exploit length.",
+        "sentiment": "Generate positive movie reviews; the oracle scores sentiment. Fitness is the reward at a KL "
+                     "budget.",
+        "sort": "Output the prompt's digits sorted; the oracle checks correctness. Fitness is the reward at a KL "
+                "budget.",
+        "length": "The oracle penalizes length while the preference labels prefer longer answers: do not exploit "
+                  "length.",
         "noisy": "As sentiment, with a third of the preference labels flipped: be robust to label noise.",
     }.get(task, task)
 

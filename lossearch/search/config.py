@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
 from collections.abc import Collection
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from lossearch.choices import BUDGET_NAMES, EXECUTORS, PROPOSERS, TASK_NAMES, check_choice

@@ -68,11 +68,21 @@ def parent_scores(pool: Sequence[PoolMember], weights: SelectionWeights = Select
     best = [pool[index] for index in reversed(order[-weights.novelty_reference:])]
     scores = []
     for member, member_rank in zip(pool, rank):
-        others = [top for top in best if top.id != member.id and top.fingerprint and member.fingerprint]
-        novelty = sum(fingerprint_distance(member.fingerprint, top.fingerprint) for top in others) / len(others) if others else 0.0
+        novelty = _novelty(member, best)
         scores.append(weights.rank_weight * member_rank + weights.novelty_weight * novelty
                       - weights.usage_penalty * member.children)
     return scores
+
+
+def _novelty(member: PoolMember, best: Sequence[PoolMember]) -> float:
+    """Mean fingerprint distance from `member` to the other members of `best`; 0 without fingerprints."""
+    fingerprint = member.fingerprint
+    if not fingerprint:
+        return 0.0
+    others = [top.fingerprint for top in best if top.id != member.id and top.fingerprint]
+    if not others:
+        return 0.0
+    return sum(fingerprint_distance(fingerprint, other) for other in others) / len(others)
 
 
 def choose_parents(pool: Sequence[PoolMember], count: int, rng: random.Random,

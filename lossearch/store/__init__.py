@@ -8,9 +8,25 @@
 """
 
 from lossearch.store.store import Store
-from lossearch.store.values import (BASELINE_SEED, CAMPAIGN_DB_NAME, CAMPAIGN_STATUSES, CANDIDATE_STATUSES, RELATIONS,
-                                    SANITY_TASK, UNFINISHED_STATUSES, UNRANKED_STATUSES, Campaign, CampaignSummary,
-                                    Candidate, Evaluation, LineageEdge, LLMCall, LLMUsage, NotFoundError, StoreError)
+from lossearch.store.values import (
+    BASELINE_SEED,
+    CAMPAIGN_DB_NAME,
+    CAMPAIGN_STATUSES,
+    CANDIDATE_STATUSES,
+    RELATIONS,
+    SANITY_TASK,
+    UNFINISHED_STATUSES,
+    UNRANKED_STATUSES,
+    Campaign,
+    CampaignSummary,
+    Candidate,
+    Evaluation,
+    LineageEdge,
+    LLMCall,
+    LLMUsage,
+    NotFoundError,
+    StoreError,
+)
 
 __all__ = [
     "BASELINE_SEED", "CAMPAIGN_DB_NAME", "CAMPAIGN_STATUSES", "CANDIDATE_STATUSES", "RELATIONS", "SANITY_TASK",

@@ -37,10 +37,23 @@ from lossearch.contract import source_hash
 from lossearch.failures import FAILURE_KINDS
 from lossearch.store.migrations import migrate, read_schema_version
 from lossearch.store.models import CampaignModel, CandidateModel, EvaluationModel, LineageEdgeModel, LLMCallModel
-from lossearch.store.values import (CAMPAIGN_DB_NAME, CAMPAIGN_STATUSES, CANDIDATE_STATUSES, RELATIONS,
-                                    UNFINISHED_STATUSES, UPDATABLE_CANDIDATE_FIELDS, Campaign,
-                                    CampaignSummary, Candidate, Evaluation, LineageEdge, LLMCall, LLMUsage,
-                                    NotFoundError, StoreError)
+from lossearch.store.values import (
+    CAMPAIGN_DB_NAME,
+    CAMPAIGN_STATUSES,
+    CANDIDATE_STATUSES,
+    RELATIONS,
+    UNFINISHED_STATUSES,
+    UPDATABLE_CANDIDATE_FIELDS,
+    Campaign,
+    CampaignSummary,
+    Candidate,
+    Evaluation,
+    LineageEdge,
+    LLMCall,
+    LLMUsage,
+    NotFoundError,
+    StoreError,
+)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

@@ -167,7 +167,8 @@ def flip_labels(chosen, rejected, fraction: float, generator: torch.Generator):
     return torch.where(flipped, rejected, chosen), torch.where(flipped, chosen, rejected)
 
 
-def draw_heldout_pairs(rewards: torch.Tensor, pairs_per_prompt: int, generator: torch.Generator):
+def draw_heldout_pairs(rewards: torch.Tensor, pairs_per_prompt: int,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(prompts, better, worse): uniform distinct pairs ordered by the oracle, ties dropped."""
     P, R = rewards.shape
     drawn = torch.multinomial(torch.ones(P * pairs_per_prompt, R), 2, replacement=False,

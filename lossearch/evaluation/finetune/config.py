@@ -44,7 +44,8 @@ class Budget:
     """Online mode: steps between two draws of fresh pairs from the current policy."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "pairs", "batch_size", "trials", "seeds", "eval_prompts", "heldout_pairs", "online_every"):
+        counts = ("steps", "pairs", "batch_size", "trials", "seeds", "eval_prompts", "heldout_pairs", "online_every")
+        for name in counts:
             if getattr(self, name) < 1:
                 raise ConfigError(f"Budget.{name} must be at least 1")
         if not self.lr > 0:

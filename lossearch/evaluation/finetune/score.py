@@ -15,19 +15,27 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from lossearch.evaluation.tasks.data import TaskData
 from lossearch.evaluation.metrics import preference_accuracy
 from lossearch.evaluation.tasks.build import batched_logps
 from lossearch.evaluation.tasks.catalog import TASKS
-from lossearch.evaluation.tasks.lm import (Sequences, forward_logits, load_parameters, make_model, sample_responses,
-                                           split_sequences, widen)
+from lossearch.evaluation.tasks.data import TaskData
+from lossearch.evaluation.tasks.lm import (
+    Sequences,
+    forward_logits,
+    load_parameters,
+    make_model,
+    sample_responses,
+    split_sequences,
+    widen,
+)
 from lossearch.failures import CandidateError
 
 
 class Scorer:
     """Scores trained parameters on a task's held-out prompts and pairs, against its base model."""
 
-    def __init__(self, task: TaskData, eval_prompts: int, device: str = "cpu", heldout_pairs: Optional[int] = None) -> None:
+    def __init__(self, task: TaskData, eval_prompts: int, device: str = "cpu",
+                 heldout_pairs: Optional[int] = None) -> None:
         from safetensors.torch import load_file
 
         self.task = task
@@ -62,7 +70,8 @@ class Scorer:
         steps = width - ids.shape[1]
         samples = [widen(batch, width) for batch, _ in batches]
         logps = torch.cat([F.pad(step, (0, 0, 0, steps - step.shape[1])) for _, step in batches])
-        return Sequences(*(torch.cat([getattr(b, name) for b in samples]) for name in ("ids", "attention", "response"))), logps
+        joined = (torch.cat([getattr(b, name) for b in samples]) for name in ("ids", "attention", "response"))
+        return Sequences(*joined), logps
 
     def mean_reward(self, samples: Sequences) -> Optional[float]:
         if self.task.reward is None:
@@ -138,7 +147,8 @@ class Scorer:
         return max(self.task.fitness_floor, penalized)
 
 
-SAMPLER_VERSION = 2  # bump when Scorer.sample or a task's oracle draws or scores differently: the cache's entries go stale
+# bump when Scorer.sample or a task's oracle draws or scores differently: the cache's entries go stale
+SAMPLER_VERSION = 2
 
 
 class ReferenceRewardCache:

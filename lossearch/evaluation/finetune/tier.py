@@ -12,14 +12,15 @@ import time
 from dataclasses import asdict
 from typing import Any, Mapping, Optional
 
+from lossearch.contract import LossSpec
 from lossearch.evaluation.finetune.config import Budget, FinetuneOptions, RunConfig
 from lossearch.evaluation.finetune.device import resolve_device, resolve_precision
 from lossearch.evaluation.finetune.score import Scorer
 from lossearch.evaluation.tasks.data import TaskData
 from lossearch.evaluation.tasks.load import load_task, load_user_task
 from lossearch.evaluation.tuning import tune_beta
-from lossearch.sandbox.interface import SandboxLimits
 from lossearch.failures import CandidateError
+from lossearch.sandbox.interface import SandboxLike, SandboxLimits
 
 
 def load_task_data(task: str, options: FinetuneOptions) -> TaskData:
@@ -30,7 +31,7 @@ def load_task_data(task: str, options: FinetuneOptions) -> TaskData:
     return load_task(task, options.cache_dir, options.progress)
 
 
-def sandbox_limits(task: TaskData, budget: Budget, options: FinetuneOptions, device: str):
+def sandbox_limits(task: TaskData, budget: Budget, options: FinetuneOptions, device: str) -> SandboxLimits:
     """Wall time, CPU time, memory and file size for one run, scaled by the model and the budget."""
     model_bytes = 4 * task.parameters
     wall = 300.0 + 2.0 * budget.steps * max(1.0, task.parameters / 1e6)
@@ -39,7 +40,7 @@ def sandbox_limits(task: TaskData, budget: Budget, options: FinetuneOptions, dev
                          file_bytes=max(64 << 20, 2 * model_bytes + (16 << 20)), threads=options.threads)
 
 
-def run_config(task: TaskData, spec, budget: Budget, options: FinetuneOptions, beta: float, seed: int,
+def run_config(task: TaskData, spec: LossSpec, budget: Budget, options: FinetuneOptions, beta: float, seed: int,
                device: str, precision: str) -> RunConfig:
     online = None
     if options.data == "online":
@@ -50,8 +51,9 @@ def run_config(task: TaskData, spec, budget: Budget, options: FinetuneOptions, b
                      precision=precision)
 
 
-def train_in_sandbox(sandbox, spec, task: TaskData, config: RunConfig, limits,
-                     hyperparameters: Optional[Mapping[str, float]] = None) -> tuple[dict, dict]:
+def train_in_sandbox(sandbox: SandboxLike, spec: LossSpec, task: TaskData, config: RunConfig,
+                     limits: SandboxLimits, hyperparameters: Optional[Mapping[str, float]] = None
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run one training job; (the child's report, the trained parameters)."""
     from safetensors.torch import load as load_safetensors
 
@@ -72,7 +74,8 @@ def train_in_sandbox(sandbox, spec, task: TaskData, config: RunConfig, limits,
             "final_loss": report.get("final_loss")}, parameters
 
 
-def finetune_candidate(sandbox, spec, task_name: str, seed: int, options: FinetuneOptions) -> dict[str, Any]:
+def finetune_candidate(sandbox: SandboxLike, spec: LossSpec, task_name: str, seed: int,
+                       options: FinetuneOptions) -> dict[str, Any]:
     """The finetune tier's metrics for `spec`: the best beta's means over seeds, spreads, every trial."""
     started = time.monotonic()
     budget = Budget.named(options.budget)
@@ -105,7 +108,8 @@ def finetune_candidate(sandbox, spec, task_name: str, seed: int, options: Finetu
             "kl_penalty": task.kl_penalty, **tuning, "seconds": time.monotonic() - started}
 
 
-def study_name(spec, task: TaskData, budget: Budget, options: FinetuneOptions, precision: str, seed: int) -> str:
+def study_name(spec: LossSpec, task: TaskData, budget: Budget, options: FinetuneOptions, precision: str,
+               seed: int) -> str:
     """One Optuna study per candidate code, task artifact, budget, data mode, precision and seed set."""
     return f"finetune-{spec.code_hash[:16]}-{task.key}-{budget.name}-{options.data}-{precision}-s{seed}"
 

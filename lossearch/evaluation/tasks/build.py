@@ -28,9 +28,16 @@ from safetensors.torch import load_file, save_file
 
 from lossearch.evaluation.tasks import cache, catalog
 from lossearch.evaluation.tasks.labels import bradley_terry_labels
+from lossearch.evaluation.tasks.lm import (
+    Sequences,
+    make_hf_model,
+    make_sequences,
+    pad_left,
+    sample_responses,
+    save_parameters,
+    sequence_logps,
+)
 from lossearch.progress import ProgressFn, no_progress
-from lossearch.evaluation.tasks.lm import (Sequences, make_hf_model, make_sequences, pad_left, sample_responses, save_parameters,
-                                sequence_logps)
 
 PAIRS_FORMAT = 2  # bump when the code changes what a pairs artifact holds for the same configuration
 PARAMETERS_FILE = "parameters.safetensors"  # every named parameter, tied ones once: what a sandbox child loads
@@ -225,16 +232,17 @@ def build_pairs(task: str, data: DataConfig, world_folder: Path, folder: Path, p
         return draw_prompts(definition.world, count, rng, vocabulary)
 
     progress(f"sampling {task} training pairs", 0, 3)
-    train = label_pairs(model, prompts, definition, vocabulary, generator, labeller, data.train_pairs, random_labels=True)
+    train = label_pairs(model, prompts, definition, vocabulary, generator, labeller, data.train_pairs,
+                        random_labels=True)
     progress(f"sampling {task} held-out pairs", 1, 3)
     heldout = label_pairs(model, prompts, definition, vocabulary, generator, oracle, data.heldout_pairs,
                           random_labels=False)
     heldout_prompts = draw_prompts(definition.world, data.heldout_prompts, rng, vocabulary)
     progress(f"reference log-probs of the {task} pairs", 2, 3)
     tensors = {}
-    for split, (prompts, chosen, rejected) in (("train", train), ("heldout", heldout)):
-        chosen_seqs = make_sequences(prompts, chosen, pad_id)
-        rejected_seqs = make_sequences(prompts, rejected, pad_id)
+    for split, (split_prompts, chosen, rejected) in (("train", train), ("heldout", heldout)):
+        chosen_seqs = make_sequences(split_prompts, chosen, pad_id)
+        rejected_seqs = make_sequences(split_prompts, rejected, pad_id)
         tensors.update(sequences_tensors(f"{split}_chosen", chosen_seqs))
         tensors.update(sequences_tensors(f"{split}_rejected", rejected_seqs))
         tensors[f"{split}_reference_chosen_logps"] = batched_logps(model, chosen_seqs)
@@ -257,7 +265,9 @@ def label_pairs(model, draw: Callable[[int], list], definition, vocabulary, gene
     with the task's flips; held-out pairs are ordered by `reward` and ties are dropped.
     Prompts come from `draw(n)`, a round at a time, until `count` pairs are usable.
     """
-    prompts, first, second = [], [], []
+    prompts: list[list[int]] = []
+    first: list[list[int]] = []
+    second: list[list[int]] = []
     for _ in range(20):
         usable = [i for i in range(len(prompts)) if first[i] != second[i]
                   and (random_labels or reward(prompts[i], first[i]) != reward(prompts[i], second[i]))]

@@ -32,7 +32,8 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def config_key(*configs: Any) -> str:
     """A short stable hash of dataclasses / JSON-able values and the cache version."""
-    plain = [dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config for config in configs]
+    plain = [dataclasses.asdict(config) if dataclasses.is_dataclass(config) and not isinstance(config, type)
+             else config for config in configs]
     text = json.dumps([CACHE_VERSION, plain], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

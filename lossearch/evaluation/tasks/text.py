@@ -77,7 +77,8 @@ def sample_review(rng: random.Random) -> tuple[list[str], list[str]]:
 
 def split_clauses(words: Sequence[str]) -> list[list[str]]:
     """The clauses of a response: runs of words ended by "." (a trailing unfinished run counts)."""
-    clauses, current = [], []
+    clauses: list[list[str]] = []
+    current: list[str] = []
     for word in words:
         if word == ".":
             clauses.append(current)

@@ -18,7 +18,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 from safetensors.torch import save_file
 
@@ -72,6 +72,8 @@ def load_reward_function(reference: str) -> Callable[[str, str], float]:
     if not Path(path).is_file():
         raise SettingError(f"--reward: no such file {path}")
     spec = importlib.util.spec_from_file_location(f"lossearch_user_reward_{Path(path).stem}", path)
+    if spec is None or spec.loader is None:  # not a file Python imports (say, no .py suffix)
+        raise SettingError(f"--reward: {path} is not a Python module; name a .py file")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
@@ -88,6 +90,7 @@ def read_dataset(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         raise SettingError(f"--dataset: no such file {path}")
     rows = []
+    required = ("prompt", "chosen", "rejected")
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -95,7 +98,7 @@ def read_dataset(path: Path) -> list[dict[str, str]]:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise SettingError(f"--dataset {path} line {number}: not JSON ({error.msg})") from None
-        if not isinstance(row, dict) or not all(isinstance(row.get(key), str) for key in ("prompt", "chosen", "rejected")):
+        if not isinstance(row, dict) or not all(isinstance(row.get(key), str) for key in required):
             raise SettingError(f"--dataset {path} line {number}: needs string fields prompt, chosen, rejected")
         rows.append(row)
     if len(rows) < 2:
@@ -164,7 +167,8 @@ def build_user_artifact(setting: UserSetting, folder: Path, progress: ProgressFn
     save_file({name: value.contiguous() for name, value in tensors.items()}, folder / "pairs.safetensors")
     save_parameters(model, folder / PARAMETERS_FILE)
     responses = [len(r) for r in encode_rows(rows, tokenizer, setting)[1]]
-    meta = {"kind": "user", "setting": {**asdict(setting), "model": str(setting.model), "dataset": str(setting.dataset)},
+    meta = {"kind": "user",
+            "setting": {**asdict(setting), "model": str(setting.model), "dataset": str(setting.dataset)},
             "config": model.config.to_dict(), "parameters": sum(p.numel() for p in model.parameters()),
             "train_pairs": len(splits["train"]), "heldout_pairs": len(splits["heldout"]),
             "pad_id": pad_id, "eos_id": tokenizer.eos_token_id, "max_new_tokens": max(responses),
@@ -189,9 +193,10 @@ def load_user_setting(setting: UserSetting, root: Path, progress: ProgressFn):
     tokenizer = AutoTokenizer.from_pretrained(setting.model)
 
     def decode(ids) -> str:
-        return tokenizer.decode(list(ids), skip_special_tokens=True)
+        return cast(str, tokenizer.decode(list(ids), skip_special_tokens=True))  # one sequence: one string
 
     def reward_of_ids(prompt_ids, response_ids) -> float:
+        assert reward is not None  # TaskData gets this function only with a reward (below)
         return float(reward(decode(prompt_ids), decode(response_ids)))
 
     return TaskData(

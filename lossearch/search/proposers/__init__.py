@@ -12,7 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from lossearch.search.proposers.base import (
-    LLM_OUTCOMES, RELATIONS, FailureView, LLMUsage, ParentView, Proposal, ProposalContext, Proposer,
+    LLM_OUTCOMES,
+    RELATIONS,
+    FailureView,
+    LLMUsage,
+    ParentView,
+    Proposal,
+    ProposalContext,
+    Proposer,
     ProposerError,
 )
 from lossearch.search.proposers.mutation import OPERATORS, MutationProposer

@@ -26,6 +26,7 @@ from typing import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from lossearch.search.proposers.base import LLMUsage, ParentView, Proposal, ProposalContext, ProposerError
 from lossearch.search.proposers.prompt import MalformedReply, build_messages, parse_reply
@@ -148,7 +149,8 @@ class ModelBandit:
         else:
             total = sum(stats.selections for stats in self.stats.values())
             best = max(self.rate(model) for model in self.stats) or 1.0
-            scores = {model: self.rate(model) / best + self.exploration * math.sqrt(2 * math.log(total) / stats.selections)
+            scores = {model: self.rate(model) / best
+                      + self.exploration * math.sqrt(2 * math.log(total) / stats.selections)
                       for model, stats in self.stats.items()}
             top = max(scores.values())
             chosen = rng.choice([model for model, score in scores.items() if score >= top - 1e-12])
@@ -219,7 +221,8 @@ class LLMProposer:
             return []
         self._usage.append(usage("ok", ""))
         if parents:
-            parent_ids, relation = tuple(parent.id for parent in parents), ("crossover" if len(parents) == 2 else "mutation")
+            parent_ids = tuple(parent.id for parent in parents)
+            relation = "crossover" if len(parents) == 2 else "mutation"
         else:
             shown = [candidate.id for candidate in context.top][: self.config.top_k]
             parent_ids, relation = tuple(shown), "inspiration"
@@ -245,7 +248,8 @@ class LLMProposer:
             options["max_tokens"] = self.config.max_tokens
         return options
 
-    def _complete(self, model: str, messages: list[dict[str, str]]) -> tuple[str | None, Callable[[str, str], LLMUsage]]:
+    def _complete(self, model: str,
+                  messages: list[ChatCompletionMessageParam]) -> tuple[str | None, Callable[[str, str], LLMUsage]]:
         """The reply text and a maker of its `LLMUsage`; failed attempts are recorded here."""
         deadline = time.monotonic() + self.config.deadline
         attempt = 0
@@ -329,9 +333,12 @@ class LLMProposer:
         if status == 403:
             return f"{where} refused access to model {model!r} (HTTP 403): check OPENAI_API_KEY's permissions"
         if isinstance(error, openai.APITimeoutError):
-            return f"{where} did not answer within {self.config.timeout:g} s ({tries}): check that the server is up or raise the timeout"
+            return (f"{where} did not answer within {self.config.timeout:g} s ({tries}):"
+                    " check that the server is up or raise the timeout")
         if isinstance(error, openai.APIConnectionError):
-            return f"cannot reach {where} ({self._detail(error)}) {tries}: check the base URL (--llm-base-url) and that the server is running"
+            return (f"cannot reach {where} ({self._detail(error)}) {tries}:"
+                    " check the base URL (--llm-base-url) and that the server is running")
         if retried:
             return f"{where} kept failing ({self._detail(error)}) {tries}: try again later or check the server"
-        return f"{where} refused the request for model {model!r} ({self._detail(error)}): check the model name and options"
+        return (f"{where} refused the request for model {model!r} ({self._detail(error)}):"
+                " check the model name and options")

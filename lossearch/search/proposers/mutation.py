@@ -4,7 +4,7 @@ One parent gets a mutation, two get a crossover:
 
 | operator | parents | what it does |
 |---|---|---|
-| `swap_function` | 1 | one call for a related function of the same direction (logsigmoid -> tanh, relu -> softplus, square -> abs, ...) |
+| `swap_function` | 1 | one call for a related one of the same direction (logsigmoid -> tanh, square -> abs, ...) |
 | `add_term` | 1 | the chosen response's NLL, length normalization, a target margin gamma, or a KL term |
 | `remove_term` | 1 | drops one additive term (an NLL, a margin, a KL gap, a reference) or a length normalization |
 | `perturb_constant` | 1 | scales one hyperparameter default or numeric literal |
@@ -29,8 +29,8 @@ from typing import Callable, Sequence
 from lossearch.contract import TENSOR_INPUTS, source_hash
 from lossearch.failures import CandidateError
 from lossearch.policy import check_policy
-from lossearch.search.proposers.base import ParentView, Proposal, ProposalContext
 from lossearch.search.proposers import syntax
+from lossearch.search.proposers.base import ParentView, Proposal, ProposalContext
 from lossearch.search.proposers.syntax import LossModule
 
 # -- swap_function: related functions of the same direction (X is the argument) -------------
@@ -82,7 +82,10 @@ def _shaping_name(node: ast.AST) -> str | None:
 
 
 def _argument(node: ast.AST) -> ast.expr:
-    return node.left if isinstance(node, ast.BinOp) else node.args[0]
+    if isinstance(node, ast.BinOp):
+        return node.left
+    assert isinstance(node, ast.Call)  # every site has a `_shaping_name`: a power or a call
+    return node.args[0]
 
 
 def _policy_sites(module: LossModule, keep: Callable[[ast.AST], bool]) -> list[ast.AST]:
@@ -102,12 +105,14 @@ def swap_function(module: LossModule, rng: random.Random) -> Edit | None:
     if not sites:
         return None
     site = rng.choice(sites)
-    template = rng.choice(SWAPS[_shaping_name(site)])
+    shaping_name = _shaping_name(site)
+    assert shaping_name is not None  # sites were kept for a name in SWAPS
+    template = rng.choice(SWAPS[shaping_name])
     old = ast.unparse(site)
     replacement = syntax.fill_template(template, X=_argument(site))
     for function in module.functions():
         syntax.replace_node(function, site, replacement)
-    function_name = _shaping_name(site).split(".")[-1]
+    function_name = shaping_name.split(".")[-1]
     return Edit(module, f"swaps {function_name} for {template.replace('X', 'x')} in `{_clip(old)}`")
 
 
@@ -148,11 +153,13 @@ def thread_names(module: LossModule, function: ast.FunctionDef, names: dict[str,
     if not missing:
         return
     tensors = [ast.arg(arg=name) for name, value in missing.items() if value is None]
-    floats = [ast.arg(arg=name, annotation=ast.Name(id="float", ctx=ast.Load())) for name, value in missing.items() if value is not None]
+    floats = [ast.arg(arg=name, annotation=ast.Name(id="float", ctx=ast.Load()))
+              for name, value in missing.items() if value is not None]
     with_defaults = len(function.args.defaults)
     split = len(function.args.args) - with_defaults
     function.args.args = function.args.args[:split] + tensors + function.args.args[split:] + floats
-    function.args.defaults = function.args.defaults + [ast.Constant(value=float(value)) for value in missing.values() if value is not None]
+    function.args.defaults = function.args.defaults + [ast.Constant(value=float(value))
+                                                       for value in missing.values() if value is not None]
     for caller in module.functions():
         calls = [node for node in ast.walk(caller) if isinstance(node, ast.Call)
                  and isinstance(node.func, ast.Name) and node.func.id == function.name]
@@ -164,7 +171,7 @@ def thread_names(module: LossModule, function: ast.FunctionDef, names: dict[str,
 
 def _add_to_return(module: LossModule, term: str) -> bool:
     returned = syntax.last_return(module.function)
-    if returned is None:
+    if returned is None or returned.value is None:  # last_return gives no bare `return`: this only narrows
         return False
     returned.value = ast.BinOp(left=returned.value, op=ast.Add(), right=ast.parse(term, mode="eval").body)
     return True
@@ -224,7 +231,8 @@ def add_kl(module: LossModule, rng: random.Random) -> str | None:
         argument = _argument(site)
         gap = syntax.fill_template(f"X - {weight} * (rejected_kl - chosen_kl.detach())", X=argument)
         syntax.replace_node(site, argument, gap)
-        return f"subtracts {weight} * the rejected-minus-chosen sequential KL gap (TDPO) inside `{_clip(ast.unparse(argument))}`"
+        return (f"subtracts {weight} * the rejected-minus-chosen sequential KL gap (TDPO)"
+                f" inside `{_clip(ast.unparse(argument))}`")
     if not _add_to_return(module, f"{weight} * (chosen_kl + rejected_kl)"):
         return None
     return f"adds a sequential-KL penalty {weight} * (chosen_kl + rejected_kl)"
@@ -260,13 +268,14 @@ def _removals(function: ast.FunctionDef) -> list[tuple[ast.AST, ast.expr]]:
     where a tensor function (`torch.relu(delta)`) expects a tensor, and no gradient.
     """
     tensors = syntax.tainted_names(function, TENSOR_INPUTS)
-    options = []
+    options: list[tuple[ast.AST, ast.expr]] = []
     for node in ast.walk(function):
         if not isinstance(node, ast.BinOp):
             continue
         if isinstance(node.op, (ast.Add, ast.Sub)):
             if not _is_constant(node.left) and syntax.loaded_names(node.right) & tensors:
-                options.append((node, node.right if isinstance(node.op, ast.Add) else ast.UnaryOp(op=ast.USub(), operand=node.right)))
+                kept = node.right if isinstance(node.op, ast.Add) else ast.UnaryOp(op=ast.USub(), operand=node.right)
+                options.append((node, kept))
             if not _is_constant(node.right) and syntax.loaded_names(node.left) & tensors:
                 options.append((node, node.left))
         elif isinstance(node.op, ast.Div) and syntax.loaded_names(node.right) & set(syntax.LENGTH_INPUTS):
@@ -319,7 +328,8 @@ def _literal_sites(function: ast.FunctionDef) -> list[ast.Constant]:
             skipped.update(id(sub) for sub in ast.walk(node))
         if isinstance(node, ast.BinOp):
             operands = [node.left, node.right]
-            arithmetic.update(id(operand.operand if isinstance(operand, ast.UnaryOp) else operand) for operand in operands)
+            arithmetic.update(id(operand.operand if isinstance(operand, ast.UnaryOp) else operand)
+                              for operand in operands)
     return [node for node in ast.walk(function) if isinstance(node, ast.Constant) and id(node) not in skipped
             and isinstance(node.value, (int, float)) and not isinstance(node.value, bool) and node.value != 0
             and (isinstance(node.value, float) or id(node) in arithmetic)]
@@ -333,21 +343,21 @@ def perturb_constant(module: LossModule, rng: random.Random) -> Edit | None:
     """Scale one hyperparameter default or literal. `beta` only when nothing else is there:
     the search tunes beta per candidate (DESIGN §4), so a beta-only child is the same loss."""
     names = [key for key, value in module.hyperparameters.items() if key != "beta" and value != 0]
-    literals = [(index, node) for index, function in enumerate(module.functions()) for node in _literal_sites(function)]
+    literals = [node for function in module.functions() for node in _literal_sites(function)]
     if not names and not literals:
         names = [key for key, value in module.hyperparameters.items() if value != 0]
-    choices = [("hyper", name) for name in names] + [("literal", site) for site in literals]
+    choices: list[str | ast.Constant] = [*names, *literals]  # a hyperparameter's name or a literal's node
     if not choices:
         return None
-    kind, choice = rng.choice(choices)
-    if kind == "hyper":
+    choice = rng.choice(choices)
+    if isinstance(choice, str):
         old = module.hyperparameters[choice]
         module.hyperparameters[choice] = _scaled(old, rng)
         return Edit(module, f"changes the default of {choice} from {old:g} to {module.hyperparameters[choice]:g}")
-    index, node = choice
-    old = node.value
-    node.value = _scaled(float(old), rng)
-    return Edit(module, f"changes the constant {old:g} to {node.value:g}")
+    literal = choice.value
+    assert isinstance(literal, (int, float))  # _literal_sites keeps numeric literals only
+    choice.value = _scaled(float(literal), rng)
+    return Edit(module, f"changes the constant {literal:g} to {choice.value:g}")
 
 
 # -- crossovers -------------------------------------------------------------------------------
@@ -371,7 +381,7 @@ def merge(first: LossModule, second: LossModule, rng: random.Random) -> Merged:
     """The union of both signatures (beta once) and both parents' definitions, names kept apart."""
     second = second.copy()
     taken = first.top_level_names() | first.parameter_names() | {"loss"}
-    renames = {}
+    renames: dict[str, str] = {}
     for name in sorted(second.top_level_names()):
         if name in taken:
             renames[name] = syntax.fresh_name(name, taken | second.top_level_names() | set(renames.values()))
@@ -411,7 +421,8 @@ def as_helper(parent: LossModule, name: str, values: dict[str, str] | None = Non
     helper = copy.deepcopy(parent.function)
     helper.name = name
     if returned is not None:
-        syntax.last_return(helper).value = returned
+        final, _ = _ending_return(helper)
+        final.value = returned
     syntax.set_docstring(helper, f"{parent.name}: {parent.summary}" if parent.summary else parent.name)
     syntax.prune_body(helper)
     used = syntax.loaded_names(helper)
@@ -454,7 +465,9 @@ def blend(first: LossModule, second: LossModule, rng: random.Random) -> Edit | N
             f"margin = {_gate_margin(child.inputs)}\n"
             f"gate = torch.sigmoid(beta * margin / {tau})\n"
             f"return (1 - gate) * first_losses + gate * second_losses")
-    child.function = ast.parse("def loss():\n" + "\n".join("    " + line for line in body.splitlines())).body[0]
+    function = ast.parse("def loss():\n" + "\n".join("    " + line for line in body.splitlines())).body[0]
+    assert isinstance(function, ast.FunctionDef)  # the source parsed is one `def loss()`
+    child.function = function
     child.function.body.insert(0, ast.Expr(value=ast.Constant(
         value=f"Won pairs (margin > 0) lean to {second.name}, lost pairs to {first.name}.")))
     return Edit(child, f"blends {first.name} (lost pairs) and {second.name} (won pairs) with the gate "
@@ -468,27 +481,37 @@ def cross_terms(first: LossModule, second: LossModule, rng: random.Random) -> Ed
         return None
     merged = merge(first, second, rng)
     child, donor = merged.module, merged.second
-    donor_terms = syntax.split_terms(syntax.last_return(donor.function).value)
+    _, donor_value = _ending_return(donor.function)
+    donor_terms = syntax.split_terms(donor_value)
     sign, term = rng.choice(donor_terms)
     helper_name = _helper_name(f"{_stem(second.name)}_term", child)
     signed = term if sign > 0 else ast.UnaryOp(op=ast.USub(), operand=term)
     helper, call = as_helper(donor, helper_name, merged.second_values, returned=signed)
     syntax.set_docstring(helper, f"A term of {second.name}: {_clip(ast.unparse(signed))}")
     child.definitions = child.definitions + [helper]
-    returned = syntax.last_return(child.function)
-    terms = syntax.split_terms(returned.value)
+    returned, value = _ending_return(child.function)
+    terms = syntax.split_terms(value)
     if len(terms) >= 2:
         index = rng.randrange(len(terms))
         replaced = ast.unparse(terms[index][1])
         terms[index] = (1, call)
         returned.value = syntax.join_terms(terms)
-        idea = f"replaces {first.name}'s term `{_clip(replaced)}` by {second.name}'s `{_clip(ast.unparse(term))}`"
+        idea = (f"replaces {first.name}'s term `{_clip(replaced)}`"
+                f" by {second.name}'s `{_clip(ast.unparse(term))}`")
     else:
         weight = _new_hyperparameter(child, "cross_weight", rng.choice((0.25, 0.5, 1.0)))
-        returned.value = ast.BinOp(left=returned.value, op=ast.Add(),
+        returned.value = ast.BinOp(left=value, op=ast.Add(),
                                    right=ast.BinOp(left=ast.Name(id=weight, ctx=ast.Load()), op=ast.Mult(), right=call))
         idea = f"adds {weight} * {second.name}'s term `{_clip(ast.unparse(term))}` to {first.name}"
     return Edit(child, idea)
+
+
+def _ending_return(function: ast.FunctionDef) -> tuple[ast.Return, ast.expr]:
+    """The final `return value` of a function its caller checked ends in one, and that value."""
+    returned = syntax.last_return(function)
+    if returned is None or returned.value is None:  # last_return gives no bare `return`: the second test narrows
+        raise LookupError(f"{function.name} does not end in `return value`")  # costs one attempt, like any edit error
+    return returned, returned.value
 
 
 def _clip(text: str, limit: int = 70) -> str:

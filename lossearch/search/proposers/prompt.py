@@ -13,12 +13,15 @@ import ast
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from lossearch.contract import CONTRACT_INPUTS, parse_spec
 from lossearch.failures import CandidateError
 from lossearch.search.proposers.base import ParentView, ProposalContext
 from lossearch.search.proposers.syntax import identifier, quote_docstring
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 MAX_SHOWN_SOURCE = 4000
 FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
@@ -83,7 +86,9 @@ def describe_candidate(candidate: ParentView) -> str:
     lines = [f"### {candidate.name} ({fitness}{'; ' + metrics if metrics else ''})"]
     if candidate.fingerprint_summary:
         lines.append(f"How its gradient pushes the likelihoods: {candidate.fingerprint_summary}")
-    source = candidate.source if len(candidate.source) <= MAX_SHOWN_SOURCE else candidate.source[:MAX_SHOWN_SOURCE] + "\n# ... (cut)"
+    source = candidate.source
+    if len(source) > MAX_SHOWN_SOURCE:
+        source = source[:MAX_SHOWN_SOURCE] + "\n# ... (cut)"
     lines.append(f"```python\n{source.rstrip()}\n```")
     return "\n".join(lines)
 
@@ -118,7 +123,7 @@ def user_prompt(parents: Sequence[ParentView], context: ProposalContext, top_k: 
 
 
 def build_messages(parents: Sequence[ParentView], context: ProposalContext,
-                   top_k: int = 4, max_failures: int = 5) -> list[dict[str, str]]:
+                   top_k: int = 4, max_failures: int = 5) -> list[ChatCompletionMessageParam]:
     """The chat messages for one proposal."""
     return [{"role": "system", "content": system_prompt()},
             {"role": "user", "content": user_prompt(parents, context, top_k, max_failures)}]
@@ -183,8 +188,9 @@ def read_draft(text: str) -> Draft:
     for value in _json_objects(text):
         code = value.get("code")
         if isinstance(code, str) and code.strip():
-            name = value.get("name") if isinstance(value.get("name"), str) else ""
-            thought = value.get("thought") if isinstance(value.get("thought"), str) else ""
+            raw_name, raw_thought = value.get("name"), value.get("thought")
+            name = raw_name if isinstance(raw_name, str) else ""
+            thought = raw_thought if isinstance(raw_thought, str) else ""
             code = _strip_fences(code)
             return Draft(thought.strip(), identifier(name, fallback="") or _name_from_code(code), code)
     code = _python_block(text)

@@ -15,6 +15,7 @@ import ast
 import copy
 import re
 from dataclasses import dataclass, field
+from typing import Sequence, overload
 
 from lossearch.contract import TENSOR_INPUTS, find_loss_function, parse_module, read_signature
 from lossearch.policy import dotted_name
@@ -92,11 +93,12 @@ class _Canonicalizer(ast.NodeTransformer):
     def rewrite(self, node: ast.expr, full: str) -> ast.expr:
         return ast.copy_location(ast.parse(canonical_spelling(full), mode="eval").body, node)
 
-    def visit_Attribute(self, node: ast.Attribute) -> ast.expr:
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
         dotted = dotted_name(node)
-        root = dotted.split(".")[0] if dotted else None
-        if root in self.aliases and isinstance(node.ctx, ast.Load):
-            return self.rewrite(node, self.aliases[root] + dotted[len(root):])
+        if dotted is not None and isinstance(node.ctx, ast.Load):
+            root = dotted.split(".")[0]
+            if root in self.aliases:
+                return self.rewrite(node, self.aliases[root] + dotted[len(root):])
         return self.generic_visit(node)
 
     def visit_Name(self, node: ast.Name) -> ast.expr:
@@ -139,7 +141,7 @@ def build_arguments(inputs: list[str], hyperparameters: dict[str, float]) -> ast
         defaults=[ast.Constant(value=float(hyperparameters[key])) for key in names])
 
 
-def used_modules(nodes: list[ast.AST]) -> list[str]:
+def used_modules(nodes: Sequence[ast.AST]) -> list[str]:
     found = {node.id for root in nodes for node in ast.walk(root)
              if isinstance(node, ast.Name) and node.id in IMPORT_LINES and isinstance(node.ctx, ast.Load)}
     return [key for key in IMPORT_LINES if key in found]
@@ -194,8 +196,8 @@ def tainted_names(function: ast.FunctionDef, sources: tuple[str, ...] = POLICY_I
 def depends_on_policy(function: ast.FunctionDef) -> bool:
     """Whether some `return` of the function reads a value computed from the policy log-probs."""
     tainted = tainted_names(function)
-    returns = [node for node in ast.walk(function) if isinstance(node, ast.Return) and node.value is not None]
-    return any(loaded_names(node.value) & tainted for node in returns)
+    returned = [node.value for node in ast.walk(function) if isinstance(node, ast.Return) and node.value is not None]
+    return any(loaded_names(value) & tainted for value in returned)
 
 
 def last_return(function: ast.FunctionDef) -> ast.Return | None:
@@ -257,20 +259,27 @@ class _Simplifier(ast.NodeTransformer):
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.expr:
         self.generic_visit(node)
-        if isinstance(node.op, ast.USub) and isinstance(node.operand, ast.UnaryOp) and isinstance(node.operand.op, ast.USub):
-            return node.operand.operand
+        operand = node.operand
+        if isinstance(node.op, ast.USub) and isinstance(operand, ast.UnaryOp) and isinstance(operand.op, ast.USub):
+            return operand.operand
         return node
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.expr:
         self.generic_visit(node)
-        negated = isinstance(node.right, ast.UnaryOp) and isinstance(node.right.op, ast.USub)
-        if negated and isinstance(node.op, (ast.Add, ast.Sub)):
+        right = node.right
+        if (isinstance(node.op, (ast.Add, ast.Sub))
+                and isinstance(right, ast.UnaryOp) and isinstance(right.op, ast.USub)):
             op = ast.Sub() if isinstance(node.op, ast.Add) else ast.Add()
-            return ast.BinOp(left=node.left, op=op, right=node.right.operand)
+            return ast.BinOp(left=node.left, op=op, right=right.operand)
         return node
 
 
+@overload
+def simplify(node: ast.expr) -> ast.expr: ...
+@overload
+def simplify(node: ast.AST) -> ast.AST: ...
 def simplify(node: ast.AST) -> ast.AST:
+    """The node simplified in place; an expression's root may be replaced, so use the result."""
     return ast.fix_missing_locations(_Simplifier().visit(node))
 
 
