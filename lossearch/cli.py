@@ -59,9 +59,12 @@ def read_source(path: Path) -> str:
     if not path.is_file():
         raise UsageProblem(f"no such file: {path} (give the path of a Python module that defines `loss`)")
     try:
-        return path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise UsageProblem(f"cannot read {path}: {error}") from None
+    from lossearch.contract import loss_source
+
+    return loss_source(text)  # an exported module is a candidate too: its TRL adapter is ours, not the loss
 
 
 def print_json(value: Any) -> None:

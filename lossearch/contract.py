@@ -164,10 +164,31 @@ def parse_spec(source: str, name: str = "candidate", path: str | None = None) ->
     return LossSpec(name, source, summary, inputs, MappingProxyType(hyperparameters), path)
 
 
+EXPORTED_ADAPTER_MARKER = "# -- exported adapter"
+"""The line after which a module written by `lossearch export` carries its TRL adapter."""
+
+
+def loss_source(text: str) -> str:
+    """The candidate in a loss file: all of it, or, in a module `lossearch export` wrote, what precedes
+    its TRL adapter (trusted code of ours that no candidate may contain, so no tier sees it)."""
+    for start, line in _line_starts(text):
+        if line.startswith(EXPORTED_ADAPTER_MARKER):
+            return text[:start].rstrip("\n") + "\n"
+    return text
+
+
+def _line_starts(text: str) -> list[tuple[int, str]]:
+    starts, position = [], 0
+    for line in text.splitlines(keepends=True):
+        starts.append((position, line))
+        position += len(line)
+    return starts
+
+
 def read_spec(path: str | Path) -> LossSpec:
-    """Read a candidate's contract from a file; its name is the file's stem."""
+    """Read a candidate's contract from a file (`loss_source` of it); its name is the file's stem."""
     path = Path(path)
-    return parse_spec(path.read_text(encoding="utf-8"), name=path.stem, path=str(path))
+    return parse_spec(loss_source(path.read_text(encoding="utf-8")), name=path.stem, path=str(path))
 
 
 # -- running a loss: only inside the sandbox child, or for our own seeds -----------------

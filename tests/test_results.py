@@ -270,6 +270,16 @@ def test_export_writes_standalone_modules(home, data, tmp_path):
     assert done.returncode == 0 and done.stdout.split()[1:] == ["True", "True"], done.stderr
 
 
+def test_an_exported_module_is_itself_a_candidate(home, data, tmp_path):
+    """`lossearch eval` takes what `export` writes: the same loss, fingerprint for fingerprint."""
+    child = child_of(data)
+    module = tmp_path / "exported.py"
+    ok(lossearch("export", str(child), "--out", str(module), cwd=home))
+    evaluated = json.loads(ok(lossearch("eval", str(module), "--tier", "sanity", "--json", cwd=tmp_path)))
+    assert evaluated["status"] == "ok"
+    assert evaluated["metrics"]["sanity"]["fingerprint"] == pytest.approx(list(data.candidates[child].fingerprint))
+
+
 def test_report_is_one_self_contained_html_file(home):
     out = ok(lossearch("report", cwd=home))
     path = home / "runs" / "t" / "report.html"

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lossearch import __version__
-from lossearch.contract import parse_spec
+from lossearch.contract import EXPORTED_ADAPTER_MARKER, parse_spec
 from lossearch.errors import ConfigError
 from lossearch.failures import CandidateError
 from lossearch.ranking import CampaignData, load_campaign_data
@@ -28,7 +28,6 @@ from lossearch.reporting.results import NoResults, build_leaderboard, resolve_ca
 from lossearch.store import Candidate
 from lossearch.store.locate import CampaignHandle
 
-ADAPTER_MARKER = "# -- exported adapter"
 ENTRY_POINTS = '''
 
 def dpo_trainer_class(**hyperparameters):
@@ -121,8 +120,8 @@ def module_source(data: CampaignData, candidate: Candidate) -> str:
     parts = [_quote_docstring(provenance(data, candidate, ast.get_docstring(tree) or "", beta))]
     parts += futures
     parts.append(body.strip("\n"))
-    parts.append(f"\n\nTUNED_BETA = {beta!r}\n\"\"\"The beta the campaign found best for this loss; pass it as "
-                 f"DPOConfig(beta=TUNED_BETA).\"\"\"")
+    parts.append(f"\n\n# the beta the campaign found best for this loss; pass it as DPOConfig(beta=TUNED_BETA)\n"
+                 f"TUNED_BETA = {beta!r}")
     parts.append("\n\n" + adapter_source().strip("\n") + "\n" + ENTRY_POINTS)
     return "\n".join(parts).rstrip("\n") + "\n"
 
@@ -130,7 +129,7 @@ def module_source(data: CampaignData, candidate: Candidate) -> str:
 def adapter_source() -> str:
     """lossearch.reporting.trl_adapter from its marker line on: the part every exported module carries."""
     text = (Path(__file__).resolve().parent / "trl_adapter.py").read_text(encoding="utf-8")
-    return text[text.index(ADAPTER_MARKER):]
+    return text[text.index(EXPORTED_ADAPTER_MARKER):]
 
 
 def _top_level_names(tree: ast.Module) -> set[str]:
