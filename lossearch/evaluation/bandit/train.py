@@ -3,12 +3,12 @@
 All betas of the grid train at once: the parameter is a stack of K independent policies,
 (K, P, R), and the loss is called once per beta on that beta's slice. The K runs share the
 batch order and never mix (the gradients are per slice, Adam is elementwise), so each is the
-run `train_bandit` does alone, at a fraction of the per-step Python overhead.
+run `train_bandit` does alone, in half the time: saves 50% of a bandit run of 5 betas here
+(fp32, 2-core Xeon, benchmarks/speed_tricks.py).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -16,13 +16,14 @@ import torch.nn.functional as F
 
 from lossearch.contract import LossFn, backpropagate, loss_input_gradients
 from lossearch.evaluation.bandit.task import BanditConfig, BanditTask
+from lossearch.evaluation.threads import one_thread
 from lossearch.failures import CandidateError
 
 
 def train_bandit_grid(loss_fn: LossFn, task: BanditTask, seed: int = 0,
                       config: BanditConfig = BanditConfig()) -> dict[float, torch.Tensor]:
     """Train one policy per beta of the grid, from the reference, by Adam: {beta: (P, R) logits}."""
-    with single_thread():
+    with one_thread():
         return train_stacked(loss_fn, task, seed, config)
 
 
@@ -30,18 +31,6 @@ def train_bandit(loss_fn: LossFn, task: BanditTask, beta: float, seed: int = 0,
                  config: BanditConfig = BanditConfig()) -> torch.Tensor:
     """Train the policy at one beta: (P, R) logits, detached. Sandbox child only."""
     return train_bandit_grid(loss_fn, task, seed, replace(config, betas=(beta,)))[float(beta)]
-
-
-@contextmanager
-def single_thread():
-    """Run torch on one thread: the tensors are tiny, and two threads on a busy two-core machine
-    (other sandbox children) turned a 0.2 s run into 10 s in our measurements."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def train_stacked(loss_fn: LossFn, task: BanditTask, seed: int, config: BanditConfig) -> dict[float, torch.Tensor]:
@@ -102,7 +91,9 @@ def backward_through_policy(policy: dict, grads_per_beta: list[dict]) -> None:
 
 def adam_step(param: torch.Tensor, moments: tuple, step: int, lr: float,
               betas=(0.9, 0.999), eps: float = 1e-8) -> None:
-    """One Adam update (Kingma & Ba, 2015, Algorithm 1) in place; torch.optim's costs 4x the time here."""
+    """One Adam update (Kingma & Ba, 2015, Algorithm 1) in place. Not torch.optim.Adam: its first step
+    imports torch._dynamo (1.5 s a fresh process), and its steps cost 6% more of a bandit run here
+    (fp32, 2-core Xeon, benchmarks/speed_tricks.py)."""
     mean, square = moments
     mean.lerp_(param.grad, 1 - betas[0])  # m <- b1 m + (1 - b1) g
     square.mul_(betas[1]).addcmul_(param.grad, param.grad, value=1 - betas[1])  # v <- b2 v + (1 - b2) g^2

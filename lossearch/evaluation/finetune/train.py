@@ -19,10 +19,21 @@ from lossearch.evaluation.finetune.device import native_bf16_cpu
 from lossearch.evaluation.tasks.catalog import TASKS, reward_of_ids
 from lossearch.evaluation.tasks.data import PairSet
 from lossearch.evaluation.tasks.labels import bradley_terry_labels
-from lossearch.evaluation.tasks.lm import (Sequences, concat_sequences, first_response_column, forward_logits, make_model,
-                                           sample_responses, sequence_kl, sequence_logps, split_sequences, token_logps,
-                                           widen)
+from lossearch.evaluation.tasks.lm import (
+    Sequences,
+    concat_sequences,
+    first_response_column,
+    forward_logits,
+    make_model,
+    sample_responses,
+    sequence_kl,
+    sequence_logps,
+    split_sequences,
+    token_logps,
+    widen,
+)
 from lossearch.failures import CandidateError
+
 
 def policy_inputs(policy, reference, pairs: PairSet, index: torch.Tensor, uses_kl: bool, precision: str = "fp32"):
     """Contract inputs of a batch: policy-side (B,) tensors with graph, and the fixed ones."""
@@ -71,14 +82,13 @@ def training_step(policy, reference, optimizer, loss_fn: LossFn, pairs: PairSet,
 
 
 class AdamW:
-    """torch.optim.AdamW's update (decoupled weight decay, bias-corrected moments), fused.
+    """torch.optim.AdamW's update (decoupled weight decay, bias-corrected moments), op for op
+    torch's own CPU path (_single_tensor_adam), in public in-place ops.
 
-    Not torch.optim's class: the first step of any torch.optim optimizer imports torch._dynamo,
-    about a second, paid by every fresh process (the sandbox's zygote) for a few-second run.
-    It calls the kernel torch.optim.AdamW(fused=True) calls, one pass over each tensor's
-    parameter, gradient and moments: 0.3 ms a step for the tasks' model, where the same update
-    in foreach ops (eight passes) took 1.5 ms. tests/test_finetune.py checks that it takes
-    torch.optim.AdamW's steps.
+    Not torch.optim's class: its first step imports torch._dynamo, 1.5 s of CPU in every fresh
+    process (22% of a quick training run here, fp32, 2-core Xeon, benchmarks/speed_tricks.py).
+    Not torch's private fused kernel either: it saved 3-4% of a training step here, under the 5%
+    a trick must save. tests/test_finetune.py checks that it takes torch.optim.AdamW's steps.
     """
 
     def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -87,8 +97,7 @@ class AdamW:
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.exp_avg = [torch.zeros_like(param) for param in self.params]
         self.exp_avg_sq = [torch.zeros_like(param) for param in self.params]
-        # per parameter, as torch's: one without a grad skips a step; float tensors, as the kernel takes them
-        self.steps = [torch.zeros((), dtype=torch.float32, device=param.device) for param in self.params]
+        self.steps = [0] * len(self.params)  # per parameter, as torch's: one without a grad skips a step
 
     def zero_grad(self) -> None:
         for param in self.params:
@@ -96,16 +105,18 @@ class AdamW:
 
     @torch.no_grad()
     def step(self) -> None:
-        live = [i for i, param in enumerate(self.params) if param.grad is not None]
-        if not live:
-            return
-        steps = [self.steps[i] for i in live]
-        torch._foreach_add_(steps, 1.0)
         beta1, beta2 = self.betas
-        torch._fused_adamw_([self.params[i] for i in live], [self.params[i].grad for i in live],
-                            [self.exp_avg[i] for i in live], [self.exp_avg_sq[i] for i in live], [], steps,
-                            lr=self.lr, beta1=beta1, beta2=beta2, weight_decay=self.weight_decay, eps=self.eps,
-                            amsgrad=False, maximize=False)
+        for i, param in enumerate(self.params):
+            if param.grad is None:
+                continue
+            self.steps[i] += 1
+            grad, mean, square, step = param.grad, self.exp_avg[i], self.exp_avg_sq[i], self.steps[i]
+            if self.weight_decay:
+                param.mul_(1 - self.lr * self.weight_decay)  # decoupled: theta <- theta (1 - lr wd)
+            mean.lerp_(grad, 1 - beta1)  # m <- b1 m + (1 - b1) g
+            square.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v <- b2 v + (1 - b2) g^2
+            denominator = (square.sqrt() / (1 - beta2 ** step) ** 0.5).add_(self.eps)  # sqrt(v_hat) + eps
+            param.addcdiv_(mean, denominator, value=-self.lr / (1 - beta1 ** step))  # theta -= lr m_hat / denominator
 
 
 def learning_rate_scale(step: int, steps: int, warmup: int) -> float:
@@ -144,6 +155,7 @@ def draw_online_pairs(policy, reference, prompts, config: RunConfig, generator: 
     """On-policy pairs: two responses per prompt from the current policy, labelled by the task's labeller."""
 
     online = config.online
+    assert online is not None  # drawn only in online mode
     device = next(policy.parameters()).device
     prompt_ids, prompt_attention = prompts
     count = config.batch_size * online["every"]

@@ -26,34 +26,35 @@ from torch import nn
 class KVCache:
     """The keys and values of every token seen so far, per layer, for sampling a token at a time.
 
-    Each layer's buffer grows by doubling and a step writes only its own columns: concatenating
-    the whole past onto every step's keys (as a list of tensors does) took a quarter of sampling.
-    """
+    Each step concatenates the past onto its own keys and values: a buffer that grew by doubling
+    saved 4.7% of sampling here (fp32, 2-core Xeon, benchmarks/speed_tricks.py), under the 5% a
+    trick must save."""
 
     def __init__(self, layers: int) -> None:
-        self.keys: list[Optional[torch.Tensor]] = [None] * layers  # (N, KV, capacity, D) each
+        self.keys: list[Optional[torch.Tensor]] = [None] * layers  # (N, KV, length, D) each
         self.values: list[Optional[torch.Tensor]] = [None] * layers
         self.length = 0
-        """Columns filled in every layer."""
+        """Columns seen in every layer."""
 
     def extend(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write (N, KV, T, D) keys and values after the filled columns; all columns so far, as views."""
-        start, end = self.length, self.length + keys.shape[2]
-        if self.keys[layer] is None or self.keys[layer].shape[2] < end:
-            self.keys[layer] = grown(self.keys[layer], keys, start, max(16, 2 * end))
-            self.values[layer] = grown(self.values[layer], values, start, max(16, 2 * end))
-        self.keys[layer][:, :, start:end] = keys
-        self.values[layer][:, :, start:end] = values
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        """Append (N, KV, T, D) keys and values to the layer's; all its columns so far."""
+        past_keys, past_values = self.keys[layer], self.values[layer]
+        if past_keys is not None and past_values is not None:
+            keys = torch.cat([past_keys, keys], dim=2)  # (N, KV, past + T, D)
+            values = torch.cat([past_values, values], dim=2)
+        self.keys[layer], self.values[layer] = keys, values
+        return keys, values
 
 
-def grown(buffer: Optional[torch.Tensor], like: torch.Tensor, filled: int, capacity: int) -> torch.Tensor:
-    """A (N, KV, capacity, D) buffer holding the first `filled` columns of `buffer`."""
-    N, KV, _, D = like.shape
-    bigger = like.new_empty(N, KV, capacity, D)
-    if buffer is not None:
-        bigger[:, :, :filled] = buffer[:, :, :filled]
-    return bigger
+def attention_mask_of(keys: torch.Tensor, T: int) -> torch.Tensor:
+    """(N, 1, T, S) boolean attention mask of the last T of S columns over the keys `keys` (N, S) (real
+    tokens): a query sees the real keys up to its own column, and itself always (see Padding above)."""
+    S = keys.shape[1]
+    past = S - T
+    causal = torch.ones(T, S, dtype=torch.bool, device=keys.device).tril(past)  # query t sees keys <= past + t
+    own = torch.zeros(T, S, dtype=torch.bool, device=keys.device)
+    own[:, past:] = torch.eye(T, dtype=torch.bool, device=keys.device)
+    return ((causal & keys[:, None, :]) | own)[:, None]
 
 
 class Output(NamedTuple):
@@ -116,13 +117,11 @@ class Attention(nn.Module):
         return self.o_proj(out.to(x.dtype).transpose(1, 2).reshape(N, Q, -1))
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding (Llama's half-split layout); cos, signed_sin are (N, 1, T, D).
-
-    Llama's rotate_half(x) * sin is (-x2, x1) * (s, s); this is (x2, x1) * (-s, s), the same
-    products, from one roll instead of two slices, a negation and a concatenation: a quarter
-    less time forward and backward, where a step of this small model is mostly such ops."""
-    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding, Llama's half-split layout: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin);
+    cos, sin are (N, 1, T, D)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
 class MLP(nn.Module):
@@ -156,6 +155,17 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+class Decoder(nn.Module):
+    """LlamaModel's parameters: the embedding, the blocks and the final norm (`model.*` in HF's names)."""
+
+    def __init__(self, config: dict, head_dim: int) -> None:
+        super().__init__()
+        hidden = config["hidden_size"]
+        self.embed_tokens = nn.Embedding(config["vocab_size"], hidden, config.get("pad_token_id"))
+        self.layers = nn.ModuleList(Block(config, head_dim) for _ in range(config["num_hidden_layers"]))
+        self.norm = RMSNorm(hidden, config.get("rms_norm_eps", 1e-6))
+
+
 class CompactLlama(nn.Module):
     """LlamaForCausalLM's parameters and logits; called like it with the arguments lossearch uses."""
 
@@ -165,18 +175,13 @@ class CompactLlama(nn.Module):
             raise ValueError("CompactLlama computes plain Llama configs only; use transformers for this one")
         hidden, heads = config["hidden_size"], config["num_attention_heads"]
         head_dim = config.get("head_dim") or hidden // heads
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(config["vocab_size"], hidden, config.get("pad_token_id"))
-        self.model.layers = nn.ModuleList(Block(config, head_dim) for _ in range(config["num_hidden_layers"]))
-        self.model.norm = RMSNorm(hidden, config.get("rms_norm_eps", 1e-6))
+        self.model = Decoder(config, head_dim)
         self.tied = bool(config.get("tie_word_embeddings", False))
         if not self.tied:
             self.lm_head = nn.Linear(hidden, config["vocab_size"], bias=False)
         frequencies = 1.0 / (rope_theta(config) ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+        self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", frequencies, persistent=False)
-        sign = torch.ones(head_dim)
-        sign[: head_dim // 2] = -1.0  # rotate's signs, (-s, s)
-        self.register_buffer("rotation_sign", sign, persistent=False)
         std = float(config.get("initializer_range", 0.02))
         with torch.no_grad():  # HF's initialisation: normal(0, std) weights, a zero padding row, unit norms
             for module in self.modules():
@@ -194,23 +199,17 @@ class CompactLlama(nn.Module):
         last block computes nothing else (no other column's output depends on it)."""
         x = self.model.embed_tokens(input_ids)  # (N, T, hidden)
         N, T = input_ids.shape
-        cache = past_key_values if past_key_values is not None else KVCache(len(self.model.layers)) if use_cache else None
+        cache = past_key_values if past_key_values is not None else \
+            KVCache(len(self.model.layers)) if use_cache else None
         if attention_mask is None:
             attention_mask = torch.ones(N, (cache.length if cache else 0) + T, dtype=torch.bool, device=x.device)
-        keys = attention_mask.bool()  # (N, S), S = past + T
-        S = keys.shape[1]
-        past = S - T
         if position_ids is None:
-            position_ids = torch.arange(past, S, device=x.device).expand(N, T)
-        causal = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(past)  # query t sees keys <= past + t
-        own = torch.zeros(T, S, dtype=torch.bool, device=x.device)
-        own[:, past:] = torch.eye(T, dtype=torch.bool, device=x.device)
-        allowed = ((causal & keys[:, None, :]) | own)[:, None]  # (N, 1, T, S)
-        # additive float mask, built once: SDPA turns a boolean one into this at every layer
-        mask = torch.zeros(allowed.shape, device=x.device).masked_fill_(~allowed, float("-inf"))
+            S = attention_mask.shape[1]
+            position_ids = torch.arange(S - T, S, device=x.device).expand(N, T)
+        mask = attention_mask_of(attention_mask.bool(), T)  # (N, 1, T, S), S = past + T
         freqs = position_ids[..., None].float() * self.inv_freq  # (N, T, D/2)
         angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # (N, 1, T, D)
-        cos, sin = angles.cos().to(x.dtype), (angles.sin() * self.rotation_sign).to(x.dtype)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         last = len(self.model.layers) - 1
         first_query = T - logits_to_keep if 0 < logits_to_keep < T else 0
         for index, block in enumerate(self.model.layers):

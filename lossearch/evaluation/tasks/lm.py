@@ -50,7 +50,8 @@ class Sequences:
 
 def widen(batch: Sequences, width: int) -> Sequences:
     """`batch` padded on the right (with masked-out columns) to `width` columns."""
-    return Sequences(*(F.pad(tensor, (0, width - tensor.shape[1])) for tensor in (batch.ids, batch.attention, batch.response)))
+    padded = (F.pad(tensor, (0, width - tensor.shape[1])) for tensor in (batch.ids, batch.attention, batch.response))
+    return Sequences(*padded)
 
 
 def concat_sequences(first: Sequences, second: Sequences) -> Sequences:
@@ -94,13 +95,15 @@ def forward_logits(model, batch: Sequences, first_target: int = 1) -> torch.Tens
 
     Log-probs of responses need the logits from the last prompt column on only
     (`first_target=first_response_column(batch)`): the compact Llama then runs its last
-    block's queries, MLP and head on those columns alone (2-3% of a training step on the
-    tasks' data); any other model computes them all and drops the rest.
+    block's queries, MLP and head on those columns alone (logits_to_keep), which saves 5% of a
+    training step here (fp32, 2-core Xeon, benchmarks/speed_tricks.py); any other model
+    computes them all and drops the rest.
     """
     from lossearch.evaluation.tasks.llama import CompactLlama
 
     T = batch.ids.shape[1]
-    inputs = {"input_ids": batch.ids, "attention_mask": batch.attention.long(), "position_ids": positions(batch.attention)}
+    inputs = {"input_ids": batch.ids, "attention_mask": batch.attention.long(),
+              "position_ids": positions(batch.attention)}
     if isinstance(model, CompactLlama):
         logits = model(**inputs, logits_to_keep=T - first_target + 1).logits  # (N, T - first_target + 1, V)
         return logits[:, :-1]
@@ -111,7 +114,8 @@ def token_logps(logits: torch.Tensor, batch: Sequences) -> torch.Tensor:
     """(N, K) log-prob of each of the last K tokens (K = logits' width, from forward_logits); zero off the response."""
     first_target = batch.ids.shape[1] - logits.shape[1]
     targets = batch.ids[:, first_target:]  # (N, K): logits[:, k] predicts token first_target + k
-    # gather - logsumexp: the log-softmax of the one token, without a (N, K, V) log-softmax
+    # gather - logsumexp: the log-softmax of the one token, without a (N, K, V) log-softmax (no faster
+    # than log_softmax + gather here, fp32, benchmarks/speed_tricks.py; as plain, and the last bits differ)
     picked = logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)
     return picked * batch.response[:, first_target:]
 
