@@ -315,7 +315,8 @@ def backpropagate(outputs: Sequence[Any], grads: Sequence[Any]) -> None:
 
     The same as torch.autograd.backward(outputs, grads), gradient for gradient (the backward
     of sum(output * grad) hands each output exactly its grad), without the import of
-    torch.fx.experimental.symbolic_shapes (and sympy) that call makes on first use: 0.3 s in
-    every fresh sandbox zygote.
+    torch.fx.experimental.symbolic_shapes (and sympy) that call makes on first use: about 0.45 s
+    of CPU in every fresh process that would call it, 6-7% of a quick run (fp32, 2-core Xeon,
+    benchmarks/speed_tricks.py). The zygote never imports sympy, so each forked child would pay it.
     """
     sum((output * grad.detach()).sum() for output, grad in zip(outputs, grads)).backward()

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 CLI = [sys.executable, "-c", "from lossearch.__main__ import main; main()"]  # what the console script runs
 
@@ -24,3 +25,19 @@ def start_cli(*args: str, cwd) -> subprocess.Popen:
     """
     return subprocess.Popen(CLI + list(args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def run_in_thread(sandbox, job: str, payload: dict, limits) -> tuple[threading.Thread, list]:
+    """Start `sandbox.run` (any lossearch.sandbox.interface.SandboxLike) in a thread; the list gets its
+    result, or the exception it raised."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(sandbox.run(job, payload, limits))
+        except Exception as error:  # noqa: BLE001 - the test reads it
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome

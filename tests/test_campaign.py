@@ -24,6 +24,7 @@ def campaign_db(tmp_path, name: str) -> Store:
     return Store.for_campaign_dir(tmp_path / "runs" / name)
 
 
+@pytest.mark.slow  # 20-30 s on a 2-core CPU without bf16
 def test_a_short_campaign_records_everything(tmp_path):
     outcome = run_campaign(CampaignConfig(**{"name": "short", "generations": 2, **FAST}), runs_dir=tmp_path / "runs")
     assert outcome.stop_reason == "reached 2 generation(s)"
@@ -46,6 +47,7 @@ def test_a_short_campaign_records_everything(tmp_path):
         assert store.integrity_check() == "ok"
 
 
+@pytest.mark.slow  # 20-30 s on a 2-core CPU without bf16
 def test_seeds_only_campaign_is_the_baseline(tmp_path):
     outcome = run_campaign(CampaignConfig(name="base", proposer="none", finetune=False), runs_dir=tmp_path / "runs")
     assert outcome.stop_reason == "evaluated the seed library"
@@ -119,6 +121,7 @@ def test_sigkill_at_any_moment_then_resume_loses_and_repeats_nothing(tmp_path):
                 assert {e.tier for e in store.evaluations(candidate_id=candidate.id)} >= {"sanity", "bandit"}
 
 
+@pytest.mark.slow  # 20-30 s on a 2-core CPU without bf16
 def test_ctrl_c_stops_cleanly_and_resumably(tmp_path):
     # more generations than it can finish before the signal, which comes once generation 0 is done
     process = start_cli(tmp_path, "--name", "interrupted", "--generations", "50", "--no-finetune")
@@ -146,6 +149,7 @@ def loss(policy_chosen_logps, policy_rejected_logps,
 '''
 
 
+@pytest.mark.slow  # 20-30 s on a 2-core CPU without bf16
 def test_llm_campaign_against_a_local_openai_compatible_server(tmp_path, monkeypatch):
     from test_proposers import FakeOpenAI, Reply
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_in_thread
 
 from lossearch.evaluation.bandit.score import score_bandit_grid
 from lossearch.evaluation.bandit.task import make_bandit_task
@@ -324,21 +325,6 @@ def wait_for_child(sandbox: Sandbox) -> int:
     while not any(sandbox._running.values()):
         time.sleep(0.01)
     return next(pid for pid in sandbox._running.values() if pid)
-
-
-def run_in_thread(sandbox: Sandbox, job: str, payload: dict, limits: SandboxLimits) -> tuple[threading.Thread, list]:
-    """Start `sandbox.run` in a thread; the list gets its result, or the exception it raised."""
-    outcome: list = []
-
-    def run() -> None:
-        try:
-            outcome.append(sandbox.run(job, payload, limits))
-        except Exception as error:  # noqa: BLE001 - the test reads it
-            outcome.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
 
 
 def test_jobs_from_two_threads_run_side_by_side():

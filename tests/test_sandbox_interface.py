@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import textwrap
-import threading
 import time
 
 import pytest
+from helpers import run_in_thread
 from safetensors.torch import load_file
 
 from lossearch.contract import parse_spec
@@ -77,22 +77,6 @@ def make_sandbox(request):
     yield make
     for each in made:
         each.close()
-
-
-def run_in_thread(sandbox: SandboxLike, job: str, payload: dict,
-                  limits: SandboxLimits) -> tuple[threading.Thread, list]:
-    """Start `sandbox.run` in a thread; the list gets its result, or the exception it raised."""
-    outcome: list = []
-
-    def run() -> None:
-        try:
-            outcome.append(sandbox.run(job, payload, limits))
-        except Exception as error:  # noqa: BLE001 - the test reads it
-            outcome.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
 
 
 def test_it_is_a_sandbox_like(sandbox):

@@ -64,7 +64,7 @@ def warm_up() -> None:
 
     weights = torch.zeros(3, requires_grad=True)
     torch.nn.functional.logsigmoid(weights).sum().backward()  # no torch.optim step: its first imports
-    # torch._dynamo (a second of start-up), and no job uses torch.optim
+    # torch._dynamo (1.5 s of CPU at start-up, benchmarks/speed_tricks.py), and no job uses torch.optim
     warm_up_model(WARM_UP_CONFIG)  # the finetune tier's model, so its first job's fork waits on nothing
 
 

@@ -87,7 +87,6 @@ def finetune_candidate(sandbox: SandboxLike, spec: LossSpec, task_name: str, see
     limits = sandbox_limits(task, budget, options, device)
     scorer = Scorer(task, budget.eval_prompts, device, budget.heldout_pairs)
     seeds = [seed * 1000 + index for index in range(budget.seeds)]
-    scorer.prepare(seeds)
     tunes_beta = "beta" in spec.inputs
 
     def run(beta: float, run_seed: int) -> dict:
@@ -95,13 +94,10 @@ def finetune_candidate(sandbox: SandboxLike, spec: LossSpec, task_name: str, see
         report, parameters = train_in_sandbox(sandbox, spec, task, config, limits)
         return {"beta": beta, "seed": run_seed, **scorer.score(parameters, run_seed), **report}
 
-    try:
-        tuning = tune_beta(run, float(spec.hyperparameters["beta"]), budget.trials if tunes_beta else 1, seeds,
-                           storage=options.storage,
-                           study_name=options.study_name or study_name(spec, task, budget, options, precision, seed),
-                           progress=options.progress)
-    finally:
-        scorer.close()
+    tuning = tune_beta(run, float(spec.hyperparameters["beta"]), budget.trials if tunes_beta else 1, seeds,
+                       storage=options.storage,
+                       study_name=options.study_name or study_name(spec, task, budget, options, precision, seed),
+                       progress=options.progress)
     return {"task": task.name, "budget": asdict(budget), "data": options.data, "device": device,
             "precision": precision, "seeds": seeds,
             "artifact": task.key, "base_parameters": task.parameters, "kl_budget": task.kl_budget,

@@ -17,7 +17,6 @@ import json
 import math
 import random
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,6 +36,7 @@ from lossearch.evaluation.tasks.lm import (
     save_parameters,
     sequence_logps,
 )
+from lossearch.evaluation.threads import one_thread
 from lossearch.progress import ProgressFn, no_progress
 
 PAIRS_FORMAT = 2  # bump when the code changes what a pairs artifact holds for the same configuration
@@ -116,18 +116,6 @@ def build_world(world: catalog.WorldConfig, folder: Path, progress: ProgressFn =
     meta = {"kind": "world", "config": asdict(world), "parameters": sum(p.numel() for p in model.parameters()),
             "final_loss": sum(losses[-50:]) / len(losses[-50:]), "seconds": time.monotonic() - started}
     (folder / "meta.json").write_text(json.dumps(meta, indent=2))
-
-
-@contextmanager
-def one_thread():
-    """Torch on one thread for the block: on a busy two-core machine a pretraining step took
-    81 ms on one thread and 580 ms on two in our measurements; one thread is also reproducible."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def pretrain(model, corpus: torch.Tensor, world: catalog.WorldConfig, pad_id: int, progress: ProgressFn) -> list[float]:

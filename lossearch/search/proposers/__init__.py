@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lossearch.choices import PROPOSERS
 from lossearch.search.proposers.base import (
     LLM_OUTCOMES,
     RELATIONS,
@@ -22,25 +23,17 @@ from lossearch.search.proposers.base import (
     Proposer,
     ProposerError,
 )
+from lossearch.search.proposers.llm import LLMConfig, LLMProposer
 from lossearch.search.proposers.mutation import OPERATORS, MutationProposer
 
-PROPOSER_KINDS = ("mutation", "llm")
+PROPOSER_KINDS = tuple(kind for kind in PROPOSERS if kind != "none")
+"""The kinds that propose something (`none` evaluates the seed library only)."""
 
 __all__ = [
     "FailureView", "LLMConfig", "LLMProposer", "LLMUsage", "LLM_OUTCOMES", "MutationProposer", "OPERATORS",
     "PROPOSER_KINDS", "ParentView", "Proposal", "ProposalContext", "Proposer", "ProposerError", "RELATIONS",
     "make_proposer",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """LLMConfig and LLMProposer on first use: their module imports openai (0.4 s), which the
-    offline commands never need."""
-    if name in ("LLMConfig", "LLMProposer"):
-        from lossearch.search.proposers import llm
-
-        return getattr(llm, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_proposer(kind: str, **options: Any) -> Proposer:
@@ -52,7 +45,5 @@ def make_proposer(kind: str, **options: Any) -> Proposer:
     if kind == "mutation":
         return MutationProposer(**options)
     if kind == "llm":
-        from lossearch.search.proposers.llm import LLMConfig, LLMProposer
-
         return LLMProposer(LLMConfig(**options))
     raise ProposerError(f"unknown proposer {kind!r}: choose one of {', '.join(PROPOSER_KINDS)}")
