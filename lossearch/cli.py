@@ -347,19 +347,28 @@ def run_command(
                                                                            "\"lossearch[ray]\") [default: local]."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address; without it a local "
                                                                           "Ray instance starts."),
+    confirm: Optional[bool] = typer.Option(None, "--confirm/--no-confirm",
+                                           help="Confirm the leaders on fresh seeds at the end (with the finetune "
+                                                "tier) [default: on]."),
+    confirm_top: Optional[int] = typer.Option(None, "--confirm-top", min=1,
+                                              help="Leaders the confirmation retrains [default: 1]."),
+    confirm_seeds: Optional[int] = typer.Option(None, "--confirm-seeds", min=2,
+                                                help="Fresh seeds of the confirmation [default: 5]."),
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store [default: "
                                                         "sqlite:///runs/NAME/campaign.db]."),
 ) -> None:
     """Run a search campaign (or resume one): propose losses, evaluate them, keep the best.
 
     With no options this is the demo: 2 generations of 4 offline mutations on `sentiment`
-    at the `quick` budget. Ctrl-C stops cleanly; run the same command to resume.
+    at the `quick` budget, then the confirmation stage: the leader, DPO and the best seed
+    retrained on 5 fresh seeds and compared seed by seed (see `lossearch confirm`). Ctrl-C
+    stops cleanly; run the same command to resume.
 
     Example: lossearch run --name demo --task sentiment --budget quick --generations 2 --population 4
     """
     from lossearch.reporting.display import CampaignDisplay
     from lossearch.reporting.results import NoResults, leaderboard
-    from lossearch.reporting.views import leaderboard_table
+    from lossearch.reporting.views import confirmation_view, leaderboard_table
     from lossearch.search.campaign import run_campaign
     from lossearch.search.config import CampaignConfig
     from lossearch.store.locate import open_campaign
@@ -369,7 +378,7 @@ def run_command(
         "islands": islands, "seed": seed, "finetune": finetune, "max_evals": max_evals, "time_limit": time_limit,
         "max_cost": max_cost, "max_tokens": max_tokens, "llm_base_url": llm_base_url,
         "llm_models": tuple(llm_model) if llm_model else None, "workers": workers, "executor": executor,
-        "ray_address": ray_address}
+        "ray_address": ray_address, "confirm": confirm, "confirm_top": confirm_top, "confirm_seeds": confirm_seeds}
     given = {key for key, value in flags.items() if value is not None}
     config = CampaignConfig(name=name, **{key: flags[key] for key in given})
     with CampaignDisplay(console, f"campaign {name}") as display:
@@ -379,6 +388,8 @@ def run_command(
             console.print(leaderboard_table(leaderboard(handle, top=10), console.width))
     except NoResults as empty:
         console.print(str(empty), markup=False)
+    if outcome.confirmation is not None:
+        console.print(confirmation_view(outcome.confirmation, console.width))
     console.print(f"stopped: {outcome.stop_reason}", markup=False)
     console.print(f"database: {outcome.database}", markup=False, highlight=False)
     console.print(f"resume or extend: lossearch run --name {name} --generations N", markup=False)
@@ -428,7 +439,8 @@ def campaigns_command(
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
 ) -> None:
-    """List every campaign: status, candidates, best fitness, LLM cost and last activity.
+    """List every campaign: status, candidates, best fitness, confirmed discoveries, LLM cost and last
+    activity.
 
     Campaigns are found in runs/*/campaign.db under the current directory, or in --db.
     The most recently active one (marked *) is what the other commands read by default.
@@ -461,11 +473,12 @@ def leaderboard_command(
     run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
-    """Rank a campaign's losses, with a column saying which beat the tuned DPO baseline.
+    """Rank a campaign's losses, with each one's verdict from the confirmation stage.
 
-    Finetuned candidates rank ahead of bandit-only ones, then by fitness (its spread
-    over seeds after ±). "beats DPO" is yes when fitness - spread > DPO's fitness + DPO's
-    spread on the same task and tier. Seeds are the baselines.
+    Finetuned candidates rank ahead of bandit-only ones, then by fitness (its spread over
+    seeds after ±). verdict: confirmed = better than DPO on fresh seeds after Holm correction
+    (lossearch confirm); not confirmed = compared, not shown better; unconfirmed = never
+    compared on fresh seeds. Seeds are the baselines.
 
     Example: lossearch leaderboard --run demo --top 10 --format markdown --out leaderboard/demo.md
     """
@@ -561,6 +574,57 @@ def transfer_command(
         console.print(transfer_view(table))
 
 
+@app.command("confirm")
+def confirm_command(
+    files: Optional[list[Path]] = typer.Argument(None, help="Loss files to compare with DPO, outside any campaign "
+                                                           "[default: the campaign's leaders]."),
+    top: int = typer.Option(3, "--top", min=1, help="Leaders of the campaign to confirm."),
+    seeds: int = typer.Option(5, "--seeds", min=2, help="Fresh seeds each loss is retrained on."),
+    budget: Optional[str] = choice_option(None, "--budget", BUDGET_NAMES, "Finetune budget of every run "
+                                                                          "[default: the campaign's; quick for "
+                                                                          "files]."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated held-out tasks to confirm on as well "
+                                                             "(a discovery must not be worse there)."),
+    task: Optional[str] = choice_option(None, "--task", TASK_NAMES, "Task of loss files [default: sentiment]."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list: one object per (candidate, baseline, "
+                                                       "task)."),
+    run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Is a loss really better than DPO? Retrain on fresh seeds and compare seed by seed.
+
+    On a campaign: its K leaders beyond the seed library, DPO and the best seed are retrained
+    on N seeds no evaluation of the campaign used, at the beta the campaign tuned; each
+    leader's per-seed fitness difference to each baseline gets a 95% interval and a one-sided
+    p-value (paired t, or Wilcoxon's signed-rank test where a run collapsed), Holm-corrected
+    over the leaders. A confirmed discovery is better than DPO on the selection task and not
+    worse on any held-out task. Runs and verdicts are stored; asking again reuses them.
+    With loss files: each file against DPO on --task, at their default betas.
+
+    Example: lossearch confirm --run demo --top 3 --seeds 8 --tasks sort
+    """
+    from lossearch.reporting.views import confirmation_view
+    from lossearch.search.confirm import ConfirmConfig, confirm_campaign, confirm_files
+
+    held_out = tuple(name.strip() for name in (tasks or "").split(",") if name.strip())
+    with progress_bar(errors.is_terminal and not as_json) as progress:
+        if files:
+            if run is not None or db is not None or held_out:
+                raise UsageProblem("loss files are confirmed on their own: drop --run, --db and --tasks (use --task)")
+            report = confirm_files([(path.stem, read_source(path)) for path in files], task=task or "sentiment",
+                                   seeds=seeds, budget=budget or "quick", progress=progress)
+        else:
+            if task is not None:
+                raise UsageProblem("--task is for loss files; a campaign confirms on its own task (add --tasks)")
+            config = ConfirmConfig(top=top, seeds=seeds, budget=budget, tasks=held_out)
+            with campaign_results(run, db) as handle:
+                report = confirm_campaign(handle, config, progress=progress)
+    if as_json:
+        print_json(report.to_dicts())
+    else:
+        console.print(confirmation_view(report, console.width))
+
+
 @app.command("export")
 def export_command(
     candidate: Optional[str] = typer.Argument(None, help="Candidate id (12 or #12) or name; or use --top."),
@@ -610,7 +674,8 @@ def report_command(
     run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
-    """Write one self-contained HTML report: plots, lineage graph, fingerprints and the leaderboard.
+    """Write one self-contained HTML report: plots, lineage graph, fingerprints, the leaderboard with
+    each verdict, and the confirmation stage's comparisons.
 
     The plots are inline SVG; the file opens without a network.
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lossearch.choices import TIER_ORDER
-from lossearch.store import BASELINE_SEED, Campaign, Candidate, Evaluation, LineageEdge, Store
+from lossearch.store import BASELINE_SEED, Campaign, Candidate, Confirmation, Evaluation, LineageEdge, Store
 
 RANKED_STATUS = "evaluated"
 """The one candidate status that ranks: it passed every tier it was sent to."""
@@ -68,7 +68,9 @@ def mean_metrics(evaluations: Iterable[Evaluation]) -> dict[str, float]:
 
 def score_of(evaluations: Sequence[Evaluation], task: str, tier: str | None = None) -> Score | None:
     """Mean fitness of `evaluations` on `task` at `tier` (the highest with any fitness), or None."""
-    scored = [e for e in evaluations if e.task == task and e.fitness is not None]
+    # the cascade's tiers only: the confirmation stage's runs (tier `confirm`) are judged apart, by
+    # lossearch.search.confirm, on seeds the ranking must never have seen
+    scored = [e for e in evaluations if e.task == task and e.fitness is not None and e.tier in TIER_ORDER]
     if tier is None and scored:
         tier = max((e.tier for e in scored), key=lambda name: TIER_ORDER.get(name, -1))
     counted = [e for e in scored if e.tier == tier]
@@ -89,6 +91,8 @@ class CampaignData:
     parents: dict[int, list[LineageEdge]]
     children: dict[int, list[LineageEdge]]
     evaluations: dict[int, list[Evaluation]]
+    confirmations: dict[int, Confirmation] = field(default_factory=dict)
+    """The confirmation stage's verdicts, by candidate id (lossearch.search.confirm)."""
 
     @property
     def task(self) -> str:
@@ -110,7 +114,7 @@ class CampaignData:
 
 
 def load_campaign_data(store: Store, campaign: Campaign) -> CampaignData:
-    """Three reads: the campaign's candidates, lineage edges and evaluations."""
+    """Four reads: the campaign's candidates, lineage edges, evaluations and confirmations."""
     candidates = {candidate.id: candidate for candidate in store.candidates(campaign.id)}
     parents: dict[int, list[LineageEdge]] = defaultdict(list)
     children: dict[int, list[LineageEdge]] = defaultdict(list)
@@ -120,7 +124,8 @@ def load_campaign_data(store: Store, campaign: Campaign) -> CampaignData:
     evaluations: dict[int, list[Evaluation]] = defaultdict(list)
     for evaluation in store.evaluations(campaign_id=campaign.id):
         evaluations[evaluation.candidate_id].append(evaluation)
-    return CampaignData(campaign, candidates, dict(parents), dict(children), dict(evaluations))
+    confirmations = {record.candidate_id: record for record in store.confirmations(campaign.id)}
+    return CampaignData(campaign, candidates, dict(parents), dict(children), dict(evaluations), confirmations)
 
 
 @dataclass(frozen=True)

@@ -226,7 +226,8 @@ def test_two_workers_finetune_a_new_campaign_whose_optuna_tables_exist_before_th
 
     monkeypatch.setattr(campaign_module, "finetune_tier", finetune_tier)
     # generation 0 promotes its best and the DPO baseline: two finetunes, one per worker, at once
-    config = CampaignConfig(name="tuned", generations=1, population=2, workers=2, finetune=True, promote_share=0.01)
+    config = CampaignConfig(name="tuned", generations=1, population=2, workers=2, finetune=True, promote_share=0.01,
+                            confirm=False)
     assert run_campaign(config, runs_dir=tmp_path / "runs").stop_reason == "reached 1 generation(s)"
     assert tables_when_finetuning and all(tables_when_finetuning)  # no worker had to create Optuna's tables
     with campaign_db(tmp_path, "tuned") as store:

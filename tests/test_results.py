@@ -1,4 +1,5 @@
-"""After a campaign: campaigns, leaderboard, show, lineage, transfer, export, report.
+"""After a campaign: campaigns, leaderboard, show, lineage, transfer, export, report, and the
+confirmation stage's verdicts on every one of them.
 
 One small real campaign is built per module (about 15 s); every command runs through
 the real CLI in a subprocess, from the campaign's directory, and through the library.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,10 +21,11 @@ from helpers import run_cli
 
 from lossearch.cli import main
 from lossearch.contract import TENSOR_INPUTS, call_loss, load_loss, parse_spec
-from lossearch.ranking import Score, load_campaign_data
+from lossearch.ranking import load_campaign_data
 from lossearch.reporting import results as results_module
 from lossearch.reporting.export import module_source
-from lossearch.reporting.results import BEATS_RULE, NoResults, beats, build_leaderboard, leaderboard
+from lossearch.reporting.results import NoResults, build_leaderboard, leaderboard, verdict_of
+from lossearch.reporting.views import as_text, confirmation_view
 from lossearch.search import transfer as transfer_module
 from lossearch.search.campaign import run_campaign
 from lossearch.search.config import CampaignConfig
@@ -88,15 +91,7 @@ def child_of(data) -> int:
 # -- library ---------------------------------------------------------------------------------
 
 
-def test_beats_takes_the_spread_into_account():
-    dpo = Score("sentiment", "finetune", 0.40, 0.02, 3)
-    assert beats(Score("sentiment", "finetune", 0.50, 0.05, 3), dpo)
-    assert not beats(Score("sentiment", "finetune", 0.45, 0.05, 3), dpo)  # intervals overlap
-    assert not beats(Score("sentiment", "finetune", 0.40, None, 1), Score("sentiment", "finetune", 0.40, None, 1))
-    assert beats(Score("sentiment", "bandit", 0.41, None, 1), Score("sentiment", "bandit", 0.40, None, 1))
-
-
-def test_leaderboard_ranks_marks_seeds_and_compares_with_dpo(data):
+def test_leaderboard_ranks_marks_seeds_and_shows_verdicts(data):
     board = build_leaderboard(data)
     assert [row.rank for row in board.rows] == list(range(1, len(board.rows) + 1))
     assert len(board.rows) >= 24 and board.task == "sentiment"
@@ -104,12 +99,12 @@ def test_leaderboard_ranks_marks_seeds_and_compares_with_dpo(data):
     assert fitnesses == sorted(fitnesses, reverse=True)  # one tier here: plain fitness order
     assert sum(row.is_seed for row in board.rows) == 24
     (dpo,) = [row for row in board.rows if row.is_baseline]
-    assert dpo.name == "dpo" and dpo.is_seed and dpo.beats_dpo is None
+    assert dpo.name == "dpo" and dpo.is_seed and dpo.verdict == "baseline"
     for row in board.rows:
-        if not row.is_baseline:
-            expected = row.fitness - (row.fitness_std or 0) > dpo.fitness + (dpo.fitness_std or 0)
-            assert row.beats_dpo == expected
-            assert row.dpo_delta == pytest.approx(row.fitness - dpo.fitness)
+        # no confirmation stage ran: no claim against DPO anywhere, only the raw difference
+        assert row.verdict == ("baseline" if row.is_baseline else "seed" if row.is_seed else "unconfirmed")
+        assert row.verdict == verdict_of(data, data.candidates[row.id]) and row.confirmation is None
+        assert row.dpo_delta == pytest.approx(row.fitness - dpo.fitness)
     assert build_leaderboard(data, top=3).rows == board.rows[:3]
     everyone = build_leaderboard(data, include_failed=True).rows
     assert len(everyone) == len(data.candidates)
@@ -194,11 +189,12 @@ def test_leaderboard_in_every_format(home, tmp_path):
     assert len(rows) == 5 and [row["rank"] for row in rows] == [1, 2, 3, 4, 5]
     for row in rows:
         assert set(row) >= {"id", "name", "fitness", "reward", "kl", "pref_acc", "parents", "generation", "is_seed",
-                            "beats_dpo", "fitness_std", "tier", "proposer"}
+                            "verdict", "confirmation", "dpo_delta", "fitness_std", "tier", "proposer"}
+        assert "beats_dpo" not in row
     table = ok(lossearch("leaderboard", "--run", "t", cwd=home))
-    assert "beats DPO" in table and "dpo (seed)" in table and "baseline" in table
+    assert "verdict" in table and "beats DPO" not in table and "dpo (seed)" in table and "baseline" in table
     markdown = ok(lossearch("leaderboard", "--format", "markdown", "--include-failed", cwd=home))
-    assert markdown.count("\n| ") >= 27 and BEATS_RULE in markdown
+    assert markdown.count("\n| ") >= 27 and "| verdict |" in markdown and "Holm correction" in markdown
     page = tmp_path / "board.html"
     ok(lossearch("leaderboard", "--format", "html", "--out", str(page), cwd=home))
     assert "<table>" in page.read_text() and "dpo" in page.read_text()
@@ -233,14 +229,19 @@ def test_lineage_draws_ancestry_with_fitness_changes(home, data):
 def test_transfer_evaluates_stores_and_reuses(home):
     first = json.loads(ok(lossearch("transfer", "--top", "1", "--tasks", "sort", "--json", cwd=home)))
     assert first["tier"] == "bandit" and first["tasks"] == ["sort"] and first["ran"] == 2  # the leader and DPO
-    assert any(row["is_baseline"] for row in first["rows"])
+    assert "rule" not in first
+    (dpo,) = [row for row in first["rows"] if row["is_baseline"]]
     for row in first["rows"]:
-        assert row["cells"]["sort"]["fitness"] is not None
+        cell = row["cells"]["sort"]
+        assert cell["fitness"] is not None and "wins" not in row and "beats_dpo" not in cell
+        expected = None if row["is_baseline"] else cell["fitness"] - dpo["cells"]["sort"]["fitness"]
+        assert cell["dpo_delta"] == pytest.approx(expected)
     with Store(f"sqlite:///{home / 'runs' / 't' / 'campaign.db'}") as store:
         stored = store.evaluations(task="sort", tier="bandit")
         assert {e.candidate_id for e in stored} == {row["id"] for row in first["rows"]}
     again = " ".join(ok(lossearch("transfer", "--top", "1", "--tasks", "sort", cwd=home)).split())
     assert "held out on sort" in again and "0 evaluation(s) run now" in again
+    assert "Δ DPO" in again and "beats DPO" not in again
     on_sort = json.loads(ok(lossearch("leaderboard", "--task", "sort", "--format", "json", cwd=home)))
     assert len(on_sort) == 2
     one_line_error(lossearch("transfer", "--tasks", "sentiment", cwd=home), 2)
@@ -327,3 +328,109 @@ def test_transfer_uses_the_campaigns_top_tier(monkeypatch):
     evaluated = transfer_module.evaluate_on_task(None, None, "sort", "finetune", config, "sqlite:///x.db")
     assert evaluated == {"fitness": 0.5}
     assert seen == {"task": "sort", "seed": 3, "options": FinetuneOptions(budget="standard", storage="sqlite:///x.db")}
+
+
+# -- the confirmation stage's verdicts, on every surface -----------------------------------------
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def confirmation_report(candidate: str, candidate_id: int, dpo_id: int, *, confirmed: bool, verdict: str,
+                        baseline: str = "dpo"):
+    """What `lossearch.search.confirm` would conclude about one leader, without training anything."""
+    from lossearch.search.confirm import Comparison, ConfirmationReport, LeaderVerdict
+
+    seeds = (1_000_000, 1_000_001, 1_000_002)
+    comparison = Comparison(candidate, candidate_id, baseline, dpo_id, "sentiment", verdict, 0.012, (0.004, 0.020),
+                            0.004, 0.008, 0.9, "paired t", seeds, (0.50, 0.51, 0.52), (0.49, 0.50, 0.50), 0.0, 1 / 3,
+                            0.1, 0.1)
+    return ConfirmationReport("sentiment", ("sentiment",), seeds, "quick", "fp32",
+                              (LeaderVerdict(candidate, candidate_id, confirmed, (comparison,)),), ran=6)
+
+
+@pytest.fixture
+def judged(home, data, tmp_path):
+    """A copy of the campaign where one child is a confirmed discovery and another was not confirmed (its
+    record naming a baseline that holds HTML); the folder, and the two ids."""
+    from lossearch.search.confirm import confirmation_record
+
+    shutil.copytree(home / "runs", tmp_path / "runs")
+    confirmed = child_of(data)
+    ranked = [row.id for row in build_leaderboard(data).rows if not row.is_seed and row.id != confirmed]
+    other = (ranked or [c.id for c in data.candidates.values() if c.proposer != "seed" and c.id != confirmed])[0]
+    dpo = data.baseline.id
+    with open_campaign(runs_dir=tmp_path / "runs") as handle:
+        for candidate_id, is_confirmed, verdict, baseline in ((confirmed, True, "better", "dpo"),
+                                                              (other, False, "no detectable difference", HOSTILE)):
+            report = confirmation_report(data.candidates[candidate_id].name, candidate_id, dpo,
+                                         confirmed=is_confirmed, verdict=verdict, baseline=baseline)
+            handle.store.record_confirmation(handle.campaign.id, candidate_id, confirmed=is_confirmed,
+                                             record=confirmation_record(report, report.leaders[0]))
+    return tmp_path, confirmed, other
+
+
+def provenance_verdict(module: str) -> str:
+    (line,) = [line for line in ast.get_docstring(ast.parse(module)).splitlines() if line.startswith("verdict:")]
+    return line
+
+
+def test_a_never_confirmed_child_is_unconfirmed_everywhere(home, data, tmp_path, in_process):
+    child = child_of(data)
+    rows = json.loads(in_process("leaderboard", "--format", "json", cwd=home).stdout)
+    assert {row["verdict"] for row in rows if not row["is_seed"]} == {"unconfirmed"}
+    shown = json.loads(in_process("show", str(child), "--json", cwd=home).stdout)
+    assert shown["verdict"] == "unconfirmed" and shown["confirmation"] is None and "beats_dpo" not in shown
+    assert "verdict: unconfirmed" in " ".join(in_process("show", str(child), cwd=home).stdout.split())
+    page = tmp_path / "report.html"
+    assert in_process("report", "--out", str(page), cwd=home).returncode == 0
+    html = page.read_text()
+    assert "<td class=\"muted\">unconfirmed</td>" in html and "No leader has been confirmed yet" in html
+    assert "beats DPO" not in html
+    exported = in_process("export", str(child), cwd=home).stdout
+    assert provenance_verdict(exported) == ("verdict:    unconfirmed (not compared with DPO on fresh seeds; "
+                                            "run `lossearch confirm`)")
+    assert json.loads(in_process("campaigns", "--json", cwd=home).stdout)[0]["confirmed"] == 0
+
+
+def test_a_confirmation_record_shows_on_every_surface(judged, in_process):
+    folder, confirmed, other = judged
+    rows = {row["id"]: row for row in
+            json.loads(in_process("leaderboard", "--format", "json", "--include-failed", cwd=folder).stdout)}
+    assert rows[confirmed]["verdict"] == "confirmed"
+    assert rows[confirmed]["confirmation"].startswith("confirmed discovery: better than dpo on sentiment by +0.012")
+    assert rows[other]["verdict"] == "not confirmed"
+    assert {row["verdict"] for key, row in rows.items() if key not in (confirmed, other)} <= {
+        "unconfirmed", "seed", "baseline"}
+
+    shown = json.loads(in_process("show", str(confirmed), "--json", cwd=folder).stdout)
+    assert shown["verdict"] == "confirmed" and shown["confirmation"]["seeds"] == [1_000_000, 1_000_001, 1_000_002]
+    (comparison,) = shown["confirmation"]["comparisons"]
+    assert comparison["verdict"] == "better" and comparison["p_adjusted"] == pytest.approx(0.008)
+    text = " ".join(in_process("show", str(confirmed), cwd=folder).stdout.split())
+    assert "verdict: confirmed" in text and "confirmed discovery: better than dpo" in text
+    assert "+0.012" in text and "[+0.004, +0.020]" in text and "0% / 33%" in text  # the comparisons table
+
+    page = folder / "report.html"
+    assert in_process("report", "--out", str(page), cwd=folder).returncode == 0
+    html = page.read_text()
+    assert '<td class="yes">confirmed</td>' in html  # the leaderboard's verdict column
+    assert "<h2>Confirmation</h2>" in html and '<span class="no">not confirmed</span>' in html
+    assert "no detectable difference" in html and "[+0.004, +0.020]" in html
+    assert "<script" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # names are untrusted text
+
+    assert provenance_verdict(in_process("export", str(confirmed), cwd=folder).stdout).startswith(
+        "verdict:    confirmed discovery: better than dpo on sentiment by +0.012 (95% CI +0.004 to +0.020")
+    assert provenance_verdict(in_process("export", str(other), cwd=folder).stdout).startswith(
+        f"verdict:    not confirmed: no detectable difference than {HOSTILE} on sentiment by +0.012")
+    assert json.loads(in_process("campaigns", "--json", cwd=folder).stdout)[0]["confirmed"] == 1
+
+
+def test_the_confirmation_view_fits_a_narrow_console():
+    report = confirmation_report("a-rather-long-candidate-name-from-an-llm", 7, 1, confirmed=False,
+                                 verdict="no detectable difference")
+    narrow = as_text(confirmation_view(report, 80), width=80)
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    assert "no detectable" in narrow and "[+0.004, +0.020]" in narrow and "1000000..1000002" in narrow
+    assert "not confirmed: no detectable difference than dpo" in " ".join(narrow.split())
+    wide = as_text(confirmation_view(report, 160), width=160)
+    assert "paired t" in wide and "0% / 33%" in wide and "paired t" not in narrow

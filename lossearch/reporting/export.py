@@ -1,7 +1,8 @@
 """Export discovered losses as standalone Python modules (DESIGN §5: leaderboard/).
 
 An exported module is the candidate's own code, unchanged, under a docstring
-that records where it came from (campaign, parents, metrics, date), followed by
+that records where it came from (campaign, parents, metrics, the confirmation stage's
+verdict, date), followed by
 the TRL adapter of lossearch.reporting.trl_adapter and two one-line entry points bound to
 this module's `loss`. It imports torch (and the stdlib `math` where the loss
 does) and nothing else at import time, so the loss runs anywhere torch does;
@@ -24,7 +25,13 @@ from lossearch.contract import EXPORTED_ADAPTER_MARKER, parse_spec
 from lossearch.errors import ConfigError
 from lossearch.failures import CandidateError
 from lossearch.ranking import CampaignData, load_campaign_data
-from lossearch.reporting.results import NoResults, build_leaderboard, resolve_candidate
+from lossearch.reporting.results import (
+    NoResults,
+    build_leaderboard,
+    confirmation_summary,
+    resolve_candidate,
+    verdict_of,
+)
 from lossearch.store import Candidate
 from lossearch.store.locate import CampaignHandle
 
@@ -183,6 +190,7 @@ def provenance(data: CampaignData, candidate: Candidate, original_doc: str, beta
         + (" -- a seed loss from the literature, one of the baselines" if candidate.proposer == "seed" else ""),
         f"idea:       {candidate.idea or '-'}",
         f"parents:    {', '.join(parents) if parents else 'none'}",
+        f"verdict:    {verdict_line(data, candidate)}",
         "metrics:",
         *_metric_lines(data, candidate),
         f"tuned beta: {beta:g} (TUNED_BETA)",
@@ -200,6 +208,23 @@ def provenance(data: CampaignData, candidate: Candidate, original_doc: str, beta
     if original_doc.strip():
         lines += ["", "The candidate's own description", "-" * 31, original_doc.strip()]
     return "\n".join(lines) + "\n"
+
+
+VERDICT_EXPLANATIONS = {
+    "unconfirmed": "unconfirmed (not compared with DPO on fresh seeds; run `lossearch confirm`)",
+    "seed": "seed (a baseline from the seed library, not a discovery)",
+    "baseline": "baseline (DPO, what discoveries are confirmed against)",
+}
+
+
+def verdict_line(data: CampaignData, candidate: Candidate) -> str:
+    """The verdict (lossearch.reporting.results.verdict_of), with the confirmation's summary where there is one."""
+    verdict = verdict_of(data, candidate)
+    summary = confirmation_summary(data, candidate.id)
+    if summary is None:
+        return VERDICT_EXPLANATIONS.get(verdict, verdict)
+    summary = " ".join(summary.split())  # one line, whatever the record holds
+    return summary if summary.startswith(verdict) else f"{verdict}: {summary}"
 
 
 def _metric_lines(data: CampaignData, candidate: Candidate) -> list[str]:

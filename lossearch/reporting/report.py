@@ -3,20 +3,24 @@
 Plots are inline SVG drawn by lossearch.reporting.svgplot (no JavaScript, no fetched
 fonts, styles or images): fitness over generations, reward against KL with the
 seeds highlighted, the lineage graph, the leaders' gradient fingerprints as
-heatmaps; then the leaderboard and, when `lossearch transfer` has run, the
-held-out table.
+heatmaps; then the leaderboard with each candidate's verdict, the confirmation stage's
+comparisons (lossearch.search.confirm: the only place a claim against DPO comes from) and,
+when `lossearch transfer` has run, the held-out table. Every string from the store (names,
+ideas, code, records) is escaped: candidates are untrusted text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 from lossearch import __version__
 from lossearch.ranking import CampaignData, load_campaign_data
 from lossearch.reporting.results import (
+    VERDICT_NOTE,
     Leaderboard,
     LeaderboardRow,
     NoResults,
@@ -35,7 +39,7 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 
 table { border-collapse: collapse; font-size: 0.85em; } td, th { padding: 3px 8px; border-bottom: 1px solid #eee; }
 th { text-align: left; background: #f6f6f6; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
 tr.seed td { color: #777; font-style: italic; } tr.failed td { color: #b22; }
-.yes { color: #1a7f37; font-weight: 600; } .plots { display: flex; flex-wrap: wrap; gap: 1em; }
+.yes { color: #1a7f37; font-weight: 600; } .no { color: #9a6700; } .plots { display: flex; flex-wrap: wrap; gap: 1em; }
 .scroll { overflow-x: auto; } .leader { border: 1px solid #eee; padding: 0.5em 1em; margin: 0.5em 0; }
 pre { background: #f8f8f8; padding: 0.6em; overflow-x: auto; font-size: 0.8em; } .muted { color: #777; }
 """
@@ -72,6 +76,7 @@ def report_html(data: CampaignData, *, leaders: int = 6) -> str:
                  + lineage_graph(data, board) + "</div>"),
         _section("Fingerprints of the leaders", fingerprints(data, board, leaders)),
         _section("Leaderboard", leaderboard_table_html(board)),
+        _section("Confirmation", confirmation_html(data, board)),
     ]
     held_out = held_out_results(data)
     if held_out is not None:
@@ -256,21 +261,96 @@ def _rank(row: LeaderboardRow) -> str:
 
 
 def leaderboard_table_html(board: Leaderboard) -> str:
-    head = ("rank", "id", "name", "fitness", "reward", "kl", "pref_acc", "beats DPO", "tier", "gen", "parents",
+    head = ("rank", "id", "name", "fitness", "reward", "kl", "pref_acc", "verdict", "tier", "gen", "parents",
             "proposer")
     rows = []
     for row in board.rows:
-        verdict = "baseline" if row.is_baseline else {True: "yes", False: "no", None: "-"}[row.beats_dpo]
         cells = [(_text(row.rank), "n"), (str(row.id), "n"), (row.name + (" (seed)" if row.is_seed else ""), ""),
                  (_num(row.fitness, row.fitness_std), "n"), (_num(row.reward), "n"), (_num(row.kl), "n"),
-                 (_num(row.pref_acc), "n"), (verdict, "yes" if row.beats_dpo else ""), (row.tier or "-", ""),
+                 (_num(row.pref_acc), "n"), (row.verdict, VERDICT_CLASSES.get(row.verdict, "muted")),
+                 (row.tier or "-", ""),
                  (str(row.generation), "n"), (", ".join(map(str, row.parents)) or "-", ""), (row.proposer, "")]
         css = "seed" if row.is_seed else ("failed" if row.rank is None else "")
         rows.append(f'<tr class="{css}">' + "".join(f'<td class="{c}">{escape(text)}</td>' for text, c in cells)
                     + "</tr>")
     header = "".join(f"<th>{escape(name)}</th>" for name in head)
-    return (f'<p class="muted">Beats DPO: {escape(board.rule)}. Seeds (grey) are the baselines.</p>'
+    note = VERDICT_NOTE[0].upper() + VERDICT_NOTE[1:]
+    return (f'<p class="muted">{escape(note)}. Seeds (grey) are the baselines.</p>'
             f'<div class="scroll"><table><tr>{header}</tr>{"".join(rows)}</table></div>')
+
+
+VERDICT_CLASSES = {"confirmed": "yes", "not confirmed": "no"}
+COMPARISON_CLASSES = {"better": "yes", "worse": "no"}
+
+
+def confirmation_html(data: CampaignData, board: Leaderboard) -> str:
+    """Every stored confirmation record (in leaderboard order): its summary and its comparisons."""
+    order = {row.id: index for index, row in enumerate(board.rows)}
+    records = sorted(data.confirmations.values(), key=lambda record: (order.get(record.candidate_id, len(order)),
+                                                                      record.candidate_id))
+    if not records:
+        return ('<p class="muted">No leader has been confirmed yet: every verdict above is "unconfirmed" until '
+                "<code>lossearch confirm</code> retrains the leaders, DPO and the best seed on fresh seeds.</p>")
+    parts = ['<p class="muted">Each leader retrained on seeds the search never saw, compared seed by seed with DPO '
+             "and the best seed; difference = candidate − baseline, p one-sided (better), Holm p corrected over the "
+             "leaders; collapse: the share of runs that diverged, candidate / baseline.</p>"]
+    for record in records:
+        candidate = data.candidates.get(record.candidate_id)
+        name = candidate.name if candidate is not None else "?"
+        facts = record.record
+        verdict = "confirmed" if record.confirmed else "not confirmed"
+        seeds = facts.get("seeds")
+        parts.append(f'<div class="leader"><b>#{record.candidate_id} {escape(name)}</b>: '
+                     f'<span class="{VERDICT_CLASSES[verdict]}">{verdict}</span><br>'
+                     f"{escape(str(facts.get('summary', '')))}<br><span class='muted'>"
+                     f"{len(seeds) if isinstance(seeds, list) else '?'} seeds, budget "
+                     f"{escape(str(facts.get('budget', '-')))}, {escape(str(facts.get('precision', '-')))}, "
+                     f"selected on {escape(str(facts.get('selected_on', '-')))}</span>"
+                     f"{comparisons_html(facts.get('comparisons'))}</div>")
+    return "".join(parts)
+
+
+def comparisons_html(comparisons: Any) -> str:
+    head = ("baseline", "task", "verdict", "difference", "95% CI", "p", "Holm p", "test", "seeds", "collapse")
+    rows = []
+    for comparison in comparisons if isinstance(comparisons, list) else ():
+        if not isinstance(comparison, Mapping):
+            continue
+        verdict = str(comparison.get("verdict", "?"))
+        seeds = comparison.get("seeds")
+        cells = [(str(comparison.get("baseline", "?")), ""), (str(comparison.get("task", "?")), ""),
+                 (verdict, COMPARISON_CLASSES.get(verdict, "muted")), (_signed(comparison.get("difference")), "n"),
+                 (_interval(comparison.get("ci")), "n"), (_p(comparison.get("p_value")), "n"),
+                 (_p(comparison.get("p_adjusted")), "n"), (str(comparison.get("test", "-")), ""),
+                 (str(len(seeds)) if isinstance(seeds, list) else "-", "n"), (_collapse(comparison), "n")]
+        rows.append("<tr>" + "".join(f'<td class="{c}">{escape(text)}</td>' for text, c in cells) + "</tr>")
+    header = "".join(f"<th>{escape(name)}</th>" for name in head)
+    return f'<div class="scroll"><table><tr>{header}</tr>{"".join(rows)}</table></div>' if rows else ""
+
+
+def _real(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _signed(value: Any) -> str:
+    number = _real(value)
+    return "-" if number is None else f"{number:+.3f}"
+
+
+def _p(value: Any) -> str:
+    number = _real(value)
+    return "-" if number is None else f"{number:.3g}"
+
+
+def _interval(ci: Any) -> str:
+    if isinstance(ci, list) and len(ci) == 2 and None not in (_real(ci[0]), _real(ci[1])):
+        return f"[{_signed(ci[0])}, {_signed(ci[1])}]"
+    return "-"
+
+
+def _collapse(comparison: Mapping[str, Any]) -> str:
+    rates = [_real(comparison.get(key)) for key in ("candidate_collapse_rate", "baseline_collapse_rate")]
+    return " / ".join("-" if rate is None else f"{rate:.0%}" for rate in rates)
 
 
 def _text(value: int | None) -> str:
@@ -279,16 +359,19 @@ def _text(value: int | None) -> str:
 
 def transfer_table_html(table: TransferTable) -> str:
     header = "".join(f"<th>{escape(name)}</th>" for name in
-                     ("id", "name", f"{table.selected_on} (selected)", *table.tasks, "beats DPO on"))
+                     ("id", "name", f"{table.selected_on} (selected)",
+                      *(column for task in table.tasks for column in (task, f"{task} Δ DPO"))))
     rows = []
     for row in table.rows:
-        cells = [f'<td class="n">{row.id}</td><td>{escape(row.name)}{" (seed)" if row.is_seed else ""}</td>',
+        label = " (baseline)" if row.is_baseline else (" (seed)" if row.is_seed else "")
+        cells = [f'<td class="n">{row.id}</td><td>{escape(row.name)}{label}</td>',
                  f'<td class="n">{_num(row.selected_fitness)}</td>']
         for task in table.tasks:
             cell = row.cells[task]
             text = cell.failure.split(":")[0] if cell.failure else _num(cell.fitness, cell.spread)
-            cells.append(f'<td class="n {"yes" if cell.beats_dpo else ""}">{escape(text)}</td>')
-        cells.append(f'<td class="n">{"baseline" if row.is_baseline else f"{row.wins}/{len(table.tasks)}"}</td>')
+            delta = "-" if cell.dpo_delta is None else f"{cell.dpo_delta:+.4f}"
+            cells.append(f'<td class="n">{escape(text)}</td><td class="n">{delta}</td>')
         rows.append(f'<tr class="{"seed" if row.is_seed else ""}">{"".join(cells)}</tr>')
-    return (f'<p class="muted">Fitness on tasks the losses were not selected on ({escape(table.tier)} tier); green: '
-            f'beats DPO ({escape(table.rule)}).</p><table><tr>{header}</tr>{"".join(rows)}</table>')
+    return (f'<p class="muted">Fitness on tasks the losses were not selected on ({escape(table.tier)} tier), and '
+            "Δ DPO: minus DPO's fitness on that task, a raw difference and not a test (<code>lossearch confirm "
+            f'--tasks</code> tests it).</p><div class="scroll"><table><tr>{header}</tr>{"".join(rows)}</table></div>')

@@ -4,12 +4,14 @@ Everything here reads the store through one snapshot (lossearch.ranking.Campaign
 returns plain frozen dataclasses with a `to_dict()`; nothing prints. The CLI and the HTML
 report render them; every order comes from `lossearch.ranking.rank`.
 
-Beating DPO. The baseline is the seed `dpo` scored on the same task at the same tier, its
-beta tuned like every candidate's (the bandit grid, or Optuna in the finetune tier). A
-candidate beats it when its fitness minus its spread exceeds DPO's fitness plus DPO's
-spread (`BEATS_RULE`): the two one-standard-deviation intervals do not overlap. An unknown
-spread counts as zero; the bandit tier is exact and deterministic for a given seed, so
-there a single evaluation has no seed noise to allow for.
+Claims against DPO. Nothing here decides whether a candidate is better than DPO: a
+leaderboard's top is the best of many noisy candidates, so its own scores overstate it. Only
+the confirmation stage (lossearch.search.confirm) makes that claim, on fresh seeds with paired
+statistics, and stores a verdict per leader; every surface shows each candidate's verdict
+(`verdict_of`): `confirmed` or `not confirmed` where the stage judged it, `unconfirmed` where
+it never did, `seed` and `baseline` for the seed library and DPO itself. `dpo_delta` (fitness
+minus DPO's at the same task and tier, its beta tuned like every candidate's) is a raw
+difference, not a claim.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from lossearch.ranking import CampaignData, Score, load_campaign_data, rank
 from lossearch.store import SANITY_TASK, Candidate, Evaluation, NotFoundError, Store
 from lossearch.store.locate import DEFAULT_RUNS_DIR, CampaignHandle, CampaignListing, list_campaigns
 
-BEATS_RULE = "fitness - spread > DPO fitness + DPO spread (same task and tier; an unknown spread counts as 0)"
 HEADLINE_METRICS = ("reward", "kl", "pref_acc", "beta")
 
 
@@ -32,9 +33,30 @@ class NoResults(LookupError):
     """The campaign exists but holds nothing of what was asked for yet; the message says what to run."""
 
 
-def beats(score: Score, baseline: Score) -> bool:
-    """`BEATS_RULE`: the one-standard-deviation intervals do not overlap, `score` above."""
-    return score.low > baseline.high
+VERDICT_NOTE = ("verdict: confirmed = better than DPO on fresh seeds after Holm correction (lossearch confirm); "
+                "unconfirmed = never confirmed")
+"""The one line every table of verdicts carries under it."""
+
+
+def verdict_of(data: CampaignData, candidate: Candidate) -> str:
+    """`baseline` (DPO itself), `seed` (the seed library's other losses), the confirmation stage's
+    `confirmed` / `not confirmed` where it judged the candidate, else `unconfirmed`."""
+    baseline = data.baseline
+    if baseline is not None and candidate.id == baseline.id:
+        return "baseline"
+    if candidate.proposer == "seed":
+        return "seed"
+    confirmation = data.confirmations.get(candidate.id)
+    if confirmation is None:
+        return "unconfirmed"
+    return "confirmed" if confirmation.confirmed else "not confirmed"
+
+
+def confirmation_summary(data: CampaignData, candidate_id: int) -> str | None:
+    """The one-line summary of the candidate's confirmation record, or None without one."""
+    confirmation = data.confirmations.get(candidate_id)
+    summary = confirmation.record.get("summary") if confirmation is not None else None
+    return str(summary) if summary is not None else None
 
 
 # -- campaigns -------------------------------------------------------------------------------
@@ -49,6 +71,8 @@ class CampaignOverview:
     """`#ID name` of the first candidate of its leaderboard; None before any has a score."""
     leader_fitness: float | None
     leader_tier: str | None
+    confirmed: int
+    """Confirmed discoveries: leaders the confirmation stage found better than DPO."""
 
     def to_dict(self) -> dict[str, Any]:
         summary, campaign = self.listing.summary, self.listing.summary.campaign
@@ -56,6 +80,7 @@ class CampaignOverview:
                 "task": campaign.config.get("task"), "candidates": summary.candidates,
                 "evaluated": summary.evaluated, "failed": summary.failed, "by_status": dict(summary.by_status),
                 "leader": self.leader, "best_fitness": self.leader_fitness, "best_tier": self.leader_tier,
+                "confirmed": self.confirmed,
                 "llm_cost": summary.llm_cost, "created_at": campaign.created_at.isoformat(),
                 "last_activity": summary.last_activity.isoformat(), "location": self.listing.location}
 
@@ -68,8 +93,10 @@ def campaign_overviews(*, db: str | None = None, runs_dir: str | Path = DEFAULT_
             data = load_campaign_data(store, listing.summary.campaign)
         ranked = rank(data).ranked
         leader = ranked[0] if ranked else None
+        confirmed = sum(1 for record in data.confirmations.values() if record.confirmed)
         overviews.append(CampaignOverview(listing, f"#{leader[0].id} {leader[0].name}" if leader else None,
-                                          leader[1].fitness if leader else None, leader[1].tier if leader else None))
+                                          leader[1].fitness if leader else None, leader[1].tier if leader else None,
+                                          confirmed))
     return overviews
 
 
@@ -103,10 +130,12 @@ class LeaderboardRow:
     kl: float | None
     pref_acc: float | None
     beta: float | None
-    beats_dpo: bool | None
-    """`BEATS_RULE` against DPO on the same task and tier; None for DPO itself or without a DPO score."""
+    verdict: str
+    """`verdict_of`: confirmed / not confirmed by the confirmation stage, else unconfirmed, seed or baseline."""
+    confirmation: str | None
+    """The confirmation record's one-line summary; None when the stage never judged the candidate."""
     dpo_delta: float | None
-    """fitness - DPO's fitness at the same tier."""
+    """fitness - DPO's fitness at the same tier: a raw difference, no claim (that is `verdict`'s)."""
     failure: str | None
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,7 +147,6 @@ class Leaderboard:
     campaign: str
     task: str
     rows: tuple[LeaderboardRow, ...]
-    rule: str = BEATS_RULE
 
     def to_dicts(self) -> list[dict[str, Any]]:
         return [row.to_dict() for row in self.rows]
@@ -164,7 +192,7 @@ def leaderboard_row(data: CampaignData, candidate: Candidate, score: Score | Non
         fitness=score.fitness if score is not None else None, fitness_std=score.spread if score is not None else None,
         seeds=score.seeds if score is not None else 0,
         **{name: metrics.get(name) for name in HEADLINE_METRICS},
-        beats_dpo=None if is_baseline or dpo is None or score is None else beats(score, dpo),
+        verdict=verdict_of(data, candidate), confirmation=confirmation_summary(data, candidate.id),
         dpo_delta=None if dpo is None or score is None else score.fitness - dpo.fitness,
         failure=f"{candidate.failure_kind}: {candidate.failure_message}" if candidate.failure_kind else
         (candidate.failure_message if candidate.status == "duplicate" else None),
@@ -223,7 +251,10 @@ class CandidateReport:
     candidate: Candidate
     rank: int | None
     score: Score | None
-    beats_dpo: bool | None
+    verdict: str
+    """`verdict_of`."""
+    confirmation: dict[str, Any] | None
+    """The confirmation stage's whole record on the candidate (summary, seeds, comparisons); None without one."""
     hyperparameters: dict[str, float]
     evaluations: tuple[EvaluationRow, ...]
     fingerprint_summary: dict[str, Any] | None
@@ -237,7 +268,7 @@ class CandidateReport:
         return {"campaign": self.campaign, "task": self.task, **candidate, "rank": self.rank,
                 "is_seed": self.candidate.proposer == "seed",
                 "score": None if self.score is None else asdict(self.score) | {"metrics": dict(self.score.metrics)},
-                "beats_dpo": self.beats_dpo, "hyperparameters": self.hyperparameters,
+                "verdict": self.verdict, "confirmation": self.confirmation, "hyperparameters": self.hyperparameters,
                 "evaluations": [asdict(row) for row in self.evaluations],
                 "fingerprint_summary": self.fingerprint_summary,
                 "parents": [asdict(edge) for edge in self.parents],
@@ -265,9 +296,11 @@ def show_candidate(handle: CampaignHandle, ident: str | int) -> CandidateReport:
     board = {row.id: row for row in build_leaderboard(data).rows}
     score = data.score(candidate.id)
     row = board.get(candidate.id)
+    confirmation = data.confirmations.get(candidate.id)
     return CandidateReport(
         campaign=data.campaign.name, task=data.task, candidate=candidate, rank=row.rank if row else None,
-        score=score, beats_dpo=row.beats_dpo if row else None, hyperparameters=_hyperparameters(candidate.source),
+        score=score, verdict=verdict_of(data, candidate), confirmation=confirmation.record if confirmation else None,
+        hyperparameters=_hyperparameters(candidate.source),
         evaluations=tuple(_evaluation_row(e) for e in data.evaluations.get(candidate.id, ()) if e.task != SANITY_TASK),
         fingerprint_summary=summarize(candidate.fingerprint).to_dict() if candidate.fingerprint else None,
         parents=tuple(_relative(data, edge.parent_id, edge.child_id, edge.parent_id, edge.relation)
@@ -396,7 +429,9 @@ class TransferCell:
     spread: float | None
     reward: float | None
     kl: float | None
-    beats_dpo: bool | None
+    dpo_delta: float | None
+    """fitness - DPO's fitness on this task at this tier (a raw difference, no claim); None for DPO itself
+    or without DPO's score there."""
     failure: str | None = None
 
 
@@ -411,11 +446,6 @@ class TransferRow:
     cells: dict[str, TransferCell]
     """By held-out task."""
 
-    @property
-    def wins(self) -> int:
-        """Held-out tasks where it beats DPO."""
-        return sum(1 for cell in self.cells.values() if cell.beats_dpo)
-
 
 @dataclass(frozen=True)
 class TransferTable:
@@ -428,12 +458,10 @@ class TransferTable:
     rows: tuple[TransferRow, ...]
     ran: int = 0
     """Evaluations run (and stored) by this call; the others were stored already."""
-    rule: str = BEATS_RULE
 
     def to_dict(self) -> dict[str, Any]:
         return {"campaign": self.campaign, "selected_on": self.selected_on, "tier": self.tier,
-                "tasks": list(self.tasks), "ran": self.ran, "rule": self.rule,
-                "rows": [asdict(row) | {"wins": row.wins} for row in self.rows]}
+                "tasks": list(self.tasks), "ran": self.ran, "rows": [asdict(row) for row in self.rows]}
 
 
 def transfer_tier(config: Mapping[str, Any]) -> str:
@@ -465,8 +493,9 @@ def _transfer_cell(data: CampaignData, candidate_id: int, task: str, tier: str) 
         return TransferCell(None, None, None, None, None, failure)
     baseline = data.baseline
     dpo = data.baseline_score(task, tier)
-    verdict = None if dpo is None or (baseline is not None and baseline.id == candidate_id) else beats(score, dpo)
-    return TransferCell(score.fitness, score.spread, score.metrics.get("reward"), score.metrics.get("kl"), verdict)
+    is_baseline = baseline is not None and baseline.id == candidate_id
+    delta = None if dpo is None or is_baseline else score.fitness - dpo.fitness
+    return TransferCell(score.fitness, score.spread, score.metrics.get("reward"), score.metrics.get("kl"), delta)
 
 
 def held_out_results(data: CampaignData) -> TransferTable | None:

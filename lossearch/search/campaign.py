@@ -30,14 +30,16 @@ from lossearch.evaluation.tuning import create_study_storage
 from lossearch.failures import CandidateError
 from lossearch.fingerprint import fingerprint_distance, same_loss, summarize
 from lossearch.ranking import CampaignData, load_campaign_data, rank
+from lossearch.reporting.results import NoResults
 from lossearch.sandbox.interface import SandboxLike
 from lossearch.sandbox.local import Sandbox
 from lossearch.search.config import CampaignConfig, merge_resumed
+from lossearch.search.confirm import ConfirmationReport, ConfirmConfig, confirm_campaign
 from lossearch.search.proposers import FailureView, ParentView, Proposal, ProposalContext, Proposer, make_proposer
 from lossearch.search.seeds import seed_paths
 from lossearch.search.selection import PoolMember, SelectionWeights, choose_parents
 from lossearch.store import BASELINE_SEED, SANITY_TASK, Candidate, Store
-from lossearch.store.locate import DEFAULT_RUNS_DIR, campaign_store
+from lossearch.store.locate import DEFAULT_RUNS_DIR, CampaignHandle, campaign_store
 
 
 @dataclass
@@ -75,6 +77,9 @@ class CampaignOutcome:
     stop_reason: str
     stats: CampaignStats
     database: str
+    """Where the store is, password hidden."""
+    confirmation: ConfirmationReport | None = None
+    """The confirmation stage's outcome, when it ran."""
 
 
 class StopCampaign(Exception):
@@ -98,6 +103,7 @@ class CampaignRunner:
         self.campaign_id = 0
         self.lock = threading.RLock()  # workers update the stats and the display
         self.worker_sandboxes: list[SandboxLike] = []
+        self.confirmation: ConfirmationReport | None = None
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> CampaignOutcome:
@@ -115,6 +121,7 @@ class CampaignRunner:
                 self.promote_generation(generation)
                 self.stats.completed_generation = generation
                 self.on_update(self.stats)
+            self.confirm_leaders()
             reason = "evaluated the seed library" if last == 0 else f"reached {last} generation(s)"
             status = "finished"
         except StopCampaign as stop:
@@ -129,7 +136,7 @@ class CampaignRunner:
         self.store.set_campaign_status(self.campaign_id, status, reason)
         self.stats.message = f"stopped: {reason}"
         self.on_update(self.stats)
-        return CampaignOutcome(self.config.name, reason, self.stats, self.store.url)
+        return CampaignOutcome(self.config.name, reason, self.stats, str(self.store), self.confirmation)
 
     def open_campaign(self) -> int:
         existing = self.store.find_campaign(self.config.name)
@@ -411,6 +418,23 @@ class CampaignRunner:
         with self.lock:
             self.stats.add_seconds(time.monotonic() - started)
             self.refresh_stats()
+
+    # -- confirming the leaders ------------------------------------------------------------
+    def confirm_leaders(self) -> None:
+        """The confirmation stage (lossearch.search.confirm), once the generations are done."""
+        if not (self.config.finetune and self.config.confirm) or self.config.proposer == "none":
+            return
+        def progress(description: str, done: float, total: float) -> None:
+            with self.lock:
+                self.stats.message = f"{description} ({done:.0f} of {total:.0f} runs)"
+                self.on_update(self.stats)
+
+        handle = CampaignHandle(self.store, self.store.get_campaign_by_id(self.campaign_id), str(self.store))
+        try:
+            config = ConfirmConfig(top=self.config.confirm_top, seeds=self.config.confirm_seeds)
+            self.confirmation = confirm_campaign(handle, config, sandbox=self.sandbox, progress=progress)
+        except NoResults as nothing:
+            self.stats.message = str(nothing)
 
     # -- the display's numbers ---------------------------------------------------------------
     def refresh_stats(self) -> None:

@@ -54,6 +54,13 @@ class CampaignConfig:
     """`local` (sandboxes on this machine) or `ray` (sandboxes on Ray workers)."""
     ray_address: str | None = None
     """Address of the Ray cluster; None starts a local Ray instance."""
+    confirm: bool = True
+    """After the last generation, confirm the leaders on fresh seeds (lossearch.search.confirm);
+    only with the finetune tier on."""
+    confirm_top: int = 1
+    """Leaders the confirmation stage retrains, beside DPO and the best seed."""
+    confirm_seeds: int = 5
+    """Fresh seeds of the confirmation stage."""
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 255 or "/" in self.name or self.name.startswith("."):
@@ -66,6 +73,8 @@ class CampaignConfig:
             raise ConfigError("generations must be >= 0; population, islands and migrate_every >= 1")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
+        if self.confirm_top < 1 or self.confirm_seeds < 2:
+            raise ConfigError("the confirmation stage needs --confirm-top >= 1 and --confirm-seeds >= 2")
         if not 0 < self.promote_share <= 1:
             raise ConfigError("promote_share must be in (0, 1]")
         if self.proposer == "llm" and (not self.llm_base_url or not self.llm_models):
@@ -81,8 +90,10 @@ class CampaignConfig:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
-STOP_FIELDS = ("generations", "max_evals", "time_limit", "max_cost", "max_tokens", "workers", "executor", "ray_address")
-"""Fields a resumed campaign may change: when to stop and where it runs; nothing its results depend on."""
+STOP_FIELDS = ("generations", "max_evals", "time_limit", "max_cost", "max_tokens", "workers", "executor", "ray_address",
+               "confirm", "confirm_top", "confirm_seeds")
+"""Fields a resumed campaign may change: when to stop, where it runs and how its end is confirmed;
+nothing its search depends on."""
 
 
 def merge_resumed(stored: CampaignConfig, requested: CampaignConfig, given: Collection[str]) -> CampaignConfig:

@@ -20,6 +20,7 @@ from lossearch.store.values import (
     Campaign,
     CampaignSummary,
     Candidate,
+    Confirmation,
     Evaluation,
     LineageEdge,
     LLMCall,
@@ -30,6 +31,6 @@ from lossearch.store.values import (
 
 __all__ = [
     "BASELINE_SEED", "CAMPAIGN_DB_NAME", "CAMPAIGN_STATUSES", "CANDIDATE_STATUSES", "RELATIONS", "SANITY_TASK",
-    "UNFINISHED_STATUSES", "UNRANKED_STATUSES", "Campaign", "CampaignSummary", "Candidate", "Evaluation",
-    "LLMCall", "LLMUsage", "LineageEdge", "NotFoundError", "Store", "StoreError",
+    "UNFINISHED_STATUSES", "UNRANKED_STATUSES", "Campaign", "CampaignSummary", "Candidate", "Confirmation",
+    "Evaluation", "LLMCall", "LLMUsage", "LineageEdge", "NotFoundError", "Store", "StoreError",
 ]

@@ -102,7 +102,26 @@ def _index_read_paths(connection: Connection) -> None:
         connection.execute(sa.text(f"CREATE INDEX {name} ON {target}"))
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create_tables, _index_read_paths)
+def _add_confirmations(connection: Connection) -> None:
+    """3: one confirmation record per confirmed leader (lossearch.search.confirm)."""
+    metadata = sa.MetaData()
+    sa.Table("campaigns", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table("candidates", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table(
+        "confirmations", metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("campaign_id", sa.Integer, sa.ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("candidate_id", sa.Integer, sa.ForeignKey("candidates.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("confirmed", sa.Boolean, nullable=False),
+        sa.Column("record", sa.JSON, nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.UniqueConstraint("candidate_id", name="uq_confirmations_candidate"),
+        sa.Index("ix_confirmations_campaign", "campaign_id"),
+    )
+    metadata.tables["confirmations"].create(connection)
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create_tables, _index_read_paths, _add_confirmations)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

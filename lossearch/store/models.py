@@ -93,6 +93,19 @@ class LLMCallModel(Base):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime)
 
 
+class ConfirmationModel(Base):
+    __tablename__ = "confirmations"
+    __table_args__ = (sa.UniqueConstraint("candidate_id", name="uq_confirmations_candidate"),
+                      sa.Index("ix_confirmations_campaign", "campaign_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
+    candidate_id: Mapped[int] = mapped_column(sa.ForeignKey("candidates.id", ondelete="CASCADE"))
+    confirmed: Mapped[bool] = mapped_column(sa.Boolean)
+    record: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime)
+
+
 schema_version_table = sa.Table(
     "lossearch_schema_version",  # not `version_info`: Optuna's tables share the database
     Base.metadata,

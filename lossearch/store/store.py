@@ -36,7 +36,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from lossearch.contract import source_hash
 from lossearch.failures import FAILURE_KINDS
 from lossearch.store.migrations import migrate, read_schema_version
-from lossearch.store.models import CampaignModel, CandidateModel, EvaluationModel, LineageEdgeModel, LLMCallModel
+from lossearch.store.models import (
+    CampaignModel,
+    CandidateModel,
+    ConfirmationModel,
+    EvaluationModel,
+    LineageEdgeModel,
+    LLMCallModel,
+)
 from lossearch.store.values import (
     CAMPAIGN_DB_NAME,
     CAMPAIGN_STATUSES,
@@ -47,6 +54,7 @@ from lossearch.store.values import (
     Campaign,
     CampaignSummary,
     Candidate,
+    Confirmation,
     Evaluation,
     LineageEdge,
     LLMCall,
@@ -144,6 +152,11 @@ def _as_edge(row: LineageEdgeModel) -> LineageEdge:
 def _as_evaluation(row: EvaluationModel) -> Evaluation:
     return Evaluation(row.id, row.candidate_id, row.tier, row.task, row.seed, copy.deepcopy(row.metrics),
                       row.fitness, row.seconds, _aware(row.created_at))
+
+
+def _as_confirmation(row: ConfirmationModel) -> Confirmation:
+    return Confirmation(row.id, row.campaign_id, row.candidate_id, bool(row.confirmed), copy.deepcopy(row.record),
+                        _aware(row.created_at))
 
 
 def _as_llm_call(row: LLMCallModel) -> LLMCall:
@@ -536,6 +549,30 @@ class Store:
             if value is not None:
                 query = query.where(column == value)
         return query
+
+    # -- confirmations -----------------------------------------------------------------
+
+    def record_confirmation(self, campaign_id: int, candidate_id: int, *, confirmed: bool,
+                            record: Mapping[str, Any]) -> Confirmation:
+        """Record the confirmation stage's verdict on a leader, replacing an earlier one of it."""
+        stored: dict[str, Any] = _json_copy(dict(record), "a confirmation record")
+        with self._session_scope(write=True) as session:
+            self._campaign_row(session, campaign_id)
+            self._candidate_row(session, candidate_id)
+            row = session.scalar(sa.select(ConfirmationModel).where(ConfirmationModel.candidate_id == candidate_id))
+            if row is None:
+                row = ConfirmationModel(campaign_id=campaign_id, candidate_id=candidate_id)
+                session.add(row)
+            row.confirmed, row.record, row.created_at = bool(confirmed), stored, _now()
+            session.flush()
+            return _as_confirmation(row)
+
+    def confirmations(self, campaign_id: int) -> list[Confirmation]:
+        """The campaign's confirmation records, oldest first."""
+        query = (sa.select(ConfirmationModel).where(ConfirmationModel.campaign_id == campaign_id)
+                 .order_by(ConfirmationModel.id))
+        with self._session_scope() as session:
+            return [_as_confirmation(row) for row in session.scalars(query)]
 
     # -- LLM calls ---------------------------------------------------------------------
 

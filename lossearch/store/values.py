@@ -110,6 +110,21 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class Confirmation:
+    """The confirmation stage's verdict on one leader, with every comparison it rests on."""
+
+    id: int
+    campaign_id: int
+    candidate_id: int
+    confirmed: bool
+    """A confirmed discovery: better than DPO on the selection task after correction, and not
+    worse than DPO on any held-out task confirmed."""
+    record: dict[str, Any]
+    """The comparisons, seeds, budget and precision (lossearch.search.confirm writes it)."""
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class LLMCall:
     """One request to an LLM proposer and what it cost."""
 

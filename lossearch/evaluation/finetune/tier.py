@@ -8,11 +8,13 @@ the parent scores them (lossearch.evaluation.finetune.score).
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional
 
 from lossearch.contract import LossSpec
+from lossearch.errors import ConfigError
 from lossearch.evaluation.finetune.config import Budget, FinetuneOptions, RunConfig
 from lossearch.evaluation.finetune.device import resolve_device, resolve_precision
 from lossearch.evaluation.finetune.score import Scorer
@@ -74,34 +76,63 @@ def train_in_sandbox(sandbox: SandboxLike, spec: LossSpec, task: TaskData, confi
             "final_loss": report.get("final_loss")}, parameters
 
 
+@dataclass(frozen=True)
+class FinetuneRunner:
+    """Trains and scores single (beta, seed) runs of one loss on one task: the tier's unit of work.
+
+    Beta tuning (`finetune_candidate`) and the confirmation stage (lossearch.search.confirm) both
+    call `run`; every run of one runner shares the task, the budget, the device and the precision.
+    """
+
+    sandbox: SandboxLike
+    spec: LossSpec
+    task: TaskData
+    budget: Budget
+    options: FinetuneOptions
+    device: str
+    precision: str
+    limits: SandboxLimits
+    scorer: Scorer
+
+    def run(self, beta: float, seed: int) -> dict[str, Any]:
+        """Train at `beta` with `seed` (initial order of batches, sampling of the evaluation prompts)
+        in a sandbox child, then score here: the run's metrics, `fitness` among them."""
+        config = run_config(self.task, self.spec, self.budget, self.options, beta, seed, self.device, self.precision)
+        report, parameters = train_in_sandbox(self.sandbox, self.spec, self.task, config, self.limits)
+        return {"beta": beta, "seed": seed, **self.scorer.score(parameters, seed), **report}
+
+    def describe(self) -> dict[str, Any]:
+        """What every run's score depends on beside its beta and seed."""
+        return {"task": self.task.name, "budget": asdict(self.budget), "data": self.options.data,
+                "device": self.device, "precision": self.precision, "artifact": self.task.key,
+                "base_parameters": self.task.parameters, "kl_budget": self.task.kl_budget,
+                "kl_penalty": self.task.kl_penalty,
+                "fitness_floor": self.task.fitness_floor if math.isfinite(self.task.fitness_floor) else None}
+
+
+def finetune_runner(sandbox: SandboxLike, spec: LossSpec, task_name: str, options: FinetuneOptions) -> FinetuneRunner:
+    """A runner for `spec` on `task_name` (or the user's setting in `options`) at `options`' budget."""
+    budget = Budget.named(options.budget)
+    device = resolve_device(options.device)
+    task = load_task_data(task_name, options)
+    if options.data == "online" and not task.online:
+        raise ConfigError("online mode needs a task's oracle to label fresh pairs: use --task, not --model")
+    return FinetuneRunner(sandbox, spec, task, budget, options, device, resolve_precision(options.precision, device),
+                          sandbox_limits(task, budget, options, device),
+                          Scorer(task, budget.eval_prompts, device, budget.heldout_pairs))
+
+
 def finetune_candidate(sandbox: SandboxLike, spec: LossSpec, task_name: str, seed: int,
                        options: FinetuneOptions) -> dict[str, Any]:
     """The finetune tier's metrics for `spec`: the best beta's means over seeds, spreads, every trial."""
     started = time.monotonic()
-    budget = Budget.named(options.budget)
-    device = resolve_device(options.device)
-    precision = resolve_precision(options.precision, device)
-    task = load_task_data(task_name, options)
-    if options.data == "online" and not task.online:
-        raise ValueError("online mode needs a task's oracle to label fresh pairs: use --task, not --model")
-    limits = sandbox_limits(task, budget, options, device)
-    scorer = Scorer(task, budget.eval_prompts, device, budget.heldout_pairs)
-    seeds = [seed * 1000 + index for index in range(budget.seeds)]
-    tunes_beta = "beta" in spec.inputs
-
-    def run(beta: float, run_seed: int) -> dict:
-        config = run_config(task, spec, budget, options, beta, run_seed, device, precision)
-        report, parameters = train_in_sandbox(sandbox, spec, task, config, limits)
-        return {"beta": beta, "seed": run_seed, **scorer.score(parameters, run_seed), **report}
-
-    tuning = tune_beta(run, float(spec.hyperparameters["beta"]), budget.trials if tunes_beta else 1, seeds,
-                       storage=options.storage,
-                       study_name=options.study_name or study_name(spec, task, budget, options, precision, seed),
-                       progress=options.progress)
-    return {"task": task.name, "budget": asdict(budget), "data": options.data, "device": device,
-            "precision": precision, "seeds": seeds,
-            "artifact": task.key, "base_parameters": task.parameters, "kl_budget": task.kl_budget,
-            "kl_penalty": task.kl_penalty, **tuning, "seconds": time.monotonic() - started}
+    runner = finetune_runner(sandbox, spec, task_name, options)
+    seeds = [seed * 1000 + index for index in range(runner.budget.seeds)]
+    trials = runner.budget.trials if "beta" in spec.inputs else 1
+    name = options.study_name or study_name(spec, runner.task, runner.budget, options, runner.precision, seed)
+    tuning = tune_beta(runner.run, float(spec.hyperparameters["beta"]), trials, seeds, storage=options.storage,
+                       study_name=name, progress=options.progress)
+    return {**runner.describe(), "seeds": seeds, **tuning, "seconds": time.monotonic() - started}
 
 
 def study_name(spec: LossSpec, task: TaskData, budget: Budget, options: FinetuneOptions, precision: str,
