@@ -152,3 +152,52 @@ def rank(data: CampaignData, task: str | None = None, tier: str | None = None,
     ranked.sort(key=lambda pair: (-TIER_ORDER.get(pair[1].tier, -1), -pair[1].fitness, pair[0].id))
     ranked_ids = {candidate.id for candidate, _ in ranked}
     return Ranking(tuple(ranked), tuple((c, s) for c, s in scored if c.id not in ranked_ids))
+
+
+@dataclass(frozen=True)
+class TierAgreement:
+    """Does the cheap tier predict the expensive one, in this campaign so far?"""
+
+    pairs: int
+    """Candidates with a bandit score and a finetune score on the task."""
+    kendall_tau: float | None
+    """Kendall's tau between the two scores over those candidates (None below three)."""
+    p_value: float | None
+    """Its two-sided p-value (scipy.stats.kendalltau)."""
+    random_picks: int
+    """Candidates the promotion rule passed over and a random draw sent to the finetune tier."""
+    random_picks_above_rule: int
+    """Of those, the ones whose finetune score beats the median of the rule's picks: a bandit tier
+    that ranks well keeps this near zero."""
+
+    def describe(self) -> str:
+        tau = "-" if self.kendall_tau is None else f"{self.kendall_tau:+.2f} (p {self.p_value:.2g})"
+        return (f"Kendall tau {tau} over {self.pairs} finetuned; random picks above the rule's median: "
+                f"{self.random_picks_above_rule} of {self.random_picks}")
+
+
+def tier_agreement(data: CampaignData, task: str | None = None) -> TierAgreement:
+    """The bandit tier's ranking against the finetune tier's, over the candidates scored by both."""
+    from scipy.stats import kendalltau  # only here: the rest of the ranking needs no scipy
+
+    task = task or data.task
+    pairs: list[tuple[float, float]] = []
+    rule: list[float] = []
+    random_picks: list[float] = []
+    for evaluations in data.evaluations.values():
+        bandit, finetune = score_of(evaluations, task, "bandit"), score_of(evaluations, task, "finetune")
+        if bandit is None or finetune is None:
+            continue
+        pairs.append((bandit.fitness, finetune.fitness))
+        reasons = {e.metrics.get("promotion") for e in evaluations if e.tier == "finetune" and e.task == task}
+        if "random" in reasons:
+            random_picks.append(finetune.fitness)
+        elif "rule" in reasons:
+            rule.append(finetune.fitness)
+    tau = p = None
+    if len(pairs) >= 3:
+        result = kendalltau([b for b, _ in pairs], [f for _, f in pairs])
+        if math.isfinite(result.statistic):
+            tau, p = float(result.statistic), float(result.pvalue)
+    median = statistics.median(rule) if rule else math.inf
+    return TierAgreement(len(pairs), tau, p, len(random_picks), sum(1 for f in random_picks if f > median))

@@ -144,14 +144,38 @@ def test_the_campaign_shows_its_proposer_the_rankings_order(disputed):
     assert proposer.parents and all(set(parents) <= ranked_ids for parents in proposer.parents)
 
 
-def test_promotion_ranks_a_generation_by_its_bandit_scores(disputed):
+def test_promotion_ranks_a_generation_by_its_bandit_scores_and_draws_one_it_passed_over(disputed):
     home, _ = disputed
     with Store.for_campaign_dir(home / "runs" / "disputed") as store:
         data = load_campaign_data(store, store.get_campaign("disputed"))
         config = CampaignConfig.from_dict(data.campaign.config)
         runner = CampaignRunner(replace(config, promote_share=0.1), store, sandbox=None)  # type: ignore[arg-type]
         runner.campaign_id = data.campaign.id
-        promoted = runner.promoted(0)
+        promoted, again = runner.promoted(0), runner.promoted(0)
     by_bandit = rank(data, tier="bandit").candidates
-    assert promoted[:3] == by_bandit[:3]
-    assert any(c.name == "dpo" for c in promoted)  # generation 0 always finetunes the baseline
+    assert [c for c, reason in promoted if reason == "rule"] == by_bandit[:3]
+    assert any(c.name == "dpo" for c, _ in promoted)  # generation 0 always finetunes the baseline
+    (drawn,) = [c for c, reason in promoted if reason == "random"]
+    assert drawn not in by_bandit[:3] and drawn.name != "dpo"  # one the rule passed over
+    assert again == promoted  # the same draw on a resume
+
+
+def test_tier_agreement_compares_the_two_rankings():
+    from datetime import datetime
+
+    from lossearch.ranking import CampaignData, tier_agreement
+    from lossearch.store import Campaign
+
+    def evaluation(candidate: int, tier: str, fitness: float, promotion: str | None = None) -> Evaluation:
+        metrics = {"promotion": promotion} if promotion else {}
+        return Evaluation(0, candidate, tier, "sentiment", 0, metrics, fitness, 1.0, datetime(2026, 1, 1))
+
+    campaign = Campaign(1, "t", {"task": "sentiment"}, "finished", None, datetime(2026, 1, 1), datetime(2026, 1, 1))
+    bandit = {1: 0.9, 2: 0.8, 3: 0.7, 4: 0.1}
+    finetune = {1: 0.5, 2: 0.4, 3: 0.3, 4: 0.45}  # 4 was passed over by the rule and does better than most
+    evaluations = {i: [evaluation(i, "bandit", bandit[i]),
+                       evaluation(i, "finetune", finetune[i], "random" if i == 4 else "rule")] for i in bandit}
+    agreement = tier_agreement(CampaignData(campaign, {}, {}, {}, evaluations))
+    assert agreement.pairs == 4 and agreement.random_picks == 1 and agreement.random_picks_above_rule == 1
+    assert agreement.kendall_tau == pytest.approx(1 / 3)  # 4 of 6 pairs concordant, 2 (those with 4) not
+    assert "Kendall tau" in agreement.describe()

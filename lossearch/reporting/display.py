@@ -27,6 +27,8 @@ def stats_table(stats: CampaignStats, title: str) -> Table:
         ("seconds per candidate", f"{stats.seconds_per_candidate:.2f}"),
         ("LLM calls / tokens / cost", f"{stats.llm_calls} / {stats.llm_tokens} / ${stats.llm_cost:.4f}"),
     ]
+    if stats.tier_agreement:
+        rows.append(("bandit vs finetune", stats.tier_agreement))
     if stats.message:
         rows.append(("now", stats.message))
     for row in rows:
@@ -62,3 +64,5 @@ class CampaignDisplay:
             self.console.print(f"generation {stats.completed_generation} done: proposed {stats.proposed}, "
                                f"evaluated {stats.evaluated} (finetuned {stats.finetuned}), failed {stats.failed}, "
                                f"duplicates {stats.duplicates}, best {best}", markup=False)
+            if stats.tier_agreement:
+                self.console.print(f"  bandit vs finetune: {stats.tier_agreement}", markup=False)

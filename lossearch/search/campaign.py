@@ -29,7 +29,7 @@ from lossearch.evaluation.cascade import bandit_tier, finetune_tier, sanity_tier
 from lossearch.evaluation.tuning import create_study_storage
 from lossearch.failures import CandidateError
 from lossearch.fingerprint import fingerprint_distance, same_loss, summarize
-from lossearch.ranking import CampaignData, load_campaign_data, rank
+from lossearch.ranking import CampaignData, load_campaign_data, rank, tier_agreement
 from lossearch.reporting.results import NoResults
 from lossearch.sandbox.interface import SandboxLike
 from lossearch.sandbox.local import Sandbox
@@ -60,6 +60,8 @@ class CampaignStats:
     seconds_per_candidate: float = 0.0
     llm_tokens: int = 0
     llm_cost: float = 0.0
+    tier_agreement: str = ""
+    """How well the bandit tier's ranking predicts the finetune tier's so far (lossearch.ranking)."""
     llm_calls: int = 0
     message: str = ""
     _seconds: list[float] = field(default_factory=list, repr=False)
@@ -104,6 +106,7 @@ class CampaignRunner:
         self.lock = threading.RLock()  # workers update the stats and the display
         self.worker_sandboxes: list[SandboxLike] = []
         self.confirmation: ConfirmationReport | None = None
+        self.promotion_reasons: dict[int, str] = {}  # candidate id -> rule, baseline or random
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> CampaignOutcome:
@@ -378,16 +381,23 @@ class CampaignRunner:
         return None
 
     # -- promoting to finetune -------------------------------------------------------------
-    def promoted(self, generation: int) -> list[Candidate]:
-        """The best `promote_share` of the generation's bandit survivors by their bandit score (and DPO in
-        generation 0): the ranking rule, at the bandit tier, among the generation."""
+    def promoted(self, generation: int) -> list[tuple[Candidate, str]]:
+        """Who the generation sends to the finetune tier, and why: the best `promote_share` of its bandit
+        survivors by their bandit score (the ranking rule, at the bandit tier, among the generation),
+        DPO in generation 0, and one survivor the rule passed over, drawn at random: its finetune
+        score tells whether the bandit tier misleads the campaign (lossearch.ranking.tier_agreement)."""
         data = self.snapshot()
         members = [c.id for c in data.candidates.values() if c.generation == generation]
         survivors = rank(data, tier="bandit", among=members).candidates
         chosen = survivors[: max(1, math.ceil(self.config.promote_share * len(survivors)))] if survivors else []
+        picked = [(candidate, "rule") for candidate in chosen]
         if generation == 0:
-            chosen += [c for c in survivors if c.name == BASELINE_SEED and c not in chosen]
-        return chosen
+            picked += [(c, "baseline") for c in survivors if c.name == BASELINE_SEED and c not in chosen]
+        passed_over = [c for c in survivors if all(c is not other for other, _ in picked)]
+        if passed_over:  # the same draw on a resume: seeded by the campaign and the generation
+            rng = random.Random(self.config.seed * 7919 + generation)
+            picked.append((rng.choice(passed_over), "random"))
+        return picked
 
     def bandit_fitness(self, candidate_id: int) -> float:
         for evaluation in self.store.evaluations(candidate_id=candidate_id, tier="bandit"):
@@ -397,8 +407,9 @@ class CampaignRunner:
 
     def promote_generation(self, generation: int) -> None:
         if self.config.finetune:
-            todo = [c for c in self.promoted(generation) if c.tier != "finetune"]
-            self.for_each(todo, self.finetune_candidate)
+            todo = [(c, reason) for c, reason in self.promoted(generation) if c.tier != "finetune"]
+            self.promotion_reasons.update({c.id: reason for c, reason in todo})
+            self.for_each([c for c, _ in todo], self.finetune_candidate)
 
     def finetune_candidate(self, candidate: Candidate, sandbox: SandboxLike) -> None:
         with self.lock:
@@ -407,10 +418,11 @@ class CampaignRunner:
         spec = static_tier(candidate.source, candidate.name)
         started = time.monotonic()
         try:
-            metrics = self.recorded_or_run(candidate, "finetune", self.config.task, lambda: finetune_tier(
+            metrics = self.recorded_or_run(candidate, "finetune", self.config.task, lambda: {**finetune_tier(
                 sandbox, spec, self.config.task, budget=self.config.budget, seed=self.config.seed,
                 storage=self.store.optuna_storage_url(),
-                study_name=f"{self.config.name}-{candidate.id}-{self.config.task}"))
+                study_name=f"{self.config.name}-{candidate.id}-{self.config.task}"),
+                "promotion": self.promotion_reasons.get(candidate.id, "rule")})
         except CandidateError as error:
             self.fail(candidate, "failed", "finetune", error)
             return
@@ -451,6 +463,8 @@ class CampaignRunner:
         if ranked:
             leader, score = ranked[0]
             stats.best_fitness, stats.best_name = score.fitness, f"#{leader.id} {leader.name}"
+        if stats.finetuned:
+            stats.tier_agreement = tier_agreement(data).describe()
         usage = self.store.llm_usage(self.campaign_id)
         stats.llm_tokens, stats.llm_cost, stats.llm_calls = usage.total_tokens, usage.cost, usage.calls
         self.on_update(stats)
