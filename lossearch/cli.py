@@ -315,7 +315,9 @@ def compare_command(
     if as_json:
         print_json(result)
     else:
-        console.print(f"fingerprint distance {result['distance']:.4f}: [bold]{result['verdict']}[/]")
+        note = f" ({result['note']})" if result["note"] else ""
+        console.print(f"fingerprint distance {result['distance']:.4f}: [bold]{result['verdict']}[/]{note}",
+                      highlight=False)
         for key in ("first", "second"):
             console.print(f"  {result[key]['name']}: {result[key]['summary']}", markup=False)
     raise typer.Exit(0)

@@ -7,6 +7,12 @@ the signs say whether a loss raises the chosen likelihood, lowers the rejected
 one, or lets both fall (the failure mode the "3D properties" analysis of DPO,
 Feng et al. 2024, points at). Two losses whose unit-normalized fingerprints
 nearly coincide push the policy the same way: the search treats them as one.
+
+Beta only sets the scale of the margin a loss reads, and the search tunes it per
+candidate (DESIGN §4), so DPO with its beta scaled by 1.5 is DPO. The fingerprint
+therefore also holds the loss's prints at a few rescalings of its default beta,
+and two losses are compared at the rescaling that brings them closest
+(`closest_rescaling`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from lossearch.failures import CandidateError
+
 # log-ratio values (nats) on each axis; symmetric, denser near zero
 GRID_VALUES = (-16.0, -8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 CHOSEN_LENGTHS = (6.0, 10.0, 16.0)
@@ -26,6 +34,16 @@ REJECTED_KL = (3.0, 0.2, 1.0, 6.0)
 TOKEN_LOGP = -2.0  # reference log-prob per token on the grid
 SAME_LOSS_DISTANCE = 0.02
 GRADIENT_TOLERANCE = 1e-9
+PRINT_SIZE = 4 * len(GRID_VALUES) ** 2  # one print: the ρc, ρr, chosen_kl and rejected_kl blocks
+# Factors of the default beta the prints are taken at: closed under 1/s, so a match found one way
+# is found the other way too; exact at the factors people and the mutator write (1.5, 2, 3 and
+# their inverses, SCALE_FACTORS in lossearch.search.proposers.mutation), whatever the loss; between
+# neighbours (ratio at most 1.5) the comparison interpolates (`curve_distances`).
+BETA_FACTORS = (1 / 4, 1 / 3, 1 / 2, 2 / 3, 1.0, 3 / 2, 2.0, 3.0, 4.0)
+RESCALED_FACTORS = tuple(factor for factor in BETA_FACTORS if factor != 1.0)
+FINGERPRINT_SIZE = PRINT_SIZE * len(BETA_FACTORS)
+RESCALED_DECIMALS = 5  # a unit print rounded so: the distance moves by at most 0.5e-5·√484 ≈ 1e-4
+INTERPOLATION_STEPS = 32  # points per interval between neighbouring factors
 
 
 def grid_inputs() -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
@@ -55,8 +73,8 @@ def grid_inputs() -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
     return tensors, [chosen_ratio, rejected_ratio, chosen_kl, rejected_kl]
 
 
-def compute_fingerprint(loss_of: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> list[float]:
-    """∂(Σ loss)/∂ρc, ∂/∂ρr, ∂/∂chosen_kl, ∂/∂rejected_kl on the grid: one flat list of 4·G² floats.
+def gradient_print(loss_of: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+    """∂(Σ loss)/∂ρc, ∂/∂ρr, ∂/∂chosen_kl, ∂/∂rejected_kl on the grid: one flat (4·G²,) tensor.
 
     `loss_of(tensors)` returns the checked (B,) per-pair loss. The KL blocks are
     zero for losses that do not read the KL inputs; they tell a KL-penalized
@@ -65,10 +83,37 @@ def compute_fingerprint(loss_of: Callable[[dict[str, torch.Tensor]], torch.Tenso
     tensors, leaves = grid_inputs()
     total = loss_of(tensors).sum()
     if not total.requires_grad:
-        return [0.0] * (len(leaves) * leaves[0].shape[0])
+        return torch.zeros(len(leaves) * leaves[0].shape[0], dtype=torch.float64)
     raw_grads = torch.autograd.grad(total, leaves, allow_unused=True)  # None for a leaf the loss does not read
     grads = [torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, raw_grads)]
-    return torch.cat(grads).detach().tolist()
+    return torch.cat(grads).detach()
+
+
+def rescaled_print(loss_of: Callable[[dict[str, torch.Tensor], float], torch.Tensor], beta: float) -> list[float]:
+    """The unit-normalized print at `beta`, rounded; zeros where there is none (the loss fails
+    there, or its gradient is not finite or vanishes): such a rescaling is left out of comparisons."""
+    try:
+        values = gradient_print(lambda tensors: loss_of(tensors, beta))
+    except CandidateError:
+        return [0.0] * PRINT_SIZE
+    norm = values.norm()
+    if not bool(torch.isfinite(values).all()) or norm == 0:
+        return [0.0] * PRINT_SIZE
+    return (values / norm).round(decimals=RESCALED_DECIMALS).tolist()
+
+
+def compute_fingerprint(loss_of: Callable[[dict[str, torch.Tensor], float], torch.Tensor],
+                        beta: float) -> list[float]:
+    """The fingerprint of a loss whose default strength is `beta`: FINGERPRINT_SIZE floats.
+
+    Layout: block 0 is the print at `beta` as it comes (`gradient_print`; the summary and the
+    report's heatmaps read it), then one unit-normalized print per factor of RESCALED_FACTORS, in
+    that order, at beta × factor. `loss_of(tensors, beta)` returns the checked (B,) per-pair loss.
+    """
+    fingerprint = gradient_print(lambda tensors: loss_of(tensors, beta)).tolist()
+    for factor in RESCALED_FACTORS:
+        fingerprint += rescaled_print(loss_of, beta * factor)
+    return fingerprint
 
 
 @dataclass(frozen=True)
@@ -99,14 +144,14 @@ class FingerprintSummary:
 
 
 def split(fingerprint: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ρc and ρr blocks of a fingerprint."""
-    values = torch.tensor(list(fingerprint), dtype=torch.float64)
+    """The ρc and ρr blocks of a fingerprint's print at the default beta."""
+    values = default_print(fingerprint)
     block = len(GRID_VALUES) ** 2
     return values[:block], values[block:2 * block]
 
 
 def summarize(fingerprint: Sequence[float]) -> FingerprintSummary:
-    """Read the pushes off a fingerprint (descent moves ρ by −gradient)."""
+    """Read the pushes off a fingerprint at its default beta (descent moves ρ by −gradient)."""
     chosen_grad, rejected_grad = split(fingerprint)
     chosen_step, rejected_step = -chosen_grad, -rejected_grad
     tol = GRADIENT_TOLERANCE
@@ -123,22 +168,104 @@ def summarize(fingerprint: Sequence[float]) -> FingerprintSummary:
     )
 
 
-def fingerprint_distance(first: Sequence[float], second: Sequence[float]) -> float:
-    """Euclidean distance between unit-normalized fingerprints: 0 same push, up to 2 opposite.
+def default_print(fingerprint: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """The print at the default beta: block 0 of a fingerprint, or all of one stored by a version
+    before the rescalings (PRINT_SIZE floats)."""
+    values = torch.as_tensor(fingerprint, dtype=torch.float64)
+    return values[:PRINT_SIZE] if values.shape[0] == FINGERPRINT_SIZE else values
+
+
+def unit_prints(fingerprint: Sequence[float] | torch.Tensor) -> torch.Tensor | None:
+    """(K, PRINT_SIZE) unit prints by increasing factor of BETA_FACTORS, a zero row where the
+    loss has no print; None for a fingerprint without rescalings."""
+    if len(fingerprint) != FINGERPRINT_SIZE:
+        return None
+    stored = torch.as_tensor(fingerprint, dtype=torch.float64).reshape(len(BETA_FACTORS), PRINT_SIZE)
+    order = [0 if factor == 1.0 else 1 + RESCALED_FACTORS.index(factor) for factor in BETA_FACTORS]
+    blocks = stored[order]  # (K, D), by increasing factor
+    return blocks / blocks.norm(dim=1, keepdim=True).clamp_min(1e-300)
+
+
+def curve_factors() -> torch.Tensor:
+    """(M,) the factors of beta the comparison samples: INTERPOLATION_STEPS per interval between
+    neighbouring BETA_FACTORS, evenly in log, then the last factor. The set is closed under 1/c
+    (as BETA_FACTORS is), and reversing it maps each c to 1/c."""
+    log_factors = torch.tensor(BETA_FACTORS, dtype=torch.float64).log()
+    weights = torch.arange(INTERPOLATION_STEPS, dtype=torch.float64) / INTERPOLATION_STEPS  # (W,)
+    inner = (1 - weights) * log_factors[:-1, None] + weights * log_factors[1:, None]  # (K-1, W)
+    return torch.cat([inner.reshape(-1), log_factors[-1:]]).exp()
+
+
+def curve_distances(units: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(M,) distance from the unit print `target` to the loss's print at each factor of
+    `curve_factors()`; between two factors the print is taken as the normalized blend of its
+    neighbours' (within 0.004 of the true print on smooth losses). 2 where there is no print."""
+    present = units.norm(dim=1) > 0  # (K,)
+    cosines = units @ target  # (K,) cosine of each print with the target
+    neighbours = (units[:-1] * units[1:]).sum(dim=1)  # (K-1,) cosine between neighbouring prints
+    w = torch.arange(INTERPOLATION_STEPS, dtype=torch.float64) / INTERPOLATION_STEPS  # (W,)
+    # the blend (1 - w) u + w v of unit prints u, v: its dot with the target over its norm
+    dot = (1 - w) * cosines[:-1, None] + w * cosines[1:, None]  # (K-1, W)
+    norm = ((1 - w) ** 2 + w ** 2 + 2 * w * (1 - w) * neighbours[:, None]).clamp_min(1e-300).sqrt()
+    valid = present[:-1, None] & (present[1:, None] | (w == 0))  # (K-1, W)
+    blended = torch.where(valid, dot / norm, torch.tensor(-1.0, dtype=torch.float64))
+    last = cosines[-1:] if bool(present[-1]) else torch.tensor([-1.0], dtype=torch.float64)
+    return (2 - 2 * torch.cat([blended.reshape(-1), last])).clamp_min(0).sqrt()
+
+
+def closest_rescaling(first: Sequence[float], second: Sequence[float]) -> tuple[float, float]:
+    """(distance, factor): how far the second loss is from being the first with its beta scaled,
+    and the factor c of the closest such reading (DPO against DPO written with `1.5 * beta`: c = 1.5).
+
+    "The second is the first at beta × c" is tested at two betas, both of which it claims: the
+    second at its default beta against the first at its default × c, and the first at its default
+    against the second at its default / c. The distance is the worse of the two, minimized over c,
+    and never more than the plain distance at the default betas (c = 1). A loss that merely
+    resembles another at one beta fails at the other (IPO at beta / 4 is the small-margin
+    expansion of length-normalized DPO, and only where margins are small). Symmetric:
+    d(a, b) = d(b, a), c(b, a) = 1 / c(a, b). A fingerprint without rescalings (stored before
+    them) is compared by the plain distance.
+    """
+    first_values, second_values = (torch.as_tensor(values, dtype=torch.float64) for values in (first, second))
+    a, b = default_print(first_values), default_print(second_values)
+    if a.shape != b.shape:
+        raise ValueError("fingerprints come from different grids")
+    plain = unit_distance(a, b)
+    first_units, second_units = unit_prints(first_values), unit_prints(second_values)
+    if first_units is None or second_units is None or a.norm() == 0 or b.norm() == 0:
+        return plain, 1.0
+    first_scaled = curve_distances(first_units, b / b.norm())  # the first at beta × c, the second at beta
+    second_scaled = curve_distances(second_units, a / a.norm()).flip(0)  # the second at beta / c, the first at beta
+    worse = torch.maximum(first_scaled, second_scaled)
+    best = int(worse.argmin())
+    if float(worse[best]) >= plain:
+        return plain, 1.0
+    return float(worse[best]), float(curve_factors()[best])
+
+
+def unit_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Euclidean distance between unit-normalized prints: 0 same push, up to 2 opposite.
 
     Normalizing removes a loss's overall scale (which the optimizer's step size
     absorbs); what remains is the direction and shape of the push over the grid.
     """
-    a = torch.tensor(list(first), dtype=torch.float64)
-    b = torch.tensor(list(second), dtype=torch.float64)
-    if a.shape != b.shape:
-        raise ValueError("fingerprints come from different grids")
     norm_a, norm_b = a.norm(), b.norm()
     if norm_a == 0 or norm_b == 0:
         return 0.0 if norm_a == norm_b else math.sqrt(2.0)
     return float((a / norm_a - b / norm_b).norm())
 
 
+def fingerprint_distance(first: Sequence[float], second: Sequence[float]) -> float:
+    """The distance of `closest_rescaling`: 0 same push (at some rescaling of beta), up to 2 opposite."""
+    return closest_rescaling(first, second)[0]
+
+
 def same_loss(first: Sequence[float], second: Sequence[float]) -> bool:
-    """Whether two fingerprints are near enough to count as one loss."""
+    """Whether two fingerprints are near enough, at some rescaling of beta, to count as one loss."""
     return fingerprint_distance(first, second) < SAME_LOSS_DISTANCE
+
+
+def rescaling_note(factor: float) -> str:
+    """The words " at beta ×1.5" for a match away from the default beta; nothing at it."""
+    shown = f"{factor:.3g}"
+    return "" if shown == "1" else f" at beta ×{shown}"

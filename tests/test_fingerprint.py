@@ -1,13 +1,30 @@
-"""Fingerprints: the same loss written two ways is ~0 apart, different losses are far apart."""
+"""Fingerprints: the same loss written two ways is ~0 apart, different losses are far apart, and
+DPO with its beta rescaled is DPO."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 
 from lossearch.evaluation.cascade import evaluate
 from lossearch.evaluation.compare import compare_sources
-from lossearch.fingerprint import fingerprint_distance, summarize
-from lossearch.search.seeds import seed_path
+from lossearch.fingerprint import (
+    FINGERPRINT_SIZE,
+    PRINT_SIZE,
+    RESCALED_FACTORS,
+    SAME_LOSS_DISTANCE,
+    closest_rescaling,
+    default_print,
+    fingerprint_distance,
+    same_loss,
+    summarize,
+    unit_distance,
+)
+from lossearch.search.campaign import CampaignRunner
+from lossearch.search.config import CampaignConfig
+from lossearch.search.seeds import seed_path, seed_paths
+from lossearch.store import Store
 
 DPO_AS_SOFTPLUS = '''"""DPO again, written as a softplus of the negated margin."""
 import torch.nn.functional as F
@@ -18,6 +35,15 @@ def loss(policy_rejected_logps, reference_rejected_logps, policy_chosen_logps, r
     rejected = policy_rejected_logps - reference_rejected_logps
     return 3.0 * F.softplus(beta * (rejected - chosen))
 '''
+
+# R-DPO at its default alpha = 0.01 shifts DPO's logit by alpha * (len_c - len_r), 0.02 to 0.04 on the
+# grid against margins up to 3.2: the same loss there, before the rescalings too (plain distance 0.006)
+KNOWN_SAME_SEEDS = {("dpo", "rdpo")}
+
+
+def scaled_dpo(factor: float) -> str:
+    """DPO with its beta scaled by `factor`, written out as its own loss file."""
+    return seed_path("dpo").read_text().replace("beta * margin", f"{factor} * beta * margin")
 
 
 def fingerprint_of(sandbox, source: str) -> list[float]:
@@ -30,16 +56,38 @@ def seed_fingerprint(sandbox, name: str) -> list[float]:
     return fingerprint_of(sandbox, seed_path(name).read_text())
 
 
+@pytest.fixture(scope="module")
+def seed_prints(sandbox) -> dict[str, list[float]]:
+    return {path.stem: fingerprint_of(sandbox, path.read_text()) for path in seed_paths()}
+
+
 def test_same_loss_written_two_ways_is_near_zero(sandbox):
     result = compare_sources(seed_path("dpo").read_text(), DPO_AS_SOFTPLUS, "dpo", "dpo_softplus", sandbox=sandbox)
     assert result["distance"] < 1e-6
-    assert result["verdict"] == "same loss"
+    assert result["verdict"] == "same loss" and result["beta_scale"] == 1.0
 
 
-@pytest.mark.parametrize("other", ["ipo", "hinge", "sft", "bco_pair", "robust"])
-def test_different_losses_are_far_apart(sandbox, other):
-    distance = fingerprint_distance(seed_fingerprint(sandbox, "dpo"), seed_fingerprint(sandbox, other))
-    assert distance > 0.05
+@pytest.mark.parametrize("factor", [1.5, 0.5, 2.0])
+def test_dpo_with_its_beta_scaled_is_dpo(sandbox, factor):
+    result = compare_sources(seed_path("dpo").read_text(), scaled_dpo(factor), "dpo", "dpo_scaled", sandbox=sandbox)
+    assert result["distance"] < 1e-3
+    assert result["beta_scale"] == pytest.approx(factor)
+    assert result["verdict"] == "same loss" and result["note"] == f"dpo_scaled is dpo at beta ×{factor:g}"
+
+
+def test_a_rescaling_between_the_stored_factors_is_found_too(sandbox):
+    dpo, scaled = seed_fingerprint(sandbox, "dpo"), fingerprint_of(sandbox, scaled_dpo(1.2))
+    distance, factor = closest_rescaling(dpo, scaled)
+    assert distance < SAME_LOSS_DISTANCE / 4 and factor == pytest.approx(1.2, rel=0.03)
+    # the plain distance at the default betas alone calls them different
+    assert unit_distance(default_print(dpo), default_print(scaled)) > SAME_LOSS_DISTANCE
+
+
+@pytest.mark.parametrize("other", ["ipo", "tdpo", "sft", "hinge", "bco_pair", "robust"])
+def test_different_losses_stay_different(seed_prints, other):
+    assert not same_loss(seed_prints["dpo"], seed_prints[other])
+    # robust DPO is the nearest: DPO's gradient less a constant, close to DPO at beta × 0.72 at one beta only
+    assert fingerprint_distance(seed_prints["dpo"], seed_prints[other]) > (0.025 if other == "robust" else 0.25)
 
 
 def test_dpo_and_ipo_are_far_apart(sandbox):
@@ -48,15 +96,67 @@ def test_dpo_and_ipo_are_far_apart(sandbox):
     assert result["distance"] > 0.3
 
 
-def test_summary_reads_the_pushes(sandbox):
-    dpo = summarize(seed_fingerprint(sandbox, "dpo"))
-    assert dpo.raises_chosen == 1.0 and dpo.lowers_rejected == 1.0 and dpo.both_fall == 0.0
-    assert dpo.rejected_to_chosen == pytest.approx(1.0)
-    sft = summarize(seed_fingerprint(sandbox, "sft"))
-    assert sft.raises_chosen == 1.0 and sft.lowers_rejected == 0.0
-    # a loss that pushes both log-ratios down everywhere
-    both_down = "def loss(policy_chosen_logps, policy_rejected_logps):\n" \
-                "    return policy_chosen_logps + 2.0 * policy_rejected_logps"
-    summary = summarize(fingerprint_of(sandbox, both_down))
-    assert summary.both_fall == 1.0 and summary.rejected_to_chosen == pytest.approx(2.0)
-    assert "both fall on 100%" in summary.describe()
+def test_the_distance_is_symmetric(seed_prints):
+    for first, second in [("dpo", "ipo"), ("dpo", "robust"), ("apo_zero", "kto_pair"), ("ipo", "sigmoid_norm")]:
+        forward = closest_rescaling(seed_prints[first], seed_prints[second])
+        backward = closest_rescaling(seed_prints[second], seed_prints[first])
+        assert forward[0] == backward[0]
+        assert forward[1] == pytest.approx(1 / backward[1])
+
+
+def test_the_seed_library_stays_pairwise_distinct(seed_prints):
+    same = {(first, second) for first, second in itertools.combinations(sorted(seed_prints), 2)
+            if same_loss(seed_prints[first], seed_prints[second])}
+    assert same == KNOWN_SAME_SEEDS
+
+
+def test_a_fingerprint_stored_before_the_rescalings_compares_by_the_plain_distance(sandbox, seed_prints):
+    old_dpo = seed_prints["dpo"][:PRINT_SIZE]  # what the previous version stored
+    assert fingerprint_distance(old_dpo, seed_prints["dpo"]) < 1e-9
+    assert fingerprint_distance(old_dpo, seed_prints["ipo"]) == pytest.approx(0.4334, abs=1e-3)
+    scaled = fingerprint_of(sandbox, scaled_dpo(1.5))
+    plain = unit_distance(default_print(old_dpo), default_print(scaled))
+    assert closest_rescaling(old_dpo, scaled) == (plain, 1.0) == closest_rescaling(scaled, old_dpo)
+    with pytest.raises(ValueError):
+        fingerprint_distance(old_dpo, [1.0, 2.0])
+
+
+def test_the_sanity_tier_stores_the_rescaled_prints(sandbox, seed_prints):
+    dpo = seed_prints["dpo"]
+    assert len(dpo) == FINGERPRINT_SIZE
+    # block k + 1 is DPO at beta × RESCALED_FACTORS[k], unit-normalized: DPO written with 1.5 * beta
+    block = 1 + RESCALED_FACTORS.index(1.5)
+    rescaled = default_print(fingerprint_of(sandbox, scaled_dpo(1.5)))
+    stored = dpo[block * PRINT_SIZE:(block + 1) * PRINT_SIZE]
+    assert max(abs(a - b) for a, b in zip(stored, (rescaled / rescaled.norm()).tolist())) < 1e-5
+    # the summary reads the print at the default beta
+    assert summarize(dpo) == summarize(dpo[:PRINT_SIZE])
+
+
+def test_a_loss_undefined_at_some_rescaling_passes_and_leaves_it_out(sandbox):
+    source = ("import math\nimport torch.nn.functional as F\n\n"
+              "def loss(policy_chosen_logps, policy_rejected_logps, beta: float = 0.1):\n"
+              "    margin = policy_chosen_logps - policy_rejected_logps\n"
+              "    return -F.logsigmoid(beta * margin) * -math.log(0.25 - beta)\n")
+    fingerprint = fingerprint_of(sandbox, source)  # math.log fails at beta × 4 and beta × 3 only
+    missing = [factor for k, factor in enumerate(RESCALED_FACTORS)
+               if not any(fingerprint[(k + 1) * PRINT_SIZE:(k + 2) * PRINT_SIZE])]
+    assert missing == [3.0, 4.0]
+    assert fingerprint_distance(fingerprint, fingerprint) == 0.0
+
+
+def test_the_campaign_rejects_dpo_with_a_scaled_beta_as_a_duplicate(tmp_path, sandbox, seed_prints):
+    config = CampaignConfig(name="twins", finetune=False)
+    with Store.for_campaign_dir(tmp_path / "twins") as store:
+        runner = CampaignRunner(config, store, sandbox)
+        runner.campaign_id = runner.open_campaign()
+        dpo = store.add_candidate(runner.campaign_id, source=seed_path("dpo").read_text(), name="dpo",
+                                  proposer="seed", generation=0)
+        store.update_candidate(dpo.id, fingerprint=seed_prints["dpo"], status="evaluated", tier="bandit")
+        child = store.add_candidate(runner.campaign_id, source=scaled_dpo(1.5), name="dpo_scaled",
+                                    proposer="mutation", generation=1, parents=[(dpo.id, "mutation")])
+        runner.evaluate_candidate(child, sandbox)
+        child = store.get_candidate(child.id)
+        assert child.status == "duplicate"
+        assert child.failure_message.startswith(f"same loss as #{dpo.id} dpo at beta ×1.5 (fingerprint distance")
+        assert {e.tier for e in store.evaluations(candidate_id=child.id)} == {"sanity"}  # no training paid

@@ -6,13 +6,15 @@ from typing import Any
 
 from lossearch.evaluation.cascade import evaluate
 from lossearch.failures import CandidateError
-from lossearch.fingerprint import fingerprint_distance, same_loss
+from lossearch.fingerprint import SAME_LOSS_DISTANCE, closest_rescaling, rescaling_note
 from lossearch.sandbox.local import Sandbox
 
 
 def compare_sources(first: str, second: str, first_name: str = "first", second_name: str = "second",
                     sandbox: Sandbox | None = None) -> dict[str, Any]:
-    """Fingerprint distance between two losses and the verdict "same loss" or "different".
+    """Fingerprint distance between two losses, at the rescaling of beta that brings them closest,
+    the verdict "same loss" or "different", and `beta_scale`: the c at which the second is closest
+    to the first with its beta scaled by c; `note` says it in words (" at beta ×1.5", or "").
 
     Raises CandidateError when either loss does not pass the sanity tier.
     """
@@ -30,10 +32,14 @@ def compare_sources(first: str, second: str, first_name: str = "first", second_n
             assert error is not None  # evaluate() sets the failure of every evaluation that is not ok
             raise CandidateError(error.kind, f"{name} did not pass the sanity tier: {error.message}")
     prints = [evaluation.metrics["sanity"]["fingerprint"] for evaluation in evaluations]
-    distance = fingerprint_distance(*prints)
+    distance, beta_scale = closest_rescaling(*prints)
+    same = distance < SAME_LOSS_DISTANCE  # the same test as same_loss(), with the factor it found
     return {
         "distance": distance,
-        "verdict": "same loss" if same_loss(*prints) else "different",
+        "beta_scale": beta_scale,
+        "verdict": "same loss" if same else "different",
+        "note": f"{second_name} is {first_name}{rescaling_note(beta_scale)}" if same and rescaling_note(beta_scale)
+        else "",
         "first": {"name": first_name, "summary": evaluations[0].metrics["sanity"]["fingerprint_summary"]["text"]},
         "second": {"name": second_name, "summary": evaluations[1].metrics["sanity"]["fingerprint_summary"]["text"]},
     }

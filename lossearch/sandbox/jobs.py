@@ -93,12 +93,13 @@ def check_gradients(loss_of: Callable[..., torch.Tensor]) -> dict[str, float]:
 
 
 def sanity_job(payload: dict) -> dict:
-    """The sanity tier: contract checks on synthetic inputs plus the loss's fingerprint."""
+    """The sanity tier: contract checks on synthetic inputs plus the loss's fingerprint, at its
+    default beta and at the rescalings of it the same-loss test looks through."""
     before = snapshot_namespaces()
     try:
         spec, loss_of = load_candidate(payload)
         metrics = check_gradients(loss_of)
-        fingerprint = compute_fingerprint(loss_of)
+        fingerprint = compute_fingerprint(loss_of, spec.hyperparameters["beta"])
         if not all(value == value and abs(value) != float("inf") for value in fingerprint):
             raise CandidateError("nan", "the loss's gradients are not finite on the fingerprint grid")
         return {**metrics, "fingerprint": fingerprint}

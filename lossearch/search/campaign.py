@@ -28,7 +28,7 @@ from lossearch.contract import source_hash
 from lossearch.evaluation.cascade import bandit_tier, finetune_tier, sanity_tier, static_tier
 from lossearch.evaluation.tuning import create_study_storage
 from lossearch.failures import CandidateError
-from lossearch.fingerprint import fingerprint_distance, same_loss, summarize
+from lossearch.fingerprint import closest_rescaling, rescaling_note, same_loss, summarize
 from lossearch.ranking import CampaignData, load_campaign_data, rank, tier_agreement
 from lossearch.reporting.results import NoResults
 from lossearch.sandbox.interface import SandboxLike
@@ -325,8 +325,10 @@ class CampaignRunner:
             # the seed library is the baseline: every seed is evaluated, near-twins included
             twin = None if candidate.generation == 0 else self.fingerprint_twin(candidate.id, sanity["fingerprint"])
             if twin is not None and twin.fingerprint is not None:  # a twin has one: it was found by it
-                distance = fingerprint_distance(sanity["fingerprint"], twin.fingerprint)
-                message = f"same loss as #{twin.id} {twin.name} (fingerprint distance {distance:.3g})"
+                # the child is the twin at beta × factor
+                distance, factor = closest_rescaling(twin.fingerprint, sanity["fingerprint"])
+                message = (f"same loss as #{twin.id} {twin.name}{rescaling_note(factor)} "
+                           f"(fingerprint distance {distance:.3g})")
                 self.store.update_candidate(candidate.id, status="duplicate", failure_kind=None,
                                             failure_message=message)
                 return
@@ -372,7 +374,8 @@ class CampaignRunner:
         return metrics
 
     def fingerprint_twin(self, candidate_id: int, fingerprint: Sequence[float]) -> Candidate | None:
-        """An earlier candidate that is the same loss in other words, if any."""
+        """An earlier candidate that is the same loss in other words, if any, its beta rescaling included
+        (`same_loss`); candidates stored before fingerprints held rescalings compare by the plain distance."""
         for other in self.store.candidates(self.campaign_id):
             if other.id >= candidate_id or not other.fingerprint or other.status in ("duplicate", "rejected"):
                 continue
