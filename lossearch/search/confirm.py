@@ -410,9 +410,11 @@ def confirmation_record(report: ConfirmationReport, leader: LeaderVerdict) -> di
 
 def confirm_files(sources: Sequence[tuple[str, str]], *, task: str = "sentiment", seeds: int = 5,
                   budget: str | Budget = "quick", sandbox: SandboxLike | None = None,
-                  progress: ProgressFn = no_progress, options: FinetuneOptions | None = None) -> ConfirmationReport:
+                  progress: ProgressFn = no_progress, options: FinetuneOptions | None = None,
+                  seed_set: int = 0) -> ConfirmationReport:
     """Is each loss file (`(name, source)`) better than DPO on `task`? The same protocol outside a
-    campaign: fresh seeds, paired runs, Holm over the files; each loss at its default beta."""
+    campaign: fresh seeds, paired runs, Holm over the files; each loss at its default beta.
+    `seed_set` picks another set of seeds (benchmarks repeat the protocol on several)."""
     check_choice(task, TASK_NAMES, "task")
     if not isinstance(budget, Budget):
         check_choice(budget, BUDGET_NAMES, "budget")
@@ -423,7 +425,7 @@ def confirm_files(sources: Sequence[tuple[str, str]], *, task: str = "sentiment"
     specs = [parse_spec(source, name) for name, source in sources]
     lead = [Contender(spec.name, spec, float(spec.hyperparameters["beta"])) for spec in specs]
     base = [Contender("dpo", dpo_spec, float(dpo_spec.hyperparameters["beta"]))]
-    run_seeds = confirmation_seeds(0, seeds)
+    run_seeds = confirmation_seeds(seed_set, seeds)
     own_sandbox = sandbox is None
     runner_sandbox = sandbox or Sandbox()
     try:
