@@ -18,6 +18,19 @@ def sandbox():
         yield shared
 
 
+@pytest.fixture(scope="session")
+def seeded_campaign(tmp_path_factory) -> Path:
+    """A runs/ folder holding campaign `t`: the 24 seeds and one generation of 3 children, bandit tier
+    only. Built once a session (20 s); a module copies it (shutil.copytree) before writing to it."""
+    from lossearch.search.campaign import run_campaign
+    from lossearch.search.config import CampaignConfig
+
+    home = tmp_path_factory.mktemp("seeded-campaign")
+    run_campaign(CampaignConfig(name="t", generations=1, population=3, finetune=False, confirm=False),
+                 runs_dir=home / "runs")
+    return home / "runs"
+
+
 @pytest.fixture
 def dpo_source() -> str:
     return seed_path("dpo").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +16,6 @@ from lossearch.errors import ConfigError
 from lossearch.evaluation.finetune.config import Budget, FinetuneOptions
 from lossearch.ranking import load_campaign_data, rank
 from lossearch.search import confirm as confirm_module
-from lossearch.search.campaign import run_campaign
-from lossearch.search.config import CampaignConfig
 from lossearch.search.confirm import CONFIRM_TIER, ConfirmConfig, confirm_campaign, confirm_files, seeds_used
 from lossearch.store import Store
 from lossearch.store.locate import open_campaign
@@ -38,17 +37,16 @@ def tiny(task, **fields) -> FinetuneOptions:
 
 
 @pytest.fixture(scope="module")
-def campaign_home(tmp_path_factory):
-    """A campaign of the seeds and one generation of 3 children, bandit tier only."""
+def campaign_home(tmp_path_factory, seeded_campaign):
+    """A campaign `t` of the seeds and one generation of 3 children, bandit tier only (a copy)."""
     home = tmp_path_factory.mktemp("confirm")
-    config = CampaignConfig(name="c", generations=1, population=3, finetune=False, confirm=False)
-    run_campaign(config, runs_dir=home / "runs")
+    shutil.copytree(seeded_campaign, home / "runs")
     return home
 
 
 def test_the_stage_trains_leaders_and_baselines_on_fresh_seeds_and_stores_everything(campaign_home, tiny_task,
                                                                                    sandbox):
-    with open_campaign("c", runs_dir=campaign_home / "runs") as handle:
+    with open_campaign("t", runs_dir=campaign_home / "runs") as handle:
         before = load_campaign_data(handle.store, handle.campaign)
         report = confirm_campaign(handle, ConfirmConfig(top=1, seeds=3), sandbox=sandbox, options=tiny(tiny_task))
         after = load_campaign_data(handle.store, handle.campaign)
@@ -73,7 +71,7 @@ def test_the_stage_trains_leaders_and_baselines_on_fresh_seeds_and_stores_everyt
 
 
 def test_the_json_rows_have_the_documented_keys(campaign_home, tiny_task, sandbox):
-    with open_campaign("c", runs_dir=campaign_home / "runs") as handle:
+    with open_campaign("t", runs_dir=campaign_home / "runs") as handle:
         rows = confirm_campaign(handle, ConfirmConfig(top=1, seeds=3), sandbox=sandbox,
                                 options=tiny(tiny_task)).to_dicts()
     assert rows and all({"candidate", "baseline", "task", "verdict", "difference", "ci", "p_value", "p_adjusted",
@@ -83,15 +81,13 @@ def test_the_json_rows_have_the_documented_keys(campaign_home, tiny_task, sandbo
 
 def test_seeds_the_campaign_used_are_refused(campaign_home, tiny_task, sandbox, monkeypatch):
     monkeypatch.setattr(confirm_module, "confirmation_seeds", lambda campaign_seed, count: (0, 1))
-    with open_campaign("c", runs_dir=campaign_home / "runs") as handle, pytest.raises(ConfigError, match="already"):
+    with open_campaign("t", runs_dir=campaign_home / "runs") as handle, pytest.raises(ConfigError, match="already"):
         confirm_campaign(handle, ConfirmConfig(top=1, seeds=2), sandbox=sandbox, options=tiny(tiny_task))
 
 
 def test_runs_made_at_another_precision_are_not_paired(campaign_home, tiny_task, sandbox, tmp_path):
-    import shutil
-
     shutil.copytree(campaign_home / "runs", tmp_path / "runs")
-    with open_campaign("c", runs_dir=tmp_path / "runs") as handle:
+    with open_campaign("t", runs_dir=tmp_path / "runs") as handle:
         confirm_campaign(handle, ConfirmConfig(top=1, seeds=2), sandbox=sandbox, options=tiny(tiny_task))
         import sqlalchemy as sa
 
@@ -132,21 +128,19 @@ world = WorldConfig("sentiment", corpus_size=400, hidden_size=32, layers=1, head
 task = load_task("sentiment", cache, data=DataConfig(**{fields}), world=world)
 options = FinetuneOptions(budget=Budget("tiny", steps=6, pairs=48, batch_size=4, trials=1, seeds=1, eval_prompts=16),
                           task_data=task, device="cpu")
-with open_campaign("c", runs_dir=runs) as handle:
+with open_campaign("t", runs_dir=runs) as handle:
     report = confirm_campaign(handle, ConfirmConfig(top=2, seeds=6), options=options)
 print("ran", report.ran)
 """
 
 
 def confirm_runs(runs_dir) -> int:
-    with Store.for_campaign_dir(runs_dir / "c") as store:
-        return sum(1 for e in store.evaluations(campaign_id=store.get_campaign("c").id) if e.tier == CONFIRM_TIER)
+    with Store.for_campaign_dir(runs_dir / "t") as store:
+        return sum(1 for e in store.evaluations(campaign_id=store.get_campaign("t").id) if e.tier == CONFIRM_TIER)
 
 
 @pytest.mark.slow
 def test_a_stage_killed_midway_resumes_and_repeats_nothing(campaign_home, tiny_task, tiny_cache, tmp_path):
-    import shutil
-
     shutil.copytree(campaign_home / "runs", tmp_path / "runs")
     script = KILL_SCRIPT.replace("{fields}", repr(TINY_DATA_FIELDS))  # the fixture's tiny task, from its cache
     child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "runs"), str(tiny_cache)],
@@ -165,9 +159,9 @@ def test_a_stage_killed_midway_resumes_and_repeats_nothing(campaign_home, tiny_t
     total = confirm_runs(tmp_path / "runs")
     assert total in (18, 24)  # two leaders and DPO, and the best seed when it is not DPO
     assert finished.stdout.split()[-1] == str(total - done_before)  # only what was missing ran
-    with Store.for_campaign_dir(tmp_path / "runs" / "c") as store:
+    with Store.for_campaign_dir(tmp_path / "runs" / "t") as store:
         assert store.integrity_check() == "ok"
-        assert len(store.confirmations(store.get_campaign("c").id)) == 2
+        assert len(store.confirmations(store.get_campaign("t").id)) == 2
 
 
 @pytest.mark.slow  # 50 s: a campaign with its finetune tier

@@ -49,11 +49,11 @@ def test_a_finetuning_campaign_on_ray_matches_the_same_campaign_run_locally(loca
                                                                            tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSEARCH_CACHE", str(real_cache))  # the driver scores; the actors only train
     # a few finetunes a generation (promote_share): the shape is what is compared, not the search
-    common = {"generations": 2, "population": 2, "workers": 2, "finetune": True, "promote_share": 0.05,
+    common = {"generations": 1, "population": 2, "workers": 2, "finetune": True, "promote_share": 0.05,
               "confirm": False}
     for executor in ("local", "ray"):
         outcome = run_campaign(CampaignConfig(name=executor, executor=executor, **common), runs_dir=tmp_path / "runs")
-        assert outcome.stop_reason == "reached 2 generation(s)"
+        assert outcome.stop_reason == "reached 1 generation(s)"
     local_rows, local_finetuned = leaderboard_shape(tmp_path / "runs", "local")
     ray_rows, ray_finetuned = leaderboard_shape(tmp_path / "runs", "ray")
     assert local_finetuned >= 3 and ray_finetuned == local_finetuned  # one per generation at least

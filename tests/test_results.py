@@ -27,7 +27,6 @@ from lossearch.reporting.export import module_source
 from lossearch.reporting.results import NoResults, build_leaderboard, leaderboard, verdict_of
 from lossearch.reporting.views import as_text, confirmation_view
 from lossearch.search import transfer as transfer_module
-from lossearch.search.campaign import run_campaign
 from lossearch.search.config import CampaignConfig
 from lossearch.store import NotFoundError, Store
 from lossearch.store.locate import open_campaign
@@ -68,11 +67,11 @@ def one_line_error(done: subprocess.CompletedProcess, code: int | tuple[int, ...
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    """A directory holding runs/t/campaign.db: 24 seeds and one generation of 3 children."""
+def home(tmp_path_factory, seeded_campaign):
+    """A directory holding runs/t/campaign.db: 24 seeds and one generation of 3 children (a copy of
+    the session's, so this module's writes stay here)."""
     home = tmp_path_factory.mktemp("home")
-    run_campaign(CampaignConfig(**{"name": "t", "generations": 1, "population": 3, "finetune": False}),
-                 runs_dir=home / "runs")
+    shutil.copytree(seeded_campaign, home / "runs")
     return home
 
 
