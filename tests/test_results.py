@@ -396,7 +396,7 @@ def test_a_confirmation_record_shows_on_every_surface(judged, in_process):
     rows = {row["id"]: row for row in
             json.loads(in_process("leaderboard", "--format", "json", "--include-failed", cwd=folder).stdout)}
     assert rows[confirmed]["verdict"] == "confirmed"
-    assert rows[confirmed]["confirmation"].startswith("confirmed discovery: better than dpo on sentiment by +0.012")
+    assert rows[confirmed]["confirmation"].startswith("confirmed discovery: better than dpo on sentiment, +0.012")
     assert rows[other]["verdict"] == "not confirmed"
     assert {row["verdict"] for key, row in rows.items() if key not in (confirmed, other)} <= {
         "unconfirmed", "seed", "baseline"}
@@ -418,9 +418,9 @@ def test_a_confirmation_record_shows_on_every_surface(judged, in_process):
     assert "<script" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # names are untrusted text
 
     assert provenance_verdict(in_process("export", str(confirmed), cwd=folder).stdout).startswith(
-        "verdict:    confirmed discovery: better than dpo on sentiment by +0.012 (95% CI +0.004 to +0.020")
+        "verdict:    confirmed discovery: better than dpo on sentiment, +0.012 (95% CI +0.004 to +0.020")
     assert provenance_verdict(in_process("export", str(other), cwd=folder).stdout).startswith(
-        f"verdict:    not confirmed: no detectable difference than {HOSTILE} on sentiment by +0.012")
+        f"verdict:    not confirmed: no detectable difference from {HOSTILE} on sentiment, +0.012")
     assert json.loads(in_process("campaigns", "--json", cwd=folder).stdout)[0]["confirmed"] == 1
 
 
@@ -430,6 +430,6 @@ def test_the_confirmation_view_fits_a_narrow_console():
     narrow = as_text(confirmation_view(report, 80), width=80)
     assert max(len(line) for line in narrow.splitlines()) <= 80
     assert "no detectable" in narrow and "[+0.004, +0.020]" in narrow and "1000000..1000002" in narrow
-    assert "not confirmed: no detectable difference than dpo" in " ".join(narrow.split())
+    assert "not confirmed: no detectable difference from dpo" in " ".join(narrow.split())
     wide = as_text(confirmation_view(report, 160), width=160)
     assert "paired t" in wide and "0% / 33%" in wide and "paired t" not in narrow

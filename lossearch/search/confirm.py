@@ -126,7 +126,8 @@ class LeaderVerdict:
         first = self.comparisons[0]
         low, high = first.ci
         head = "confirmed discovery" if self.confirmed else "not confirmed"
-        return (f"{head}: {first.verdict} than {first.baseline} on {first.task} by {first.difference:+.3f} "
+        relation = {"better": "better than", "worse": "worse than"}.get(first.verdict, "no detectable difference from")
+        return (f"{head}: {relation} {first.baseline} on {first.task}, {first.difference:+.3f} "
                 f"(95% CI {low:+.3f} to {high:+.3f}, Holm p {first.p_adjusted:.3g}, {len(first.seeds)} seeds)")
 
 
