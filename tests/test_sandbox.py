@@ -194,14 +194,20 @@ def linger():
         pass
     time.sleep(600)
 
+forked = []
+
+
 def loss(policy_chosen_logps, policy_rejected_logps, beta: float = 0.1):
-    # _posixsubprocess.fork_exec raises no audit event; preexec_fn runs in the forked grandchild
-    read_end, write_end = os.pipe()
-    _posixsubprocess.fork_exec([b"/bin/true"], (b"/bin/true",), False, (), None, None, -1, -1, -1, -1, -1, -1,
-                               read_end, write_end, False, False, -1, None, None, None, -1, linger, False)
-    os.close(read_end)
-    os.close(write_end)
-    time.sleep(SLEEP)
+    # once per child: the sanity tier calls the loss dozens of times (its fingerprint alone at 9 betas)
+    if not forked:
+        forked.append(True)
+        # _posixsubprocess.fork_exec raises no audit event; preexec_fn runs in the forked grandchild
+        read_end, write_end = os.pipe()
+        _posixsubprocess.fork_exec([b"/bin/true"], (b"/bin/true",), False, (), None, None, -1, -1, -1, -1, -1, -1,
+                                   read_end, write_end, False, False, -1, None, None, None, -1, linger, False)
+        os.close(read_end)
+        os.close(write_end)
+        time.sleep(SLEEP)
     return -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))
 '''
 
