@@ -11,12 +11,15 @@ across seeds, then per task
 and the same three numbers over the losses that are not at the task's fitness floor on every
 seed (a collapsed loss widens the spread, and its std of 0 lowers the median).
 With `--seed-sets 0,1` it evaluates the library under two seed sets and prints the Spearman
-rank correlation of the two rankings (do rankings hold when repeated with other seeds?).
+rank correlation of the two rankings (do rankings hold when repeated with other seeds?) and,
+for a budget of one training seed (`quick`, whose per-evaluation std is unknown), the noise
+across the seed sets: each loss's std over them and the DPO-to-best-seed gap in its units.
 Results stream to a JSONL file (`--out`), one line per (task, seed set, loss), and a rerun
 skips what is already there, so a long run can be stopped and resumed.
 
     python benchmarks/discrimination.py --tasks sentiment --budget standard
     python benchmarks/discrimination.py --tasks sentiment --losses dpo,ipo,sft --seed-sets 0,1
+    python benchmarks/discrimination.py --tasks sentiment --budget quick --seed-sets 0,1,2,3 --losses dpo,ipo,...
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import statistics
 import time
 from pathlib import Path
 
+from scipy.stats import spearmanr
+
 from lossearch.choices import TASK_NAMES
 from lossearch.contract import read_spec
 from lossearch.evaluation.cascade import finetune_tier, static_tier
@@ -36,28 +41,6 @@ from lossearch.evaluation.tasks.load import load_task
 from lossearch.failures import CandidateError
 from lossearch.sandbox.local import Sandbox
 from lossearch.search.seeds import seed_path, seed_paths
-
-
-def spearman(first: list[float], second: list[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
-    def ranks(values):
-        order = sorted(range(len(values)), key=lambda i: values[i])
-        result = [0.0] * len(values)
-        start = 0
-        while start < len(order):
-            end = start
-            while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
-                end += 1
-            for k in range(start, end + 1):
-                result[order[k]] = (start + end) / 2
-            start = end + 1
-        return result
-
-    a, b = ranks(first), ranks(second)
-    mean_a, mean_b = statistics.fmean(a), statistics.fmean(b)
-    cov = sum((x - mean_a) * (y - mean_b) for x, y in zip(a, b))
-    var = (sum((x - mean_a) ** 2 for x in a) * sum((y - mean_b) ** 2 for y in b)) ** 0.5
-    return cov / var if var else float("nan")
 
 
 def read_done(out: Path) -> dict:
@@ -133,6 +116,7 @@ def main() -> None:
                 print(f"-- {task} seed set {seed_set}: {summarize(rows, TASKS[task].fitness_floor)}", flush=True)
             if len(seed_sets) > 1:
                 print_rank_correlation(task, losses, seed_sets, done)
+                print_noise_across_seed_sets(task, losses, seed_sets, done)
 
 
 def print_row(row: dict) -> None:
@@ -143,12 +127,34 @@ def print_row(row: dict) -> None:
           f"{row['beta']:8.3g} {row['seconds']:5.0f}", flush=True)
 
 
+def print_noise_across_seed_sets(task: str, losses: list[str], seed_sets: list[int], done: dict) -> None:
+    """The noise of a budget with one training seed (`quick`): each loss's fitness over the seed
+    sets, its std across them, and the gap between DPO and the best other seed loss in units of
+    the median std (the target at `quick`: the std at most a third of that gap)."""
+    means, stds = {}, {}
+    for name in losses:
+        values = [done[(task, s, name)]["fitness"] for s in seed_sets if "fitness" in done[(task, s, name)]]
+        if len(values) == len(seed_sets):
+            means[name], stds[name] = statistics.fmean(values), statistics.stdev(values)
+    print(f"-- {task}: fitness over {len(seed_sets)} seed sets (mean ± std across them)")
+    for name in sorted(means, key=means.get, reverse=True):
+        print(f"   {name:16} {means[name]:8.4f} ± {stds[name]:.4f}")
+    if "dpo" not in means or len(means) < 2:
+        return
+    best = max((name for name in means if name != "dpo"), key=means.get)
+    gap = means[best] - means["dpo"]
+    noise = statistics.median(stds.values())
+    print(f"-- {task}: median std across seed sets {noise:.4f} (DPO's {stds['dpo']:.4f}); best seed {best} "
+          f"{gap:+.4f} from DPO; gap / median std {gap / noise if noise else float('inf'):.2f} (target: >= 3)",
+          flush=True)
+
+
 def print_rank_correlation(task: str, losses: list[str], seed_sets: list[int], done: dict) -> None:
     first, second = seed_sets[:2]
     common = [name for name in losses
               if "fitness" in done[(task, first, name)] and "fitness" in done[(task, second, name)]]
-    rho = spearman([done[(task, first, n)]["fitness"] for n in common],
-                   [done[(task, second, n)]["fitness"] for n in common])
+    rho = float(spearmanr([done[(task, first, n)]["fitness"] for n in common],
+                          [done[(task, second, n)]["fitness"] for n in common]).statistic)
     print(f"-- {task}: Spearman rank correlation between seed sets {first} and {second} over {len(common)} losses: "
           f"{rho:.3f}", flush=True)
 

@@ -2,8 +2,8 @@
 
 The 24 seeds plus `--children` mutation children of them (drawn as a campaign draws them, those
 that pass the sanity tier and are not the same loss as a seed) are scored by the bandit tier and
-by the finetune tier (at `--budget`, one seed, the loss's default beta) on each task. Prints, per
-task, Kendall's tau between the two scores (scipy.stats.kendalltau) and the share of the finetune
+by the finetune tier (at `--budget`, one seed; at `quick` three betas, read at the KL budget) on
+each task. Prints, per task, Kendall's tau between the two scores (scipy.stats.kendalltau) and the share of the finetune
 tier's top quartile that the campaign's promotion rule (the bandit tier's best quarter) would have
 sent to the finetune tier. Every score is written to a JSONL file as it comes, so a run that is
 cut short keeps what it measured.

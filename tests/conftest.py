@@ -32,6 +32,16 @@ def seeded_campaign(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def short_quick(monkeypatch):
+    """The `quick` budget cut to two betas of 30 steps, for tests of how campaigns run (workers,
+    executors, the confirmation at the end), not of what a quick evaluation measures."""
+    from lossearch.evaluation.finetune.config import BUDGETS, Budget
+
+    monkeypatch.setitem(BUDGETS, "quick", Budget("quick", steps=30, pairs=256, batch_size=8, trials=2, seeds=1,
+                                                 eval_prompts=64, heldout_pairs=64))
+
+
+@pytest.fixture
 def dpo_source() -> str:
     return seed_path("dpo").read_text()
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from lossearch.choices import TASK_NAMES
 from lossearch.contract import call_loss, load_loss, read_spec
-from lossearch.evaluation.bandit.score import evaluate_bandit, mixture_reward_at_budget, score_bandit, score_bandit_grid
+from lossearch.evaluation.bandit.score import evaluate_bandit, score_bandit, score_bandit_grid
 from lossearch.evaluation.bandit.task import BanditConfig, make_bandit_task, make_training_task
 from lossearch.evaluation.bandit.train import train_bandit, train_bandit_grid
 from lossearch.failures import CandidateError
@@ -137,14 +137,6 @@ def test_score_accepts_json_lists_and_refuses_broken_logits():
     with pytest.raises(CandidateError) as error:
         score_bandit(task, logits)
     assert error.value.failure.kind == "nan"
-
-
-def test_fitness_reads_the_reward_between_two_runs_at_the_budget():
-    runs = [{"kl": 0.2, "reward": 0.3}, {"kl": 1.0, "reward": 0.7}, {"kl": 0.1, "reward": 0.1}]
-    # the mixture 0.625 * run0 + 0.375 * run1 has KL <= 0.5 by convexity
-    assert mixture_reward_at_budget(runs, 0.5) == pytest.approx(0.625 * 0.3 + 0.375 * 0.7)
-    assert mixture_reward_at_budget(runs, 2.0) == 0.7
-    assert mixture_reward_at_budget(runs, 0.05) == float("-inf")  # every run over budget
 
 
 # -- training with real losses -----------------------------------------------------------------

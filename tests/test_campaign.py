@@ -207,7 +207,7 @@ def test_two_workers_evaluate_the_same_campaign(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_workers_finetune_a_new_campaign_whose_optuna_tables_exist_before_they_start(
-        tmp_path, sentiment_task, real_cache, monkeypatch):
+        tmp_path, sentiment_task, real_cache, monkeypatch, short_quick):
     import sqlalchemy as sa
 
     from lossearch.search import campaign as campaign_module

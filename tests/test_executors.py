@@ -46,7 +46,7 @@ def leaderboard_shape(runs_dir, name: str) -> tuple[list[tuple], int]:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_a_finetuning_campaign_on_ray_matches_the_same_campaign_run_locally(local_ray, sentiment_task, real_cache,
-                                                                           tmp_path, monkeypatch):
+                                                                           tmp_path, monkeypatch, short_quick):
     monkeypatch.setenv("LOSSEARCH_CACHE", str(real_cache))  # the driver scores; the actors only train
     # a few finetunes a generation (promote_share): the shape is what is compared, not the search
     common = {"generations": 1, "population": 2, "workers": 2, "finetune": True, "promote_share": 0.05,

@@ -46,7 +46,7 @@ def base_models(task):
 
 def test_budgets_grow_and_are_validated():
     quick, standard, full = BUDGETS["quick"], BUDGETS["standard"], BUDGETS["full"]
-    assert quick.runs == 1 and quick.runs < standard.runs < full.runs
+    assert quick.trials >= 3 and quick.runs < standard.runs < full.runs  # three betas draw a reward–KL curve
     with pytest.raises(ValueError, match="steps"):
         Budget("broken", steps=0, pairs=1, batch_size=1, trials=1, seeds=1, eval_prompts=1)
     with pytest.raises(ValueError, match="budget"):
@@ -401,6 +401,11 @@ def test_dpo_beats_the_reference_on_sentiment_at_quick(sandbox, sentiment_task, 
     metrics = evaluation.metrics["finetune"]
     assert metrics["reward"] > metrics["reference_reward"] + 0.1
     assert metrics["pref_acc"] > 0.6
+    # the fitness is read at the KL budget off the curve of the three betas' runs: a reward some
+    # mixture of them reaches, so between the least and the greatest of their rewards (or penalized)
+    runs = [run for trial in metrics["trials"] for run in trial["runs"]]
+    assert len(metrics["curve_betas"]) == 3 == len(runs)
+    assert min(run["fitness"] for run in runs) <= metrics["fitness"] <= max(run["reward"] for run in runs)
 
 
 def lossearch(*args: str, cwd, env=None) -> subprocess.CompletedProcess:

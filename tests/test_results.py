@@ -342,7 +342,7 @@ def confirmation_report(candidate: str, candidate_id: int, dpo_id: int, *, confi
     seeds = (1_000_000, 1_000_001, 1_000_002)
     comparison = Comparison(candidate, candidate_id, baseline, dpo_id, "sentiment", verdict, 0.012, (0.004, 0.020),
                             0.004, 0.008, 0.9, "paired t", seeds, (0.50, 0.51, 0.52), (0.49, 0.50, 0.50), 0.0, 1 / 3,
-                            0.1, 0.1)
+                            (0.1,), (0.1,))
     return ConfirmationReport("sentiment", ("sentiment",), seeds, "quick", "fp32",
                               (LeaderVerdict(candidate, candidate_id, confirmed, (comparison,)),), ran=6)
 

@@ -1,8 +1,10 @@
 """Beta tuning for the finetune tier: one Optuna study per candidate evaluation.
 
 A trial is one beta from a decade either side of the loss's default. The first trials
-spread over that range in a fixed order (the default, then x10^0.5, x10, x10^-0.5, x10^-1),
-so a budget of a few trials sees both ends of it; later ones are TPE's draws (log-uniform).
+spread over that range in a fixed order (the default, then x10^0.5, x10^-0.5, x10, x10^-1),
+so three trials already draw a reward–KL curve on both sides of the default (the fitness reads
+it at the KL budget: lossearch.evaluation.fitness) and five see both ends of the range; later
+ones are TPE's draws (log-uniform). A trial's own objective is its runs' mean fitness.
 A loss's best beta can sit far from its default: on `sort`, with near-deterministic
 labels, DPO at beta 0.1 drifts to 16 nats of KL while beta 1 keeps it near 1. A trial
 trains one run per seed;
@@ -28,7 +30,7 @@ import optuna
 from lossearch.failures import CandidateError
 
 BETA_RANGE = 10.0  # trials draw beta from [default / 10, default * 10]
-FIRST_BETAS = (1.0, 10 ** 0.5, 10.0, 10 ** -0.5, 0.1)  # multiples of the default the first trials try
+FIRST_BETAS = (1.0, 10 ** 0.5, 10 ** -0.5, 10.0, 0.1)  # multiples of the default the first trials try
 METRICS = ("fitness", "reward", "reference_reward", "kl", "pref_acc", "margin")
 
 # run(beta, seed) -> metrics of one trained and scored run, "fitness" among them
@@ -101,7 +103,7 @@ def tune_beta(run: RunFn, default_beta: float, trials: int, seeds: Sequence[int]
 
 
 def best_trial_summary(study: optuna.Study) -> dict[str, Any]:
-    """The best complete trial's beta and metric summary, plus one row per trial."""
+    """The best complete trial's beta and metric summary, plus one row per trial with its runs."""
     rows = []
     for trial in study.trials:
         runs = trial.user_attrs.get("runs", [])
@@ -115,7 +117,7 @@ def best_trial_summary(study: optuna.Study) -> dict[str, Any]:
         raise CandidateError(failure["kind"], failure["message"])
     best = max(complete, key=lambda row: row["fitness"])  # the first of equals wins
     return {"beta": best["beta"], **summarize_runs(best["runs"]), "runs": best["runs"],
-            "trials": [{key: row[key] for key in ("number", "beta", "state", "fitness")} for row in rows]}
+            "trials": [{key: row[key] for key in ("number", "beta", "state", "fitness", "runs")} for row in rows]}
 
 
 def create_study_storage(url: str) -> None:

@@ -2,15 +2,17 @@
 
 A leaderboard's top is the maximum over many noisy candidates, so its own scores overstate it
 (the winner's curse). The stage retrains the K best candidates beyond the seed library, DPO and
-the best seed loss on N fresh seeds that no evaluation of the campaign used, each at the beta the
-campaign tuned for it (frozen: never tuned on the confirmation seeds), and compares each leader
-with each baseline seed by seed (lossearch.evaluation.comparison): the same seeds give both the
-same order of training batches and the same draws on the evaluation prompts. p-values are
+the best seed loss on N fresh seeds that no evaluation of the campaign used, each at the betas the
+campaign tried for it (frozen: never tuned on the confirmation seeds), so that a seed's fitness
+is read at the KL budget off that seed's own reward–KL curve, as in the campaign
+(lossearch.evaluation.fitness). It compares each leader with each baseline seed by seed
+(lossearch.evaluation.comparison): the same seeds give both the same order of training batches
+and the same draws on the evaluation prompts. p-values are
 Holm-corrected over the K leaders. A leader is a **confirmed discovery** when it is better than
 DPO on the selection task and not worse than DPO on any held-out task confirmed.
 
-Every run is stored as an evaluation of tier `confirm` under its seed, so a stage killed at any
-moment resumes where it was, and the ranking (which reads the cascade's tiers only) never sees
+Every seed's runs are stored as one evaluation of tier `confirm` under that seed, so a stage killed
+at any moment resumes from its last finished seed, and the ranking (which reads the cascade's tiers only) never sees
 them; each leader's verdict is stored as one confirmation record.
 """
 
@@ -28,6 +30,7 @@ from lossearch.errors import ConfigError
 from lossearch.evaluation.comparison import ALPHA, compare_paired, holm, verdict
 from lossearch.evaluation.finetune.config import Budget, FinetuneOptions
 from lossearch.evaluation.finetune.tier import FinetuneRunner, finetune_runner
+from lossearch.evaluation.tuning import FIRST_BETAS
 from lossearch.failures import CandidateError
 from lossearch.progress import ProgressFn, no_progress
 from lossearch.ranking import CampaignData, load_campaign_data, rank
@@ -95,8 +98,9 @@ class Comparison:
     baseline_fitness: tuple[float, ...]
     candidate_collapse_rate: float
     baseline_collapse_rate: float
-    candidate_beta: float
-    baseline_beta: float
+    candidate_betas: tuple[float, ...]
+    baseline_betas: tuple[float, ...]
+    """The betas each was trained at on every seed (its curve's points)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidate": self.candidate, "candidate_id": self.candidate_id, "baseline": self.baseline,
@@ -107,7 +111,7 @@ class Comparison:
                 "baseline_fitness": list(self.baseline_fitness),
                 "candidate_collapse_rate": self.candidate_collapse_rate,
                 "baseline_collapse_rate": self.baseline_collapse_rate,
-                "candidate_beta": self.candidate_beta, "baseline_beta": self.baseline_beta}
+                "candidate_betas": list(self.candidate_betas), "baseline_betas": list(self.baseline_betas)}
 
 
 @dataclass(frozen=True)
@@ -156,11 +160,11 @@ class ConfirmationReport:
 
 @dataclass(frozen=True)
 class Contender:
-    """A loss the stage trains: a leader or a baseline, with the beta it is trained at."""
+    """A loss the stage trains: a leader or a baseline, with the betas it is trained at on each seed."""
 
     name: str
     spec: LossSpec
-    beta: float
+    betas: tuple[float, ...]
     candidate: Candidate | None = None
     """Its candidate in the campaign; None for a loss file outside any campaign."""
 
@@ -198,14 +202,23 @@ def check_fresh(seeds: Sequence[int], data: CampaignData) -> None:
 # -- choosing what to train ------------------------------------------------------------------------
 
 
-def tuned_beta(data: CampaignData, candidate: Candidate, task: str) -> float:
-    """The beta the campaign tuned for `candidate` on `task` (or on the selection task), else its default."""
+def default_betas(spec: LossSpec, trials: int) -> tuple[float, ...]:
+    """The betas a finetune evaluation of `trials` trials tries first, from the loss's default."""
+    default = float(spec.hyperparameters["beta"])
+    if "beta" not in spec.inputs:
+        return (default,)
+    return tuple(sorted(default * multiple for multiple in FIRST_BETAS[:trials]))
+
+
+def campaign_betas(data: CampaignData, candidate: Candidate, task: str, trials: int) -> tuple[float, ...]:
+    """The betas the campaign's finetune evaluation of `candidate` on `task` (or on the selection task)
+    trained at, else those a `trials`-trial evaluation would try first."""
     for wanted in (task, data.task):
         for evaluation in data.evaluations.get(candidate.id, ()):
-            beta = evaluation.metrics.get("beta")
-            if evaluation.tier == "finetune" and evaluation.task == wanted and isinstance(beta, (int, float)):
-                return float(beta)
-    return float(parse_spec(candidate.source, candidate.name).hyperparameters["beta"])
+            betas = evaluation.metrics.get("curve_betas")
+            if evaluation.tier == "finetune" and evaluation.task == wanted and betas:
+                return tuple(float(beta) for beta in betas)
+    return default_betas(parse_spec(candidate.source, candidate.name), trials)
 
 
 def contenders(data: CampaignData, top: int) -> tuple[list[Candidate], list[Candidate]]:
@@ -222,12 +235,18 @@ def contenders(data: CampaignData, top: int) -> tuple[list[Candidate], list[Cand
 # -- running -------------------------------------------------------------------------------------
 
 
-def is_collapsed(run: dict[str, Any], floor: float | None, kl_budget: float | None) -> bool:
-    """A run that diverged: at the task's fitness floor, or far over its KL budget."""
-    fitness, kl = run.get("fitness"), run.get("kl")
+def is_collapsed(seed_runs: dict[str, Any], floor: float | None, kl_budget: float | None) -> bool:
+    """A seed on which the loss collapsed: its fitness at the task's floor, or every run of its curve
+    diverged or far over the KL budget."""
+    fitness = seed_runs.get("fitness")
     at_floor = floor is not None and fitness is not None and fitness <= floor + 1e-9
-    far_over = kl_budget is not None and isinstance(kl, (int, float)) and kl > KL_COLLAPSE * kl_budget
-    return bool(at_floor or far_over or run.get("diverged"))
+    runs = seed_runs.get("runs") or []
+
+    def far_over(run: dict[str, Any]) -> bool:
+        kl = run.get("kl")
+        return kl_budget is not None and isinstance(kl, (int, float)) and kl > KL_COLLAPSE * kl_budget
+
+    return bool(at_floor or (runs and all(run.get("diverged") or far_over(run) for run in runs)))
 
 
 class Stage:
@@ -249,7 +268,8 @@ class Stage:
         return self.runners[key]
 
     def runs(self, contender: Contender, task: str, seeds: Sequence[int]) -> list[dict[str, Any]]:
-        """One run per seed (stored ones reused); a run that diverged counts as the task's floor."""
+        """Per seed (stored ones reused): its runs at the contender's betas and its fitness at the KL
+        budget over them; a run that diverged counts as the task's floor."""
         runner = self.runner(contender, task)
         runs = []
         for seed in seeds:
@@ -266,20 +286,24 @@ class Stage:
                 return stored.metrics
         self.progress(f"confirming {contender.name} on {task}, seed {seed}", self.done, max(self.total, 1))
         started = time.monotonic()
-        try:
-            run = runner.run(contender.beta, seed)
-        except CandidateError as error:
-            if error.failure.kind != "nan":
-                raise
-            floor = runner.task.fitness_floor
-            run = {"beta": contender.beta, "seed": seed, "fitness": floor if math.isfinite(floor) else None,
-                   "diverged": True, "failure": error.failure.to_dict()}
-        run = {**run, **runner.describe(), "stage": "confirmation"}
-        self.ran += 1
+        floor = runner.task.fitness_floor
+        runs = []
+        for beta in contender.betas:
+            try:
+                runs.append(runner.run(beta, seed))
+            except CandidateError as error:
+                if error.failure.kind != "nan":
+                    raise
+                runs.append({"beta": beta, "seed": seed, "fitness": floor if math.isfinite(floor) else None,
+                             "diverged": True, "failure": error.failure.to_dict()})
+            self.ran += 1
+        curve = runner.curve_fitness(runs)
+        seed_runs = {"seed": seed, "fitness": curve["fitness"], "betas": list(contender.betas), "runs": runs,
+                     **runner.describe(), "stage": "confirmation"}
         if self.store is not None and candidate is not None:
-            self.store.record_evaluation(candidate.id, tier=CONFIRM_TIER, task=task, seed=seed, metrics=run,
-                                         fitness=run.get("fitness"), seconds=time.monotonic() - started)
-        return run
+            self.store.record_evaluation(candidate.id, tier=CONFIRM_TIER, task=task, seed=seed, metrics=seed_runs,
+                                         fitness=seed_runs["fitness"], seconds=time.monotonic() - started)
+        return seed_runs
 
 
 def check_precision(metrics: dict[str, Any], precision: str, name: str) -> None:
@@ -319,8 +343,8 @@ def compare_family(leaders: Sequence[tuple[Contender, list[dict[str, Any]]]],
             base.candidate.id if base.candidate else None, task, verdict(p_better, p_worse), paired.difference,
             paired.ci, paired.p_better, p_better, p_worse, paired.test, tuple(seeds[i] for i in indexes),
             tuple(ours), tuple(theirs),
-            collapse_rate(runs, floor, kl_budget), collapse_rate(base_runs, floor, kl_budget), leader.beta,
-            base.beta))
+            collapse_rate(runs, floor, kl_budget), collapse_rate(base_runs, floor, kl_budget), leader.betas,
+            base.betas))
     return comparisons
 
 
@@ -386,8 +410,11 @@ def confirm_campaign(handle: CampaignHandle, config: ConfirmConfig, *, sandbox: 
     runner_sandbox = sandbox or Sandbox()
     try:
         stage = Stage(runner_sandbox, replace(options or FinetuneOptions(), budget=budget), handle.store, progress)
-        lead = [Contender(c.name, parse_spec(c.source, c.name), tuned_beta(data, c, data.task), c) for c in leaders]
-        base = [Contender(c.name, parse_spec(c.source, c.name), tuned_beta(data, c, data.task), c) for c in baselines]
+        trials = Budget.named(budget).trials
+        lead = [Contender(c.name, parse_spec(c.source, c.name), campaign_betas(data, c, data.task, trials), c)
+                for c in leaders]
+        base = [Contender(c.name, parse_spec(c.source, c.name), campaign_betas(data, c, data.task, trials), c)
+                for c in baselines]
         comparisons = run_stage(stage, lead, base, tasks, seeds)
         precision = stage.runner(base[0], data.task).precision
     finally:
@@ -414,7 +441,8 @@ def confirm_files(sources: Sequence[tuple[str, str]], *, task: str = "sentiment"
                   progress: ProgressFn = no_progress, options: FinetuneOptions | None = None,
                   seed_set: int = 0) -> ConfirmationReport:
     """Is each loss file (`(name, source)`) better than DPO on `task`? The same protocol outside a
-    campaign: fresh seeds, paired runs, Holm over the files; each loss at its default beta.
+    campaign: fresh seeds, paired runs, Holm over the files; each loss at the betas the budget's
+    finetune evaluation would try first from its default (at `quick`: x1, x10^0.5, x10^-0.5).
     `seed_set` picks another set of seeds (benchmarks repeat the protocol on several)."""
     check_choice(task, TASK_NAMES, "task")
     if not isinstance(budget, Budget):
@@ -424,8 +452,9 @@ def confirm_files(sources: Sequence[tuple[str, str]], *, task: str = "sentiment"
     ConfirmConfig(top=len(sources), seeds=seeds)  # the same limits as for a campaign
     dpo_spec = parse_spec(seed_path("dpo").read_text(encoding="utf-8"), "dpo")
     specs = [parse_spec(source, name) for name, source in sources]
-    lead = [Contender(spec.name, spec, float(spec.hyperparameters["beta"])) for spec in specs]
-    base = [Contender("dpo", dpo_spec, float(dpo_spec.hyperparameters["beta"]))]
+    trials = Budget.named(budget).trials
+    lead = [Contender(spec.name, spec, default_betas(spec, trials)) for spec in specs]
+    base = [Contender("dpo", dpo_spec, default_betas(dpo_spec, trials))]
     run_seeds = confirmation_seeds(seed_set, seeds)
     own_sandbox = sandbox is None
     runner_sandbox = sandbox or Sandbox()
@@ -439,4 +468,5 @@ def confirm_files(sources: Sequence[tuple[str, str]], *, task: str = "sentiment"
     verdicts = judge(lead, comparisons, task, "dpo")
     name = budget.name if isinstance(budget, Budget) else budget
     return ConfirmationReport(task, (task,), run_seeds, name, precision, tuple(verdicts), stage.ran,
-                              notes=("each loss at its default beta (no campaign tuned one)",))
+                              notes=("each loss at the betas its budget tries first from its default "
+                                     "(no campaign tried any)",))

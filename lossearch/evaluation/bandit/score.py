@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from lossearch.contract import LossFn
 from lossearch.evaluation.bandit.task import BanditConfig, BanditTask, make_bandit_task
 from lossearch.evaluation.bandit.train import train_bandit_grid
+from lossearch.evaluation.fitness import fitness_at_budget, penalized_reward
 from lossearch.evaluation.metrics import preference_accuracy
 from lossearch.failures import CandidateError
 
@@ -31,7 +32,7 @@ def score_bandit(task: BanditTask, logits) -> dict[str, float]:
     pref_acc = preference_accuracy(margin)
     return {"reward": reward, "reference_reward": expected_reward(task.rewards, reference_logps),
             "kl": kl, "pref_acc": pref_acc,
-            "fitness": reward - task.kl_penalty * max(0.0, kl - task.kl_budget)}
+            "fitness": penalized_reward(reward, kl, task.kl_budget, task.kl_penalty)}
 
 
 def check_logits(task: BanditTask, logits) -> torch.Tensor:
@@ -53,37 +54,18 @@ def expected_reward(rewards: torch.Tensor, logps: torch.Tensor) -> float:
     return float((logps.exp() * rewards.double()).sum(-1).mean())
 
 
-def mixture_reward_at_budget(per_beta: list[dict], kl_budget: float) -> float:
-    """The best reward within the KL budget on the line between two trained policies (or -inf).
-
-    For runs a (kl_a <= budget) and b (kl_b > budget), the mixture alpha pi_a + (1 - alpha) pi_b
-    has reward alpha r_a + (1 - alpha) r_b exactly and, KL being convex, KL at most
-    alpha kl_a + (1 - alpha) kl_b; the alpha that puts that bound on the budget gives a policy
-    within budget whose reward is the linear interpolation. So this is a reward the trained
-    policies really reach at the budget, and it hardly depends on where the grid points land.
-    """
-    best = float("-inf")
-    for a in (row for row in per_beta if row["kl"] <= kl_budget):
-        best = max(best, a["reward"])
-        for b in (row for row in per_beta if row["kl"] > kl_budget):
-            alpha = (b["kl"] - kl_budget) / (b["kl"] - a["kl"])  # weight on the within-budget run
-            best = max(best, alpha * a["reward"] + (1 - alpha) * b["reward"])
-    return best
-
-
 def score_bandit_grid(task: BanditTask, logits_by_beta: Mapping[float, object]) -> dict:
     """Score every beta's logits: the best run's metrics, `beta`, `fitness` and `per_beta`.
 
     `beta` and the metrics beside it are those of the run with the best per-run fitness (reward,
-    less kl_penalty per nat over budget). The headline `fitness` is the larger of that and
-    `mixture_reward_at_budget`, which reads the reward at the budget between two runs instead of
-    at whichever grid point happens to land near it.
+    less kl_penalty per nat over budget). The headline `fitness` is the reward at the KL budget
+    read off the grid's reward–KL curve (lossearch.evaluation.fitness), as every tier reads it.
     """
     per_beta = [{"beta": float(beta), **score_bandit(task, logits)} for beta, logits in logits_by_beta.items()]
     if not per_beta:
         raise ValueError("no logits to score: the beta grid is empty")
     best = max(per_beta, key=lambda row: row["fitness"])  # the first of equals wins
-    fitness = max(best["fitness"], mixture_reward_at_budget(per_beta, task.kl_budget))
+    fitness = fitness_at_budget(per_beta, task.kl_budget, task.kl_penalty)
     return {"task": task.name, "seed": task.seed, **best, "fitness": fitness,
             "kl_budget": task.kl_budget, "per_beta": per_beta}
 

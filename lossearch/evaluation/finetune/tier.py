@@ -9,15 +9,17 @@ the parent scores them (lossearch.evaluation.finetune.score).
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from lossearch.contract import LossSpec
 from lossearch.errors import ConfigError
 from lossearch.evaluation.finetune.config import Budget, FinetuneOptions, RunConfig
 from lossearch.evaluation.finetune.device import resolve_device, resolve_precision
 from lossearch.evaluation.finetune.score import Scorer
+from lossearch.evaluation.fitness import curve_by_seed, fitness_at_budget
 from lossearch.evaluation.tasks.data import TaskData
 from lossearch.evaluation.tasks.load import load_task, load_user_task
 from lossearch.evaluation.tuning import tune_beta
@@ -101,6 +103,17 @@ class FinetuneRunner:
         report, parameters = train_in_sandbox(self.sandbox, self.spec, self.task, config, self.limits)
         return {"beta": beta, "seed": seed, **self.scorer.score(parameters, seed), **report}
 
+    def curve_fitness(self, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Fitness at the task's KL budget from runs at several betas: each seed's curve read at the
+        budget (lossearch.evaluation.fitness), then the mean and spread over seeds."""
+        by_seed = {seed: fitness_at_budget(curve, self.task.kl_budget, self.task.kl_penalty, self.task.fitness_floor)
+                   for seed, curve in curve_by_seed(runs).items()}
+        values = [value for value in by_seed.values() if value is not None]
+        return {"fitness": statistics.fmean(values) if values else None,
+                "fitness_std": statistics.pstdev(values) if len(values) > 1 else (0.0 if values else None),
+                "fitness_by_seed": {str(seed): value for seed, value in by_seed.items()},
+                "curve_betas": sorted({float(run["beta"]) for run in runs})}
+
     def describe(self) -> dict[str, Any]:
         """What every run's score depends on beside its beta and seed."""
         return {"task": self.task.name, "budget": asdict(self.budget), "data": self.options.data,
@@ -124,7 +137,8 @@ def finetune_runner(sandbox: SandboxLike, spec: LossSpec, task_name: str, option
 
 def finetune_candidate(sandbox: SandboxLike, spec: LossSpec, task_name: str, seed: int,
                        options: FinetuneOptions) -> dict[str, Any]:
-    """The finetune tier's metrics for `spec`: the best beta's means over seeds, spreads, every trial."""
+    """The finetune tier's metrics for `spec`: `fitness` at the KL budget (over seeds, each read off the
+    seed's runs at every beta tried), and the best beta's means over seeds, spreads and every trial."""
     started = time.monotonic()
     runner = finetune_runner(sandbox, spec, task_name, options)
     seeds = [seed * 1000 + index for index in range(runner.budget.seeds)]
@@ -132,7 +146,9 @@ def finetune_candidate(sandbox: SandboxLike, spec: LossSpec, task_name: str, see
     name = options.study_name or study_name(spec, runner.task, runner.budget, options, runner.precision, seed)
     tuning = tune_beta(runner.run, float(spec.hyperparameters["beta"]), trials, seeds, storage=options.storage,
                        study_name=name, progress=options.progress)
-    return {**runner.describe(), "seeds": seeds, **tuning, "seconds": time.monotonic() - started}
+    every_run = [run for trial in tuning["trials"] for run in trial["runs"]]
+    return {**runner.describe(), "seeds": seeds, **tuning, **runner.curve_fitness(every_run),
+            "seconds": time.monotonic() - started}
 
 
 def study_name(spec: LossSpec, task: TaskData, budget: Budget, options: FinetuneOptions, precision: str,
