@@ -349,6 +349,12 @@ def run_command(
                                                                            "\"lossearch[ray]\") [default: local]."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address; without it a local "
                                                                           "Ray instance starts."),
+    race_top: Optional[int] = typer.Option(None, "--race-top", min=1,
+                                           help="Leaders re-evaluated on more seeds after each generation "
+                                                "[default: 1]."),
+    race_seeds: Optional[int] = typer.Option(None, "--race-seeds", min=1,
+                                             help="Finetune seeds a leader gets before it is shown as one; 1 "
+                                                  "turns racing off [default: 3]."),
     confirm: Optional[bool] = typer.Option(None, "--confirm/--no-confirm",
                                            help="Confirm the leaders on fresh seeds at the end (with the finetune "
                                                 "tier) [default: on]."),
@@ -362,7 +368,8 @@ def run_command(
     """Run a search campaign (or resume one): propose losses, evaluate them, keep the best.
 
     With no options this is the demo: 2 generations of 4 offline mutations on `sentiment`
-    at the `quick` budget, then the confirmation stage: the leader, DPO and the best seed
+    at the `quick` budget (the leader re-evaluated until it has 3 seeds), then the
+    confirmation stage: the leader, DPO and the best seed
     retrained on 5 fresh seeds and compared seed by seed (see `lossearch confirm`). Ctrl-C
     stops cleanly; run the same command to resume.
 
@@ -380,7 +387,8 @@ def run_command(
         "islands": islands, "seed": seed, "finetune": finetune, "max_evals": max_evals, "time_limit": time_limit,
         "max_cost": max_cost, "max_tokens": max_tokens, "llm_base_url": llm_base_url,
         "llm_models": tuple(llm_model) if llm_model else None, "workers": workers, "executor": executor,
-        "ray_address": ray_address, "confirm": confirm, "confirm_top": confirm_top, "confirm_seeds": confirm_seeds}
+        "ray_address": ray_address, "confirm": confirm, "confirm_top": confirm_top, "confirm_seeds": confirm_seeds,
+        "race_top": race_top, "race_seeds": race_seeds}
     given = {key for key, value in flags.items() if value is not None}
     config = CampaignConfig(name=name, **{key: flags[key] for key in given})
     with CampaignDisplay(console, f"campaign {name}") as display:

@@ -11,8 +11,15 @@ that one finetune evaluation reports (`fitness_std`), else unknown.
 
 The rule. Only `evaluated` candidates with a score rank (rejected, failed, duplicate and
 unfinished ones do not). They rank by the tier of their score first, since a bandit fitness
-and a finetune fitness are on different scales, then by fitness, best first; ties go to the
-older candidate (lower id).
+and a finetune fitness are on different scales, then by a lower confidence bound on their
+fitness, best first; ties go to the older candidate (lower id). The bound is the mean less one
+standard error, sigma / sqrt(n) over the n evaluations averaged, where sigma is the candidate's
+own spread once it has `OWN_SPREAD_SEEDS` evaluations, and before that the campaign's pooled
+spread at that tier and task (measured on the candidates evaluated on several seeds, which the
+campaign's racing makes: lossearch.search.campaign), else the one evaluation's own `fitness_std`.
+So a candidate that reaches the top on one lucky seed ranks below one as good on three seeds,
+and both parent selection and promotion see that. With one evaluation each and no pooled spread
+(the bandit tier, a campaign without racing) the bound orders candidates as their fitness does.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lossearch.choices import TIER_ORDER
 from lossearch.store import BASELINE_SEED, Campaign, Candidate, Confirmation, Evaluation, LineageEdge, Store
@@ -30,6 +37,8 @@ RANKED_STATUS = "evaluated"
 """The one candidate status that ranks: it passed every tier it was sent to."""
 DEFAULT_TASK = "sentiment"
 """The task of a campaign whose configuration names none."""
+OWN_SPREAD_SEEDS = 3
+"""Evaluations from which a candidate's own spread, not the campaign's pooled one, enters its bound."""
 
 
 @dataclass(frozen=True)
@@ -45,14 +54,31 @@ class Score:
     """Evaluations averaged."""
     metrics: Mapping[str, float] = field(default_factory=dict)
     """Mean of each finite numeric metric over those evaluations."""
+    bound: float | None = None
+    """The lower confidence bound the ranking orders by (set by `rank`; see the module docstring)."""
 
-    @property
-    def low(self) -> float:
-        return self.fitness - (self.spread or 0.0)
 
-    @property
-    def high(self) -> float:
-        return self.fitness + (self.spread or 0.0)
+def pooled_spread(scores: Iterable[Score]) -> dict[tuple[str, str], float]:
+    """Per (task, tier): the pooled standard deviation of one candidate's fitness across its
+    evaluations, sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1)), over the candidates with two or more."""
+    sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for score in scores:
+        if score.seeds >= 2 and score.spread is not None:
+            entry = sums[(score.task, score.tier)]
+            entry[0] += (score.seeds - 1) * score.spread ** 2
+            entry[1] += score.seeds - 1
+    return {key: math.sqrt(total / degrees) for key, (total, degrees) in sums.items() if degrees > 0}
+
+
+def bound_of(score: Score) -> float:
+    return score.bound if score.bound is not None else score.fitness
+
+
+def lower_bound(score: Score, pooled: Mapping[tuple[str, str], float]) -> float:
+    """The mean fitness less one standard error (see the module docstring)."""
+    own = score.spread if score.seeds >= OWN_SPREAD_SEEDS else None
+    sigma = own if own is not None else pooled.get((score.task, score.tier), score.spread)
+    return score.fitness - (sigma or 0.0) / math.sqrt(score.seeds)
 
 
 def mean_metrics(evaluations: Iterable[Evaluation]) -> dict[str, float]:
@@ -149,7 +175,12 @@ def rank(data: CampaignData, task: str | None = None, tier: str | None = None,
     ids = data.candidates if among is None else among
     scored = [(data.candidates[i], data.score(i, task, tier)) for i in ids]
     ranked = [(c, s) for c, s in scored if s is not None and c.status == RANKED_STATUS]
-    ranked.sort(key=lambda pair: (-TIER_ORDER.get(pair[1].tier, -1), -pair[1].fitness, pair[0].id))
+    # the pooled spread comes from every candidate of the campaign, not only those ranked here
+    everyone = ranked if among is None else [
+        (c, data.score(c.id, task, tier)) for c in data.candidates.values() if c.status == RANKED_STATUS]
+    pooled = pooled_spread(s for _, s in everyone if s is not None)
+    ranked = [(c, replace(s, bound=lower_bound(s, pooled))) for c, s in ranked]
+    ranked.sort(key=lambda pair: (-TIER_ORDER.get(pair[1].tier, -1), -bound_of(pair[1]), pair[0].id))
     ranked_ids = {candidate.id for candidate, _ in ranked}
     return Ranking(tuple(ranked), tuple((c, s) for c, s in scored if c.id not in ranked_ids))
 

@@ -105,11 +105,15 @@ def test_runs_made_at_another_precision_are_not_paired(campaign_home, tiny_task,
 
 
 def test_a_loss_file_written_another_way_is_no_different_from_dpo(tiny_task, sandbox):
-    report = confirm_files([("dpo_softplus", DPO_AS_SOFTPLUS)], seeds=2, budget=TINY, sandbox=sandbox,
-                           options=tiny(tiny_task))
+    two_betas = Budget("tiny2", steps=6, pairs=48, batch_size=4, trials=2, seeds=1, eval_prompts=16)
+    report = confirm_files([("dpo_softplus", DPO_AS_SOFTPLUS)], seeds=2, budget=two_betas, sandbox=sandbox,
+                           options=tiny(tiny_task, budget=two_betas))
     comparison = report.leaders[0].comparisons[0]
     assert comparison.baseline == "dpo" and comparison.verdict == "no detectable difference"
     assert comparison.difference == pytest.approx(0.0, abs=1e-6) and not report.leaders[0].confirmed
+    # each seed's fitness is read off a curve of the betas a two-trial evaluation tries first
+    assert comparison.candidate_betas == comparison.baseline_betas == pytest.approx((0.1, 0.1 * 10 ** 0.5))
+    assert report.ran == 2 * 2 * 2  # two losses, two seeds, two betas
 
 
 KILL_SCRIPT = """
@@ -165,7 +169,8 @@ def test_a_stage_killed_midway_resumes_and_repeats_nothing(campaign_home, tiny_t
 
 
 @pytest.mark.slow  # 50 s: a campaign with its finetune tier
-def test_the_run_ends_with_the_verdicts_and_confirm_reproduces_them(tiny_task, monkeypatch, capfd, tmp_path):
+def test_the_run_ends_with_the_verdicts_and_confirm_reproduces_them(tiny_task, monkeypatch, capfd, tmp_path,
+                                                                   short_quick):
     """The demo's path (`lossearch run` with the finetune tier and its confirmation stage), in this
     process on the tiny task; then `lossearch confirm` on the finished campaign, which reruns nothing."""
     from lossearch.cli import main
@@ -176,6 +181,11 @@ def test_the_run_ends_with_the_verdicts_and_confirm_reproduces_them(tiny_task, m
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--name", "d", "--generations", "1", "--population", "2", "--confirm-seeds", "2"]) == 0
     printed = capfd.readouterr().out
+    with open_campaign("d", runs_dir=tmp_path / "runs") as handle:
+        data = load_campaign_data(handle.store, handle.campaign)
+    leader, score = next((c, s) for c, s in rank(data).ranked if s.tier == "finetune")
+    seeds = {e.seed for e in data.evaluations[leader.id] if e.tier == "finetune"}
+    assert score.seeds == 3 and seeds == {0, 1, 2}  # raced: shown as the leader only after three seeds
     assert "confirmation on 2 fresh seeds" in printed and "dpo" in printed
     assert any(word in printed for word in ("confirmed discovery", "not confirmed"))
     assert main(["confirm", "--run", "d", "--top", "1", "--seeds", "2", "--json"]) == 0

@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 
 from lossearch.cli import main
-from lossearch.ranking import load_campaign_data, mean_metrics, rank, score_of
+from lossearch.ranking import Score, load_campaign_data, lower_bound, mean_metrics, pooled_spread, rank, score_of
 from lossearch.reporting.export import export_top
 from lossearch.reporting.report import report_html
 from lossearch.sandbox.local import Sandbox
@@ -51,6 +51,23 @@ def test_a_score_is_the_mean_over_seeds_at_the_highest_tier_with_its_spread_and_
 def test_one_finetune_evaluation_takes_its_spread_over_training_seeds():
     score = score_of([evaluation("sentiment", "finetune", 0, 0.5, fitness_std=0.03)], "sentiment")
     assert score.spread == pytest.approx(0.03)
+
+
+def test_the_bound_puts_a_lucky_single_seed_below_a_steady_three_seed_score():
+    lucky = Score("sentiment", "finetune", 0.60, None, 1)
+    steady = Score("sentiment", "finetune", 0.58, 0.01, 3)
+    raced = Score("sentiment", "finetune", 0.40, 0.12, 2)  # with steady: the campaign's measured noise
+    pooled = pooled_spread([lucky, steady, raced])
+    # sqrt((2 * 0.01^2 + 1 * 0.12^2) / 3)
+    assert pooled == {("sentiment", "finetune"): pytest.approx(((2 * 0.01 ** 2 + 0.12 ** 2) / 3) ** 0.5)}
+    sigma = pooled[("sentiment", "finetune")]
+    assert lower_bound(lucky, pooled) == pytest.approx(0.60 - sigma)  # one seed: the pooled spread
+    assert lower_bound(steady, pooled) == pytest.approx(0.58 - 0.01 / 3 ** 0.5)  # three: its own
+    assert lower_bound(raced, pooled) == pytest.approx(0.40 - sigma / 2 ** 0.5)
+    assert lower_bound(steady, pooled) > lower_bound(lucky, pooled)
+    # nothing measured on several seeds: one seed's bound is its fitness, less its own fitness_std if any
+    assert lower_bound(lucky, {}) == 0.60
+    assert lower_bound(Score("sentiment", "finetune", 0.5, 0.03, 1), {}) == pytest.approx(0.47)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,12 @@ Generation 0 is the seed library. Each later generation chooses parents per
 island, asks the proposer for children, stores each child before anything
 else happens to it, rejects exact and fingerprint duplicates before any
 training, runs static → sanity → bandit, then promotes the best part of the
-generation to the finetune tier.
+generation to the finetune tier, then races its leaders: while one of the ranking's best
+`race_top` finetuned candidates has fewer than `race_seeds` finetune evaluations, it is evaluated
+on its next seed (the campaign's seed + 1, + 2, ...) and the ranking, which orders by a lower
+confidence bound (lossearch.ranking), is redone. Racing rather than successive halving: a
+generation finetunes a handful of candidates, too few to halve, and what needs more seeds is
+the one candidate about to be shown (and confirmed) as the leader, whoever it is.
 
 Every step is recorded in the store before the next one starts, and every step
 is idempotent given the store: a campaign killed at any instant resumes with
@@ -122,6 +127,7 @@ class CampaignRunner:
                     self.propose_generation(generation)
                 self.evaluate_generation(generation)
                 self.promote_generation(generation)
+                self.race_leaders()
                 self.stats.completed_generation = generation
                 self.on_update(self.stats)
             self.confirm_leaders()
@@ -361,15 +367,18 @@ class CampaignRunner:
     def has_evaluation(self, candidate_id: int, tier: str) -> bool:
         return any(e.tier == tier for e in self.store.evaluations(candidate_id=candidate_id))
 
-    def recorded_or_run(self, candidate: Candidate, tier: str, task: str, run: Callable[[], dict]) -> dict:
-        """The recorded metrics of this tier, or run it and record them before going on."""
+    def recorded_or_run(self, candidate: Candidate, tier: str, task: str, run: Callable[[], dict],
+                        seed: int | None = None) -> dict:
+        """The recorded metrics of this tier at `seed` (the campaign's by default), or run it and record
+        them before going on."""
+        seed = self.config.seed if seed is None else seed
         for evaluation in self.store.evaluations(candidate_id=candidate.id, tier=tier):
-            if evaluation.task == task and evaluation.seed == self.config.seed:
+            if evaluation.task == task and evaluation.seed == seed:
                 return evaluation.metrics
         started = time.monotonic()
         metrics = run()
         fitness = metrics.get("fitness")
-        self.store.record_evaluation(candidate.id, tier=tier, task=task, seed=self.config.seed, metrics=metrics,
+        self.store.record_evaluation(candidate.id, tier=tier, task=task, seed=seed, metrics=metrics,
                                      fitness=fitness, seconds=time.monotonic() - started)
         return metrics
 
@@ -414,25 +423,56 @@ class CampaignRunner:
             self.promotion_reasons.update({c.id: reason for c, reason in todo})
             self.for_each([c for c, _ in todo], self.finetune_candidate)
 
-    def finetune_candidate(self, candidate: Candidate, sandbox: SandboxLike) -> None:
+    def finetune_candidate(self, candidate: Candidate, sandbox: SandboxLike, seed: int | None = None) -> None:
+        """The finetune tier at the campaign's seed, or at another (`race_leaders`)."""
+        seed = self.config.seed if seed is None else seed
         with self.lock:
-            self.stats.message = f"finetuning {candidate.name}"
+            self.stats.message = f"finetuning {candidate.name}" + ("" if seed == self.config.seed else f", seed {seed}")
             self.on_update(self.stats)
         spec = static_tier(candidate.source, candidate.name)
         started = time.monotonic()
+        suffix = "" if seed == self.config.seed else f"-s{seed}"
+        reason = self.promotion_reasons.get(candidate.id, "rule") if seed == self.config.seed else "race"
         try:
             metrics = self.recorded_or_run(candidate, "finetune", self.config.task, lambda: {**finetune_tier(
-                sandbox, spec, self.config.task, budget=self.config.budget, seed=self.config.seed,
+                sandbox, spec, self.config.task, budget=self.config.budget, seed=seed,
                 storage=self.store.optuna_storage_url(),
-                study_name=f"{self.config.name}-{candidate.id}-{self.config.task}"),
-                "promotion": self.promotion_reasons.get(candidate.id, "rule")})
+                study_name=f"{self.config.name}-{candidate.id}-{self.config.task}{suffix}"),
+                "promotion": reason}, seed=seed)
         except CandidateError as error:
+            if seed != self.config.seed:  # a loss that fails on one of its leader's seeds fails, as on the first
+                error = CandidateError(error.failure.kind, f"on seed {seed}: {error.failure.message}")
             self.fail(candidate, "failed", "finetune", error)
             return
-        self.store.update_candidate(candidate.id, tier="finetune", fitness=metrics["fitness"])
+        fitness = self.snapshot().score(candidate.id)
+        self.store.update_candidate(candidate.id, tier="finetune",
+                                    fitness=fitness.fitness if fitness is not None else metrics["fitness"])
         with self.lock:
             self.stats.add_seconds(time.monotonic() - started)
             self.refresh_stats()
+
+    def race_leaders(self) -> None:
+        """Evaluate the best `race_top` finetuned candidates on more seeds until each has `race_seeds`
+        (or has fallen out of the top): one seed more per candidate per round, then re-rank."""
+        if not self.config.finetune or self.config.race_seeds <= 1:
+            return
+        previous: list[tuple[int, int]] = []
+        while True:
+            data = self.snapshot()
+            top = [(c, score) for c, score in rank(data).ranked if score.tier == "finetune"][: self.config.race_top]
+            short = [(c, score.seeds) for c, score in top if score.seeds < self.config.race_seeds]
+            state = [(c.id, seeds) for c, seeds in short]
+            if not short or state == previous:  # nothing left to race, or a round that added no seed
+                return
+            previous = state
+            self.for_each([c for c, _ in short], self.race_once)
+
+    def race_once(self, candidate: Candidate, sandbox: SandboxLike) -> None:
+        """One more finetune evaluation of `candidate`, on the first seed after the campaign's it lacks."""
+        used = {e.seed for e in self.store.evaluations(candidate_id=candidate.id, tier="finetune")
+                if e.task == self.config.task}
+        seed = next(self.config.seed + k for k in range(1, len(used) + 2) if self.config.seed + k not in used)
+        self.finetune_candidate(candidate, sandbox, seed=seed)
 
     # -- confirming the leaders ------------------------------------------------------------
     def confirm_leaders(self) -> None:

@@ -36,6 +36,12 @@ class CampaignConfig:
     """Seed of the tasks, the training runs and the proposer's random choices."""
     finetune: bool = True
     """Whether to run the finetune tier at all (off: the bandit tier's fitness ranks)."""
+    race_top: int = 1
+    """Racing: after each generation, while one of the ranking's best `race_top` finetuned candidates
+    has fewer than `race_seeds` finetune evaluations, it is evaluated on its next seed and the
+    ranking redone, so no candidate stays a leader on one seed's luck (lossearch.search.campaign)."""
+    race_seeds: int = 3
+    """Finetune evaluations (seeds) a leader gets before the racing leaves it; 1 turns racing off."""
     max_evals: int | None = None
     """Stop after this many candidate evaluations (sanity or beyond) in this campaign."""
     time_limit: float | None = None
@@ -73,6 +79,8 @@ class CampaignConfig:
             raise ConfigError("generations must be >= 0; population, islands and migrate_every >= 1")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
+        if self.race_top < 1 or self.race_seeds < 1:
+            raise ConfigError("racing needs --race-top >= 1 and --race-seeds >= 1 (1 turns it off)")
         if self.confirm_top < 1 or self.confirm_seeds < 2:
             raise ConfigError("the confirmation stage needs --confirm-top >= 1 and --confirm-seeds >= 2")
         if not 0 < self.promote_share <= 1:
