@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 from conftest import TINY_DATA_FIELDS
@@ -114,6 +115,39 @@ def test_a_loss_file_written_another_way_is_no_different_from_dpo(tiny_task, san
     # each seed's fitness is read off a curve of the betas a two-trial evaluation tries first
     assert comparison.candidate_betas == comparison.baseline_betas == pytest.approx((0.1, 0.1 * 10 ** 0.5))
     assert report.ran == 2 * 2 * 2  # two losses, two seeds, two betas
+
+
+def test_a_held_out_task_is_confirmed_too_and_a_leader_worse_there_is_no_discovery(campaign_home, tiny_task,
+                                                                                    tiny_cache, sandbox, monkeypatch):
+    from conftest import tiny_world
+
+    from lossearch.evaluation.finetune import tier
+    from lossearch.evaluation.tasks.build import DataConfig
+    from lossearch.evaluation.tasks.load import load_task
+    from lossearch.search.confirm import judge
+
+    noisy = load_task("noisy", tiny_cache, data=DataConfig(**TINY_DATA_FIELDS), world=tiny_world())
+    monkeypatch.setattr(tier, "load_task", lambda name, *args, **kwargs: {"sentiment": tiny_task, "noisy": noisy}[name])
+    with open_campaign("t", runs_dir=campaign_home / "runs") as handle:
+        report = confirm_campaign(handle, ConfirmConfig(top=1, seeds=2, tasks=("noisy",)), sandbox=sandbox,
+                                  options=FinetuneOptions(budget=TINY, device="cpu"))
+    assert report.tasks == ("sentiment", "noisy")
+    leader = report.leaders[0]
+    assert {(c.task, c.baseline) for c in leader.comparisons if c.baseline == "dpo"} == {("sentiment", "dpo"),
+                                                                                          ("noisy", "dpo")}
+    noisy_runs = [c for c in leader.comparisons if c.task == "noisy"]
+    sentiment_runs = [c for c in leader.comparisons if c.task == "sentiment"]
+    assert noisy_runs[0].candidate_fitness != sentiment_runs[0].candidate_fitness  # trained on the other task
+    # the rule: better than DPO on the selection task, and not worse than DPO on any held-out task
+    dpo = report.leaders[0].comparisons[0]
+    better = replace(dpo, task="sentiment", verdict="better")
+    for held_out, confirmed in (("no detectable difference", True), ("better", True), ("worse", False)):
+        (verdict,) = judge([confirm_module.Contender("x", None, (0.1,))],  # type: ignore[arg-type]
+                           [[better, replace(dpo, task="noisy", verdict=held_out)]], "sentiment", "dpo")
+        assert verdict.confirmed is confirmed, held_out
+    (verdict,) = judge([confirm_module.Contender("x", None, (0.1,))],  # type: ignore[arg-type]
+                       [[replace(dpo, task="sentiment", verdict="no detectable difference")]], "sentiment", "dpo")
+    assert not verdict.confirmed
 
 
 KILL_SCRIPT = """
