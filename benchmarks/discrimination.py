@@ -69,8 +69,8 @@ def summarize(rows: list[dict], floor: float) -> dict:
     """Spread, median std and their ratio; also over the losses not stuck at the task's fitness
     floor on every seed (those have std 0, which would flatter the median)."""
     scored = [row for row in rows if "fitness" in row]
-    if len(scored) < 2:
-        return {}
+    if len(scored) < 2 or any(row["fitness_std"] is None for row in scored):
+        return {}  # a budget of one training seed: see print_noise_across_seed_sets
     fitness = [row["fitness"] for row in scored]
     spread = max(fitness) - min(fitness)
     noise = statistics.median(row["fitness_std"] for row in scored)
@@ -123,7 +123,8 @@ def print_row(row: dict) -> None:
     if "failure" in row:
         print(f"{row['loss']:16} failed: {row['failure']['kind']}: {row['failure']['message'][:60]}", flush=True)
         return
-    print(f"{row['loss']:16} {row['fitness']:8.4f} {row['fitness_std']:7.4f} {row['reward']:7.3f} {row['kl']:6.2f} "
+    std = "-" if row["fitness_std"] is None else f"{row['fitness_std']:.4f}"
+    print(f"{row['loss']:16} {row['fitness']:8.4f} {std:>7} {row['reward']:7.3f} {row['kl']:6.2f} "
           f"{row['beta']:8.3g} {row['seconds']:5.0f}", flush=True)
 
 

@@ -4,7 +4,7 @@ Same base model (the task's, from the cache), same training pairs, same number o
 batch size, peak learning rate, beta, AdamW betas, gradient clipping and warm-up + cosine
 schedule (down to a tenth of the peak), one torch thread each, each in a fresh process:
 
-    lossearch  `lossearch eval seeds/dpo.py --tier finetune --budget quick --json`, the command
+    lossearch  `lossearch eval seeds/dpo.py --tier finetune --budget quick --trials 1 --json`, the command
                a user runs: the sandbox's start, the static, sanity and bandit tiers, training
                in the jailed child, then scoring on held-out prompts (sampling, oracle, exact
                KL, pref_acc), which TRL's run does not even do
@@ -54,7 +54,7 @@ QUICK = {"steps": 100, "pairs": 1024, "batch": 16, "lr": 6e-4, "beta": 0.1}  # t
 def run_lossearch(task_name: str, precision: str) -> tuple[float, dict]:
     """The user's command in a fresh process: (wall seconds, final loss and training seconds)."""
     command = [sys.executable, "-m", "lossearch", "eval", "seeds/dpo.py", "--tier", "finetune", "--task", task_name,
-               "--budget", "quick", "--precision", precision, "--json"]
+               "--budget", "quick", "--trials", "1", "--precision", precision, "--json"]
     seconds, output = timed(command)
     finetune = json.loads(output)["metrics"]["finetune"]
     run = finetune["runs"][0]

@@ -164,7 +164,7 @@ def progress_bar(enabled: bool):
         yield report
 
 
-def finetune_options(budget, data, device, precision, model, dataset, reward, progress):
+def finetune_options(budget, trials, data, device, precision, model, dataset, reward, progress):
     """FinetuneOptions from eval's flags; a flag combination that cannot work is a UsageProblem."""
     if (model is None) != (dataset is None):
         raise UsageProblem("--model and --dataset go together: a model folder and a JSONL file of pairs")
@@ -187,7 +187,14 @@ def finetune_options(budget, data, device, precision, model, dataset, reward, pr
     except (ValueError, RuntimeError) as error:
         raise UsageProblem(f"--device: {error}") from None
     setting = UserSetting(model, dataset, reward) if model is not None else None
-    return FinetuneOptions(budget=budget or "quick", data=data or "offline",
+    chosen: Any = budget or "quick"
+    if trials is not None:  # the budget with fewer or more betas tried
+        from dataclasses import replace
+
+        from lossearch.evaluation.finetune.config import Budget
+
+        chosen = replace(Budget.named(chosen), trials=trials)
+    return FinetuneOptions(budget=chosen, data=data or "offline",
                            device=device, precision=precision or "auto", setting=setting,
                            progress=progress)
 
@@ -201,6 +208,9 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: status, tier, error, metrics."),
     budget: Optional[str] = choice_option(None, "--budget", BUDGET_NAMES, "Finetune budget (see `lossearch tasks`) "
                                                                           "[default: quick]."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Betas tried (Optuna trials) instead of the "
+                                                                       "budget's; with 1, the loss's default beta "
+                                                                       "alone, read at the KL budget as one run."),
     data: Optional[str] = choice_option(None, "--data", DATA_MODES, "Finetune on the task's fixed pairs, or online on "
                                                                     "fresh ones [default: offline]."),
     device: Optional[str] = typer.Option(None, "--device", help="Torch device for the finetune tier [default: cuda if "
@@ -218,19 +228,19 @@ def eval_command(
     """Evaluate one loss file up the cascade: static, sanity, bandit, finetune.
 
     Exit code 0 when the loss passes, 1 when it is rejected or fails. The finetune
-    tier trains a small language model with the loss (quick: about 4 s on a CPU;
-    the task's base model is built once first, a minute or two) and scores it by
-    the task's oracle at its KL budget.
+    tier trains a small language model with the loss at the budget's betas (quick:
+    three, about 20 s on a CPU; the task's base model is built once first, a minute
+    or two) and reads the task's oracle reward at its KL budget off their curve.
 
     Example: lossearch eval seeds/dpo.py --tier finetune --task sentiment --budget quick
     """
     from lossearch.sandbox.local import Sandbox
 
     source = read_source(file)
-    finetune_flags = (budget, data, device, precision, model, dataset, reward)
+    finetune_flags = (budget, trials, data, device, precision, model, dataset, reward)
     if tier != "finetune" and any(flag is not None for flag in finetune_flags):
-        raise UsageProblem("--budget, --data, --device, --precision, --model, --dataset and --reward need --tier "
-                           "finetune")
+        raise UsageProblem("--budget, --trials, --data, --device, --precision, --model, --dataset and --reward need "
+                           "--tier finetune")
     with Sandbox() as sandbox, progress_bar(tier == "finetune" and errors.is_terminal) as progress:
         if tier != "static":
             sandbox.start()  # its zygote imports torch while this process does the same

@@ -416,10 +416,11 @@ def lossearch(*args: str, cwd, env=None) -> subprocess.CompletedProcess:
 @pytest.mark.timeout(900)
 def test_eval_finetune_from_the_command_line(sentiment_task, real_cache, tmp_path):
     done = lossearch("eval", str(seed_path("dpo")), "--tier", "finetune", "--task", "sentiment", "--budget", "quick",
-                     "--json", cwd=tmp_path, env={"LOSSEARCH_CACHE": str(real_cache)})
+                     "--trials", "2", "--json", cwd=tmp_path, env={"LOSSEARCH_CACHE": str(real_cache)})
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["tier"] == "finetune" and result["metrics"]["finetune"]["budget"]["name"] == "quick"
+    assert [trial["beta"] for trial in result["metrics"]["finetune"]["trials"]] == pytest.approx([0.1, 0.1 * 10 ** 0.5])
     done = lossearch("tasks", "--json", cwd=tmp_path, env={"LOSSEARCH_CACHE": str(real_cache)})
     assert done.returncode == 0, done.stderr
     listing = json.loads(done.stdout)
@@ -430,6 +431,8 @@ def test_eval_finetune_from_the_command_line(sentiment_task, real_cache, tmp_pat
 
 @pytest.mark.parametrize("args", [
     ("--budget", "quick"),  # finetune flags without --tier finetune
+    ("--trials", "1"),
+    ("--tier", "finetune", "--trials", "0"),
     ("--tier", "finetune", "--model", "somewhere"),  # --model without --dataset
     ("--tier", "finetune", "--reward", "r.py:f"),  # --reward without --model
     ("--tier", "finetune", "--model", "m", "--dataset", "d.jsonl", "--data", "online"),

@@ -110,7 +110,8 @@ class FinetuneRunner:
                    for seed, curve in curve_by_seed(runs).items()}
         values = [value for value in by_seed.values() if value is not None]
         return {"fitness": statistics.fmean(values) if values else None,
-                "fitness_std": statistics.pstdev(values) if len(values) > 1 else (0.0 if values else None),
+                # one seed says nothing of the spread over seeds: unknown, not 0
+                "fitness_std": statistics.pstdev(values) if len(values) > 1 else None,
                 "fitness_by_seed": {str(seed): value for seed, value in by_seed.items()},
                 "curve_betas": sorted({float(run["beta"]) for run in runs})}
 
