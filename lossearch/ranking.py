@@ -14,9 +14,11 @@ unfinished ones do not). They rank by the tier of their score first, since a ban
 and a finetune fitness are on different scales, then by a lower confidence bound on their
 fitness, best first; ties go to the older candidate (lower id). The bound is the mean less one
 standard error, sigma / sqrt(n) over the n evaluations averaged, where sigma is the candidate's
-own spread once it has `OWN_SPREAD_SEEDS` evaluations, and before that the campaign's pooled
-spread at that tier and task (measured on the candidates evaluated on several seeds, which the
-campaign's racing makes: lossearch.search.campaign), else the one evaluation's own `fitness_std`.
+own spread once it has `OWN_SPREAD_SEEDS` evaluations, and before that the campaign's typical
+spread at that tier and task (the median spread of the candidates evaluated on several seeds,
+which the campaign's racing makes: lossearch.search.campaign; a median, so that one loss that
+collapses on some seeds does not lend its huge spread to every other), else the one
+evaluation's own `fitness_std`.
 So a candidate that reaches the top on one lucky seed ranks below one as good on three seeds,
 and both parent selection and promotion see that. With one evaluation each and no pooled spread
 (the bandit tier, a campaign without racing) the bound orders candidates as their fitness does.
@@ -59,15 +61,13 @@ class Score:
 
 
 def pooled_spread(scores: Iterable[Score]) -> dict[tuple[str, str], float]:
-    """Per (task, tier): the pooled standard deviation of one candidate's fitness across its
-    evaluations, sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1)), over the candidates with two or more."""
-    sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    """Per (task, tier): the median over the candidates evaluated on two or more seeds of their
+    standard deviation across those evaluations (the campaign's typical noise of one loss)."""
+    spreads: dict[tuple[str, str], list[float]] = defaultdict(list)
     for score in scores:
         if score.seeds >= 2 and score.spread is not None:
-            entry = sums[(score.task, score.tier)]
-            entry[0] += (score.seeds - 1) * score.spread ** 2
-            entry[1] += score.seeds - 1
-    return {key: math.sqrt(total / degrees) for key, (total, degrees) in sums.items() if degrees > 0}
+            spreads[(score.task, score.tier)].append(score.spread)
+    return {key: statistics.median(values) for key, values in spreads.items()}
 
 
 def bound_of(score: Score) -> float:

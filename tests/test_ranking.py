@@ -56,10 +56,10 @@ def test_one_finetune_evaluation_takes_its_spread_over_training_seeds():
 def test_the_bound_puts_a_lucky_single_seed_below_a_steady_three_seed_score():
     lucky = Score("sentiment", "finetune", 0.60, None, 1)
     steady = Score("sentiment", "finetune", 0.58, 0.01, 3)
-    raced = Score("sentiment", "finetune", 0.40, 0.12, 2)  # with steady: the campaign's measured noise
-    pooled = pooled_spread([lucky, steady, raced])
-    # sqrt((2 * 0.01^2 + 1 * 0.12^2) / 3)
-    assert pooled == {("sentiment", "finetune"): pytest.approx(((2 * 0.01 ** 2 + 0.12 ** 2) / 3) ** 0.5)}
+    raced = Score("sentiment", "finetune", 0.40, 0.12, 2)  # with steady and collapsing: the measured noise
+    collapsing = Score("sentiment", "finetune", -0.2, 0.84, 3)  # a loss at the floor on one seed of three
+    pooled = pooled_spread([lucky, steady, raced, collapsing])
+    assert pooled == {("sentiment", "finetune"): pytest.approx(0.12)}  # the median: the collapse lends nothing
     sigma = pooled[("sentiment", "finetune")]
     assert lower_bound(lucky, pooled) == pytest.approx(0.60 - sigma)  # one seed: the pooled spread
     assert lower_bound(steady, pooled) == pytest.approx(0.58 - 0.01 / 3 ** 0.5)  # three: its own

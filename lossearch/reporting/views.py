@@ -242,7 +242,7 @@ def comparisons_table(comparisons: Sequence[Mapping[str, Any]], columns: Sequenc
             "task": str(comparison.get("task", "?")), "verdict": comparison_text(str(comparison.get("verdict", "?"))),
             "difference": signed_3(comparison.get("difference")), "95% CI": interval(comparison.get("ci")),
             "difference\n95% CI": f"{signed_3(comparison.get('difference'))}\n{interval(comparison.get('ci'))}",
-            "p": p_value(comparison.get("p_value")), "Holm p": p_value(comparison.get("p_adjusted")),
+            "p": p_value(comparison.get("p_value")), "Holm p": p_value(verdict_p(comparison)),
             "test": str(comparison.get("test", "-")), "n": str(len(seeds)) if isinstance(seeds, list) else "-",
             "collapse": collapse(comparison)}
         plain_row(table, [cells[column] for column in columns])
@@ -370,9 +370,10 @@ def confirmation_view(report: ConfirmationReport, width: int = WIDE) -> Group:
     title = (f"confirmation on {len(report.seeds)} fresh seeds ({seed_range(report.seeds)}), budget {report.budget}, "
              f"{report.precision}; selected on {report.selected_on}")
     caption = ("difference: candidate - baseline, mean over seeds; "
-               + ("p: one-sided (better); Holm p: " if "p" in columns else "Holm p: one-sided, ")
+               + ("p: one-sided (better); Holm p: one-sided in the verdict's direction (worse: that it is "
+                  "worse), " if "p" in columns else "Holm p: one-sided in the verdict's direction, ")
                + f"corrected over the leaders; verdicts at alpha {report.alpha:g}"
-               + ("; collapse: runs that diverged, candidate / baseline" if "collapse" in columns else ""))
+               + ("; collapse: seeds that collapsed, candidate / baseline" if "collapse" in columns else ""))
     lines: list[RenderableType] = [comparisons_table(report.to_dicts(), columns, title, caption)]
     for leader in report.leaders:
         style = VERDICT_STYLES["confirmed" if leader.confirmed else "not confirmed"]
@@ -380,6 +381,11 @@ def confirmation_view(report: ConfirmationReport, width: int = WIDE) -> Group:
     lines += [Text(note, style="dim") for note in report.notes]
     lines.append(Text(f"{report.ran} training run(s) now, the rest were stored", style="dim"))
     return Group(*lines)
+
+
+def verdict_p(comparison: Mapping[str, Any]) -> Any:
+    """The Holm-adjusted p-value behind the verdict: that it is worse for `worse`, else that it is better."""
+    return comparison.get("p_worse_adjusted") if comparison.get("verdict") == "worse" else comparison.get("p_adjusted")
 
 
 def seed_range(seeds: Sequence[int]) -> str:

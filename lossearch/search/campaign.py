@@ -5,9 +5,11 @@ island, asks the proposer for children, stores each child before anything
 else happens to it, rejects exact and fingerprint duplicates before any
 training, runs static → sanity → bandit, then promotes the best part of the
 generation to the finetune tier, then races its leaders: while one of the ranking's best
-`race_top` finetuned candidates has fewer than `race_seeds` finetune evaluations, it is evaluated
-on its next seed (the campaign's seed + 1, + 2, ...) and the ranking, which orders by a lower
-confidence bound (lossearch.ranking), is redone. Racing rather than successive halving: a
+`race_top` finetuned candidates by mean fitness has fewer than `race_seeds` finetune evaluations,
+it is evaluated on its next seed (the campaign's seed + 1, + 2, ...) and the means redone; the
+ranking shown orders by a lower confidence bound (lossearch.ranking). Racing goes by the mean,
+the bound by the noise: a candidate whose one seed looks best is the one worth more seeds, and
+it is shown above steadier ones only once they confirm it. Racing rather than successive halving: a
 generation finetunes a handful of candidates, too few to halve, and what needs more seeds is
 the one candidate about to be shown (and confirmed) as the leader, whoever it is.
 
@@ -452,20 +454,30 @@ class CampaignRunner:
             self.refresh_stats()
 
     def race_leaders(self) -> None:
-        """Evaluate the best `race_top` finetuned candidates on more seeds until each has `race_seeds`
-        (or has fallen out of the top): one seed more per candidate per round, then re-rank."""
+        """Evaluate the `race_top` finetuned candidates of best mean fitness, and the `race_top` leaders of
+        the ranking, on more seeds until each has `race_seeds` (or has fallen out of the top): one seed
+        more per candidate per round, then again."""
         if not self.config.finetune or self.config.race_seeds <= 1:
             return
         previous: list[tuple[int, int]] = []
-        while True:
+        # at most twice what the top needs per generation: each raced candidate that falls back makes
+        # room for the next best mean, and a campaign of many lucky one-seed candidates must not stall
+        allowance = 2 * self.config.race_top * (self.config.race_seeds - 1)
+        while allowance > 0:
             data = self.snapshot()
-            top = [(c, score) for c, score in rank(data).ranked if score.tier == "finetune"][: self.config.race_top]
+            shown = [(c, score) for c, score in rank(data).ranked if score.tier == "finetune"]
+            by_mean = sorted(shown, key=lambda pair: (-pair[1].fitness, pair[0].id))
+            # the best means, and the leaders as shown: none is shown as a leader on fewer seeds
+            top = list({c.id: (c, score) for c, score in
+                        by_mean[: self.config.race_top] + shown[: self.config.race_top]}.values())
             short = [(c, score.seeds) for c, score in top if score.seeds < self.config.race_seeds]
             state = [(c.id, seeds) for c, seeds in short]
             if not short or state == previous:  # nothing left to race, or a round that added no seed
                 return
             previous = state
-            self.for_each([c for c, _ in short], self.race_once)
+            chosen = [c for c, _ in short][:allowance]
+            allowance -= len(chosen)
+            self.for_each(chosen, self.race_once)
 
     def race_once(self, candidate: Candidate, sandbox: SandboxLike) -> None:
         """One more finetune evaluation of `candidate`, on the first seed after the campaign's it lacks."""

@@ -131,8 +131,9 @@ class LeaderVerdict:
         low, high = first.ci
         head = "confirmed discovery" if self.confirmed else "not confirmed"
         relation = {"better": "better than", "worse": "worse than"}.get(first.verdict, "no detectable difference from")
+        p = first.p_worse_adjusted if first.verdict == "worse" else first.p_adjusted  # the verdict's direction
         return (f"{head}: {relation} {first.baseline} on {first.task}, {first.difference:+.3f} "
-                f"(95% CI {low:+.3f} to {high:+.3f}, Holm p {first.p_adjusted:.3g}, {len(first.seeds)} seeds)")
+                f"(95% CI {low:+.3f} to {high:+.3f}, Holm p {p:.3g}, {len(first.seeds)} seeds)")
 
 
 @dataclass(frozen=True)
