@@ -454,30 +454,29 @@ class CampaignRunner:
             self.refresh_stats()
 
     def race_leaders(self) -> None:
-        """Evaluate the `race_top` finetuned candidates of best mean fitness, and the `race_top` leaders of
-        the ranking, on more seeds until each has `race_seeds` (or has fallen out of the top): one seed
-        more per candidate per round, then again."""
+        """Evaluate the ranking's `race_top` leaders, and the `race_top` finetuned candidates of best mean
+        fitness, on more seeds until each has `race_seeds` (or has fallen out of the top): one seed more
+        per candidate per round, then again. The leaders are always raced, so none is shown on fewer
+        seeds; the best means only while the generation's allowance lasts."""
         if not self.config.finetune or self.config.race_seeds <= 1:
             return
         previous: list[tuple[int, int]] = []
-        # at most twice what the top needs per generation: each raced candidate that falls back makes
-        # room for the next best mean, and a campaign of many lucky one-seed candidates must not stall
+        # the best means: at most twice what the top needs per generation, since each raced candidate
+        # that falls back makes room for the next, and many lucky one-seed candidates must not stall it
         allowance = 2 * self.config.race_top * (self.config.race_seeds - 1)
-        while allowance > 0:
+        while True:
             data = self.snapshot()
             shown = [(c, score) for c, score in rank(data).ranked if score.tier == "finetune"]
             by_mean = sorted(shown, key=lambda pair: (-pair[1].fitness, pair[0].id))
-            # the best means, and the leaders as shown: none is shown as a leader on fewer seeds
-            top = list({c.id: (c, score) for c, score in
-                        by_mean[: self.config.race_top] + shown[: self.config.race_top]}.values())
-            short = [(c, score.seeds) for c, score in top if score.seeds < self.config.race_seeds]
-            state = [(c.id, seeds) for c, seeds in short]
-            if not short or state == previous:  # nothing left to race, or a round that added no seed
+            wanted = shown[: self.config.race_top] + (by_mean[: self.config.race_top] if allowance > 0 else [])
+            lacking = {c.id: (c, score.seeds) for c, score in wanted if score.seeds < self.config.race_seeds}
+            state = sorted((id_, seeds) for id_, (_, seeds) in lacking.items())
+            if not lacking or state == previous:  # nothing left to race, or a round that added no seed
                 return
             previous = state
-            chosen = [c for c, _ in short][:allowance]
-            allowance -= len(chosen)
-            self.for_each(chosen, self.race_once)
+            leaders = {c.id for c, _ in shown[: self.config.race_top]}
+            allowance -= sum(1 for id_ in lacking if id_ not in leaders)
+            self.for_each([c for c, _ in lacking.values()], self.race_once)
 
     def race_once(self, candidate: Candidate, sandbox: SandboxLike) -> None:
         """One more finetune evaluation of `candidate`, on the first seed after the campaign's it lacks."""
