@@ -118,7 +118,8 @@ def test_a_loss_file_written_another_way_is_no_different_from_dpo(tiny_task, san
 
 
 def test_a_held_out_task_is_confirmed_too_and_a_leader_worse_there_is_no_discovery(campaign_home, tiny_task,
-                                                                                    tiny_cache, sandbox, monkeypatch):
+                                                                                    tiny_cache, sandbox, monkeypatch,
+                                                                                    tmp_path):
     from conftest import tiny_world
 
     from lossearch.evaluation.finetune import tier
@@ -128,7 +129,8 @@ def test_a_held_out_task_is_confirmed_too_and_a_leader_worse_there_is_no_discove
 
     noisy = load_task("noisy", tiny_cache, data=DataConfig(**TINY_DATA_FIELDS), world=tiny_world())
     monkeypatch.setattr(tier, "load_task", lambda name, *args, **kwargs: {"sentiment": tiny_task, "noisy": noisy}[name])
-    with open_campaign("t", runs_dir=campaign_home / "runs") as handle:
+    shutil.copytree(campaign_home / "runs", tmp_path / "runs")  # its noisy runs stay out of the other tests' copy
+    with open_campaign("t", runs_dir=tmp_path / "runs") as handle:
         report = confirm_campaign(handle, ConfirmConfig(top=1, seeds=2, tasks=("noisy",)), sandbox=sandbox,
                                   options=FinetuneOptions(budget=TINY, device="cpu"))
     assert report.tasks == ("sentiment", "noisy")
