@@ -29,6 +29,7 @@ from lossearch.reporting.results import (
     held_out_results,
 )
 from lossearch.reporting.svgplot import Edge, Node, Point, Series, chart, graph, heatmap
+from lossearch.reporting.views import collapse, interval, p_value, signed_3, verdict_p
 from lossearch.store.locate import CampaignHandle
 
 TIER_COLOURS = {"bandit": "#1f77b4", "finetune": "#ff7f0e"}
@@ -319,38 +320,13 @@ def comparisons_html(comparisons: Any) -> str:
         verdict = str(comparison.get("verdict", "?"))
         seeds = comparison.get("seeds")
         cells = [(str(comparison.get("baseline", "?")), ""), (str(comparison.get("task", "?")), ""),
-                 (verdict, COMPARISON_CLASSES.get(verdict, "muted")), (_signed(comparison.get("difference")), "n"),
-                 (_interval(comparison.get("ci")), "n"), (_p(comparison.get("p_value")), "n"),
-                 (_p(comparison.get("p_adjusted")), "n"), (str(comparison.get("test", "-")), ""),
-                 (str(len(seeds)) if isinstance(seeds, list) else "-", "n"), (_collapse(comparison), "n")]
+                 (verdict, COMPARISON_CLASSES.get(verdict, "muted")), (signed_3(comparison.get("difference")), "n"),
+                 (interval(comparison.get("ci")), "n"), (p_value(comparison.get("p_value")), "n"),
+                 (p_value(verdict_p(comparison)), "n"), (str(comparison.get("test", "-")), ""),
+                 (str(len(seeds)) if isinstance(seeds, list) else "-", "n"), (collapse(comparison), "n")]
         rows.append("<tr>" + "".join(f'<td class="{c}">{escape(text)}</td>' for text, c in cells) + "</tr>")
     header = "".join(f"<th>{escape(name)}</th>" for name in head)
     return f'<div class="scroll"><table><tr>{header}</tr>{"".join(rows)}</table></div>' if rows else ""
-
-
-def _real(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _signed(value: Any) -> str:
-    number = _real(value)
-    return "-" if number is None else f"{number:+.3f}"
-
-
-def _p(value: Any) -> str:
-    number = _real(value)
-    return "-" if number is None else f"{number:.3g}"
-
-
-def _interval(ci: Any) -> str:
-    if isinstance(ci, list) and len(ci) == 2 and None not in (_real(ci[0]), _real(ci[1])):
-        return f"[{_signed(ci[0])}, {_signed(ci[1])}]"
-    return "-"
-
-
-def _collapse(comparison: Mapping[str, Any]) -> str:
-    rates = [_real(comparison.get(key)) for key in ("candidate_collapse_rate", "baseline_collapse_rate")]
-    return " / ".join("-" if rate is None else f"{rate:.0%}" for rate in rates)
 
 
 def _text(value: int | None) -> str:
