@@ -1,10 +1,14 @@
 """How often the confirmation protocol declares a discovery that is not one, and how often it finds a real one.
 
-False discoveries: null candidates, DPO written other ways (softplus, -log sigmoid, log1p(exp),
-and DPO's own code under another name), are confirmed against DPO as a campaign's K leaders
-would be (lossearch.search.confirm: fresh seeds, paired runs, Holm over the K), once per seed
-set. Each is the same loss as DPO, so every "confirmed discovery" is a false one; the share of
-repeats that declare any is the protocol's family-wise false discovery rate. Target: at most 5%.
+False discoveries: null candidates, DPO at 1.5x and 0.7x its beta (the nulls that matter: they
+train differently from DPO in every digit), then DPO written other ways (softplus, -log sigmoid,
+log1p(exp), and DPO's own code under another name: these train almost bitwise as DPO does), are
+confirmed against DPO as a campaign's K leaders would be (lossearch.search.confirm: fresh seeds,
+paired runs, Holm over the K), once per seed set. Each is the same loss as DPO, so every
+"confirmed discovery" is a false one; the share of repeats that declare any is the protocol's
+family-wise false discovery rate. Target: at most 5%. The campaign's selection needs no running
+here: the confirmation seeds are fresh, so for candidates truly equal to DPO the K that a search
+would have picked (by their noise on other seeds) are, on the confirmation seeds, any K nulls.
 
 Power: a planted real difference, a seed loss known to beat DPO by a wide margin on a task
 (`--planted apo_zero --planted-task sort`), is confirmed against DPO the same way; the share of
@@ -33,6 +37,12 @@ SIGNATURE = ("def loss(policy_chosen_logps, policy_rejected_logps, reference_cho
              "    margin = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - "
              "reference_rejected_logps)\n")
 NULLS = {
+    # DPO at 1.5x and 0.7x its beta: the same family of losses, trained at other betas, so their runs
+    # differ from DPO's in every digit; a fitness read at a matched KL should not tell them apart
+    "dpo_beta_x1_5": ('"""DPO at 1.5 times its beta."""\nimport torch.nn.functional as F\n\n\n' + SIGNATURE +
+                      "    return -F.logsigmoid(1.5 * beta * margin)\n"),
+    "dpo_beta_x0_7": ('"""DPO at 0.7 times its beta."""\nimport torch.nn.functional as F\n\n\n' + SIGNATURE +
+                      "    return -F.logsigmoid(0.7 * beta * margin)\n"),
     "dpo_softplus": ('"""DPO as softplus."""\nimport torch.nn.functional as F\n\n\n' + SIGNATURE +
                      "    return F.softplus(-beta * margin)\n"),
     "dpo_log_sigmoid": ('"""DPO as -log(sigmoid)."""\nimport torch\n\n\n' + SIGNATURE +

@@ -201,21 +201,42 @@ class TierAgreement:
     """Of those, the ones whose finetune score beats the median of the rule's picks: a bandit tier
     that ranks well keeps this near zero."""
 
+    @property
+    def rule_no_better_than_chance(self) -> bool:
+        """Whether the random picks have done as well as the rule's: under a rule that knows nothing,
+        a random pick beats the median of the rule's picks half the time. Judged from
+        MIN_RANDOM_PICKS picks on; before that, the rule is trusted."""
+        return (self.random_picks >= MIN_RANDOM_PICKS
+                and self.random_picks_above_rule >= self.random_picks / 2)
+
     def describe(self) -> str:
         tau = "-" if self.kendall_tau is None else f"{self.kendall_tau:+.2f} (p {self.p_value:.2g})"
-        return (f"Kendall tau {tau} over {self.pairs} finetuned; random picks above the rule's median: "
+        text = (f"Kendall tau {tau} over {self.pairs} finetuned; random picks above the rule's median: "
                 f"{self.random_picks_above_rule} of {self.random_picks}")
+        if self.rule_no_better_than_chance:
+            text += "; the rule is no better than chance so far, so half its promotions go to random draws"
+        return text
 
 
-def tier_agreement(data: CampaignData, task: str | None = None) -> TierAgreement:
-    """The bandit tier's ranking against the finetune tier's, over the candidates scored by both."""
+MIN_RANDOM_PICKS = 3
+"""Random promotions before the campaign judges its promotion rule by them (TierAgreement)."""
+
+
+def tier_agreement(data: CampaignData, task: str | None = None, before_generation: int | None = None
+                   ) -> TierAgreement:
+    """The bandit tier's ranking against the finetune tier's, over the candidates scored by both
+    (those of generations before `before_generation`, when given: what a generation knew when
+    it was promoted, the same on a resume)."""
     from scipy.stats import kendalltau  # only here: the rest of the ranking needs no scipy
 
     task = task or data.task
     pairs: list[tuple[float, float]] = []
     rule: list[float] = []
     random_picks: list[float] = []
-    for evaluations in data.evaluations.values():
+    for candidate_id, evaluations in data.evaluations.items():
+        candidate = data.candidates.get(candidate_id)
+        if before_generation is not None and (candidate is None or candidate.generation >= before_generation):
+            continue
         bandit, finetune = score_of(evaluations, task, "bandit"), score_of(evaluations, task, "finetune")
         if bandit is None or finetune is None:
             continue
@@ -232,3 +253,50 @@ def tier_agreement(data: CampaignData, task: str | None = None) -> TierAgreement
             tau, p = float(result.statistic), float(result.pvalue)
     median = statistics.median(rule) if rule else math.inf
     return TierAgreement(len(pairs), tau, p, len(random_picks), sum(1 for f in random_picks if f > median))
+
+
+@dataclass(frozen=True)
+class OperatorStats:
+    """How one mutation operator's children have done in a campaign so far."""
+
+    operator: str
+    children: int
+    """Children it wrote that the campaign stored."""
+    scored: int
+    """Of those, the ones that reached a verdict: a bandit-tier fitness, or a failure."""
+    valid: int
+    """Of those, the ones the bandit tier scored (they passed the static and sanity tiers)."""
+    improved: int
+    """Of those, the ones whose bandit-tier fitness beats their best parent's."""
+    gain: float
+    """Summed bandit-tier fitness gain over the best parent (a loss counts as 0)."""
+
+    @property
+    def success_rate(self) -> float | None:
+        """Share of the scored children that improved on their parents."""
+        return self.improved / self.scored if self.scored else None
+
+
+def operator_stats(data: CampaignData) -> dict[str, OperatorStats]:
+    """Per mutation operator (the `model` the offline proposer records): its children and how many
+    improved on their parents at the bandit tier, the tier every child reaches."""
+    children: dict[str, int] = defaultdict(int)
+    outcomes: dict[str, list[float | None]] = defaultdict(list)  # a gain over the best parent; None: failed
+    for candidate in data.candidates.values():
+        if candidate.proposer != "mutation" or not candidate.model:
+            continue
+        children[candidate.model] += 1
+        child = data.score(candidate.id, tier="bandit")
+        if child is None:
+            if candidate.failure_kind is not None or candidate.status in ("rejected", "duplicate"):
+                outcomes[candidate.model].append(None)
+            continue
+        parents = [data.score(edge.parent_id, tier="bandit") for edge in data.parents.get(candidate.id, [])]
+        best = max((score.fitness for score in parents if score is not None), default=child.fitness)
+        outcomes[candidate.model].append(child.fitness - best)
+    stats = {}
+    for name, count in children.items():
+        gains = [gain for gain in outcomes[name] if gain is not None]
+        stats[name] = OperatorStats(name, count, len(outcomes[name]), len(gains), sum(1 for g in gains if g > 0),
+                                    sum(max(0.0, g) for g in gains))
+    return stats

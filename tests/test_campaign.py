@@ -12,9 +12,11 @@ import pytest
 from helpers import start_cli as start_lossearch
 
 from lossearch.errors import ConfigError
-from lossearch.ranking import load_campaign_data, rank
+from lossearch.ranking import load_campaign_data, operator_stats, rank
 from lossearch.search.campaign import run_campaign
 from lossearch.search.config import CampaignConfig, merge_resumed
+from lossearch.search.proposers import OPERATORS
+from lossearch.search.proposers.mutation import CROSSOVERS
 from lossearch.store import Store
 
 FAST = {"finetune": False, "population": 3, "islands": 2}
@@ -35,10 +37,18 @@ def test_a_short_campaign_records_everything(tmp_path):
         by_generation = Counter(candidate.generation for candidate in candidates)
         assert by_generation[0] == 24 and by_generation[1] == 3 and by_generation[2] == 3
         assert not store.pending_candidates(campaign.id)
+        families = set()
         for child in (c for c in candidates if c.generation > 0):
             edges = store.parents(child.id)
             assert edges and {edge.relation for edge in edges} <= {"mutation", "crossover"}
             assert child.proposer == "mutation" and child.idea
+            # the operator is recorded; a crossover names two parents, a mutation one
+            family = "crossover" if child.model in CROSSOVERS else "mutation"
+            assert child.model in OPERATORS and [e.relation for e in edges] == [family] * (1 + (family == "crossover"))
+            families.add(family)
+        assert families == {"mutation", "crossover"}  # both operator families fire, though each child has two parents
+        record = operator_stats(load_campaign_data(store, campaign))
+        assert sum(stats.children for stats in record.values()) == 6
         evaluated = [c for c in candidates if c.status == "evaluated"]
         assert len(evaluated) >= 24
         for candidate in evaluated:

@@ -14,8 +14,8 @@ import random
 import socket
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -271,6 +271,40 @@ def pairs(batch: int = 16, seed: int = 0) -> dict:
             "chosen_lengths": lengths[0], "rejected_lengths": lengths[1],
             "chosen_kl": torch.rand(batch, generator=generator, dtype=torch.float64),
             "rejected_kl": torch.rand(batch, generator=generator, dtype=torch.float64)}
+
+
+def test_given_two_parents_both_operator_families_fire_at_the_pair_share():
+    parents = [BY_NAME["dpo"], BY_NAME["ipo"]]
+    rng = random.Random(0)
+    proposals = [MutationProposer().propose(parents, CONTEXT, rng)[0] for _ in range(60)]
+    crossovers = [p for p in proposals if p.relation == "crossover"]
+    mutations = [p for p in proposals if p.relation == "mutation"]
+    assert 12 <= len(crossovers) <= 36  # 0.4 of 60 expected
+    assert all(p.parent_ids == (parents[0].id,) for p in mutations)  # a mutation of the first parent
+    assert {p.operator for p in mutations} == set(mutation.MUTATIONS)
+    assert {p.operator for p in crossovers} == set(mutation.CROSSOVERS)
+    assert all(p.model == p.operator for p in proposals)  # the campaign stores it as the candidate's model
+    never = [MutationProposer(pair_share=0.0).propose(parents, CONTEXT, rng)[0].relation for _ in range(10)]
+    always = [MutationProposer(pair_share=1.0).propose(parents, CONTEXT, rng)[0].relation for _ in range(10)]
+    assert set(never) == {"mutation"} and set(always) == {"crossover"}
+    with pytest.raises(ValueError):
+        MutationProposer(pair_share=1.5)
+
+
+def test_the_operator_whose_children_improved_is_chosen_more():
+    from lossearch.ranking import OperatorStats
+
+    record = {name: OperatorStats(name, children=10, scored=10, valid=10, improved=1, gain=0.01)
+              for name in mutation.MUTATIONS}
+    record["add_term"] = OperatorStats("add_term", children=10, scored=10, valid=10, improved=8, gain=0.8)
+    context = replace(CONTEXT, operators=record)
+    rng = random.Random(0)
+    chosen = Counter(MutationProposer().propose([BY_NAME["dpo"]], context, rng)[0].operator for _ in range(30))
+    assert chosen["add_term"] >= 25, chosen
+    # an operator never tried goes first, whatever the others' record
+    del record["swap_function"]
+    assert MutationProposer().propose([BY_NAME["dpo"]], replace(CONTEXT, operators=record), rng)[0].operator \
+        == "swap_function"
 
 
 def test_blend_is_discopops_gated_mix_of_the_two_parents():

@@ -177,6 +177,41 @@ def test_promotion_ranks_a_generation_by_its_bandit_scores_and_draws_one_it_pass
     assert again == promoted  # the same draw on a resume
 
 
+def test_promotion_draws_half_its_share_at_random_once_random_picks_do_as_well_as_the_rule(disputed):
+    from datetime import datetime
+
+    home, _ = disputed
+    with Store.for_campaign_dir(home / "runs" / "disputed") as store:
+        data = load_campaign_data(store, store.get_campaign("disputed"))
+        runner = CampaignRunner(replace(CampaignConfig.from_dict(data.campaign.config), promote_share=0.25),
+                                store, sandbox=None)  # type: ignore[arg-type]
+    seeds = sorted(data.candidates.values(), key=lambda c: c.id)
+    earlier, later = seeds[:8], seeds[8:]  # generation 0 finetuned; generation 1 (16 survivors) to promote
+    candidates = {c.id: replace(c, generation=0 if c in earlier else 1) for c in seeds}
+
+    def with_finetunes(random_beat_rule: bool):
+        evaluations = {i: list(e) for i, e in data.evaluations.items()}
+        for index, candidate in enumerate(earlier):
+            reason = "random" if index % 2 else "rule"  # 4 rule picks, 4 random picks
+            fitness = (0.5 if random_beat_rule else 0.1) if reason == "random" else 0.3
+            evaluations[candidate.id].append(Evaluation(0, candidate.id, "finetune", "sentiment", 0,
+                                                        {"promotion": reason}, fitness, 1.0, datetime(2026, 1, 1)))
+        return replace(data, candidates=candidates, evaluations=evaluations)
+
+    for random_beat_rule, (rule, drawn) in ((False, (4, 1)), (True, (2, 3))):
+        snapshot = with_finetunes(random_beat_rule)
+        runner.snapshot = lambda snapshot=snapshot: snapshot  # type: ignore[method-assign]
+        promoted = runner.promoted(1)
+        by_bandit = rank(snapshot, tier="bandit", among=[c.id for c in later]).candidates
+        assert [c for c, reason in promoted if reason == "rule"] == by_bandit[:rule]
+        picks = [c for c, reason in promoted if reason == "random"]
+        assert len(picks) == drawn and not set(c.id for c in picks) & set(c.id for c in by_bandit[:rule])
+        assert runner.promoted(1) == promoted  # the same draws on a resume
+    from lossearch.ranking import tier_agreement
+    assert "no better than chance" in tier_agreement(with_finetunes(True)).describe()
+    assert not tier_agreement(with_finetunes(True), before_generation=0).rule_no_better_than_chance
+
+
 def test_tier_agreement_compares_the_two_rankings():
     from datetime import datetime
 

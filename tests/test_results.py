@@ -21,7 +21,7 @@ from helpers import run_cli
 
 from lossearch.cli import main
 from lossearch.contract import TENSOR_INPUTS, call_loss, load_loss, parse_spec
-from lossearch.ranking import load_campaign_data
+from lossearch.ranking import load_campaign_data, operator_stats
 from lossearch.reporting import results as results_module
 from lossearch.reporting.export import module_source
 from lossearch.reporting.results import NoResults, build_leaderboard, leaderboard, verdict_of
@@ -209,6 +209,10 @@ def test_show_prints_code_idea_metrics_and_relatives(home, data):
     assert parent["delta"] == pytest.approx(shown["score"]["fitness"] - parent["fitness"])
     text = ok(lossearch("show", f"#{child}", cwd=home))
     assert "def loss" in text and "idea:" in text and "fingerprint:" in text and "parents" in text
+    # its operator's record in the campaign, as operator_stats counts it
+    record = operator_stats(data)[data.candidates[child].model]
+    assert shown["operator"]["operator"] == record.operator and shown["operator"]["children"] == record.children
+    assert f"operator {record.operator} in this campaign: {record.children} children" in text
     first_parent = json.loads(ok(lossearch("show", data.candidates[parent["id"]].name, "--json", cwd=home)))
     assert first_parent["is_seed"] and any(relative["id"] == child for relative in first_parent["children"])
 
@@ -280,14 +284,17 @@ def test_an_exported_module_is_itself_a_candidate(home, data, tmp_path):
     assert evaluated["metrics"]["sanity"]["fingerprint"] == pytest.approx(list(data.candidates[child].fingerprint))
 
 
-def test_report_is_one_self_contained_html_file(home):
+def test_report_is_one_self_contained_html_file(home, data):
     out = ok(lossearch("report", cwd=home))
     path = home / "runs" / "t" / "report.html"
     assert str(path.relative_to(home)) in out
     html = path.read_text()
     assert html.startswith("<!DOCTYPE html>") and html.count("<svg") >= 5
-    for heading in ("Fitness over generations", "Reward against KL", "Lineage", "Fingerprints", "Leaderboard"):
+    for heading in ("Fitness over generations", "Reward against KL", "Lineage", "Fingerprints", "Leaderboard",
+                    "Mutation operators"):
         assert heading in html
+    for name, record in operator_stats(data).items():
+        assert f'<tr><td>{name}</td><td class="n">{record.children}</td>' in html
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
     assert "<script" not in html and "<link" not in html and "@import" not in html
     assert "Held-out tasks" in html or "sort" not in html  # present once transfer has stored something

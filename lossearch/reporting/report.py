@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lossearch import __version__
-from lossearch.ranking import CampaignData, load_campaign_data
+from lossearch.ranking import CampaignData, OperatorStats, load_campaign_data, operator_stats
 from lossearch.reporting.results import (
     VERDICT_NOTE,
     Leaderboard,
@@ -29,7 +29,7 @@ from lossearch.reporting.results import (
     held_out_results,
 )
 from lossearch.reporting.svgplot import Edge, Node, Point, Series, chart, graph, heatmap
-from lossearch.reporting.views import collapse, interval, p_value, signed_3, verdict_p
+from lossearch.reporting.views import collapse, interval, p_value, rate, signed_3, verdict_p
 from lossearch.store.locate import CampaignHandle
 
 TIER_COLOURS = {"bandit": "#1f77b4", "finetune": "#ff7f0e"}
@@ -82,6 +82,9 @@ def report_html(data: CampaignData, *, leaders: int = 6) -> str:
     held_out = held_out_results(data)
     if held_out is not None:
         sections.append(_section("Held-out tasks", transfer_table_html(held_out)))
+    operators = operator_stats(data)
+    if operators:
+        sections.append(_section("Mutation operators", operators_html(operators)))
     return _page(f"lossearch campaign {data.campaign.name}", "".join(sections))
 
 
@@ -327,6 +330,20 @@ def comparisons_html(comparisons: Any) -> str:
         rows.append("<tr>" + "".join(f'<td class="{c}">{escape(text)}</td>' for text, c in cells) + "</tr>")
     header = "".join(f"<th>{escape(name)}</th>" for name in head)
     return f'<div class="scroll"><table><tr>{header}</tr>{"".join(rows)}</table></div>' if rows else ""
+
+
+def operators_html(operators: Mapping[str, OperatorStats]) -> str:
+    """One row per mutation operator: its children and the share that improved on their parents."""
+    rows = "".join(
+        f'<tr><td>{escape(name)}</td><td class="n">{s.children}</td><td class="n">{s.valid}</td>'
+        f'<td class="n">{s.improved}</td><td class="n">{rate(s.success_rate)}</td>'
+        f'<td class="n">{s.gain:.3g}</td></tr>'
+        for name, s in sorted(operators.items(), key=lambda item: -item[1].children))
+    return ('<p class="muted">Children each operator wrote, those the bandit tier scored (valid), those whose '
+            "bandit-tier fitness beats their best parent's (improved, and its share of the children with a verdict), "
+            "and the summed gain: the record the mutation proposer chooses its operators by.</p>"
+            "<table><tr><th>operator</th><th>children</th><th>valid</th><th>improved</th><th>success</th>"
+            f"<th>gain</th></tr>{rows}</table>")
 
 
 def _text(value: int | None) -> str:

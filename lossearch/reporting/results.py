@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lossearch.choices import TASK_NAMES, TIER_ORDER, check_choice
-from lossearch.ranking import CampaignData, Score, load_campaign_data, rank
+from lossearch.ranking import CampaignData, OperatorStats, Score, load_campaign_data, operator_stats, rank
 from lossearch.store import SANITY_TASK, Candidate, Evaluation, NotFoundError, Store
 from lossearch.store.locate import DEFAULT_RUNS_DIR, CampaignHandle, CampaignListing, list_campaigns
 
@@ -260,6 +260,8 @@ class CandidateReport:
     fingerprint_summary: dict[str, Any] | None
     parents: tuple[Relative, ...]
     children: tuple[Relative, ...]
+    operator: OperatorStats | None = None
+    """For a mutation child, its operator's record in the campaign (lossearch.ranking.operator_stats)."""
 
     def to_dict(self) -> dict[str, Any]:
         candidate = {key: value for key, value in asdict(self.candidate).items() if key != "fingerprint"}
@@ -272,7 +274,9 @@ class CandidateReport:
                 "evaluations": [asdict(row) for row in self.evaluations],
                 "fingerprint_summary": self.fingerprint_summary,
                 "parents": [asdict(edge) for edge in self.parents],
-                "children": [asdict(edge) for edge in self.children]}
+                "children": [asdict(edge) for edge in self.children],
+                "operator": None if self.operator is None else asdict(self.operator)
+                | {"success_rate": self.operator.success_rate}}
 
 
 def resolve_candidate(data: CampaignData, ident: str | int) -> Candidate:
@@ -307,6 +311,7 @@ def show_candidate(handle: CampaignHandle, ident: str | int) -> CandidateReport:
                       for edge in data.parents.get(candidate.id, ())),
         children=tuple(_relative(data, edge.child_id, edge.child_id, edge.parent_id, edge.relation)
                        for edge in data.children.get(candidate.id, ())),
+        operator=operator_stats(data).get(candidate.model or "") if candidate.proposer == "mutation" else None,
     )
 
 

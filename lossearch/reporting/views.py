@@ -195,6 +195,11 @@ def candidate_view(report: CandidateReport) -> Group:
     if candidate.failure_kind or candidate.failure_message:
         lines.append(Text(f"{candidate.failure_kind or candidate.status}: {candidate.failure_message}", style="red"))
     lines.append(Text(f"idea: {candidate.idea or '-'}"))
+    if report.operator is not None:
+        record = report.operator
+        lines.append(Text(f"operator {record.operator} in this campaign: {record.children} children, {record.valid} "
+                          f"valid, {record.improved} improved on their parents ({rate(record.success_rate)} of "
+                          f"{record.scored} with a verdict)"))
     if report.hyperparameters:
         lines.append(Text("hyperparameters: " + ", ".join(f"{k}={v:g}" for k, v in report.hyperparameters.items())))
     lines.append(Syntax(candidate.source, "python", line_numbers=True, word_wrap=True))

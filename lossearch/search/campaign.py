@@ -36,7 +36,7 @@ from lossearch.evaluation.cascade import bandit_tier, finetune_tier, sanity_tier
 from lossearch.evaluation.tuning import create_study_storage
 from lossearch.failures import CandidateError
 from lossearch.fingerprint import closest_rescaling, rescaling_note, same_loss, summarize
-from lossearch.ranking import CampaignData, load_campaign_data, rank, tier_agreement
+from lossearch.ranking import CampaignData, load_campaign_data, operator_stats, rank, tier_agreement
 from lossearch.reporting.results import NoResults
 from lossearch.sandbox.interface import SandboxLike
 from lossearch.sandbox.local import Sandbox
@@ -196,7 +196,8 @@ class CampaignRunner:
             ranked = rank(data).candidates
             parents = self.choose_parents(data, ranked, island, generation, rng)
             context = ProposalContext(task=self.config.task, task_description=task_description(self.config.task),
-                                      top=self.parent_views(data, ranked[:5]), failures=self.recent_failures(data))
+                                      top=self.parent_views(data, ranked[:5]), failures=self.recent_failures(data),
+                                      operators=operator_stats(data))
             assert self.proposer is not None  # a campaign without one (`none`) proposes nothing
             proposals = self.proposer.propose(self.parent_views(data, parents), context, rng)
             self.record_llm_usage()
@@ -399,18 +400,22 @@ class CampaignRunner:
         """Who the generation sends to the finetune tier, and why: the best `promote_share` of its bandit
         survivors by their bandit score (the ranking rule, at the bandit tier, among the generation),
         DPO in generation 0, and one survivor the rule passed over, drawn at random: its finetune
-        score tells whether the bandit tier misleads the campaign (lossearch.ranking.tier_agreement)."""
+        score tells whether the bandit tier misleads the campaign (lossearch.ranking.tier_agreement).
+        Once the earlier generations' random picks have done as well as the rule's, the rule keeps
+        only the larger half of its share and the rest is drawn at random too: a campaign does not
+        keep trusting a cheap tier it has measured to be no guide."""
         data = self.snapshot()
         members = [c.id for c in data.candidates.values() if c.generation == generation]
         survivors = rank(data, tier="bandit", among=members).candidates
-        chosen = survivors[: max(1, math.ceil(self.config.promote_share * len(survivors)))] if survivors else []
-        picked = [(candidate, "rule") for candidate in chosen]
+        share = max(1, math.ceil(self.config.promote_share * len(survivors))) if survivors else 0
+        drawn = 1 + (share // 2 if tier_agreement(data, before_generation=generation).rule_no_better_than_chance else 0)
+        picked = [(candidate, "rule") for candidate in survivors[: share + 1 - drawn]]
         if generation == 0:
-            picked += [(c, "baseline") for c in survivors if c.name == BASELINE_SEED and c not in chosen]
+            picked += [(c, "baseline") for c in survivors if c.name == BASELINE_SEED and (c, "rule") not in picked]
         passed_over = [c for c in survivors if all(c is not other for other, _ in picked)]
-        if passed_over:  # the same draw on a resume: seeded by the campaign and the generation
-            rng = random.Random(self.config.seed * 7919 + generation)
-            picked.append((rng.choice(passed_over), "random"))
+        # the same draws on a resume: seeded by the campaign and the generation
+        rng = random.Random(self.config.seed * 7919 + generation)
+        picked += [(c, "random") for c in rng.sample(passed_over, min(drawn, len(passed_over)))]
         return picked
 
     def bandit_fitness(self, candidate_id: int) -> float:
@@ -543,7 +548,7 @@ def build_proposer(config: CampaignConfig) -> Proposer | None:
         return None
     if config.proposer == "llm":
         return make_proposer("llm", base_url=config.llm_base_url, models=config.llm_models)
-    return make_proposer("mutation")
+    return make_proposer("mutation", pair_share=config.pair_share)
 
 
 def resolve_config(store: Store, requested: CampaignConfig, given: Collection[str] | None = None) -> CampaignConfig:

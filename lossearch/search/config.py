@@ -32,6 +32,9 @@ class CampaignConfig:
     """Generations between migrations."""
     promote_share: float = 0.25
     """Share of a generation's bandit survivors promoted to the finetune tier (at least one)."""
+    pair_share: float = 0.4
+    """The mutation proposer's chance, given two parents, of a two-parent operator rather than a
+    one-parent one on the first (lossearch.search.proposers.mutation)."""
     seed: int = 0
     """Seed of the tasks, the training runs and the proposer's random choices."""
     finetune: bool = True
@@ -85,6 +88,8 @@ class CampaignConfig:
             raise ConfigError("the confirmation stage needs --confirm-top >= 1 and --confirm-seeds >= 2")
         if not 0 < self.promote_share <= 1:
             raise ConfigError("promote_share must be in (0, 1]")
+        if not 0 <= self.pair_share <= 1:
+            raise ConfigError("--pair-share must be between 0 and 1")
         if self.proposer == "llm" and (not self.llm_base_url or not self.llm_models):
             raise ConfigError("the llm proposer needs --llm-base-url and at least one --llm-model")
         object.__setattr__(self, "llm_models", tuple(self.llm_models))

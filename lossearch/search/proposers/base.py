@@ -11,9 +11,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence, runtime_checkable
 
 from lossearch.errors import UserError
+
+if TYPE_CHECKING:
+    from lossearch.ranking import OperatorStats
 
 RELATIONS = ("mutation", "crossover", "inspiration")
 """How a proposal relates to the candidates in its `parent_ids` (lineage edge kinds)."""
@@ -70,6 +73,8 @@ class ProposalContext:
     """The best candidates so far, best first."""
     failures: Sequence[FailureView] = ()
     """Recent failures, newest first."""
+    operators: Mapping[str, OperatorStats] = field(default_factory=lambda: MappingProxyType({}))
+    """The campaign's record of each mutation operator so far (lossearch.ranking.operator_stats)."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,8 @@ class Proposal:
     proposer: str
     """The proposer's `name`: `mutation` or `llm`."""
     model: str | None = None
-    """The LLM that wrote it; None for the offline proposer."""
+    """The LLM that wrote it, or for the offline proposer its operator (the campaign's record of
+    operators reads it back: lossearch.ranking.operator_stats)."""
 
     def __post_init__(self) -> None:
         if self.relation not in RELATIONS:

@@ -30,6 +30,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from lossearch.search.proposers.base import LLMUsage, ParentView, Proposal, ProposalContext, ProposerError
 from lossearch.search.proposers.prompt import MalformedReply, build_messages, parse_reply
+from lossearch.search.proposers.ucb import ArmStats, ucb_choice
 
 # US dollars per 1M (prompt, completion) tokens: OpenAI list prices of mid-2025. They go stale;
 # pass `prices` to override. A model matches its longest key prefix ("gpt-4o-2024-08-06" ->
@@ -116,44 +117,16 @@ def public_url(base_url: str) -> str:
     return parts._replace(netloc=netloc, query="").geturl()
 
 
-@dataclass
-class ModelStats:
-    selections: int = 0
-    outcomes: int = 0
-    improvement: float = 0.0
-    cost: float = 0.0
-
-
 class ModelBandit:
-    """UCB1 over models, rewarding fitness improvement per dollar.
-
-    A model's rate is its summed improvement over its summed cost plus
-    `cost_floor` per outcome (so free local models stay finite); rates are
-    divided by the best model's so the exploration bonus keeps its scale.
-    Each model is tried once before any is tried twice.
-    """
+    """UCB1 over models, rewarding fitness improvement per dollar (lossearch.search.proposers.ucb)."""
 
     def __init__(self, models: Sequence[str], exploration: float = 1.0, cost_floor: float = 1e-4) -> None:
-        self.stats = {model: ModelStats() for model in models}
+        self.stats = {model: ArmStats() for model in models}
         self.exploration = exploration
         self.cost_floor = cost_floor
 
-    def rate(self, model: str) -> float:
-        stats = self.stats[model]
-        return stats.improvement / (stats.cost + self.cost_floor * stats.outcomes) if stats.outcomes else 0.0
-
     def choose(self, rng: random.Random) -> str:
-        untried = [model for model, stats in self.stats.items() if stats.selections == 0]
-        if untried:
-            chosen = untried[0]
-        else:
-            total = sum(stats.selections for stats in self.stats.values())
-            best = max(self.rate(model) for model in self.stats) or 1.0
-            scores = {model: self.rate(model) / best
-                      + self.exploration * math.sqrt(2 * math.log(total) / stats.selections)
-                      for model, stats in self.stats.items()}
-            top = max(scores.values())
-            chosen = rng.choice([model for model, score in scores.items() if score >= top - 1e-12])
+        chosen = ucb_choice(self.stats, rng, self.exploration, self.cost_floor)
         self.stats[chosen].selections += 1
         return chosen
 

@@ -1,6 +1,7 @@
 """The offline proposer: edits a loss's syntax tree with operators that keep the loss contract.
 
-One parent gets a mutation, two get a crossover:
+One parent gets a mutation, two get a crossover or (with probability 1 - `pair_share`) a
+mutation of the first, the operator chosen by its record in the campaign (`MutationProposer`):
 
 | operator | parents | what it does |
 |---|---|---|
@@ -32,6 +33,7 @@ from lossearch.policy import check_policy
 from lossearch.search.proposers import syntax
 from lossearch.search.proposers.base import ParentView, Proposal, ProposalContext
 from lossearch.search.proposers.syntax import LossModule
+from lossearch.search.proposers.ucb import ArmStats, ucb_choice
 
 # -- swap_function: related functions of the same direction (X is the argument) -------------
 
@@ -550,24 +552,36 @@ def _describe(operator: str, parents: Sequence[ParentView], idea: str) -> str:
 class MutationProposer:
     """The default, offline proposer: syntax-tree operators over one parent or two.
 
-    One parent gets one of `MUTATIONS`; two parents get one of `CROSSOVERS`
-    (or, when neither applies, a mutation of the first); no parent means a
-    mutation of a candidate drawn from `context.top`. Every random choice comes
-    from the `rng` passed in, so a seed fixes the children.
+    Given two parents, a two-parent operator (`CROSSOVERS`) is drawn with probability
+    `pair_share`, else a one-parent operator (`MUTATIONS`) of the first; when the family drawn
+    cannot edit these parents, the other family is tried. One parent gets a mutation; no parent,
+    a mutation of a candidate drawn from `context.top`. Within a family the operator is chosen by
+    UCB1 over the campaign's record of each operator (`context.operators`: the share of its
+    children that improved on their parents, lossearch.ranking.operator_stats), so the operators
+    that have worked in this campaign are tried more, and every one is tried once first. The
+    record is the store's, so a resumed campaign chooses as the uninterrupted one would. Every
+    random choice comes from the `rng` passed in, so a seed fixes the children.
     """
 
     name = "mutation"
 
-    def __init__(self, operators: Sequence[str] | None = None, max_attempts: int = 24) -> None:
-        """`operators` limits the draw to these names (of `OPERATORS`); `max_attempts` bounds the retries."""
+    def __init__(self, operators: Sequence[str] | None = None, max_attempts: int = 24, pair_share: float = 0.4,
+                 exploration: float = 1.0) -> None:
+        """`operators` limits the draw to these names (of `OPERATORS`); `max_attempts` bounds the retries;
+        `pair_share` is the chance of a two-parent operator when two parents are given; `exploration`
+        is UCB1's weight on operators tried less."""
         chosen = tuple(operators) if operators is not None else OPERATORS
         unknown = [name for name in chosen if name not in OPERATORS]
         if unknown or not chosen:
             raise ValueError(f"unknown mutation operators {unknown}; choose from {', '.join(OPERATORS)}")
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if not 0 <= pair_share <= 1:
+            raise ValueError("pair_share must be between 0 and 1")
         self.operators = chosen
         self.max_attempts = max_attempts
+        self.pair_share = pair_share
+        self.exploration = exploration
 
     def propose(self, parents: Sequence[ParentView], context: ProposalContext,
                 rng: random.Random) -> list[Proposal]:
@@ -583,7 +597,7 @@ class MutationProposer:
         parent_hashes = {_code_hash(parent.source) for parent in parents}
         for _ in range(self.max_attempts):
             try:
-                proposal = self._attempt(parents, modules, rng)
+                proposal = self._attempt(parents, modules, context, rng)
             except (LookupError, AttributeError, TypeError, ValueError, RecursionError):
                 # an operator met code it does not understand (parents may be LLM-written): this
                 # attempt is lost, the campaign is not
@@ -592,26 +606,40 @@ class MutationProposer:
                 return [proposal]
         return []
 
+    def choose_operator(self, family: Sequence[str], context: ProposalContext, rng: random.Random) -> str:
+        """UCB1 over `family` by the campaign's record of each operator (untried ones first, in random order)."""
+        arms = {}
+        for name in rng.sample(list(family), len(family)):
+            record = context.operators.get(name)
+            arms[name] = (ArmStats() if record is None else
+                          ArmStats(selections=record.children, outcomes=record.scored, improvement=record.gain))
+        return ucb_choice(arms, rng, self.exploration)
+
     def _read(self, parents: list[ParentView]) -> list[LossModule] | None:
         try:
             return [syntax.read_module(parent.source, parent.name) for parent in parents]
         except CandidateError:
             return None  # a parent that breaks the contract cannot be edited safely
 
-    def _attempt(self, parents: list[ParentView], modules: list[LossModule], rng: random.Random) -> Proposal | None:
-        """Draw an operator, apply it, and check the child statically; None when any step fails."""
+    def _attempt(self, parents: list[ParentView], modules: list[LossModule], context: ProposalContext,
+                 rng: random.Random) -> Proposal | None:
+        """Draw a family and an operator, apply it, and check the child statically; None when any step fails."""
         pair = [name for name in self.operators if name in PAIR_OPERATORS] if len(modules) == 2 else []
         single = [name for name in self.operators if name in SINGLE_OPERATORS]
-        if pair:
-            operator = rng.choice(pair)
-            edit = PAIR_OPERATORS[operator](modules[0].copy(), modules[1].copy(), rng)
+        families = (pair, single) if pair and rng.random() < self.pair_share else (single, pair)
+        for family in families:
+            if not family:
+                continue
+            operator = self.choose_operator(family, context, rng)
+            if operator in PAIR_OPERATORS:
+                edit = PAIR_OPERATORS[operator](modules[0].copy(), modules[1].copy(), rng)
+                used = parents
+            else:
+                edit = SINGLE_OPERATORS[operator](modules[0].copy(), rng)
+                used = parents[:1]
             if edit is not None:
-                return self._finish(edit, operator, parents)
-        if not single:
-            return None
-        operator = rng.choice(single)
-        edit = SINGLE_OPERATORS[operator](modules[0].copy(), rng)
-        return None if edit is None else self._finish(edit, operator, parents[:1])
+                return self._finish(edit, operator, used)
+        return None
 
     def _finish(self, edit: Edit, operator: str, parents: list[ParentView]) -> Proposal | None:
         for function in edit.module.functions():
@@ -628,4 +656,4 @@ class MutationProposer:
         name = f"{stem}_{OPERATOR_TAGS[operator]}{_code_hash(source)[:6]}"
         relation = "crossover" if len(parents) == 2 else "mutation"
         return Proposal(source=source, name=name, idea=edit.idea, parent_ids=tuple(parent.id for parent in parents),
-                        relation=relation, operator=operator, proposer=self.name, model=None)
+                        relation=relation, operator=operator, proposer=self.name, model=operator)
