@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -305,6 +306,24 @@ def test_the_operator_whose_children_improved_is_chosen_more():
     del record["swap_function"]
     assert MutationProposer().propose([BY_NAME["dpo"]], replace(CONTEXT, operators=record), rng)[0].operator \
         == "swap_function"
+
+
+def test_children_have_short_names_that_do_not_grow_with_the_lineage():
+    rng, proposer = random.Random(4), MutationProposer()
+    parent = BY_NAME["kto_pair"]
+    for _ in range(6):  # six generations deep, each child the next one's parent
+        other = SEEDS[rng.randrange(len(SEEDS))]
+        child = proposer.propose([parent, other], CONTEXT, rng)[0]
+        assert child.name.startswith("kto_pair_") and len(child.name) <= 45, child.name
+        assert re.fullmatch(r"[a-z0-9_]+_[0-9a-f]{5}", child.name)
+        if child.relation == "crossover":  # the second parent's root follows the operator's word
+            assert f"_{child.operator.split('_')[0]}_{mutation.root_name(other.name)}_" in child.name
+        again = proposer.propose([parent, other], CONTEXT, random.Random(0))[0]
+        assert proposer.propose([parent, other], CONTEXT, random.Random(0))[0].name == again.name  # stable
+        parent = ParentView(parent.id + 100, child.name, child.source)
+    assert mutation.root_name("dpo_tanh_3fa2c") == "dpo" == mutation.root_name("dpo_blend_kto_pair_1b2c3_nll_4d5e6")
+    assert mutation.root_name("fdpo_forward_kl") == "fdpo_forward_kl"  # a seed's name is its own root
+    assert mutation.root_name("kto_pair_ipo_cross7fd841") == "kto_pair_ipo"  # the names children had before
 
 
 def test_blend_is_discopops_gated_mix_of_the_two_parents():

@@ -61,7 +61,16 @@ OPERATOR_TAGS = {"swap_function": "swap", "add_term": "add", "remove_term": "dro
                  "perturb_constant": "tune", "blend": "blend", "cross_terms": "cross"}
 MUTATIONS = ("swap_function", "add_term", "remove_term", "perturb_constant")
 CROSSOVERS = ("blend", "cross_terms")
-TAG_SUFFIX = re.compile(r"(_(" + "|".join(OPERATOR_TAGS.values()) + r")[0-9a-f]{6})+$")
+# what children's names end in: the operator's tag and six hex digits before (`dpo_swap3fa2c1`), now
+# a key term and five (`dpo_tanh_3fa2c`, `dpo_blend_ipo_1b2c3`); root_name strips them all
+OLD_TAG_SUFFIX = re.compile(r"(_(" + "|".join(OPERATOR_TAGS.values()) + r")[0-9a-f]{6})+$")
+CROSSOVER_SUFFIX = re.compile(r"_(blend|cross)_[a-z0-9_]+_[0-9a-f]{5}$")
+MUTATION_SUFFIX = re.compile(r"_[a-z][a-z0-9]*_[0-9a-f]{5}$")
+SWAP_KEYS = {"-torch.relu(1 - X)": "hinge", "-torch.relu(1 - X) ** 2": "sqhinge", "torch.relu(X) ** 2": "sqrelu",
+             "torch.logaddexp(X, -X)": "logcosh", "torch.sqrt(1 + X ** 2)": "huber", "torch.exp(X) - X": "expm",
+             "F.softplus(X) ** 2": "sqsoftplus"}
+"""Names for the swaps whose function alone would not say what they are (else the function's name)."""
+ADDER_KEYS = {"add_nll": "nll", "add_length_normalization": "lennorm", "add_margin": "margin", "add_kl": "kl"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,8 @@ class Edit:
 
     module: LossModule
     idea: str
+    key: str = ""
+    """The edit's key term for the child's name (`tanh`, `nll`, ...); the operator's tag by default."""
 
 
 def _shaping_name(node: ast.AST) -> str | None:
@@ -115,7 +126,9 @@ def swap_function(module: LossModule, rng: random.Random) -> Edit | None:
     for function in module.functions():
         syntax.replace_node(function, site, replacement)
     function_name = shaping_name.split(".")[-1]
-    return Edit(module, f"swaps {function_name} for {template.replace('X', 'x')} in `{_clip(old)}`")
+    called = re.search(r"([a-z]+)\(", template.replace("torch.", "").replace("F.", ""))
+    key = SWAP_KEYS.get(template) or (called.group(1) if called else "square")
+    return Edit(module, f"swaps {function_name} for {template.replace('X', 'x')} in `{_clip(old)}`", key)
 
 
 # -- add_term ---------------------------------------------------------------------------------
@@ -251,7 +264,7 @@ def add_term(module: LossModule, rng: random.Random) -> Edit | None:
         edited = module.copy()
         idea = adder(edited, rng)
         if idea is not None:
-            return Edit(edited, idea)
+            return Edit(edited, idea, ADDER_KEYS[adder.__name__])
     return None
 
 
@@ -364,8 +377,19 @@ def perturb_constant(module: LossModule, rng: random.Random) -> Edit | None:
 
 # -- crossovers -------------------------------------------------------------------------------
 
+def root_name(name: str) -> str:
+    """The name a child's name starts from: `name` without the suffixes children's names end in
+    (`dpo_tanh_3fa2c` -> `dpo`, `dpo_blend_ipo_1b2c3` -> `dpo`), so names do not grow with the lineage."""
+    name = OLD_TAG_SUFFIX.sub("", name)
+    while True:
+        stripped = MUTATION_SUFFIX.sub("", CROSSOVER_SUFFIX.sub("", name))
+        if stripped == name or not stripped:
+            return name
+        name = stripped
+
+
 def _stem(name: str, limit: int = 24) -> str:
-    return syntax.identifier(TAG_SUFFIX.sub("", name), fallback="parent", limit=limit)
+    return syntax.identifier(root_name(name), fallback="parent", limit=limit)
 
 
 @dataclass
@@ -652,8 +676,12 @@ class MutationProposer:
             check_policy(source)
         except (CandidateError, ValueError, SyntaxError):
             return None
-        stem = "_".join(_stem(parent.name) for parent in parents)[:40]
-        name = f"{stem}_{OPERATOR_TAGS[operator]}{_code_hash(source)[:6]}"
+        # short and stable: the first parent's root, the edit's key term (a crossover's: its operator
+        # and the second parent's root), five hex digits of the code; the rest is in the lineage
+        key = edit.key or OPERATOR_TAGS[operator]
+        if len(parents) == 2:
+            key = f"{key}_{_stem(parents[1].name, 16)}"
+        name = f"{_stem(parents[0].name, 16)}_{key}_{_code_hash(source)[:5]}"
         relation = "crossover" if len(parents) == 2 else "mutation"
         return Proposal(source=source, name=name, idea=edit.idea, parent_ids=tuple(parent.id for parent in parents),
                         relation=relation, operator=operator, proposer=self.name, model=operator)
