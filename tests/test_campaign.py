@@ -81,6 +81,21 @@ def test_max_evals_stops_and_says_why(tmp_path):
         assert store.get_campaign("capped").status == "stopped"
 
 
+def test_a_campaign_without_a_seed_never_holds_it_and_keeps_it_out_on_a_resume(tmp_path):
+    with pytest.raises(ConfigError, match="no such seed loss"):
+        CampaignConfig(name="x", without_seeds=("nope",))
+    with pytest.raises(ConfigError, match="baseline"):
+        CampaignConfig(name="x", without_seeds=("dpo",))
+    config = CampaignConfig(**{"name": "ablation", "max_evals": 1, "without_seeds": ("discopop", "ipo"), **FAST})
+    run_campaign(config, runs_dir=tmp_path / "runs")
+    run_campaign(CampaignConfig(name="ablation", max_evals=2), given={"max_evals"}, runs_dir=tmp_path / "runs")
+    with campaign_db(tmp_path, "ablation") as store:
+        campaign = store.get_campaign("ablation")
+        names = {candidate.name for candidate in store.candidates(campaign.id)}
+        assert len(names) == 22 and not names & {"discopop", "ipo"} and "dpo" in names
+        assert campaign.config["without_seeds"] == ["discopop", "ipo"]
+
+
 def snapshot(store: Store, name: str) -> dict:
     campaign = store.find_campaign(name)
     if campaign is None:

@@ -173,7 +173,7 @@ class CampaignRunner:
         """Store the seed library as generation 0 (once; a resumed campaign finds them)."""
         existing = {candidate.name for candidate in self.store.candidates(self.campaign_id, generation=0)}
         for index, path in enumerate(seed_paths()):
-            if path.stem in existing:
+            if path.stem in existing or path.stem in self.config.without_seeds:
                 continue
             self.store.add_candidate(self.campaign_id, source=path.read_text(), name=path.stem,
                                      idea="seed: a known loss from the literature", proposer="seed", model=None,

@@ -8,6 +8,8 @@ from typing import Any
 
 from lossearch.choices import BUDGET_NAMES, EXECUTORS, PROPOSERS, TASK_NAMES, check_choice
 from lossearch.errors import ConfigError
+from lossearch.search.seeds import seed_paths
+from lossearch.store.values import BASELINE_SEED
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class CampaignConfig:
     """Generations between migrations."""
     promote_share: float = 0.25
     """Share of a generation's bandit survivors promoted to the finetune tier (at least one)."""
+    without_seeds: tuple[str, ...] = ()
+    """Seed losses left out of generation 0 (an ablation: can the search find them itself?); never DPO,
+    the baseline every verdict is against."""
     pair_share: float = 0.4
     """The mutation proposer's chance, given two parents, of a two-parent operator rather than a
     one-parent one on the first (lossearch.search.proposers.mutation)."""
@@ -93,9 +98,17 @@ class CampaignConfig:
         if self.proposer == "llm" and (not self.llm_base_url or not self.llm_models):
             raise ConfigError("the llm proposer needs --llm-base-url and at least one --llm-model")
         object.__setattr__(self, "llm_models", tuple(self.llm_models))
+        object.__setattr__(self, "without_seeds", tuple(self.without_seeds))
+        if self.without_seeds:
+            known = {path.stem for path in seed_paths()}
+            unknown = sorted(set(self.without_seeds) - known)
+            if unknown:
+                raise ConfigError(f"--without-seed {unknown[0]}: no such seed loss (`lossearch seeds` lists them)")
+            if BASELINE_SEED in self.without_seeds:
+                raise ConfigError(f"--without-seed {BASELINE_SEED}: DPO is the baseline every verdict is against")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "llm_models": list(self.llm_models)}
+        return {**asdict(self), "llm_models": list(self.llm_models), "without_seeds": list(self.without_seeds)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CampaignConfig":
