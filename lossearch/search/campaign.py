@@ -43,6 +43,7 @@ from lossearch.sandbox.local import Sandbox
 from lossearch.search.config import CampaignConfig, merge_resumed
 from lossearch.search.confirm import ConfirmationReport, ConfirmConfig, confirm_campaign
 from lossearch.search.proposers import FailureView, ParentView, Proposal, ProposalContext, Proposer, make_proposer
+from lossearch.search.proposers.syntax import code_size
 from lossearch.search.seeds import seed_paths
 from lossearch.search.selection import PoolMember, SelectionWeights, choose_parents
 from lossearch.store import BASELINE_SEED, SANITY_TASK, Candidate, Store
@@ -242,8 +243,8 @@ class CampaignRunner:
             pool += [c for c in neighbour if c not in pool]
         pool = pool or list(ranked)
         order = {candidate.id: len(ranked) - position for position, candidate in enumerate(ranked)}
-        members = [PoolMember(c.id, float(order[c.id]), c.fingerprint, len(data.children.get(c.id, ())))
-                   for c in pool]
+        members = [PoolMember(c.id, float(order[c.id]), c.fingerprint, len(data.children.get(c.id, ())),
+                              code_size(c.source)) for c in pool]
         chosen = choose_parents(members, 2, rng, SelectionWeights())
         by_id = {candidate.id: candidate for candidate in pool}
         return [by_id[member.id] for member in chosen]

@@ -5,12 +5,15 @@ Each candidate in an island's pool gets a score
     score = rank_weight · (its fitness rank, 0 worst .. 1 best)
           + novelty_weight · (mean fingerprint distance to the pool's best, 0..2)
           − usage_penalty · (number of children it already has)
+          − parsimony_weight · log2(its code size / the smallest size among members at least as fit)
 
 and parents are drawn from softmax(score / temperature). Ranks rather than raw
 fitness keep the draw independent of the reward's scale; the novelty bonus
 keeps the search from collapsing onto one loss; the usage penalty spreads
 attention over the pool (the ShinkaEvolve-style balance of exploitation and
-exploration).
+exploration). The parsimony term is genetic programming's answer to bloat: size counts
+against a candidate only when a smaller one is at least as fit, so a long loss is chosen as a
+parent as often as a short one only if it ranks above it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import math
 import random
 from dataclasses import dataclass
 from typing import Sequence
+
+from scipy.stats import rankdata
 
 from lossearch.fingerprint import fingerprint_distance
 
@@ -33,6 +38,8 @@ class SelectionWeights:
     """Weight of the mean fingerprint distance to the pool's top candidates."""
     usage_penalty: float = 0.5
     """Score lost per child a candidate already has."""
+    parsimony_weight: float = 0.5
+    """Score lost per doubling of code size over the smallest pool member at least as fit."""
     temperature: float = 1.0
     """Softmax temperature over the scores; lower is greedier."""
     novelty_reference: int = 3
@@ -41,7 +48,7 @@ class SelectionWeights:
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
-        if min(self.rank_weight, self.novelty_weight, self.usage_penalty) < 0:
+        if min(self.rank_weight, self.novelty_weight, self.usage_penalty, self.parsimony_weight) < 0:
             raise ValueError("selection weights must not be negative")
         if self.novelty_reference < 1:
             raise ValueError("novelty_reference must be at least 1")
@@ -55,6 +62,8 @@ class PoolMember:
     fitness: float
     fingerprint: Sequence[float] | None
     children: int
+    size: int = 1
+    """Code size (lossearch.search.proposers.syntax.code_size)."""
 
 
 def parent_scores(pool: Sequence[PoolMember], weights: SelectionWeights = SelectionWeights()) -> list[float]:
@@ -62,15 +71,16 @@ def parent_scores(pool: Sequence[PoolMember], weights: SelectionWeights = Select
     if not pool:
         return []
     order = sorted(range(len(pool)), key=lambda index: pool[index].fitness)
-    rank = [0.0] * len(pool)
-    for position, index in enumerate(order):
-        rank[index] = position / max(1, len(pool) - 1)
+    # equal fitness, equal rank (the mean of their places)
+    rank = [(float(place) - 1) / max(1, len(pool) - 1) for place in rankdata([member.fitness for member in pool])]
     best = [pool[index] for index in reversed(order[-weights.novelty_reference:])]
     scores = []
     for member, member_rank in zip(pool, rank):
         novelty = _novelty(member, best)
+        smallest = min(other.size for other in pool if other.fitness >= member.fitness)
+        bloat = math.log2(max(1, member.size) / max(1, smallest))
         scores.append(weights.rank_weight * member_rank + weights.novelty_weight * novelty
-                      - weights.usage_penalty * member.children)
+                      - weights.usage_penalty * member.children - weights.parsimony_weight * bloat)
     return scores
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Sequence, overload
@@ -62,6 +63,16 @@ class LossModule:
 
 
 # -- reading ---------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=65_536)  # parent selection sizes every pool member at every proposal
+def code_size(source: str) -> int:
+    """Syntax-tree nodes of a module's code, docstrings left out: what parsimony pressure counts."""
+    tree = ast.parse(source)
+    documented = [node.body[0] for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef)) and ast.get_docstring(node) is not None]
+    skipped = {id(part) for statement in documented for part in ast.walk(statement)}
+    return sum(1 for node in ast.walk(tree) if id(node) not in skipped)
+
 
 def canonical_spelling(full: str) -> str:
     """How a full dotted path is written in a child: `F.x` for torch.nn.functional, else unchanged."""
