@@ -362,6 +362,9 @@ def run_command(
     without_seed: Optional[list[str]] = typer.Option(None, "--without-seed",
                                                      help="Leave this seed loss out of generation 0 (can the "
                                                           "search find it itself?); repeat for several."),
+    simplify: Optional[bool] = typer.Option(None, "--simplify/--no-simplify",
+                                            help="Drop a child's terms that leave the same loss by fingerprint "
+                                                 "before it is stored [default: on]."),
     pair_share: Optional[float] = typer.Option(None, "--pair-share", min=0.0, max=1.0,
                                                help="Chance that the mutation proposer, given two parents, "
                                                     "crosses them rather than mutating one [default: 0.4]."),
@@ -404,7 +407,7 @@ def run_command(
         "max_cost": max_cost, "max_tokens": max_tokens, "llm_base_url": llm_base_url,
         "llm_models": tuple(llm_model) if llm_model else None, "workers": workers, "executor": executor,
         "ray_address": ray_address, "confirm": confirm, "confirm_top": confirm_top, "confirm_seeds": confirm_seeds,
-        "race_top": race_top, "race_seeds": race_seeds, "pair_share": pair_share,
+        "race_top": race_top, "race_seeds": race_seeds, "pair_share": pair_share, "simplify": simplify,
         "without_seeds": tuple(without_seed) if without_seed else None}
     given = {key for key, value in flags.items() if value is not None}
     config = CampaignConfig(name=name, **{key: flags[key] for key in given})

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from lossearch.contract import source_hash
@@ -46,6 +46,7 @@ from lossearch.search.proposers import FailureView, ParentView, Proposal, Propos
 from lossearch.search.proposers.syntax import code_size
 from lossearch.search.seeds import seed_paths
 from lossearch.search.selection import PoolMember, SelectionWeights, choose_parents
+from lossearch.search.simplify import simplify_child
 from lossearch.store import BASELINE_SEED, SANITY_TASK, Candidate, Store
 from lossearch.store.locate import DEFAULT_RUNS_DIR, CampaignHandle, campaign_store
 
@@ -208,6 +209,11 @@ class CampaignRunner:
     def store_proposal(self, proposal: Proposal, generation: int, island: int) -> None:
         if len(self.store.candidates(self.campaign_id, generation=generation)) >= self.config.population:
             return
+        if self.config.simplify:
+            simplified = simplify_child(proposal.source, proposal.name, self.fingerprint_of)
+            if simplified.dropped:
+                proposal = replace(proposal, source=simplified.source,
+                                   idea=f"{proposal.idea}; simplified: {'; '.join(simplified.dropped)}")
         if self.store.find_candidate_by_hash(self.campaign_id, source_hash(proposal.source)) is not None:
             self.stats.duplicates += 1
             return
@@ -258,6 +264,13 @@ class CampaignRunner:
             views.append(ParentView(candidate.id, candidate.name, candidate.source,
                                     score.fitness if score else None, dict(score.metrics) if score else {}, summary))
         return views
+
+    def fingerprint_of(self, source: str) -> list[float] | None:
+        """The sanity tier's fingerprint of `source` (in the sandbox), or None when it fails a tier."""
+        try:
+            return list(sanity_tier(self.sandbox, static_tier(source, "candidate"))["fingerprint"])
+        except CandidateError:
+            return None
 
     def recent_failures(self, data: CampaignData, count: int = 5) -> list[FailureView]:
         failed = [c for c in data.candidates.values() if c.failure_kind]

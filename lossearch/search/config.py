@@ -37,6 +37,9 @@ class CampaignConfig:
     without_seeds: tuple[str, ...] = ()
     """Seed losses left out of generation 0 (an ablation: can the search find them itself?); never DPO,
     the baseline every verdict is against."""
+    simplify: bool = True
+    """Drop a child's terms whose removal leaves the same loss by fingerprint before it is stored
+    (lossearch.search.simplify)."""
     pair_share: float = 0.4
     """The mutation proposer's chance, given two parents, of a two-parent operator rather than a
     one-parent one on the first (lossearch.search.proposers.mutation)."""

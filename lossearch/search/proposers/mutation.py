@@ -298,19 +298,37 @@ def _removals(function: ast.FunctionDef) -> list[tuple[ast.AST, ast.expr]]:
     return options
 
 
+Drop = tuple[int, ast.AST, ast.expr]
+"""A term that could be dropped: (index in `module.functions()`, the node, what replaces it)."""
+
+
+def term_drops(module: LossModule) -> list[Drop]:
+    """Every additive term or length normalization of the module's functions that could be dropped."""
+    return [(index, node, keep)
+            for index, function in enumerate(module.functions()) for node, keep in _removals(function)]
+
+
+def drop_term(module: LossModule, drop: Drop) -> Edit | None:
+    """A copy of `module` without the term; None when the rest would no longer read the policy."""
+    index, node, keep = drop
+    edited = module.copy()
+    target_function = edited.functions()[index]
+    path = _find_same(module.functions()[index], node, target_function)
+    dropped = ast.unparse(node)
+    syntax.replace_node(target_function, path, syntax.simplify(copy.deepcopy(keep)))
+    if not syntax.depends_on_policy(edited.function):
+        return None
+    return Edit(edited, f"simplifies `{_clip(dropped)}` to `{_clip(ast.unparse(keep))}`")
+
+
 def remove_term(module: LossModule, rng: random.Random) -> Edit | None:
     """Drop one additive term or length normalization; the rest must still read the policy."""
-    options = [(function, node, keep) for function in module.functions() for node, keep in _removals(function)]
+    options = term_drops(module)
     rng.shuffle(options)
-    for function, node, keep in options[:8]:
-        edited = module.copy()
-        index = module.functions().index(function)
-        target_function = edited.functions()[index]
-        path = _find_same(function, node, target_function)
-        dropped = ast.unparse(node)
-        syntax.replace_node(target_function, path, syntax.simplify(copy.deepcopy(keep)))
-        if syntax.depends_on_policy(edited.function):
-            return Edit(edited, f"simplifies `{_clip(dropped)}` to `{_clip(ast.unparse(keep))}`")
+    for option in options[:8]:
+        edit = drop_term(module, option)
+        if edit is not None:
+            return edit
     return None
 
 
