@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from lossearch.contract import call_loss, load_loss, parse_spec, source_hash
 from lossearch.evaluation.cascade import evaluate
+from lossearch.fingerprint import same_loss
 from lossearch.policy import check_policy
 from lossearch.search.proposers import (
     OPERATORS,
@@ -230,11 +231,26 @@ def test_the_rng_seed_fixes_the_proposals(proposer):
 
 # -- the mutation proposer --------------------------------------------------------------------
 
+NEW_OPERATORS = ("weight_pairs", "piecewise", "batch_statistic", "gate_input", "grow_term")
+"""The operators that reach past recombination (issue 14)."""
+
+
+def parents_for(operator: str) -> list[ParentView]:
+    """Parents the operator applies to: the seeds; for `gate_input`, losses with a gate (blends of seeds)."""
+    if operator != "gate_input":
+        return SEEDS
+    blender, rng = MutationProposer(operators=("blend",)), random.Random(3)
+    blends = [blender.propose([seed, SEEDS[(seed.id + 7) % len(SEEDS)]], CONTEXT, rng)[0] for seed in SEEDS]
+    return [BY_NAME["discopop"]] + [ParentView(100 + index, child.name, child.source)
+                                     for index, child in enumerate(blends)]
+
+
 @pytest.mark.parametrize("operator", OPERATORS)
 def test_every_operator_makes_policy_valid_children_from_the_seeds(operator):
     proposer, rng, made = MutationProposer(operators=(operator,)), random.Random(11), 0
-    for parent in SEEDS:
-        parents = [parent, SEEDS[(parent.id + 5) % len(SEEDS)]] if operator in mutation.PAIR_OPERATORS else [parent]
+    pool = parents_for(operator)
+    for parent in pool:
+        parents = [parent, pool[(parent.id + 5) % len(pool)]] if operator in mutation.PAIR_OPERATORS else [parent]
         for proposal in proposer.propose(parents, CONTEXT, rng):
             made += 1
             check_policy(proposal.source)
@@ -243,7 +259,25 @@ def test_every_operator_makes_policy_valid_children_from_the_seeds(operator):
             assert proposal.relation == ("crossover" if len(parents) == 2 else "mutation")
             docstring = ast.get_docstring(ast.parse(proposal.source))
             assert f"`{operator}`" in docstring and all(p.name in docstring for p in parents)
-    assert made >= len(SEEDS) - 1  # sft has nothing to swap and no constant to perturb
+    assert made >= len(pool) - 1  # sft has nothing to swap and no constant to perturb
+
+
+@pytest.mark.parametrize("operator", NEW_OPERATORS)
+def test_the_new_operators_children_pass_the_sanity_tier_and_are_new_losses(operator, sandbox):
+    proposer, rng = MutationProposer(operators=(operator,)), random.Random(21)
+    pool = parents_for(operator)
+    children = [(parent, child) for parent in rng.sample(pool, len(pool))
+                for child in proposer.propose([parent], CONTEXT, rng)][:12]
+    assert len(children) == 12
+    passed = novel = 0
+    for parent, child in children:
+        result = evaluate(child.source, child.name, "sanity", sandbox=sandbox)
+        passed += result.ok
+        if result.ok:
+            before = evaluate(parent.source, parent.name, "sanity", sandbox=sandbox).metrics["sanity"]["fingerprint"]
+            novel += not same_loss(result.metrics["sanity"]["fingerprint"], before)
+    assert passed >= 10, f"{passed} of 12 children of {operator} passed the sanity tier"
+    assert novel >= 6, f"{novel} of {passed} passing children of {operator} differ from their parent"
 
 
 def test_most_children_pass_static_and_sanity(sandbox):
@@ -282,7 +316,7 @@ def test_given_two_parents_both_operator_families_fire_at_the_pair_share():
     mutations = [p for p in proposals if p.relation == "mutation"]
     assert 12 <= len(crossovers) <= 36  # 0.4 of 60 expected
     assert all(p.parent_ids == (parents[0].id,) for p in mutations)  # a mutation of the first parent
-    assert {p.operator for p in mutations} == set(mutation.MUTATIONS)
+    assert {p.operator for p in mutations} == set(mutation.MUTATIONS) - {"gate_input"}  # DPO has no gate
     assert {p.operator for p in crossovers} == set(mutation.CROSSOVERS)
     assert all(p.model == p.operator for p in proposals)  # the campaign stores it as the candidate's model
     never = [MutationProposer(pair_share=0.0).propose(parents, CONTEXT, rng)[0].relation for _ in range(10)]

@@ -9,13 +9,19 @@ mutation of the first, the operator chosen by its record in the campaign (`Mutat
 | `add_term` | 1 | the chosen response's NLL, length normalization, a target margin gamma, or a KL term |
 | `remove_term` | 1 | drops one additive term (an NLL, a margin, a KL gap, a reference) or a length normalization |
 | `perturb_constant` | 1 | scales one hyperparameter default or numeric literal |
+| `weight_pairs` | 1 | w(margin) * L: focal (1 - sigmoid(beta m))^gamma, detached, or by the margin's sign |
+| `piecewise` | 1 | clamps a shaping call's argument to [-clip, clip], or adds a squared hinge (torch.where) |
+| `batch_statistic` | 1 | a shaping call's argument centred on, or scaled by, a detached batch statistic of itself |
+| `gate_input` | 1 | a gate reads the chosen or rejected log-ratio, the per-token margin or the KL gap |
+| `grow_term` | 1 | + w * e, e grown at random from a typed grammar over the contract's inputs (GROWTH_*) |
 | `blend` | 2 | DiscoPOP's recipe: (1 - w) A + w B with the gate w = sigmoid(beta * margin / tau) |
 | `cross_terms` | 2 | one additive term of A replaced by (or, for a one-term A, added to) a term of B |
 
-Each child is written with a fresh module docstring naming the operator and its
-parents, must pass the static policy, must read the policy log-probs, and must
-differ from its parents; otherwise the proposer retries with another draw.
-Candidate code is only ever read here, never run.
+Every constant an operator brings is a new float hyperparameter of the child (`focal_gamma`,
+`clip`, `grown_weight`, ...), so tuning and `perturb_constant` can reach it. Each child is
+written with a fresh module docstring naming the operator and its parents, must pass the static
+policy, must read the policy log-probs, and must differ from its parents; otherwise the proposer
+retries with another draw. Candidate code is only ever read here, never run.
 """
 
 from __future__ import annotations
@@ -59,7 +65,8 @@ SCALE_FACTORS = (0.3, 0.5, 0.7, 1.5, 2.0, 3.0)
 SKIPPED_KEYWORDS = ("dim", "keepdim", "min", "max")  # clamp bounds and axes are not hyperparameters
 OPERATOR_TAGS = {"swap_function": "swap", "add_term": "add", "remove_term": "drop",
                  "perturb_constant": "tune", "blend": "blend", "cross_terms": "cross"}
-MUTATIONS = ("swap_function", "add_term", "remove_term", "perturb_constant")
+MUTATIONS = ("swap_function", "add_term", "remove_term", "perturb_constant", "weight_pairs", "piecewise",
+             "batch_statistic", "gate_input", "grow_term")
 CROSSOVERS = ("blend", "cross_terms")
 # what children's names end in: the operator's tag and six hex digits before (`dpo_swap3fa2c1`), now
 # a key term and five (`dpo_tanh_3fa2c`, `dpo_blend_ipo_1b2c3`); root_name strips them all
@@ -563,9 +570,184 @@ def _clip(text: str, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# -- beyond recombination: per-pair weights, piecewise parts, batch statistics, gates, growth ---
+
+def _fresh(module: LossModule, base: str) -> str:
+    """A local name no parameter, definition or local of the module uses."""
+    return syntax.fresh_name(base, module.parameter_names() | module.top_level_names() | _locals(module))
+
+
+def _with_beta(module: LossModule) -> None:
+    if "beta" not in module.hyperparameters:
+        module.hyperparameters = {"beta": 0.1, **module.hyperparameters}
+
+
+def _define_first(module: LossModule, line: str) -> None:
+    """Put `line` at the top of `loss`'s body (after its docstring): it may read only `loss`'s parameters."""
+    position = 1 if ast.get_docstring(module.function) is not None else 0
+    module.function.body[position:position] = ast.parse(line).body
+
+
+def _margin_local(module: LossModule) -> str:
+    """A local of `loss` holding the implicit reward margin (policy and, when present, reference), for
+    use in its return: the loss's own when it assigns exactly that once, else a fresh one."""
+    _require_inputs(module, syntax.POLICY_INPUTS)
+    expression = _gate_margin(module.inputs)
+    wanted = ast.unparse(ast.parse(expression, mode="eval"))
+    assignments = [node for node in module.function.body if isinstance(node, ast.Assign)]
+    for node in assignments:
+        target = node.targets[0]
+        if (len(node.targets) == 1 and isinstance(target, ast.Name) and ast.unparse(node.value) == wanted
+                and sum(1 for other in assignments for t in other.targets
+                        if isinstance(t, ast.Name) and t.id == target.id) == 1):
+            return target.id
+    name = _fresh(module, "pair_margin")
+    _define_first(module, f"{name} = {expression}")
+    return name
+
+
+def weight_pairs(module: LossModule, rng: random.Random) -> Edit | None:
+    """w(margin) * L per pair: focal-style (1 - sigmoid(beta * margin)) ** gamma, detached, so pairs
+    already won count less; or by the margin's sign, as PADLL weights won and lost pairs apart."""
+    returned = syntax.last_return(module.function)
+    if returned is None or returned.value is None:
+        return None
+    _with_beta(module)
+    margin = _margin_local(module)
+    if rng.random() < 0.5:
+        gamma = _new_hyperparameter(module, "focal_gamma", rng.choice((0.5, 1.0, 2.0)))
+        weight, key = f"(1 - torch.sigmoid(beta * {margin})).detach() ** {gamma}", "focal"
+        idea = f"weights each pair by (1 - sigmoid(beta * margin)) ** {gamma}, detached: won pairs count less"
+    else:
+        won = _new_hyperparameter(module, "won_weight", rng.choice((0.25, 0.5, 2.0)))
+        weight, key = f"torch.where({margin} > 0, {won}, 1.0)", "signweight"
+        idea = f"weights won pairs (margin > 0) by {won} and lost pairs by 1"
+    returned.value = syntax.fill_template(f"{weight} * (LOSS)", LOSS=returned.value)
+    return Edit(module, idea, key)
+
+
+def piecewise(module: LossModule, rng: random.Random) -> Edit | None:
+    """A piecewise part: one shaping call's argument clamped to [-clip, clip] (no gradient past it), or a
+    squared hinge added where beta * margin falls short of a target (torch.where)."""
+    sites = _policy_sites(module, lambda node: _shaping_name(node) in SHAPING + ("square",))
+    if sites and rng.random() < 0.5:
+        site = rng.choice(sites)
+        clip = _new_hyperparameter(module, "clip", rng.choice((2.0, 5.0, 10.0)))
+        thread_names(module, _function_of(module, site), {clip: module.hyperparameters[clip]})
+        argument = _argument(site)
+        clamped = syntax.fill_template(f"torch.clamp(X, min=-{clip}, max={clip})", X=argument)
+        syntax.replace_node(site, argument, clamped)
+        return Edit(module, f"clamps `{_clip(ast.unparse(argument))}` to [-{clip}, {clip}]", "clamp")
+    _with_beta(module)
+    margin = _margin_local(module)
+    target = _new_hyperparameter(module, "target", rng.choice((0.5, 1.0, 2.0)))
+    weight = _new_hyperparameter(module, "hinge_weight", rng.choice((0.1, 0.5, 1.0)))
+    shortfall = f"{target} - beta * {margin}"
+    if not _add_to_return(module, f"{weight} * torch.where({shortfall} > 0, ({shortfall}) ** 2, "
+                                  f"torch.zeros_like({margin}))"):
+        return None
+    return Edit(module, f"adds {weight} * a squared hinge where beta * margin is below {target}", "sqhinge")
+
+
+def batch_statistic(module: LossModule, rng: random.Random) -> Edit | None:
+    """One shaping call's argument read against its batch: centred on its detached batch mean, or
+    divided by one plus its detached mean size (a batch-adaptive beta, in the spirit of beta-DPO)."""
+    sites = _policy_sites(module, lambda node: _shaping_name(node) in SHAPING + ("square",))
+    if not sites:
+        return None
+    site = rng.choice(sites)
+    argument = _argument(site)
+    if rng.random() < 0.5:
+        template, key, how = "X - X.detach().mean()", "centred", "centres it on its detached batch mean"
+    else:
+        template, key = "X / (1 + X.detach().abs().mean())", "scaled"
+        how = "divides it by 1 + its detached batch mean size"
+    syntax.replace_node(site, argument, syntax.fill_template(template, X=argument))
+    return Edit(module, f"reads `{_clip(ast.unparse(argument))}` against the batch: {how}", key)
+
+
+GATE_READINGS = {
+    "chosen log-ratio": ("policy_chosen_logps - reference_chosen_logps",
+                         ("policy_chosen_logps", "reference_chosen_logps")),
+    "rejected log-ratio": ("reference_rejected_logps - policy_rejected_logps",
+                           ("policy_rejected_logps", "reference_rejected_logps")),
+    "per-token margin": ("policy_chosen_logps / chosen_lengths.clamp(min=1.0)"
+                         " - policy_rejected_logps / rejected_lengths.clamp(min=1.0)",
+                         syntax.POLICY_INPUTS + syntax.LENGTH_INPUTS),
+    "KL gap": ("rejected_kl - chosen_kl", syntax.KL_INPUTS),
+}
+"""What a gate may look at instead of the margin: the expression and the inputs it reads."""
+
+
+def gate_input(module: LossModule, rng: random.Random) -> Edit | None:
+    """Change what a gate looks at: a `gate... = torch.sigmoid(...)` assignment's argument becomes
+    beta * (another reading of the pair) / tau, e.g. the chosen log-ratio alone or the KL gap."""
+    gates = [(function, node) for function in module.functions() for node in ast.walk(function)
+             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+             and "gate" in node.targets[0].id and isinstance(node.value, ast.Call)
+             and syntax.dotted_name(node.value.func) == "torch.sigmoid" and len(node.value.args) == 1]
+    if not gates:
+        return None
+    function, assignment = rng.choice(gates)
+    reading = rng.choice(sorted(GATE_READINGS))
+    expression, inputs = GATE_READINGS[reading]
+    _with_beta(module)
+    _require_inputs(module, inputs)
+    tau = _new_hyperparameter(module, "gate_tau", rng.choice((0.05, 0.1, 0.5, 1.0)))
+    thread_names(module, function, {**{name: None for name in inputs}, "beta": module.hyperparameters["beta"],
+                                    tau: module.hyperparameters[tau]})
+    assert isinstance(assignment.value, ast.Call)  # kept above: a torch.sigmoid call
+    assignment.value.args = [ast.parse(f"beta * ({expression}) / {tau}", mode="eval").body]
+    return Edit(module, f"gates on the {reading} instead (sigmoid(beta * {reading} / {tau}))", "gate")
+
+
+GROWTH_ATOMS = {
+    "margin": None,  # the implicit reward margin (_gate_margin)
+    "chosen_ratio": ("policy_chosen_logps - reference_chosen_logps", ("policy_chosen_logps", "reference_chosen_logps")),
+    "rejected_ratio": ("policy_rejected_logps - reference_rejected_logps",
+                       ("policy_rejected_logps", "reference_rejected_logps")),
+    "per_token_margin": GATE_READINGS["per-token margin"],
+}
+GROWTH_UNARY = ("-F.logsigmoid(X)", "torch.sigmoid(-X)", "torch.tanh(-X)", "F.softplus(-X)", "torch.relu(-X)",
+                "X ** 2", "torch.abs(X)", "torch.exp(-torch.relu(X))")
+GROWTH_BINARY = ("X + Y", "X - Y", "X * Y")
+"""The typed grammar of `grow_term`: atoms are (B,) readings of the pair, scaled by beta; unary shapes
+are loss-like (mostly decreasing in their argument); every node is a (B,) tensor."""
+
+
+def _grow(module: LossModule, rng: random.Random, depth: int) -> str:
+    """A random expression of the grammar, at most `depth` operators deep; its inputs are required."""
+    if depth == 0 or rng.random() < 0.3:
+        name = rng.choice(sorted(GROWTH_ATOMS))
+        atom = GROWTH_ATOMS[name]
+        if atom is None:
+            _require_inputs(module, syntax.POLICY_INPUTS)
+            return f"beta * ({_gate_margin(module.inputs)})"
+        _require_inputs(module, atom[1])
+        return f"beta * ({atom[0]})"
+    if rng.random() < 0.7:
+        return "(" + rng.choice(GROWTH_UNARY).replace("X", f"({_grow(module, rng, depth - 1)})") + ")"
+    first, second = _grow(module, rng, depth - 1), _grow(module, rng, depth - 1)
+    return "(" + rng.choice(GROWTH_BINARY).replace("X", f"({first})").replace("Y", f"({second})") + ")"
+
+
+def grow_term(module: LossModule, rng: random.Random) -> Edit | None:
+    """+ w * e: a new term grown from a typed grammar over the contract's inputs (GROWTH_*), so the
+    search can write what no seed holds; w is a new hyperparameter."""
+    _with_beta(module)
+    expression = rng.choice(GROWTH_UNARY).replace("X", f"({_grow(module, rng, 2)})")
+    weight = _new_hyperparameter(module, "grown_weight", rng.choice((0.1, 0.3, 1.0)))
+    if not _add_to_return(module, f"{weight} * {expression}"):
+        return None
+    text = ast.unparse(ast.parse(expression, mode="eval"))
+    return Edit(module, f"adds {weight} * `{_clip(text)}`, a term grown from the contract's inputs", "grown")
+
+
 SINGLE_OPERATORS: dict[str, Callable[[LossModule, random.Random], Edit | None]] = {
     "swap_function": swap_function, "add_term": add_term,
     "remove_term": remove_term, "perturb_constant": perturb_constant,
+    "weight_pairs": weight_pairs, "piecewise": piecewise, "batch_statistic": batch_statistic,
+    "gate_input": gate_input, "grow_term": grow_term,
 }
 PAIR_OPERATORS: dict[str, Callable[[LossModule, LossModule, random.Random], Edit | None]] = {
     "blend": blend, "cross_terms": cross_terms,
@@ -595,8 +777,9 @@ class MutationProposer:
     """The default, offline proposer: syntax-tree operators over one parent or two.
 
     Given two parents, a two-parent operator (`CROSSOVERS`) is drawn with probability
-    `pair_share`, else a one-parent operator (`MUTATIONS`) of the first; when the family drawn
-    cannot edit these parents, the other family is tried. One parent gets a mutation; no parent,
+    `pair_share`, else a one-parent operator (`MUTATIONS`) of the first; an operator that cannot
+    edit these parents yields to another of its family, and a family none of whose operators can,
+    to the other family. One parent gets a mutation; no parent,
     a mutation of a candidate drawn from `context.top`. Within a family the operator is chosen by
     UCB1 over the campaign's record of each operator (`context.operators`: the share of its
     children that improved on their parents, lossearch.ranking.operator_stats), so the operators
@@ -670,17 +853,18 @@ class MutationProposer:
         single = [name for name in self.operators if name in SINGLE_OPERATORS]
         families = (pair, single) if pair and rng.random() < self.pair_share else (single, pair)
         for family in families:
-            if not family:
-                continue
-            operator = self.choose_operator(family, context, rng)
-            if operator in PAIR_OPERATORS:
-                edit = PAIR_OPERATORS[operator](modules[0].copy(), modules[1].copy(), rng)
-                used = parents
-            else:
-                edit = SINGLE_OPERATORS[operator](modules[0].copy(), rng)
-                used = parents[:1]
-            if edit is not None:
-                return self._finish(edit, operator, used)
+            remaining = list(family)
+            while remaining:  # an operator that cannot edit these parents (no gate to move) yields to the next
+                operator = self.choose_operator(remaining, context, rng)
+                remaining.remove(operator)
+                if operator in PAIR_OPERATORS:
+                    edit = PAIR_OPERATORS[operator](modules[0].copy(), modules[1].copy(), rng)
+                    used = parents
+                else:
+                    edit = SINGLE_OPERATORS[operator](modules[0].copy(), rng)
+                    used = parents[:1]
+                if edit is not None:
+                    return self._finish(edit, operator, used)
         return None
 
     def _finish(self, edit: Edit, operator: str, parents: list[ParentView]) -> Proposal | None:
