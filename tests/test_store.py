@@ -162,6 +162,16 @@ def test_a_candidate_is_recorded_with_its_lineage(store):
     assert len(store.lineage(campaign.id)) == 2
 
 
+def test_an_llm_candidate_keeps_what_it_was_asked_and_notes_keep_one_per_generation(store):
+    campaign = store.create_campaign("notes", {})
+    asked = add(store, campaign.id, 1, proposer="llm", model="m", instruction="repair", temperature=1.2)
+    assert store.get_candidate(asked.id).instruction == "repair" and store.get_candidate(asked.id).temperature == 1.2
+    store.record_note(campaign.id, 3, author="m", text="first")
+    store.record_note(campaign.id, 3, author="m", text="rewritten")  # a resumed generation writes it again
+    store.record_note(campaign.id, 6, author="m", text="later")
+    assert [(note.generation, note.text) for note in store.notes(campaign.id)] == [(3, "rewritten"), (6, "later")]
+
+
 def test_a_candidate_with_an_unknown_parent_writes_nothing(store):
     campaign = store.create_campaign("demo", {})
     with pytest.raises(NotFoundError, match="no candidate with id 12345"):
@@ -422,10 +432,13 @@ def test_a_version_1_database_is_upgraded_on_open(store_url):
     engine.dispose()
 
     with Store(store_url) as upgraded:
-        assert upgraded.schema_version() == SCHEMA_VERSION == 3
+        assert upgraded.schema_version() == SCHEMA_VERSION == 4
         old = upgraded.get_campaign("old")
         assert (old.config, old.status, old.created_at.year) == ({"task": "sort"}, "finished", 2025)
-        assert add(upgraded, old.id, 0).campaign_id == old.id
+        added = add(upgraded, old.id, 0)
+        assert added.campaign_id == old.id and added.instruction is None  # version 4's column, empty
+        note = upgraded.record_note(old.id, 3, author="gpt-4o-mini", text="margins help")
+        assert upgraded.notes(old.id) == [note] and note.generation == 3
     inspector = sa.inspect(sa.create_engine(store_url))
     assert [index["name"] for index in inspector.get_indexes("lineage_edges")] == ["ix_lineage_edges_parent"]
 

@@ -25,6 +25,7 @@ from lossearch.store.values import (
     LineageEdge,
     LLMCall,
     LLMUsage,
+    Note,
     NotFoundError,
     StoreError,
 )
@@ -32,5 +33,5 @@ from lossearch.store.values import (
 __all__ = [
     "BASELINE_SEED", "CAMPAIGN_DB_NAME", "CAMPAIGN_STATUSES", "CANDIDATE_STATUSES", "RELATIONS", "SANITY_TASK",
     "UNFINISHED_STATUSES", "UNRANKED_STATUSES", "Campaign", "CampaignSummary", "Candidate", "Confirmation",
-    "Evaluation", "LLMCall", "LLMUsage", "LineageEdge", "NotFoundError", "Store", "StoreError",
+    "Evaluation", "LLMCall", "LLMUsage", "LineageEdge", "Note", "NotFoundError", "Store", "StoreError",
 ]

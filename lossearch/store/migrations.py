@@ -121,7 +121,27 @@ def _add_confirmations(connection: Connection) -> None:
     metadata.tables["confirmations"].create(connection)
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create_tables, _index_read_paths, _add_confirmations)
+def _add_recipes_and_notes(connection: Connection) -> None:
+    """4: what an LLM proposal was asked (instruction, temperature), and the proposer's own notes."""
+    for column in ("instruction VARCHAR(32)", "temperature FLOAT"):
+        connection.execute(sa.text(f"ALTER TABLE candidates ADD COLUMN {column}"))
+    metadata = sa.MetaData()
+    sa.Table("campaigns", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table(
+        "notes", metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("campaign_id", sa.Integer, sa.ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("generation", sa.Integer, nullable=False),
+        sa.Column("author", sa.Text, nullable=False),
+        sa.Column("text", sa.Text, nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.UniqueConstraint("campaign_id", "generation", name="uq_notes_campaign_generation"),
+    )
+    metadata.tables["notes"].create(connection)
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create_tables, _index_read_paths, _add_confirmations,
+                                                        _add_recipes_and_notes)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

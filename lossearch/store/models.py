@@ -51,6 +51,8 @@ class CandidateModel(Base):
     fitness: Mapped[float | None] = mapped_column(sa.Float)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime)
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime)
+    instruction: Mapped[str | None] = mapped_column(sa.String(32))
+    temperature: Mapped[float | None] = mapped_column(sa.Float)
 
 
 class LineageEdgeModel(Base):
@@ -103,6 +105,18 @@ class ConfirmationModel(Base):
     candidate_id: Mapped[int] = mapped_column(sa.ForeignKey("candidates.id", ondelete="CASCADE"))
     confirmed: Mapped[bool] = mapped_column(sa.Boolean)
     record: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime)
+
+
+class NoteModel(Base):
+    __tablename__ = "notes"
+    __table_args__ = (sa.UniqueConstraint("campaign_id", "generation", name="uq_notes_campaign_generation"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
+    generation: Mapped[int]
+    author: Mapped[str] = mapped_column(sa.Text)
+    text: Mapped[str] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime)
 
 

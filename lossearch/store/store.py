@@ -43,6 +43,7 @@ from lossearch.store.models import (
     EvaluationModel,
     LineageEdgeModel,
     LLMCallModel,
+    NoteModel,
 )
 from lossearch.store.values import (
     CAMPAIGN_DB_NAME,
@@ -59,6 +60,7 @@ from lossearch.store.values import (
     LineageEdge,
     LLMCall,
     LLMUsage,
+    Note,
     NotFoundError,
     StoreError,
 )
@@ -142,6 +144,7 @@ def _as_candidate(row: CandidateModel) -> Candidate:
         status=row.status, tier=row.tier, fingerprint=fingerprint, failure_kind=row.failure_kind,
         failure_message=row.failure_message, fitness=row.fitness,
         created_at=_aware(row.created_at), updated_at=_aware(row.updated_at),
+        instruction=row.instruction, temperature=row.temperature,
     )
 
 
@@ -152,6 +155,10 @@ def _as_edge(row: LineageEdgeModel) -> LineageEdge:
 def _as_evaluation(row: EvaluationModel) -> Evaluation:
     return Evaluation(row.id, row.candidate_id, row.tier, row.task, row.seed, copy.deepcopy(row.metrics),
                       row.fitness, row.seconds, _aware(row.created_at))
+
+
+def _as_note(row: NoteModel) -> Note:
+    return Note(row.id, row.campaign_id, row.generation, row.author, row.text, _aware(row.created_at))
 
 
 def _as_confirmation(row: ConfirmationModel) -> Confirmation:
@@ -368,6 +375,8 @@ class Store:
         island: int = 0,
         parents: Sequence[tuple[int, str]] = (),
         status: str = "pending",
+        instruction: str | None = None,
+        temperature: float | None = None,
     ) -> Candidate:
         """Record a new candidate and its lineage edges (`(parent id, relation)` pairs) together."""
         _check_choice(status, CANDIDATE_STATUSES, "candidate status")
@@ -381,7 +390,7 @@ class Store:
             row = CandidateModel(
                 campaign_id=campaign_id, name=name, source=source, code_hash=source_hash(source), idea=idea,
                 proposer=proposer, model=model, generation=generation, island=island, status=status,
-                created_at=now, updated_at=now,
+                created_at=now, updated_at=now, instruction=instruction, temperature=temperature,
             )
             session.add(row)
             session.flush()
@@ -573,6 +582,27 @@ class Store:
                  .order_by(ConfirmationModel.id))
         with self._session_scope() as session:
             return [_as_confirmation(row) for row in session.scalars(query)]
+
+    # -- notes -------------------------------------------------------------------------
+
+    def record_note(self, campaign_id: int, generation: int, *, author: str, text: str) -> Note:
+        """Keep a proposer's note written before `generation`; a second one for that generation replaces it."""
+        with self._session_scope(write=True) as session:
+            self._campaign_row(session, campaign_id)
+            row = session.scalar(sa.select(NoteModel).where(NoteModel.campaign_id == campaign_id,
+                                                            NoteModel.generation == generation))
+            if row is None:
+                row = NoteModel(campaign_id=campaign_id, generation=generation)
+                session.add(row)
+            row.author, row.text, row.created_at = author, text, _now()
+            session.flush()
+            return _as_note(row)
+
+    def notes(self, campaign_id: int) -> list[Note]:
+        """The campaign's notes, oldest first."""
+        query = sa.select(NoteModel).where(NoteModel.campaign_id == campaign_id).order_by(NoteModel.generation)
+        with self._session_scope() as session:
+            return [_as_note(row) for row in session.scalars(query)]
 
     # -- LLM calls ---------------------------------------------------------------------
 

@@ -83,6 +83,10 @@ class Candidate:
     """The best known fitness; None until a tier scores it."""
     created_at: datetime
     updated_at: datetime
+    instruction: str | None = None
+    """What an LLM was asked for this candidate (improve, combine, novel, repair); None otherwise."""
+    temperature: float | None = None
+    """The sampling temperature of that request."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,20 @@ class Confirmation:
     worse than DPO on any held-out task confirmed."""
     record: dict[str, Any]
     """The comparisons, seeds, budget and precision (lossearch.search.confirm writes it)."""
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Note:
+    """What a proposer wrote of the campaign so far (its meta-scratchpad), once per few generations."""
+
+    id: int
+    campaign_id: int
+    generation: int
+    """The generation it was written before."""
+    author: str
+    """The model that wrote it."""
+    text: str
     created_at: datetime
 
 
