@@ -362,6 +362,9 @@ def run_command(
     without_seed: Optional[list[str]] = typer.Option(None, "--without-seed",
                                                      help="Leave this seed loss out of generation 0 (can the "
                                                           "search find it itself?); repeat for several."),
+    notes_every: Optional[int] = typer.Option(None, "--notes-every", min=0,
+                                              help="The llm proposer writes its notes on the campaign before "
+                                                   "every N generations; 0 never [default: 3]."),
     simplify: Optional[bool] = typer.Option(None, "--simplify/--no-simplify",
                                             help="Drop a child's terms that leave the same loss by fingerprint "
                                                  "before it is stored [default: on]."),
@@ -408,7 +411,7 @@ def run_command(
         "llm_models": tuple(llm_model) if llm_model else None, "workers": workers, "executor": executor,
         "ray_address": ray_address, "confirm": confirm, "confirm_top": confirm_top, "confirm_seeds": confirm_seeds,
         "race_top": race_top, "race_seeds": race_seeds, "pair_share": pair_share, "simplify": simplify,
-        "without_seeds": tuple(without_seed) if without_seed else None}
+        "notes_every": notes_every, "without_seeds": tuple(without_seed) if without_seed else None}
     given = {key for key, value in flags.items() if value is not None}
     config = CampaignConfig(name=name, **{key: flags[key] for key in given})
     with CampaignDisplay(console, f"campaign {name}") as display:

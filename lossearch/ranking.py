@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from lossearch.choices import TIER_ORDER
@@ -280,23 +280,39 @@ class OperatorStats:
 def operator_stats(data: CampaignData) -> dict[str, OperatorStats]:
     """Per mutation operator (the `model` the offline proposer records): its children and how many
     improved on their parents at the bandit tier, the tier every child reaches."""
+    return child_record(data, lambda c: c.model if c.proposer == "mutation" else None)
+
+
+def instruction_stats(data: CampaignData) -> dict[str, OperatorStats]:
+    """Per LLM instruction (improve, combine, novel, repair), as `operator_stats` per operator."""
+    return child_record(data, lambda c: c.instruction if c.proposer == "llm" else None)
+
+
+def child_record(data: CampaignData, arm_of: Callable[[Candidate], str | None]) -> dict[str, OperatorStats]:
+    """Per arm (`arm_of` a child; None leaves it out): its children and how they did against their parents."""
     children: dict[str, int] = defaultdict(int)
     outcomes: dict[str, list[float | None]] = defaultdict(list)  # a gain over the best parent; None: failed
     for candidate in data.candidates.values():
-        if candidate.proposer != "mutation" or not candidate.model:
+        arm = arm_of(candidate)
+        if not arm:
             continue
-        children[candidate.model] += 1
-        child = data.score(candidate.id, tier="bandit")
-        if child is None:
-            if candidate.failure_kind is not None or candidate.status in ("rejected", "duplicate"):
-                outcomes[candidate.model].append(None)
-            continue
-        parents = [data.score(edge.parent_id, tier="bandit") for edge in data.parents.get(candidate.id, [])]
-        best = max((score.fitness for score in parents if score is not None), default=child.fitness)
-        outcomes[candidate.model].append(child.fitness - best)
+        children[arm] += 1
+        gain = child_gain(data, candidate)
+        if gain is not None or candidate.failure_kind is not None or candidate.status in ("rejected", "duplicate"):
+            outcomes[arm].append(gain)
     stats = {}
     for name, count in children.items():
         gains = [gain for gain in outcomes[name] if gain is not None]
         stats[name] = OperatorStats(name, count, len(outcomes[name]), len(gains), sum(1 for g in gains if g > 0),
                                     sum(max(0.0, g) for g in gains))
     return stats
+
+
+def child_gain(data: CampaignData, candidate: Candidate) -> float | None:
+    """The child's bandit-tier fitness minus its best parent's (0 without a scored parent); None unscored."""
+    child = data.score(candidate.id, tier="bandit")
+    if child is None:
+        return None
+    parents = [data.score(edge.parent_id, tier="bandit") for edge in data.parents.get(candidate.id, [])]
+    best = max((score.fitness for score in parents if score is not None), default=child.fitness)
+    return child.fitness - best

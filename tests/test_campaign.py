@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 import pytest
+from helpers import run_cli
 from helpers import start_cli as start_lossearch
 
 from lossearch.errors import ConfigError
@@ -187,10 +188,14 @@ def test_llm_campaign_against_a_local_openai_compatible_server(tmp_path, monkeyp
         server.script.insert(1, Reply(status=500))  # one failure on the way, retried
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a loopback server needs no key
         process = start_cli(tmp_path, "--name", "llm", "--generations", "2", "--population", "3", "--no-finetune",
-                            "--proposer", "llm", "--llm-base-url", server.url, "--llm-model", "local-model")
+                            "--proposer", "llm", "--llm-base-url", server.url, "--llm-model", "local-model",
+                            "--notes-every", "1")
         out, err = process.communicate(timeout=300)
     finally:
         server.close()
+    prompts = [request["body"]["messages"][-1]["content"] for request in server.requests]
+    notes_requests = [text for text in prompts if "## Your notes" not in text and "## Your job" not in text]
+    assert len(notes_requests) == 1  # before generation 2, the model was asked to write its notes
     assert process.returncode == 0, err
     assert "reached 2 generation(s)" in out
     with campaign_db(tmp_path, "llm") as store:
@@ -199,11 +204,25 @@ def test_llm_campaign_against_a_local_openai_compatible_server(tmp_path, monkeyp
         assert len(children) == 6
         assert all(c.proposer == "llm" and c.model == "local-model" for c in children)
         assert all(c.idea.startswith("idea ") for c in children)
+        assert all(c.instruction in ("improve", "combine", "novel", "repair") and c.temperature in (0.7, 1.0)
+                   for c in children)
+        (note,) = store.notes(campaign.id)
+        assert note.generation == 2 and note.author == "local-model" and note.text
+        first_generation = [c.name for c in children if c.generation == 1]
+        later = [text for text in prompts if "## Your job" in text][-1]  # a prompt of generation 2
+        assert "## Your notes on this campaign so far" in later and "## Your earlier proposals" in later
+        assert all(f"- {name} [" in later for name in first_generation)
+        assert "DPO's bandit fitness is" in later
         calls = store.llm_calls(campaign.id)
         assert {call.outcome for call in calls} >= {"ok", "server_error"}
         assert store.llm_usage(campaign.id).total_tokens > 0
         assert any(edge.relation == "inspiration" or edge.relation in ("mutation", "crossover")
                    for child in children for edge in store.parents(child.id))
+    assert run_cli("report", "--run", "llm", cwd=tmp_path, timeout=120).returncode == 0
+    assert "LLM instructions" in (tmp_path / "runs" / "llm" / "report.html").read_text()
+    shown = run_cli("show", str(children[0].id), "--run", "llm", cwd=tmp_path, timeout=120,
+                    env={"COLUMNS": "200"}).stdout
+    assert f"asked to: {children[0].instruction} at temperature {children[0].temperature:g}" in shown
 
 
 @pytest.mark.slow

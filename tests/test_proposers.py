@@ -529,6 +529,43 @@ def test_the_request_carries_the_key_and_the_prompt(server):
         assert expected in text
 
 
+def test_the_prompt_labels_its_numbers_and_shows_the_proposers_history_and_notes(server):
+    from lossearch.search.proposers.base import IdeaRecord
+
+    leader = replace(SEEDS[0], fitness=0.40, tier="finetune", spread=0.03, seeds=3)
+    history = (IdeaRecord("twin_of_dpo", "DPO, reworded", "duplicate", "#7 dpo", instruction="improve"),
+               IdeaRecord("wider_margin", "a target margin", "scored", tier="finetune", change=0.012, spread=0.05,
+                          instruction="combine"),
+               IdeaRecord("exploding", "an exponential", "failed", "nan: loss returned nan", instruction="novel"))
+    context = replace(CONTEXT, top=(leader,), baseline={"finetune": 0.37, "bandit": 0.31},
+                      noise={"finetune": 0.05}, history=history, notes="Margins helped; exponentials blew up.")
+    from lossearch.ranking import OperatorStats
+
+    proposer, rng, kinds = llm_proposer(server), random.Random(0), []
+    for _ in range(8):  # the campaign's record of each instruction grows with its children, as a campaign's does
+        record = {kind: OperatorStats(kind, kinds.count(kind), kinds.count(kind), kinds.count(kind), 0, 0.0)
+                  for kind in set(kinds)}
+        kinds.append(proposer.propose([BY_NAME["cpo"], BY_NAME["ipo"]], replace(context, instructions=record),
+                                      rng)[0].instruction)
+    texts = [request["body"]["messages"][1]["content"] for request in server.requests]
+    text = texts[0]
+    for expected in ("### aot (finetune fitness 0.4 ± 0.03 over 3 seeds, +0.03 vs DPO",
+                     "DPO's finetune fitness is 0.37", "DPO's bandit fitness is 0.31",
+                     "varies by about ± 0.05 from seed to seed",
+                     "## Your notes on this campaign so far\nMargins helped; exponentials blew up.",
+                     "- wider_margin [combine]: a target margin -> +0.012 vs its best parent at the finetune tier "
+                     "(noise ± 0.05)", "- exploding [novel]: an exponential -> failed: nan: loss returned nan",
+                     "Your last proposal, twin_of_dpo, was the same loss as #7 dpo"):
+        assert expected in text, expected
+    # every instruction that applies is asked once before any twice (UCB over the campaign's record);
+    # "repair" applies because a recent proposal failed, and names it
+    assert set(kinds[:4]) == set(kinds) == {"combine", "improve", "novel", "repair"}
+    assert any("Your proposal exploding (an exponential) failed" in t for t in texts)
+    assert any("unlike every loss shown above" in t for t in texts)
+    temperatures = {request["body"]["temperature"] for request in server.requests}
+    assert temperatures == {0.7, 1.0}
+
+
 @pytest.mark.parametrize("content", [
     "Here is my idea.\n```json\n" + GOOD_REPLY + "\n```\nHope it helps!",
     "Sure! " + GOOD_REPLY + " Let me know.",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lossearch import __version__
-from lossearch.ranking import CampaignData, OperatorStats, load_campaign_data, operator_stats
+from lossearch.ranking import CampaignData, OperatorStats, instruction_stats, load_campaign_data, operator_stats
 from lossearch.reporting.results import (
     VERDICT_NOTE,
     Leaderboard,
@@ -85,6 +85,9 @@ def report_html(data: CampaignData, *, leaders: int = 6) -> str:
     operators = operator_stats(data)
     if operators:
         sections.append(_section("Mutation operators", operators_html(operators)))
+    instructions = instruction_stats(data)
+    if instructions:
+        sections.append(_section("LLM instructions", operators_html(instructions, "instruction")))
     return _page(f"lossearch campaign {data.campaign.name}", "".join(sections))
 
 
@@ -332,17 +335,17 @@ def comparisons_html(comparisons: Any) -> str:
     return f'<div class="scroll"><table><tr>{header}</tr>{"".join(rows)}</table></div>' if rows else ""
 
 
-def operators_html(operators: Mapping[str, OperatorStats]) -> str:
-    """One row per mutation operator: its children and the share that improved on their parents."""
+def operators_html(operators: Mapping[str, OperatorStats], arm: str = "operator") -> str:
+    """One row per mutation operator (or LLM instruction): its children and the share that improved on their parents."""
     rows = "".join(
         f'<tr><td>{escape(name)}</td><td class="n">{s.children}</td><td class="n">{s.valid}</td>'
         f'<td class="n">{s.improved}</td><td class="n">{rate(s.success_rate)}</td>'
         f'<td class="n">{s.gain:.3g}</td></tr>'
         for name, s in sorted(operators.items(), key=lambda item: -item[1].children))
-    return ('<p class="muted">Children each operator wrote, those the bandit tier scored (valid), those whose '
+    return (f'<p class="muted">Children of each {arm}, those the bandit tier scored (valid), those whose '
             "bandit-tier fitness beats their best parent's (improved, and its share of the children with a verdict), "
-            "and the summed gain: the record the mutation proposer chooses its operators by.</p>"
-            "<table><tr><th>operator</th><th>children</th><th>valid</th><th>improved</th><th>success</th>"
+            f"and the summed gain: the record the proposer chooses its {arm}s by.</p>"
+            f"<table><tr><th>{arm}</th><th>children</th><th>valid</th><th>improved</th><th>success</th>"
             f"<th>gain</th></tr>{rows}</table>")
 
 

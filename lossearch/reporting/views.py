@@ -195,6 +195,9 @@ def candidate_view(report: CandidateReport) -> Group:
     if candidate.failure_kind or candidate.failure_message:
         lines.append(Text(f"{candidate.failure_kind or candidate.status}: {candidate.failure_message}", style="red"))
     lines.append(Text(f"idea: {candidate.idea or '-'}"))
+    if candidate.instruction:
+        temperature = "" if candidate.temperature is None else f" at temperature {candidate.temperature:g}"
+        lines.append(Text(f"asked to: {candidate.instruction}{temperature}"))
     if report.operator is not None:
         record = report.operator
         lines.append(Text(f"operator {record.operator} in this campaign: {record.children} children, {record.valid} "

@@ -26,7 +26,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -36,13 +36,22 @@ from lossearch.evaluation.cascade import bandit_tier, finetune_tier, sanity_tier
 from lossearch.evaluation.tuning import create_study_storage
 from lossearch.failures import CandidateError
 from lossearch.fingerprint import closest_rescaling, rescaling_note, same_loss, summarize
-from lossearch.ranking import CampaignData, load_campaign_data, operator_stats, rank, tier_agreement
+from lossearch.ranking import (
+    CampaignData,
+    instruction_stats,
+    load_campaign_data,
+    operator_stats,
+    pooled_spread,
+    rank,
+    tier_agreement,
+)
 from lossearch.reporting.results import NoResults
 from lossearch.sandbox.interface import SandboxLike
 from lossearch.sandbox.local import Sandbox
 from lossearch.search.config import CampaignConfig, merge_resumed
 from lossearch.search.confirm import ConfirmationReport, ConfirmConfig, confirm_campaign
 from lossearch.search.proposers import FailureView, ParentView, Proposal, ProposalContext, Proposer, make_proposer
+from lossearch.search.proposers.base import IdeaRecord
 from lossearch.search.proposers.syntax import code_size
 from lossearch.search.seeds import seed_paths
 from lossearch.search.selection import PoolMember, SelectionWeights, choose_parents
@@ -197,10 +206,11 @@ class CampaignRunner:
             data = self.snapshot()
             ranked = rank(data).candidates
             parents = self.choose_parents(data, ranked, island, generation, rng)
-            context = ProposalContext(task=self.config.task, task_description=task_description(self.config.task),
-                                      top=self.parent_views(data, ranked[:5]), failures=self.recent_failures(data),
-                                      operators=operator_stats(data))
+            context = self.proposal_context(data, ranked)
             assert self.proposer is not None  # a campaign without one (`none`) proposes nothing
+            if attempts == 1:
+                self.write_notes(generation, context, rng)
+                context = self.proposal_context(self.snapshot(), ranked)
             proposals = self.proposer.propose(self.parent_views(data, parents), context, rng)
             self.record_llm_usage()
             for proposal in proposals:
@@ -220,7 +230,8 @@ class CampaignRunner:
         relations = [(parent_id, proposal.relation) for parent_id in proposal.parent_ids]
         self.store.add_candidate(self.campaign_id, source=proposal.source, name=proposal.name, idea=proposal.idea,
                                  proposer=proposal.proposer, model=proposal.model, generation=generation,
-                                 island=island, parents=relations)
+                                 island=island, parents=relations, instruction=proposal.instruction,
+                                 temperature=proposal.temperature)
         self.stats.proposed += 1
         self.on_update(self.stats)
 
@@ -256,14 +267,47 @@ class CampaignRunner:
         return [by_id[member.id] for member in chosen]
 
     def parent_views(self, data: CampaignData, candidates: Sequence[Candidate]) -> list[ParentView]:
-        """What the proposer sees of each candidate: its code, its score's fitness and metrics, its fingerprint."""
+        """What the proposer sees of each candidate: its code, its score (fitness with its tier, spread and
+        seeds, metrics) and its fingerprint."""
         views = []
         for candidate in candidates:
             score = data.score(candidate.id)
             summary = summarize(candidate.fingerprint).describe() if candidate.fingerprint else ""
             views.append(ParentView(candidate.id, candidate.name, candidate.source,
-                                    score.fitness if score else None, dict(score.metrics) if score else {}, summary))
+                                    score.fitness if score else None, dict(score.metrics) if score else {}, summary,
+                                    score.tier if score else None, score.spread if score else None,
+                                    score.seeds if score else 0))
         return views
+
+    def proposal_context(self, data: CampaignData, ranked: Sequence[Candidate]) -> ProposalContext:
+        """The task, the leaders, DPO and the noise per tier, the records of operators and instructions,
+        and for the LLM its own earlier children and latest notes."""
+        task, llm = self.config.task, self.config.proposer == "llm"
+        scores = [score for c in data.candidates.values() for tier in ("bandit", "finetune")
+                  if (score := data.score(c.id, task, tier)) is not None]
+        noise = {tier: spread for (scored_task, tier), spread in pooled_spread(scores).items() if scored_task == task}
+        baseline = {tier: score.fitness for tier in ("bandit", "finetune")
+                    if (score := data.baseline_score(task, tier)) is not None}
+        notes = self.store.notes(self.campaign_id) if llm else []
+        return ProposalContext(task=task, task_description=task_description(task),
+                               top=self.parent_views(data, ranked[:5]), failures=self.recent_failures(data),
+                               operators=operator_stats(data), baseline=baseline, noise=noise,
+                               instructions=instruction_stats(data), notes=notes[-1].text if notes else "",
+                               history=idea_history(data, noise) if llm else ())
+
+    def write_notes(self, generation: int, context: ProposalContext, rng: random.Random) -> None:
+        """Every `notes_every` generations, the proposer's own summary of the campaign (an LLM's only)."""
+        write = getattr(self.proposer, "write_notes", None)
+        every = self.config.notes_every
+        if write is None or not every or generation <= 1 or (generation - 1) % every:
+            return
+        if any(note.generation == generation for note in self.store.notes(self.campaign_id)):
+            return  # written before an interruption
+        written = write(context, rng)
+        self.record_llm_usage()
+        if written is not None:
+            author, text = written
+            self.store.record_note(self.campaign_id, generation, author=author, text=text)
 
     def fingerprint_of(self, source: str) -> list[float] | None:
         """The sanity tier's fingerprint of `source` (in the sandbox), or None when it fails a tier."""
@@ -541,6 +585,29 @@ class CampaignRunner:
         usage = self.store.llm_usage(self.campaign_id)
         stats.llm_tokens, stats.llm_cost, stats.llm_calls = usage.total_tokens, usage.cost, usage.calls
         self.on_update(stats)
+
+
+def idea_history(data: CampaignData, noise: Mapping[str, float], limit: int = 40) -> list[IdeaRecord]:
+    """The LLM's children, newest first: each idea, its outcome and its fitness change over its best
+    parent at the highest tier both have, with that tier's noise."""
+    records = []
+    children = sorted((c for c in data.candidates.values() if c.proposer == "llm"), key=lambda c: -c.id)
+    for child in children[:limit]:
+        if child.status == "duplicate":
+            outcome, detail = "duplicate", child.failure_message or ""
+        elif child.failure_kind or child.status in ("failed", "rejected"):
+            outcome, detail = "failed", f"{child.failure_kind}: {child.failure_message}"
+        else:
+            outcome, detail = ("scored", "") if child.fitness is not None else ("pending", "")
+        tier, change = None, None
+        score = data.score(child.id)
+        if score is not None:
+            parents = [data.score(edge.parent_id, tier=score.tier) for edge in data.parents.get(child.id, [])]
+            best = max((parent.fitness for parent in parents if parent is not None), default=None)
+            tier, change = score.tier, None if best is None else score.fitness - best
+        records.append(IdeaRecord(child.name, child.idea, outcome, detail, tier, change,
+                                  noise.get(tier) if tier else None, child.instruction))
+    return records
 
 
 def task_description(task: str) -> str:

@@ -37,6 +37,9 @@ class CampaignConfig:
     without_seeds: tuple[str, ...] = ()
     """Seed losses left out of generation 0 (an ablation: can the search find them itself?); never DPO,
     the baseline every verdict is against."""
+    notes_every: int = 3
+    """The LLM proposer writes its own notes on the campaign (what worked, what did not) before every
+    this many generations, and sees the latest in its prompt; 0 never."""
     simplify: bool = True
     """Drop a child's terms whose removal leaves the same loss by fingerprint before it is stored
     (lossearch.search.simplify)."""
@@ -96,6 +99,8 @@ class CampaignConfig:
             raise ConfigError("the confirmation stage needs --confirm-top >= 1 and --confirm-seeds >= 2")
         if not 0 < self.promote_share <= 1:
             raise ConfigError("promote_share must be in (0, 1]")
+        if self.notes_every < 0:
+            raise ConfigError("notes_every must not be negative")
         if not 0 <= self.pair_share <= 1:
             raise ConfigError("--pair-share must be between 0 and 1")
         if self.proposer == "llm" and (not self.llm_base_url or not self.llm_models):

@@ -49,6 +49,12 @@ class ParentView:
     """Headline metrics to show an LLM (reward, kl, pref_acc, ...)."""
     fingerprint_summary: str = ""
     """`FingerprintSummary.describe()`: how the loss pushes the chosen and rejected likelihoods."""
+    tier: str | None = None
+    """The tier `fitness` is from (`bandit` or `finetune`): the two are on different scales."""
+    spread: float | None = None
+    """Standard deviation of `fitness` over seeds; None when unknown (one seed)."""
+    seeds: int = 0
+    """Evaluations `fitness` averages."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,26 @@ class FailureView:
     kind: str
     """One of lossearch.failures.FAILURE_KINDS."""
     message: str
+
+
+@dataclass(frozen=True)
+class IdeaRecord:
+    """One earlier child, as the LLM proposer is shown it."""
+
+    name: str
+    idea: str
+    """Its one-line thought."""
+    outcome: str
+    """`scored`, `duplicate`, `failed`, `rejected` or `pending`."""
+    detail: str = ""
+    """For a duplicate, of what; for a failure, its kind and message."""
+    tier: str | None = None
+    change: float | None = None
+    """Its fitness minus its best parent's at `tier`; None without both."""
+    spread: float | None = None
+    """The noise that change is to be read against (the pooled std at `tier`)."""
+    instruction: str | None = None
+    """What it was asked to do (lossearch.search.proposers.prompt.INSTRUCTIONS)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +101,16 @@ class ProposalContext:
     """Recent failures, newest first."""
     operators: Mapping[str, OperatorStats] = field(default_factory=lambda: MappingProxyType({}))
     """The campaign's record of each mutation operator so far (lossearch.ranking.operator_stats)."""
+    baseline: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    """DPO's fitness at each tier it has one, by tier: what `fitness` is to be read against."""
+    noise: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    """The typical std of one loss's fitness over seeds, by tier (lossearch.ranking.pooled_spread)."""
+    instructions: Mapping[str, OperatorStats] = field(default_factory=lambda: MappingProxyType({}))
+    """The campaign's record of each LLM instruction so far (lossearch.ranking.instruction_stats)."""
+    history: Sequence[IdeaRecord] = ()
+    """This proposer's earlier children in the campaign, newest first."""
+    notes: str = ""
+    """The latest summary of what has worked and what has not, written by the proposer itself."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +132,10 @@ class Proposal:
     model: str | None = None
     """The LLM that wrote it, or for the offline proposer its operator (the campaign's record of
     operators reads it back: lossearch.ranking.operator_stats)."""
+    instruction: str | None = None
+    """What the LLM was asked (lossearch.search.proposers.prompt.INSTRUCTIONS); None for the offline proposer."""
+    temperature: float | None = None
+    """The temperature of that request; None when none was sent."""
 
     def __post_init__(self) -> None:
         if self.relation not in RELATIONS:

@@ -29,7 +29,13 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from lossearch.search.proposers.base import LLMUsage, ParentView, Proposal, ProposalContext, ProposerError
-from lossearch.search.proposers.prompt import MalformedReply, build_messages, parse_reply
+from lossearch.search.proposers.prompt import (
+    MalformedReply,
+    applicable_instructions,
+    build_messages,
+    notes_messages,
+    parse_reply,
+)
 from lossearch.search.proposers.ucb import ArmStats, ucb_choice
 
 # US dollars per 1M (prompt, completion) tokens: OpenAI list prices of mid-2025. They go stale;
@@ -64,7 +70,10 @@ class LLMConfig:
     max_backoff: float = 30.0
     """Cap on one retry delay, `Retry-After` included."""
     temperature: float | None = None
-    """Sampling temperature; None sends none (the server's default; some models accept no other)."""
+    """One sampling temperature for every request; None: draw one of `temperatures` per proposal."""
+    temperatures: tuple[float, ...] = (0.7, 1.0)
+    """Temperatures a proposal's request draws from (recorded with the candidate, so their success
+    rates compare); empty sends none (the server's default; some models accept no other)."""
     max_tokens: int | None = None
     """Cap on completion tokens; None sends none."""
     top_k: int = 4
@@ -80,6 +89,7 @@ class LLMConfig:
         if isinstance(self.models, str):
             object.__setattr__(self, "models", (self.models,))
         object.__setattr__(self, "models", tuple(self.models))
+        object.__setattr__(self, "temperatures", tuple(float(value) for value in self.temperatures))
         if not self.models or not all(isinstance(model, str) and model.strip() for model in self.models):
             raise ProposerError("give at least one LLM model name (--llm-model)")
         if urlsplit(self.base_url).scheme not in ("http", "https") or not urlsplit(self.base_url).hostname:
@@ -184,24 +194,48 @@ class LLMProposer:
                 rng: random.Random) -> list[Proposal]:
         """One proposal from the chosen model, or [] for a reply with no usable loss."""
         parents = list(parents)[:2]
+        temperature = self.config.temperature
+        if temperature is None and self.config.temperatures:
+            temperature = rng.choice(self.config.temperatures)
+        kind = self.choose_instruction(parents, context, rng)
         model = self.bandit.choose(rng)
-        messages = build_messages(parents, context, self.config.top_k, self.config.max_failures)
-        text, usage = self._complete(model, messages)
+        messages = build_messages(parents, context, self.config.top_k, self.config.max_failures, kind)
+        text, usage = self._complete(model, messages, temperature)
         try:
             draft = parse_reply(text)
         except MalformedReply as error:
             self._usage.append(usage("malformed", str(error)))
             return []
         self._usage.append(usage("ok", ""))
-        if parents:
-            parent_ids = tuple(parent.id for parent in parents)
-            relation = "crossover" if len(parents) == 2 else "mutation"
+        used = parents[:1] if kind == "improve" else parents if kind == "combine" else []
+        if used:
+            parent_ids = tuple(parent.id for parent in used)
+            relation = "crossover" if len(used) == 2 else "mutation"
         else:
             shown = [candidate.id for candidate in context.top][: self.config.top_k]
             parent_ids, relation = tuple(shown), "inspiration"
         idea = _one_line(draft.thought, 300) or f"{model}'s proposal"
         return [Proposal(source=draft.code, name=draft.name, idea=idea, parent_ids=parent_ids, relation=relation,
-                         operator="llm", proposer=self.name, model=model)]
+                         operator="llm", proposer=self.name, model=model, instruction=kind, temperature=temperature)]
+
+    def choose_instruction(self, parents: Sequence[ParentView], context: ProposalContext, rng: random.Random) -> str:
+        """UCB1 over the instructions that apply, by the campaign's record of each (`context.instructions`)."""
+        arms = {}
+        for kind in applicable_instructions(parents, context):
+            record = context.instructions.get(kind)
+            arms[kind] = (ArmStats() if record is None else
+                          ArmStats(selections=record.children, outcomes=record.scored, improvement=record.gain))
+        return ucb_choice(arms, rng, self.config.exploration)
+
+    def write_notes(self, context: ProposalContext, rng: random.Random) -> tuple[str, str] | None:
+        """(model, text): the model's own summary of the campaign so far, or None for an empty reply."""
+        model = self.bandit.choose(rng)
+        text, usage = self._complete(model, notes_messages(context), self.config.temperature)
+        if not text or not text.strip():
+            self._usage.append(usage("malformed", "the notes reply is empty"))
+            return None
+        self._usage.append(usage("ok", ""))
+        return model, text.strip()[:3000]
 
     def drain_usage(self) -> list[LLMUsage]:
         """The usage records of the requests made since the last drain."""
@@ -213,16 +247,16 @@ class LLMProposer:
         self.bandit.record(model, improvement, cost)
 
     # -- talking to the endpoint ----------------------------------------------------------------
-    def _request_options(self) -> dict:
+    def _request_options(self, temperature: float | None) -> dict:
         options: dict = {}
-        if self.config.temperature is not None:
-            options["temperature"] = self.config.temperature
+        if temperature is not None:
+            options["temperature"] = temperature
         if self.config.max_tokens is not None:
             options["max_tokens"] = self.config.max_tokens
         return options
 
-    def _complete(self, model: str,
-                  messages: list[ChatCompletionMessageParam]) -> tuple[str | None, Callable[[str, str], LLMUsage]]:
+    def _complete(self, model: str, messages: list[ChatCompletionMessageParam],
+                  temperature: float | None) -> tuple[str | None, Callable[[str, str], LLMUsage]]:
         """The reply text and a maker of its `LLMUsage`; failed attempts are recorded here."""
         deadline = time.monotonic() + self.config.deadline
         attempt = 0
@@ -231,7 +265,7 @@ class LLMProposer:
             sent = time.monotonic()
             try:
                 response = self._client.chat.completions.create(
-                    model=model, messages=messages, timeout=timeout, **self._request_options())
+                    model=model, messages=messages, timeout=timeout, **self._request_options(temperature))
             except openai.APIError as error:
                 outcome, retry = self._classify(error)
                 self._usage.append(LLMUsage(model, 0, 0, 0.0, time.monotonic() - sent, outcome, self._detail(error)))

@@ -1,8 +1,11 @@
 """What the LLM proposer says to the model, and how it reads the answer.
 
 `build_messages` writes the chat: a system message with the loss contract and
-the reply format, and a user message with the task, the leaders (code,
-metrics, fingerprint summary), the parent(s) to improve and recent failures.
+the reply format, and a user message with the task, how to read the numbers
+(DPO's fitness and the noise of one loss, per tier), the leaders (code, fitness
+labelled with its tier and spread, metrics, fingerprint summary), the parent(s),
+the proposer's own notes and earlier proposals with their outcomes, recent
+failures, and the instruction (INSTRUCTIONS). `notes_messages` asks for the notes.
 `parse_reply` reads a reply leniently: a JSON object (bare, fenced or inside
 prose), else a fenced Python block; the code must pass `parse_spec`.
 """
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from lossearch.contract import CONTRACT_INPUTS, parse_spec
 from lossearch.failures import CandidateError
-from lossearch.search.proposers.base import ParentView, ProposalContext
+from lossearch.search.proposers.base import IdeaRecord, ParentView, ProposalContext
 from lossearch.search.proposers.syntax import identifier, quote_docstring
 
 if TYPE_CHECKING:
@@ -78,12 +81,23 @@ def system_prompt() -> str:
     return SYSTEM_PROMPT.format(inputs=contract_table()) + "\nFor example, DPO:\n```python\n" + EXAMPLE + "```\n"
 
 
-def describe_candidate(candidate: ParentView) -> str:
-    """A heading with fitness and metrics, the fingerprint summary, and the code."""
-    fitness = "not yet scored" if candidate.fitness is None else f"fitness {candidate.fitness:.4g}"
+def describe_score(candidate: ParentView, context: ProposalContext) -> str:
+    """`finetune fitness 0.372 ± 0.051 over 3 seeds, +0.012 vs DPO`: the number with its tier, noise and baseline."""
+    if candidate.fitness is None:
+        return "not yet scored"
+    tier = candidate.tier
+    spread = f" ± {candidate.spread:.3g}" if candidate.spread is not None else ""
+    seeds = f" over {candidate.seeds} seed{'s' if candidate.seeds != 1 else ''}" if candidate.seeds else ""
+    dpo = context.baseline.get(tier) if tier else None
+    versus = f", {candidate.fitness - dpo:+.3g} vs DPO" if dpo is not None and candidate.name != "dpo" else ""
+    return f"{tier + ' ' if tier else ''}fitness {candidate.fitness:.4g}{spread}{seeds}{versus}"
+
+
+def describe_candidate(candidate: ParentView, context: ProposalContext) -> str:
+    """A heading with the labelled fitness and metrics, the fingerprint summary, and the code."""
     metrics = ", ".join(f"{key} {value:.4g}" for key, value in candidate.metrics.items()
                         if isinstance(value, (int, float)))
-    lines = [f"### {candidate.name} ({fitness}{'; ' + metrics if metrics else ''})"]
+    lines = [f"### {candidate.name} ({describe_score(candidate, context)}{'; ' + metrics if metrics else ''})"]
     if candidate.fingerprint_summary:
         lines.append(f"How its gradient pushes the likelihoods: {candidate.fingerprint_summary}")
     source = candidate.source
@@ -93,40 +107,126 @@ def describe_candidate(candidate: ParentView) -> str:
     return "\n".join(lines)
 
 
-def instruction(parents: Sequence[ParentView]) -> str:
+def reading_the_numbers(context: ProposalContext) -> str:
+    """How to read fitness: per tier, DPO's score and the noise of one loss across seeds."""
+    lines = ["## Reading the numbers",
+             "Fitness is the oracle reward at the task's KL budget (higher is better). The cheap `bandit` tier "
+             "and the `finetune` tier score on different scales: compare a loss with DPO at the same tier."]
+    for tier in sorted(set(context.baseline) | set(context.noise)):
+        facts = []
+        if tier in context.baseline:
+            facts.append(f"DPO's {tier} fitness is {context.baseline[tier]:.4g}")
+        if tier in context.noise:
+            facts.append(f"one loss's {tier} fitness varies by about ± {context.noise[tier]:.3g} from seed to seed, "
+                         "so smaller differences are noise")
+        lines.append(f"- {'; '.join(facts)}.")
+    return "\n".join(lines)
+
+
+def describe_idea(record: IdeaRecord) -> str:
+    asked = f" [{record.instruction}]" if record.instruction else ""
+    if record.outcome == "scored" and record.change is not None:
+        noise = f" (noise ± {record.spread:.3g})" if record.spread is not None else ""
+        result = f"{record.change:+.3g} vs its best parent at the {record.tier} tier{noise}"
+    elif record.outcome == "duplicate":
+        result = f"the same loss as {record.detail or 'an earlier one'} by fingerprint: it added nothing"
+    elif record.outcome in ("failed", "rejected"):
+        result = f"failed: {' '.join(record.detail.split())[:200]}"
+    else:
+        result = "not scored yet"
+    return f"- {record.name}{asked}: {record.idea} -> {result}"
+
+
+def history_section(context: ProposalContext, limit: int = 12) -> str:
+    records = list(context.history)[:limit]
+    if not records:
+        return ""
+    lines = ["## Your earlier proposals in this campaign (newest first)"] + [describe_idea(r) for r in records]
+    if records[0].outcome == "duplicate":
+        twin = records[0].detail or "an earlier one"
+        lines.append(f"Your last proposal, {records[0].name}, was the same loss as {twin}. Propose something that "
+                     "changes how the loss pushes the likelihoods, not its wording.")
+    return "\n".join(lines)
+
+
+INSTRUCTIONS = ("improve", "combine", "novel", "repair")
+"""What a proposal may be asked: improve one parent, combine two, write something unlike everything
+shown, or repair an idea that failed. The LLM proposer chooses among those that apply."""
+
+
+def applicable_instructions(parents: Sequence[ParentView], context: ProposalContext) -> list[str]:
+    chosen = ["novel"]
+    if parents:
+        chosen.insert(0, "improve")
     if len(parents) >= 2:
+        chosen.insert(0, "combine")
+    if any(record.outcome in ("failed", "rejected") for record in context.history[:5]):
+        chosen.append("repair")
+    return chosen
+
+
+def instruction(parents: Sequence[ParentView], kind: str, context: ProposalContext | None = None) -> str:
+    if kind == "combine" and len(parents) >= 2:
         return (f"Write one new loss that combines what works in {parents[0].name} and {parents[1].name} "
                 "into something better than both.")
-    if parents:
-        return (f"Write one new loss that improves on {parents[0].name}: change what its metrics and "
+    if kind == "improve" and parents:
+        return (f"Write one new loss that improves on {parents[0].name}: change what its numbers and "
                 "fingerprint suggest is holding it back. Do not just rename it or retune a constant.")
+    if kind == "repair" and context is not None:
+        failed = next((r for r in context.history if r.outcome in ("failed", "rejected")), None)
+        if failed is not None:
+            return (f"Your proposal {failed.name} ({failed.idea}) failed: {' '.join(failed.detail.split())[:300]}. "
+                    "Write a loss that keeps its idea but cannot fail that way.")
+    if kind == "novel":
+        return ("Write one new loss unlike every loss shown above: a different shape, weighting or use of the "
+                "inputs, not a variation of one of them. Keep it sound.")
     return "Write one new loss that could beat every loss shown above. Be bold but keep it sound."
 
 
-def user_prompt(parents: Sequence[ParentView], context: ProposalContext, top_k: int, max_failures: int) -> str:
+def user_prompt(parents: Sequence[ParentView], context: ProposalContext, top_k: int, max_failures: int,
+                kind: str = "improve") -> str:
     parent_ids = {parent.id for parent in parents}
     shown = [candidate for candidate in context.top if candidate.id not in parent_ids][:top_k]
-    parts = [f"## Task: {context.task}", context.task_description or ""]
+    parts = [f"## Task: {context.task}", context.task_description or "", reading_the_numbers(context)]
     if shown:
         parts.append("## The best losses so far (best first)")
-        parts += [describe_candidate(candidate) for candidate in shown]
-    if parents:
-        parts.append("## The loss to improve" if len(parents) == 1 else "## The losses to combine")
-        parts += [describe_candidate(parent) for parent in parents]
+        parts += [describe_candidate(candidate, context) for candidate in shown]
+    if parents and kind in ("improve", "combine"):
+        parts.append("## The loss to improve" if kind == "improve" else "## The losses to combine")
+        parts += [describe_candidate(parent, context) for parent in (parents[:1] if kind == "improve" else parents)]
+    if context.notes:
+        parts.append("## Your notes on this campaign so far\n" + context.notes)
+    parts.append(history_section(context))
     failures = list(context.failures)[:max_failures]
     if failures:
         parts.append("## Recent failures (do not repeat them)")
         parts += [f"- {failure.name} [{failure.kind}]: {' '.join(failure.message.split())}" for failure in failures]
-    parts.append("## Your job\n" + instruction(parents)
+    parts.append("## Your job\n" + instruction(parents, kind, context)
                  + '\nReply with one JSON object: {"thought": ..., "name": ..., "code": ...}.')
     return "\n\n".join(part for part in parts if part)
 
 
-def build_messages(parents: Sequence[ParentView], context: ProposalContext,
-                   top_k: int = 4, max_failures: int = 5) -> list[ChatCompletionMessageParam]:
-    """The chat messages for one proposal."""
+NOTES_PROMPT = """You keep the research notebook of a search for new preference-optimization losses. From the numbers
+below, write at most 12 short lines: which ideas have improved on their parents beyond the noise,
+which have not, which failed and why, and what to try next. Plain text, no code."""
+
+
+def notes_messages(context: ProposalContext, top_k: int = 4) -> list[ChatCompletionMessageParam]:
+    """The chat that asks the model to summarize the campaign so far (its meta-scratchpad)."""
+    parts = [f"## Task: {context.task}", reading_the_numbers(context), "## The best losses so far"]
+    parts += [f"- {candidate.name}: {describe_score(candidate, context)}" for candidate in list(context.top)[:top_k]]
+    parts.append(history_section(context, limit=40))
+    if context.notes:
+        parts.append("## Your previous notes\n" + context.notes)
+    return [{"role": "system", "content": NOTES_PROMPT},
+            {"role": "user", "content": "\n\n".join(part for part in parts if part)}]
+
+
+def build_messages(parents: Sequence[ParentView], context: ProposalContext, top_k: int = 4, max_failures: int = 5,
+                   kind: str = "improve") -> list[ChatCompletionMessageParam]:
+    """The chat messages for one proposal asked to do `kind` (one of INSTRUCTIONS)."""
     return [{"role": "system", "content": system_prompt()},
-            {"role": "user", "content": user_prompt(parents, context, top_k, max_failures)}]
+            {"role": "user", "content": user_prompt(parents, context, top_k, max_failures, kind)}]
 
 
 # -- reading the reply -----------------------------------------------------------------------
