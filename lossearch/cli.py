@@ -353,6 +353,9 @@ def run_command(
     llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint, e.g. "
                                                                             "http://127.0.0.1:8000/v1."),
     llm_model: Optional[list[str]] = typer.Option(None, "--llm-model", help="LLM model name; repeat for several."),
+    llm_concurrency: Optional[int] = typer.Option(None, "--llm-concurrency", min=1,
+                                                  help="LLM requests in flight at once; with one worker, children "
+                                                       "are evaluated while the others are written [default: 4]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Candidates evaluated at once, in separate "
                                                                   "processes [default: 1]."),
     executor: Optional[str] = choice_option(None, "--executor", EXECUTORS, "local, or ray (pip install "
@@ -411,7 +414,8 @@ def run_command(
         "llm_models": tuple(llm_model) if llm_model else None, "workers": workers, "executor": executor,
         "ray_address": ray_address, "confirm": confirm, "confirm_top": confirm_top, "confirm_seeds": confirm_seeds,
         "race_top": race_top, "race_seeds": race_seeds, "pair_share": pair_share, "simplify": simplify,
-        "notes_every": notes_every, "without_seeds": tuple(without_seed) if without_seed else None}
+        "notes_every": notes_every, "llm_concurrency": llm_concurrency,
+        "without_seeds": tuple(without_seed) if without_seed else None}
     given = {key for key, value in flags.items() if value is not None}
     config = CampaignConfig(name=name, **{key: flags[key] for key in given})
     with CampaignDisplay(console, f"campaign {name}") as display:

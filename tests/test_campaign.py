@@ -225,6 +225,34 @@ def test_llm_campaign_against_a_local_openai_compatible_server(tmp_path, monkeyp
     assert f"asked to: {children[0].instruction} at temperature {children[0].temperature:g}" in shown
 
 
+def test_llm_requests_are_in_flight_together_and_children_are_evaluated_while_others_are_written(tmp_path,
+                                                                                                 monkeypatch):
+    from test_proposers import FakeOpenAI, Reply
+
+    server = FakeOpenAI()
+    replies = [json.dumps({"thought": f"idea {index}", "name": f"margin_{index}",
+                           "code": LLM_CODE.format(index=index, gamma=0.1 * (index + 1), weight=0.05 * index)})
+               for index in range(4)]
+    server.script.extend(Reply(content=reply) for reply in replies)
+    server.delay_of = lambda arrival: 0.2 if arrival < 2 else 6.0  # two quick replies, two slow ones
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    try:
+        process = start_cli(tmp_path, "--name", "overlap", "--generations", "1", "--population", "4", "--no-finetune",
+                            "--proposer", "llm", "--llm-base-url", server.url, "--llm-model", "local-model",
+                            "--llm-concurrency", "4")
+        out, err = process.communicate(timeout=300)
+    finally:
+        server.close()
+    assert process.returncode == 0, err
+    assert server.max_in_flight == 4  # the generation's four requests were out at once
+    with campaign_db(tmp_path, "overlap") as store:
+        campaign = store.get_campaign("overlap")
+        children = [c for c in store.candidates(campaign.id) if c.generation == 1]
+        assert len(children) == 4
+        first_evaluated = min(e.created_at.timestamp() for c in children for e in store.evaluations(candidate_id=c.id))
+    assert first_evaluated < max(server.replied_at)  # a child was evaluated before the last reply came
+
+
 @pytest.mark.slow
 def test_unreachable_llm_endpoint_is_one_line(tmp_path):
     process = start_cli(tmp_path, "--name", "nollm", "--generations", "1", "--no-finetune", "--proposer", "llm",

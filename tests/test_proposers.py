@@ -18,6 +18,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 
 import pytest
 import torch
@@ -93,15 +94,30 @@ class FakeOpenAI:
         self.script: deque[Reply] = deque()
         self.default = Reply()
         self.requests: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+        self.replied_at: list[float] = []  # time.time() of each reply sent
+        self.delay_of: Callable[[int], float] | None = None  # seconds to wait, by the request's arrival index
+        self.lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                with fake.lock:
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    self.answer()
+                finally:
+                    with fake.lock:
+                        fake.in_flight -= 1
+                        fake.replied_at.append(time.time())
+
+            def answer(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 fake.requests.append({"path": self.path, "headers": headers, "body": body})
                 reply = fake.script.popleft() if fake.script else fake.default
-                time.sleep(reply.delay)
+                time.sleep(reply.delay if fake.delay_of is None else fake.delay_of(len(fake.requests) - 1))
                 if reply.status == 200:
                     payload = reply.raw or completion(reply.content, body.get("model", "?"))
                 else:

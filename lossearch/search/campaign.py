@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -194,6 +194,9 @@ class CampaignRunner:
     # -- proposing -------------------------------------------------------------------------
     def propose_generation(self, generation: int) -> None:
         """Ask the proposer for children until the generation holds `population` of them."""
+        if getattr(self.proposer, "concurrent", False) and self.config.llm_concurrency > 1:
+            self.propose_concurrently(generation)
+            return
         rng = random.Random(self.config.seed * 100_003 + generation)
         attempts = 0
         while len(self.store.candidates(self.campaign_id, generation=generation)) < self.config.population:
@@ -215,6 +218,48 @@ class CampaignRunner:
             self.record_llm_usage()
             for proposal in proposals:
                 self.store_proposal(proposal, generation, island)
+
+    def propose_concurrently(self, generation: int) -> None:
+        """`propose_generation` with up to `llm_concurrency` requests in flight, each slot's parents and
+        rng drawn in turn from the generation's rng (so what is asked does not depend on which reply
+        comes first); each reply is stored as it arrives and, with one worker, its candidate is
+        evaluated while the other requests are still out, so the evaluator does not wait on the model."""
+        rng = random.Random(self.config.seed * 100_003 + generation)
+        assert self.proposer is not None  # only called with a concurrent proposer
+        data = self.snapshot()
+        ranked = rank(data).candidates
+        self.write_notes(generation, self.proposal_context(data, ranked), rng)
+        pool = ThreadPoolExecutor(max_workers=self.config.llm_concurrency, thread_name_prefix="lossearch-propose")
+        attempts = 0
+        try:
+            while (stored := len(self.store.candidates(self.campaign_id, generation=generation))) \
+                    < self.config.population:
+                missing = self.config.population - stored
+                attempts += missing
+                if attempts > 5 * self.config.population + missing:
+                    self.stats.message = f"generation {generation}: the proposer kept repeating itself"
+                    return
+                self.check_limits()
+                data = self.snapshot()
+                ranked = rank(data).candidates
+                context = self.proposal_context(data, ranked)
+                slots = []
+                for index in range(missing):
+                    island = (stored + index) % self.config.islands
+                    parents = self.parent_views(data, self.choose_parents(data, ranked, island, generation, rng))
+                    slots.append((island, parents, random.Random(rng.getrandbits(64))))
+                islands = {pool.submit(self.proposer.propose, parents, context, slot_rng): island
+                           for island, parents, slot_rng in slots}
+                for future in as_completed(islands):
+                    island = islands[future]
+                    proposals = future.result()
+                    self.record_llm_usage()
+                    for proposal in proposals:
+                        self.store_proposal(proposal, generation, island)
+                    if self.config.workers <= 1:
+                        self.evaluate_generation(generation)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C or a failure does not wait for the model
 
     def store_proposal(self, proposal: Proposal, generation: int, island: int) -> None:
         if len(self.store.candidates(self.campaign_id, generation=generation)) >= self.config.population:

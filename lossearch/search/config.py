@@ -68,6 +68,9 @@ class CampaignConfig:
     """OpenAI-compatible endpoint of the `llm` proposer."""
     llm_models: tuple[str, ...] = ()
     """Model names of the `llm` proposer; with several, a bandit picks per call."""
+    llm_concurrency: int = 4
+    """Requests the `llm` proposer keeps in flight; with one worker, children are evaluated while
+    the others are still being written."""
     workers: int = 1
     """Candidates evaluated at once, each in a sandbox of its own."""
     executor: str = "local"
@@ -91,8 +94,8 @@ class CampaignConfig:
         check_choice(self.executor, EXECUTORS, "executor")
         if self.generations < 0 or self.population < 1 or self.islands < 1 or self.migrate_every < 1:
             raise ConfigError("generations must be >= 0; population, islands and migrate_every >= 1")
-        if self.workers < 1:
-            raise ConfigError("workers must be at least 1")
+        if self.workers < 1 or self.llm_concurrency < 1:
+            raise ConfigError("workers and --llm-concurrency must be at least 1")
         if self.race_top < 1 or self.race_seeds < 1:
             raise ConfigError("racing needs --race-top >= 1 and --race-seeds >= 1 (1 turns it off)")
         if self.confirm_top < 1 or self.confirm_seeds < 2:
@@ -125,7 +128,7 @@ class CampaignConfig:
 
 
 STOP_FIELDS = ("generations", "max_evals", "time_limit", "max_cost", "max_tokens", "workers", "executor", "ray_address",
-               "confirm", "confirm_top", "confirm_seeds")
+               "confirm", "confirm_top", "confirm_seeds", "llm_concurrency")
 """Fields a resumed campaign may change: when to stop, where it runs and how its end is confirmed;
 nothing its search depends on."""
 

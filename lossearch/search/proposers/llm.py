@@ -19,6 +19,7 @@ import ipaddress
 import math
 import os
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -174,6 +175,8 @@ class LLMProposer:
     """Proposes losses by asking an LLM; see the module docstring."""
 
     name = "llm"
+    concurrent = True
+    """Its proposals may be requested several at once (the campaign's `llm_concurrency`)."""
 
     def __init__(self, config: LLMConfig) -> None:
         key = os.environ.get("OPENAI_API_KEY", "").strip()
@@ -187,6 +190,7 @@ class LLMProposer:
         self.bandit = ModelBandit(config.models, config.exploration)
         self._client = openai.OpenAI(base_url=config.base_url, api_key=key, timeout=config.timeout, max_retries=0)
         self._usage: list[LLMUsage] = []
+        self._lock = threading.Lock()  # the campaign keeps several proposals in flight, one thread each
         self._jitter = random.Random()  # not the campaign's rng: retry timing must not shift its draws
 
     # -- the Proposer protocol ------------------------------------------------------------------
@@ -198,15 +202,16 @@ class LLMProposer:
         if temperature is None and self.config.temperatures:
             temperature = rng.choice(self.config.temperatures)
         kind = self.choose_instruction(parents, context, rng)
-        model = self.bandit.choose(rng)
+        with self._lock:
+            model = self.bandit.choose(rng)
         messages = build_messages(parents, context, self.config.top_k, self.config.max_failures, kind)
         text, usage = self._complete(model, messages, temperature)
         try:
             draft = parse_reply(text)
         except MalformedReply as error:
-            self._usage.append(usage("malformed", str(error)))
+            self._record(usage("malformed", str(error)))
             return []
-        self._usage.append(usage("ok", ""))
+        self._record(usage("ok", ""))
         used = parents[:1] if kind == "improve" else parents if kind == "combine" else []
         if used:
             parent_ids = tuple(parent.id for parent in used)
@@ -229,22 +234,29 @@ class LLMProposer:
 
     def write_notes(self, context: ProposalContext, rng: random.Random) -> tuple[str, str] | None:
         """(model, text): the model's own summary of the campaign so far, or None for an empty reply."""
-        model = self.bandit.choose(rng)
+        with self._lock:
+            model = self.bandit.choose(rng)
         text, usage = self._complete(model, notes_messages(context), self.config.temperature)
         if not text or not text.strip():
-            self._usage.append(usage("malformed", "the notes reply is empty"))
+            self._record(usage("malformed", "the notes reply is empty"))
             return None
-        self._usage.append(usage("ok", ""))
+        self._record(usage("ok", ""))
         return model, text.strip()[:3000]
+
+    def _record(self, usage: LLMUsage) -> None:
+        with self._lock:
+            self._usage.append(usage)
 
     def drain_usage(self) -> list[LLMUsage]:
         """The usage records of the requests made since the last drain."""
-        drained, self._usage = self._usage, []
+        with self._lock:
+            drained, self._usage = self._usage, []
         return drained
 
     def record_outcome(self, model: str, improvement: float, cost: float) -> None:
         """Feed the model bandit: the fitness gain a proposal by `model` brought, and what it cost."""
-        self.bandit.record(model, improvement, cost)
+        with self._lock:
+            self.bandit.record(model, improvement, cost)
 
     # -- talking to the endpoint ----------------------------------------------------------------
     def _request_options(self, temperature: float | None) -> dict:
@@ -268,7 +280,7 @@ class LLMProposer:
                     model=model, messages=messages, timeout=timeout, **self._request_options(temperature))
             except openai.APIError as error:
                 outcome, retry = self._classify(error)
-                self._usage.append(LLMUsage(model, 0, 0, 0.0, time.monotonic() - sent, outcome, self._detail(error)))
+                self._record(LLMUsage(model, 0, 0, 0.0, time.monotonic() - sent, outcome, self._detail(error)))
                 attempt += 1
                 delay = self._delay(error, attempt)
                 if not retry or attempt > self.config.max_retries or time.monotonic() + delay >= deadline:
