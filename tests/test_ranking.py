@@ -10,7 +10,9 @@ their mean over seeds.
 from __future__ import annotations
 
 import json
+import random
 import re
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -210,6 +212,31 @@ def test_promotion_draws_half_its_share_at_random_once_random_picks_do_as_well_a
     from lossearch.ranking import tier_agreement
     assert "no better than chance" in tier_agreement(with_finetunes(True)).describe()
     assert not tier_agreement(with_finetunes(True), before_generation=0).rule_no_better_than_chance
+
+
+def test_a_stepping_stone_stands_at_its_twins_place_among_the_parents(disputed):
+    from lossearch.search.campaign import TWIN_PREFIX, twin_of
+    from lossearch.search.proposers.syntax import code_size
+
+    home, _ = disputed
+    with Store.for_campaign_dir(home / "runs" / "disputed") as store:
+        data = load_campaign_data(store, store.get_campaign("disputed"))
+        runner = CampaignRunner(CampaignConfig.from_dict(data.campaign.config), store, sandbox=None)  # type: ignore[arg-type]
+    ranked = rank(data).candidates
+    leader = ranked[0]
+    stone = replace(next(c for c in data.candidates.values() if c.name == "sft"), id=10_000, status="duplicate",
+                    island=leader.island, failure_message=f"{TWIN_PREFIX}{leader.id} {leader.name} (fingerprint "
+                                                          "distance 0.003)", generation=1)
+    assert twin_of(stone) == leader.id
+    with_stone = replace(data, candidates={**data.candidates, stone.id: stone})
+    drawn = Counter(parent.id for seed in range(60)
+                    for parent in runner.choose_parents(with_stone, ranked, leader.island, 1, random.Random(seed)))
+    assert drawn[stone.id] > 0  # it can lead somewhere
+    assert drawn[stone.id] > drawn[leader.id]  # at the leader's rank, and the smaller code wins the tie
+    assert code_size(stone.source) < code_size(leader.source)
+    plain = Counter(parent.id for seed in range(20)
+                    for parent in runner.choose_parents(data, ranked, leader.island, 1, random.Random(seed)))
+    assert stone.id not in plain
 
 
 def test_tier_agreement_compares_the_two_rankings():

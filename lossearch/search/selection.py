@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from scipy.stats import rankdata
 
@@ -66,7 +66,17 @@ class PoolMember:
     """Code size (lossearch.search.proposers.syntax.code_size)."""
 
 
-def parent_scores(pool: Sequence[PoolMember], weights: SelectionWeights = SelectionWeights()) -> list[float]:
+Distance = Callable[[PoolMember, PoolMember], float]
+"""The fingerprint distance of two members; the campaign passes one that remembers its answers."""
+
+
+def member_distance(first: PoolMember, second: PoolMember) -> float:
+    assert first.fingerprint and second.fingerprint  # _novelty compares members with fingerprints only
+    return fingerprint_distance(first.fingerprint, second.fingerprint)
+
+
+def parent_scores(pool: Sequence[PoolMember], weights: SelectionWeights = SelectionWeights(),
+                  distance: Distance = member_distance) -> list[float]:
     """The selection score of every pool member, in pool order."""
     if not pool:
         return []
@@ -76,7 +86,7 @@ def parent_scores(pool: Sequence[PoolMember], weights: SelectionWeights = Select
     best = [pool[index] for index in reversed(order[-weights.novelty_reference:])]
     scores = []
     for member, member_rank in zip(pool, rank):
-        novelty = _novelty(member, best)
+        novelty = _novelty(member, best, distance)
         smallest = min(other.size for other in pool if other.fitness >= member.fitness)
         bloat = math.log2(max(1, member.size) / max(1, smallest))
         scores.append(weights.rank_weight * member_rank + weights.novelty_weight * novelty
@@ -84,22 +94,22 @@ def parent_scores(pool: Sequence[PoolMember], weights: SelectionWeights = Select
     return scores
 
 
-def _novelty(member: PoolMember, best: Sequence[PoolMember]) -> float:
+def _novelty(member: PoolMember, best: Sequence[PoolMember], distance: Distance) -> float:
     """Mean fingerprint distance from `member` to the other members of `best`; 0 without fingerprints."""
-    fingerprint = member.fingerprint
-    if not fingerprint:
+    if not member.fingerprint:
         return 0.0
-    others = [top.fingerprint for top in best if top.id != member.id and top.fingerprint]
+    others = [top for top in best if top.id != member.id and top.fingerprint]
     if not others:
         return 0.0
-    return sum(fingerprint_distance(fingerprint, other) for other in others) / len(others)
+    return sum(distance(member, other) for other in others) / len(others)
 
 
 def choose_parents(pool: Sequence[PoolMember], count: int, rng: random.Random,
-                   weights: SelectionWeights = SelectionWeights()) -> list[PoolMember]:
+                   weights: SelectionWeights = SelectionWeights(),
+                   distance: Distance = member_distance) -> list[PoolMember]:
     """Draw `count` distinct parents (fewer if the pool is smaller) from softmax(score / T)."""
     remaining = list(pool)
-    scores = parent_scores(remaining, weights)
+    scores = parent_scores(remaining, weights, distance)
     chosen: list[PoolMember] = []
     while remaining and len(chosen) < count:
         top = max(scores)
