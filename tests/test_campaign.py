@@ -186,6 +186,7 @@ def test_llm_campaign_against_a_local_openai_compatible_server(tmp_path, monkeyp
             server.script.append(Reply(content=json.dumps({"thought": f"idea {index}", "name": f"margin_{index}",
                                                            "code": code})))
         server.script.insert(1, Reply(status=500))  # one failure on the way, retried
+        server.script.insert(6, server.script[0])  # one reply repeats an earlier one's code: refused, and said
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a loopback server needs no key
         process = start_cli(tmp_path, "--name", "llm", "--generations", "2", "--population", "3", "--no-finetune",
                             "--proposer", "llm", "--llm-base-url", server.url, "--llm-model", "local-model",
@@ -213,6 +214,7 @@ def test_llm_campaign_against_a_local_openai_compatible_server(tmp_path, monkeyp
         assert "## Your notes on this campaign so far" in later and "## Your earlier proposals" in later
         assert all(f"- {name} [" in later for name in first_generation)
         assert "DPO's bandit fitness is" in later
+        assert any("[duplicate]: the same code as #" in text for text in prompts)
         calls = store.llm_calls(campaign.id)
         assert {call.outcome for call in calls} >= {"ok", "server_error"}
         assert store.llm_usage(campaign.id).total_tokens > 0

@@ -54,3 +54,15 @@ def test_a_child_that_fails_the_sanity_tier_is_left_as_it_is(fingerprint_of):
         "nll_weight * (-policy_chosen_logps", "nll_weight * (-policy_chosen_logps.detach()")
     assert fingerprint_of(broken) is None  # no gradient reaches the policy: the sanity tier refuses it
     assert simplify_child(broken, "child", fingerprint_of).source == broken
+
+
+@pytest.mark.parametrize("written, folded", [
+    ("2.0 * 0.5 * x", "x"), ("x * 1", "x"), ("x + 0", "x"), ("0.5 - 1.0", "-0.5"), ("x * 1.0 + y", "x + y"),
+    ("0 * x", "0 * x"), ("x ** 2", "x ** 2"),  # 0 * x keeps its gradient path; a power is no constant
+])
+def test_edited_code_folds_its_constants(written, folded):
+    import ast
+
+    from lossearch.search.proposers.syntax import simplify
+
+    assert ast.unparse(simplify(ast.parse(written, mode="eval").body)) == folded

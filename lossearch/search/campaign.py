@@ -126,6 +126,7 @@ class CampaignRunner:
         self.confirmation: ConfirmationReport | None = None
         self.promotion_reasons: dict[int, str] = {}  # candidate id -> rule, baseline or random
         self.distances: dict[tuple[int, int], float] = {}  # fingerprint distances by candidate ids
+        self.refused: list[FailureView] = []  # proposals refused as exact copies of stored code, newest first
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> CampaignOutcome:
@@ -270,8 +271,13 @@ class CampaignRunner:
             if simplified.dropped:
                 proposal = replace(proposal, source=simplified.source,
                                    idea=f"{proposal.idea}; simplified: {'; '.join(simplified.dropped)}")
-        if self.store.find_candidate_by_hash(self.campaign_id, source_hash(proposal.source)) is not None:
+        existing = self.store.find_candidate_by_hash(self.campaign_id, source_hash(proposal.source))
+        if existing is not None:
             self.stats.duplicates += 1
+            # never stored, so the proposer hears of it here (fingerprint twins are in its history)
+            message = f"the same code as #{existing.id} {existing.name}: propose something new"
+            self.refused.insert(0, FailureView(proposal.name, "duplicate", message))
+            del self.refused[5:]
             return
         relations = [(parent_id, proposal.relation) for parent_id in proposal.parent_ids]
         self.store.add_candidate(self.campaign_id, source=proposal.source, name=proposal.name, idea=proposal.idea,
@@ -379,8 +385,10 @@ class CampaignRunner:
             return None
 
     def recent_failures(self, data: CampaignData, count: int = 5) -> list[FailureView]:
-        failed = [c for c in data.candidates.values() if c.failure_kind]
-        return [FailureView(c.name, c.failure_kind or "", c.failure_message or "") for c in failed[-count:]]
+        """The proposals refused as exact copies, then the candidates that failed a tier, newest first."""
+        failed = [c for c in data.candidates.values() if c.failure_kind][::-1]
+        stored = [FailureView(c.name, c.failure_kind or "", c.failure_message or "") for c in failed]
+        return (self.refused + stored)[:count]
 
     # -- evaluating ------------------------------------------------------------------------
     def for_each(self, candidates: Sequence[Candidate], work: Callable[[Candidate, SandboxLike], None]) -> None:

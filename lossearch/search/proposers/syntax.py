@@ -265,8 +265,21 @@ def fill_template(template: str, **holes: ast.expr) -> ast.expr:
     return simplify(Fill().visit(tree).body)
 
 
+def _number(node: ast.AST) -> float | int | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _number(node.operand)
+        return None if inner is None else -inner
+    return None
+
+
+FOLDED = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b}
+
+
 class _Simplifier(ast.NodeTransformer):
-    """`--x` -> `x`, `x - -y` -> `x + y`, `x + -y` -> `x - y`: keeps edited code readable."""
+    """`--x` -> `x`, `x - -y` -> `x + y`, `x + -y` -> `x - y`, `2.0 * 0.5` -> `1.0`, `1 * x` and
+    `x * 1` -> `x`, `x + 0` -> `x`: keeps edited code readable."""
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.expr:
         self.generic_visit(node)
@@ -277,6 +290,15 @@ class _Simplifier(ast.NodeTransformer):
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.expr:
         self.generic_visit(node)
+        left, right_value = _number(node.left), _number(node.right)
+        fold = FOLDED.get(type(node.op))
+        if fold is not None and left is not None and right_value is not None:
+            value = fold(left, right_value)
+            return ast.Constant(value=value) if value >= 0 else ast.UnaryOp(op=ast.USub(), operand=ast.Constant(-value))
+        if isinstance(node.op, ast.Mult) and (left == 1 or right_value == 1):
+            return node.right if left == 1 else node.left
+        if isinstance(node.op, (ast.Add, ast.Sub)) and right_value == 0:
+            return node.left
         right = node.right
         if (isinstance(node.op, (ast.Add, ast.Sub))
                 and isinstance(right, ast.UnaryOp) and isinstance(right.op, ast.USub)):
