@@ -105,6 +105,20 @@ def test_runs_made_at_another_precision_are_not_paired(campaign_home, tiny_task,
                              options=tiny(tiny_task, precision="fp32"))
 
 
+def test_runs_of_another_protocol_are_not_reused_as_if_they_were_alike(campaign_home, tiny_task, sandbox, tmp_path):
+    shutil.copytree(campaign_home / "runs", tmp_path / "runs")
+    two_betas = Budget("tiny", steps=6, pairs=48, batch_size=4, trials=2, seeds=1, eval_prompts=16)
+    with open_campaign("t", runs_dir=tmp_path / "runs") as handle:
+        confirm_campaign(handle, ConfirmConfig(top=1, seeds=2), sandbox=sandbox, options=tiny(tiny_task))
+        with pytest.raises(ConfigError, match="trained at betas .*, not at .*confirm a copy"):
+            confirm_campaign(handle, ConfirmConfig(top=1, seeds=2), sandbox=sandbox,
+                             options=tiny(tiny_task, budget=two_betas))
+        other = Budget("other", steps=6, pairs=48, batch_size=4, trials=1, seeds=1, eval_prompts=16)
+        with pytest.raises(ConfigError, match="are at budget tiny, not other: confirm with --budget tiny"):
+            confirm_campaign(handle, ConfirmConfig(top=1, seeds=2), sandbox=sandbox,
+                             options=tiny(tiny_task, budget=other))
+
+
 def test_a_loss_file_written_another_way_is_no_different_from_dpo(tiny_task, sandbox):
     two_betas = Budget("tiny2", steps=6, pairs=48, batch_size=4, trials=2, seeds=1, eval_prompts=16)
     report = confirm_files([("dpo_softplus", DPO_AS_SOFTPLUS)], seeds=2, budget=two_betas, sandbox=sandbox,

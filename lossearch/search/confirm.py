@@ -284,6 +284,7 @@ class Stage:
             stored = self.store.find_evaluation(candidate.id, tier=CONFIRM_TIER, task=task, seed=seed)
             if stored is not None:
                 check_precision(stored.metrics, runner.precision, contender.name)
+                check_same_runs(stored.metrics, runner, contender)
                 return stored.metrics
         self.progress(f"confirming {contender.name} on {task}, seed {seed}", self.done, max(self.total, 1))
         started = time.monotonic()
@@ -313,6 +314,25 @@ def check_precision(metrics: dict[str, Any], precision: str, name: str) -> None:
         raise ConfigError(f"{name}'s stored confirmation runs were trained at {stored} and this machine trains at "
                           f"{precision}: runs at different precisions are not paired; pass --precision {stored} "
                           "or confirm on a machine that computes it")
+
+
+def check_same_runs(metrics: dict[str, Any], runner: FinetuneRunner, contender: Contender) -> None:
+    """Stored runs are reused only for what this stage would train: the same budget, task artifact
+    and betas (runs of another protocol would be paired with these as if they were alike)."""
+    budget = (metrics.get("budget") or {}).get("name")
+    if budget is not None and budget != runner.budget.name:
+        raise ConfigError(f"{contender.name}'s stored confirmation runs are at budget {budget}, not "
+                          f"{runner.budget.name}: confirm with --budget {budget}, or confirm a copy of the campaign")
+    artifact = metrics.get("artifact")
+    if artifact is not None and artifact != runner.task.key:
+        raise ConfigError(f"{contender.name}'s stored confirmation runs were trained on another build of task "
+                          f"{runner.task.name} ({artifact}): confirm a copy of the campaign to retrain them")
+    stored_betas = [round(float(beta), 9) for beta in metrics.get("betas") or []]
+    if stored_betas != [round(float(beta), 9) for beta in contender.betas]:
+        shown = ", ".join(f"{beta:g}" for beta in stored_betas) or "one beta, before betas were recorded"
+        raise ConfigError(f"{contender.name}'s stored confirmation runs were trained at betas {shown}, not at "
+                          f"{', '.join(f'{beta:g}' for beta in contender.betas)}: confirm a copy of the campaign "
+                          "to retrain them under this protocol")
 
 
 # -- comparing -------------------------------------------------------------------------------------
