@@ -66,7 +66,8 @@ class Budget:
 # default to read the fitness off at the KL budget (lossearch.evaluation.fitness); every budget
 # samples all of a catalog task's 1024 held-out prompts: at 256 the sampling's own spread (std 0.036
 # of DPO's quick reward over 4 sampling seeds, same trained policy) exceeded the training seeds'
-# (0.029 over 6), and 1024 prompts cost 1-2 s more a run (fp32, 2-core Xeon, sentiment)
+# (0.029 over 6); at 1024 quick's median std across seed sets fell from 0.051 to 0.038, for about
+# 4 s more a run (a quick evaluation 33-39 s instead of 19-23 s; fp32, 2-core Xeon, sentiment)
 BUDGETS = {
     "quick": Budget("quick", steps=100, pairs=1024, batch_size=16, trials=3, seeds=1, eval_prompts=1024,
                     heldout_pairs=256),
