@@ -313,6 +313,11 @@ def child_gain(data: CampaignData, candidate: Candidate) -> float | None:
     child = data.score(candidate.id, tier="bandit")
     if child is None:
         return None
-    parents = [data.score(edge.parent_id, tier="bandit") for edge in data.parents.get(candidate.id, [])]
-    best = max((score.fitness for score in parents if score is not None), default=child.fitness)
-    return child.fitness - best
+    best = best_parent_fitness(data, candidate, "bandit")
+    return child.fitness - (child.fitness if best is None else best)
+
+
+def best_parent_fitness(data: CampaignData, candidate: Candidate, tier: str) -> float | None:
+    """The highest fitness at `tier` among the candidate's parents; None when none has one."""
+    parents = [data.score(edge.parent_id, tier=tier) for edge in data.parents.get(candidate.id, [])]
+    return max((score.fitness for score in parents if score is not None), default=None)

@@ -175,16 +175,21 @@ def loss(policy_chosen_logps, policy_rejected_logps,
 '''
 
 
+def llm_reply(index: int):
+    """A scripted chat reply holding margin DPO number `index` (its own gamma and weight)."""
+    from test_proposers import Reply
+
+    code = LLM_CODE.format(index=index, gamma=0.1 * (index + 1), weight=0.05 * index)
+    return Reply(content=json.dumps({"thought": f"idea {index}", "name": f"margin_{index}", "code": code}))
+
+
 @pytest.mark.slow  # 20-30 s on a 2-core CPU without bf16
 def test_llm_campaign_against_a_local_openai_compatible_server(tmp_path, monkeypatch):
     from test_proposers import FakeOpenAI, Reply
 
     server = FakeOpenAI()
     try:
-        for index in range(12):
-            code = LLM_CODE.format(index=index, gamma=0.1 * (index + 1), weight=0.05 * index)
-            server.script.append(Reply(content=json.dumps({"thought": f"idea {index}", "name": f"margin_{index}",
-                                                           "code": code})))
+        server.script.extend(llm_reply(index) for index in range(12))
         server.script.insert(1, Reply(status=500))  # one failure on the way, retried
         server.script.insert(6, server.script[0])  # one reply repeats an earlier one's code: refused, and said
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a loopback server needs no key
@@ -229,13 +234,10 @@ def test_llm_campaign_against_a_local_openai_compatible_server(tmp_path, monkeyp
 
 def test_llm_requests_are_in_flight_together_and_children_are_evaluated_while_others_are_written(tmp_path,
                                                                                                  monkeypatch):
-    from test_proposers import FakeOpenAI, Reply
+    from test_proposers import FakeOpenAI
 
     server = FakeOpenAI()
-    replies = [json.dumps({"thought": f"idea {index}", "name": f"margin_{index}",
-                           "code": LLM_CODE.format(index=index, gamma=0.1 * (index + 1), weight=0.05 * index)})
-               for index in range(4)]
-    server.script.extend(Reply(content=reply) for reply in replies)
+    server.script.extend(llm_reply(index) for index in range(4))
     server.delay_of = lambda arrival: 0.2 if arrival < 2 else 6.0  # two quick replies, two slow ones
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     try:

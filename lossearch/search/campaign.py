@@ -38,6 +38,7 @@ from lossearch.failures import CandidateError
 from lossearch.fingerprint import closest_rescaling, rescaling_note, same_loss, summarize
 from lossearch.ranking import (
     CampaignData,
+    best_parent_fitness,
     instruction_stats,
     load_campaign_data,
     operator_stats,
@@ -200,6 +201,7 @@ class CampaignRunner:
             self.propose_concurrently(generation)
             return
         rng = random.Random(self.config.seed * 100_003 + generation)
+        self.write_notes(generation, rng)
         attempts = 0
         while len(self.store.candidates(self.campaign_id, generation=generation)) < self.config.population:
             attempts += 1
@@ -213,9 +215,6 @@ class CampaignRunner:
             parents = self.choose_parents(data, ranked, island, generation, rng)
             context = self.proposal_context(data, ranked)
             assert self.proposer is not None  # a campaign without one (`none`) proposes nothing
-            if attempts == 1:
-                self.write_notes(generation, context, rng)
-                context = self.proposal_context(self.snapshot(), ranked)
             proposals = self.proposer.propose(self.parent_views(data, parents), context, rng)
             self.record_llm_usage()
             for proposal in proposals:
@@ -228,9 +227,7 @@ class CampaignRunner:
         evaluated while the other requests are still out, so the evaluator does not wait on the model."""
         rng = random.Random(self.config.seed * 100_003 + generation)
         assert self.proposer is not None  # only called with a concurrent proposer
-        data = self.snapshot()
-        ranked = rank(data).candidates
-        self.write_notes(generation, self.proposal_context(data, ranked), rng)
+        self.write_notes(generation, rng)
         pool = ThreadPoolExecutor(max_workers=self.config.llm_concurrency, thread_name_prefix="lossearch-propose")
         attempts = 0
         try:
@@ -350,28 +347,31 @@ class CampaignRunner:
     def proposal_context(self, data: CampaignData, ranked: Sequence[Candidate]) -> ProposalContext:
         """The task, the leaders, DPO and the noise per tier, the records of operators and instructions,
         and for the LLM its own earlier children and latest notes."""
-        task, llm = self.config.task, self.config.proposer == "llm"
+        task = self.config.task
+        context = ProposalContext(task=task, task_description=task_description(task),
+                                  top=self.parent_views(data, ranked[:5]), failures=self.recent_failures(data))
+        if self.config.proposer != "llm":  # the offline proposer reads only its operators' record
+            return replace(context, operators=operator_stats(data))
         scores = [score for c in data.candidates.values() for tier in ("bandit", "finetune")
                   if (score := data.score(c.id, task, tier)) is not None]
         noise = {tier: spread for (scored_task, tier), spread in pooled_spread(scores).items() if scored_task == task}
         baseline = {tier: score.fitness for tier in ("bandit", "finetune")
                     if (score := data.baseline_score(task, tier)) is not None}
-        notes = self.store.notes(self.campaign_id) if llm else []
-        return ProposalContext(task=task, task_description=task_description(task),
-                               top=self.parent_views(data, ranked[:5]), failures=self.recent_failures(data),
-                               operators=operator_stats(data), baseline=baseline, noise=noise,
-                               instructions=instruction_stats(data), notes=notes[-1].text if notes else "",
-                               history=idea_history(data, noise) if llm else ())
+        notes = self.store.notes(self.campaign_id)
+        return replace(context, baseline=baseline, noise=noise, instructions=instruction_stats(data),
+                       notes=notes[-1].text if notes else "", history=idea_history(data, noise))
 
-    def write_notes(self, generation: int, context: ProposalContext, rng: random.Random) -> None:
-        """Every `notes_every` generations, the proposer's own summary of the campaign (an LLM's only)."""
+    def write_notes(self, generation: int, rng: random.Random) -> None:
+        """Every `notes_every` generations, before its proposals, the proposer's own summary of the
+        campaign (an LLM's only)."""
         write = getattr(self.proposer, "write_notes", None)
         every = self.config.notes_every
         if write is None or not every or generation <= 1 or (generation - 1) % every:
             return
         if any(note.generation == generation for note in self.store.notes(self.campaign_id)):
             return  # written before an interruption
-        written = write(context, rng)
+        data = self.snapshot()
+        written = write(self.proposal_context(data, rank(data).candidates), rng)
         self.record_llm_usage()
         if written is not None:
             author, text = written
@@ -685,8 +685,7 @@ def idea_history(data: CampaignData, noise: Mapping[str, float], limit: int = 40
         tier, change = None, None
         score = data.score(child.id)
         if score is not None:
-            parents = [data.score(edge.parent_id, tier=score.tier) for edge in data.parents.get(child.id, [])]
-            best = max((parent.fitness for parent in parents if parent is not None), default=None)
+            best = best_parent_fitness(data, child, score.tier)
             tier, change = score.tier, None if best is None else score.fitness - best
         records.append(IdeaRecord(child.name, child.idea, outcome, detail, tier, change,
                                   noise.get(tier) if tier else None, child.instruction))

@@ -283,8 +283,7 @@ class Stage:
         if self.store is not None and candidate is not None:
             stored = self.store.find_evaluation(candidate.id, tier=CONFIRM_TIER, task=task, seed=seed)
             if stored is not None:
-                check_precision(stored.metrics, runner.precision, contender.name)
-                check_same_runs(stored.metrics, runner, contender)
+                check_reusable(stored.metrics, runner, contender)
                 return stored.metrics
         self.progress(f"confirming {contender.name} on {task}, seed {seed}", self.done, max(self.total, 1))
         started = time.monotonic()
@@ -308,17 +307,15 @@ class Stage:
         return seed_runs
 
 
-def check_precision(metrics: dict[str, Any], precision: str, name: str) -> None:
+def check_reusable(metrics: dict[str, Any], runner: FinetuneRunner, contender: Contender) -> None:
+    """Stored runs are reused only for what this stage would train: the same precision, budget, task
+    artifact and betas (runs of another protocol would be paired with these as if they were alike)."""
+    name = contender.name
     stored = metrics.get("precision")
-    if stored is not None and stored != precision:
+    if stored is not None and stored != runner.precision:
         raise ConfigError(f"{name}'s stored confirmation runs were trained at {stored} and this machine trains at "
-                          f"{precision}: runs at different precisions are not paired; pass --precision {stored} "
-                          "or confirm on a machine that computes it")
-
-
-def check_same_runs(metrics: dict[str, Any], runner: FinetuneRunner, contender: Contender) -> None:
-    """Stored runs are reused only for what this stage would train: the same budget, task artifact
-    and betas (runs of another protocol would be paired with these as if they were alike)."""
+                          f"{runner.precision}: runs at different precisions are not paired; pass --precision "
+                          f"{stored} or confirm on a machine that computes it")
     budget = (metrics.get("budget") or {}).get("name")
     if budget is not None and budget != runner.budget.name:
         raise ConfigError(f"{contender.name}'s stored confirmation runs are at budget {budget}, not "
