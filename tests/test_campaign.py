@@ -18,6 +18,7 @@ from lossearch.search.campaign import run_campaign
 from lossearch.search.config import CampaignConfig, merge_resumed
 from lossearch.search.proposers import OPERATORS
 from lossearch.search.proposers.mutation import CROSSOVERS
+from lossearch.search.seeds import seed_paths
 from lossearch.store import Store
 
 FAST = {"finetune": False, "population": 3, "islands": 2}
@@ -64,7 +65,7 @@ def test_seeds_only_campaign_is_the_baseline(tmp_path):
     assert outcome.stop_reason == "evaluated the seed library"
     with campaign_db(tmp_path, "base") as store:
         board = rank(load_campaign_data(store, store.get_campaign("base"))).candidates
-        assert len(board) == 24 and all(candidate.proposer == "seed" for candidate in board)
+        assert len(board) == len(seed_paths()) and all(candidate.proposer == "seed" for candidate in board)
 
 
 def test_resuming_refuses_a_changed_task_but_takes_new_limits():

@@ -12,8 +12,10 @@ from lossearch.cli import app
 from lossearch.evaluation.cascade import evaluate
 from lossearch.search.seeds import seed_path, seed_paths
 
-SEED_NAMES = ("dpo hinge ipo robust exo_pair nca_pair bco_pair sppo_hard aot aot_unpaired apo_zero apo_down "
-              "discopop sigmoid_norm fdpo_forward_kl fdpo_js sft simpo cpo orpo rdpo tdpo kto_pair slic").split()
+SEED_NAMES = ("alpha_po aot aot_unpaired apo_down apo_zero bco_pair cal_dpo cdpo chi_po cpo discopop dpo dpo_shift "
+              "dpop dr_dpo exo_pair fdpo_alpha fdpo_forward_kl fdpo_js gpo_exponential gpo_savage "
+              "gpo_truncated_quadratic h_dpo hinge ipo kto_pair minor_dpo nca_pair orpo rdpo robust rpo sft "
+              "sigmoid_norm simper simpo slic sppo_hard tdpo tdpo1 wpo").split()
 
 
 def lossearch(*args: str, cwd) -> subprocess.CompletedProcess:

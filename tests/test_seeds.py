@@ -1,12 +1,12 @@
-"""The seed library: 24 known losses, each checked against a trusted reference.
+"""The seed library: 41 known losses, each checked against a trusted reference.
 
 Where TRL 1.16 computes a loss (DPOTrainer._compute_loss, CPOTrainer.cpo_loss,
 ORPOTrainer.odds_ratio_loss) the reference is TRL's own code, run on the same
 log-probs through a stub trainer (and, for DPOTrainer, a stub model that returns
 those log-probs). The losses TRL 1.16 lacks are compared with plain formulas in
-Python floats, each saying which paper or TRL lines it mirrors. Seeds are loaded
-the way the evaluator loads them: `seed_paths` -> `read_spec` -> `load_loss` ->
-`call_loss`.
+Python floats, each saying which paper, authors' release or TRL lines it mirrors.
+Seeds are loaded the way the evaluator loads them: `seed_paths` -> `read_spec` ->
+`load_loss` -> `call_loss`.
 """
 
 from __future__ import annotations
@@ -24,30 +24,47 @@ from lossearch.contract import call_loss, load_loss, read_spec
 from lossearch.search.seeds import seed_paths
 
 EXPECTED_HYPERPARAMETERS = {
+    "alpha_po": {"beta": 2.5, "gamma": 0.1, "alpha": 0.25},
     "aot": {"beta": 0.1},
     "aot_unpaired": {"beta": 0.1},
     "apo_down": {"beta": 0.1},
     "apo_zero": {"beta": 0.1},
     "bco_pair": {"beta": 0.1},
+    "cal_dpo": {"beta": 0.1},
+    "cdpo": {"beta": 0.1, "epsilon": 0.1},
+    "chi_po": {"beta": 0.1},
     "cpo": {"beta": 0.1, "alpha": 1.0},
     "discopop": {"beta": 0.1, "tau": 0.05},
     "dpo": {"beta": 0.1},
+    "dpo_shift": {"beta": 0.1, "rejected_scale": 0.95},
+    "dpop": {"beta": 0.1, "penalty_weight": 50.0},
+    "dr_dpo": {"beta": 0.1, "beta_prime": 1.0},
     "exo_pair": {"beta": 0.1, "epsilon": 1e-3},
+    "fdpo_alpha": {"beta": 0.1, "alpha": 0.5},
     "fdpo_forward_kl": {"beta": 0.1},
     "fdpo_js": {"beta": 0.1},
+    "gpo_exponential": {"beta": 0.1},
+    "gpo_savage": {"beta": 0.1},
+    "gpo_truncated_quadratic": {"beta": 0.1},
+    "h_dpo": {"beta": 0.1, "alpha": 0.95},
     "hinge": {"beta": 0.1},
     "ipo": {"beta": 0.1},
     "kto_pair": {"beta": 0.1},
+    "minor_dpo": {"beta": 0.1},
     "nca_pair": {"beta": 0.1},
     "orpo": {"beta": 0.1},  # beta is ORPO's lambda, as in TRL's ORPOConfig
     "rdpo": {"beta": 0.1, "alpha": 0.01},
     "robust": {"beta": 0.1, "epsilon": 0.1},
+    "rpo": {"beta": 0.1, "alpha": 1.0},
     "sft": {"beta": 0.1},  # takes no beta; the contract still records the default
     "sigmoid_norm": {"beta": 0.1},
+    "simper": {"beta": 0.1},  # takes no beta either: SimPER has no hyperparameter
     "simpo": {"beta": 2.0, "gamma": 0.5},
     "slic": {"beta": 0.1, "delta": 1.0},  # beta is SLiC-HF's regularizer weight lambda
     "sppo_hard": {"beta": 0.1},
     "tdpo": {"beta": 0.1, "alpha": 0.5},
+    "tdpo1": {"beta": 0.1},
+    "wpo": {"beta": 0.1},
 }
 
 # seed -> the DPOConfig fields that select the same loss in TRL 1.16
@@ -69,9 +86,12 @@ TRL_DPO_CASES = {
     "sft": {"loss_type": "sft"},
     "fdpo_forward_kl": {"loss_type": "sigmoid", "f_divergence_type": "forward_kl"},
     "fdpo_js": {"loss_type": "sigmoid", "f_divergence_type": "js_divergence"},
+    "rpo": {"loss_type": ("sigmoid", "sft"), "loss_weights": (1.0, 1.0)},
+    "wpo": {"loss_type": "sigmoid", "use_weighting": True},
 }
-# their i-th output is a quantile's or the batch's loss, not pair i's: compare batch means only
-BATCH_LEVEL = {"aot", "aot_unpaired", "sft"}
+# their i-th output is a quantile's or the batch's loss (or holds a batch term), not pair i's: compare
+# batch means only
+BATCH_LEVEL = {"aot", "aot_unpaired", "sft", "rpo"}
 BETAS = (0.1, 0.5, 2.0)
 BATCH_SIZE = 6
 LOGP_NAMES = ("policy_chosen_logps", "policy_rejected_logps", "reference_chosen_logps", "reference_rejected_logps")
@@ -124,15 +144,21 @@ def run_seed(seeds, name: str, batch, beta: float | None = None, **hyperparamete
 # -- TRL references ----------------------------------------------------------------------
 
 
-def trl_dpo_loss(batch: dict[str, torch.Tensor], beta: float, loss_type: str, label_smoothing: float = 0.0,
-                 f_divergence_type: str = "reverse_kl", discopop_tau: float = 0.05) -> torch.Tensor:
+def trl_dpo_loss(batch: dict[str, torch.Tensor], beta: float, loss_type: str | tuple[str, ...],
+                 label_smoothing: float = 0.0, f_divergence_type: str = "reverse_kl", discopop_tau: float = 0.05,
+                 loss_weights: tuple[float, ...] | None = None, use_weighting: bool = False,
+                 f_alpha_divergence_coef: float = 1.0) -> torch.Tensor:
     """TRL 1.16's DPOTrainer._compute_loss on these log-probs: the batch-mean loss.
 
     A stub model returns per-token log-probs that sum to the batch's summed
     log-probs (spread evenly over each response's tokens), after a one-token
     prompt, so TRL's token masks see the batch's lengths. Reference log-probs
-    come in as precomputed, which skips the reference model.
+    come in as precomputed, which skips the reference model. A tuple of loss
+    types is TRL's weighted multi-loss (`loss_weights`, ones by default). The
+    stub's per-token log sum_v pi(v)^2, which WPO's weighting subtracts, is zero.
     """
+    loss_types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    weights = [1.0] * len(loss_types) if loss_weights is None else list(loss_weights)
     dpo_trainer = pytest.importorskip("trl.trainer.dpo_trainer")
     logps = torch.cat([batch["policy_chosen_logps"], batch["policy_rejected_logps"]])  # (2B,) chosen then rejected
     lengths = torch.cat([batch["chosen_lengths"], batch["rejected_lengths"]]).long()  # (2B,)
@@ -142,13 +168,14 @@ def trl_dpo_loss(batch: dict[str, torch.Tensor], beta: float, loss_type: str, la
     shift_mask = completion_mask[:, 1:]  # (2B, width - 1): positions that predict a completion token
     per_token_logps = shift_mask * (logps / lengths)[:, None]  # (2B, width - 1), rows sum to logps
     zeros = torch.zeros_like(per_token_logps)
-    outputs = SimpleNamespace(log_probs=per_token_logps, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool())
+    outputs = SimpleNamespace(log_probs=per_token_logps, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool(),
+                              log_sum_sq_probs=zeros)
     trainer = SimpleNamespace(
         model=SimpleNamespace(training=False),
         accelerator=SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x),
-        aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True, use_weighting=False,
-        f_divergence_type=f_divergence_type, f_alpha_divergence_coef=1.0,
-        loss_types=[loss_type], loss_weights=[1.0], beta=beta, label_smoothing=label_smoothing,
+        aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True, use_weighting=use_weighting,
+        f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef,
+        loss_types=loss_types, loss_weights=weights, beta=beta, label_smoothing=label_smoothing,
         args=SimpleNamespace(discopop_tau=discopop_tau),
         _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1,
     )
@@ -162,11 +189,12 @@ def trl_dpo_loss(batch: dict[str, torch.Tensor], beta: float, loss_type: str, la
     return dpo_trainer.DPOTrainer._compute_loss(trainer, lambda **kwargs: outputs, inputs, return_outputs=False)
 
 
-def trl_cpo_losses(chosen_logps, rejected_logps, beta: float, loss_type: str, simpo_gamma: float = 0.5):
-    """TRL 1.16's CPOTrainer.cpo_loss: per-pair preference losses (no NLL term, AlphaPO off)."""
+def trl_cpo_losses(chosen_logps, rejected_logps, beta: float, loss_type: str, simpo_gamma: float = 0.5,
+                   alpha: float = 0.0, label_smoothing: float = 0.0):
+    """TRL 1.16's CPOTrainer.cpo_loss: per-pair preference losses (no NLL term; AlphaPO off at alpha 0)."""
     cpo_trainer = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
-    trainer = SimpleNamespace(alpha=0.0, beta=beta, loss_type=loss_type, simpo_gamma=simpo_gamma,
-                              label_smoothing=0.0, accelerator=SimpleNamespace(device=torch.device("cpu")))
+    trainer = SimpleNamespace(alpha=alpha, beta=beta, loss_type=loss_type, simpo_gamma=simpo_gamma,
+                              label_smoothing=label_smoothing, accelerator=SimpleNamespace(device=torch.device("cpu")))
     losses, _, _ = cpo_trainer.CPOTrainer.cpo_loss(trainer, chosen_logps, rejected_logps)
     return losses
 
@@ -182,7 +210,8 @@ def trl_orpo_odds_ratio_term(chosen_mean_logps, rejected_mean_logps, beta: float
 # -- the library as a whole ---------------------------------------------------------------
 
 
-def test_library_has_the_24_seeds():
+def test_library_has_the_41_seeds():
+    assert len(EXPECTED_HYPERPARAMETERS) == 41
     assert sorted(path.stem for path in seed_paths()) == sorted(EXPECTED_HYPERPARAMETERS)
 
 
@@ -213,6 +242,13 @@ def test_seed_is_differentiable(seeds, name):
     assert grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED_HYPERPARAMETERS))
+def test_seed_works_on_a_batch_of_one(seeds, name):
+    # the losses that read batch statistics (sort, mean, log-mean-exp) must still work on one pair
+    ours = run_seed(seeds, name, pair_of(make_batch(8), 0))
+    assert ours.shape == (1,) and torch.isfinite(ours).all()
+
+
 # -- seeds that TRL 1.16 computes -----------------------------------------------------------
 
 
@@ -238,6 +274,7 @@ def test_seed_equals_trl_dpo_trainer(seeds, name, beta):
     ("robust", {"epsilon": 0.25}, {"loss_type": "robust", "label_smoothing": 0.25}),
     ("exo_pair", {"epsilon": 0.05}, {"loss_type": "exo_pair", "label_smoothing": 0.05}),
     ("discopop", {"tau": 0.5}, {"loss_type": "discopop", "discopop_tau": 0.5}),
+    ("rpo", {"alpha": 0.3}, {"loss_type": ("sigmoid", "sft"), "loss_weights": (1.0, 0.3)}),
 ])
 def test_seed_hyperparameter_matches_trl_config_field(seeds, name, hyperparameters, config):
     batch = make_batch(4)
@@ -291,6 +328,45 @@ def test_orpo_is_nll_minus_trl_odds_ratio_term(seeds, beta):
     theirs = -chosen_mean - trl_orpo_odds_ratio_term(chosen_mean, rejected_mean, beta).double()
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     for our_grad, their_grad in zip(gradients(ours.sum(), batch), gradients(theirs.sum(), batch)):
+        torch.testing.assert_close(our_grad, their_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("beta", "gamma", "alpha"), [(2.5, 0.1, 0.25), (2.0, 0.5, 0.1), (1.0, 0.0, 0.5)])
+def test_alpha_po_equals_trl_cpo_alphapo(seeds, beta, gamma, alpha):
+    batch = make_batch(13)
+    ours = run_seed(seeds, "alpha_po", batch, beta=beta, gamma=gamma, alpha=alpha)
+    # TRL's AlphaPO is its SimPO (per-token average log-probs) with `alpha` set
+    theirs = trl_cpo_losses(batch["policy_chosen_logps"] / batch["chosen_lengths"],
+                            batch["policy_rejected_logps"] / batch["rejected_lengths"],
+                            beta, "simpo", simpo_gamma=gamma, alpha=alpha)
+    torch.testing.assert_close(ours, theirs, **TOLERANCE)
+    for our_grad, their_grad in zip(gradients(ours.sum(), batch), gradients(theirs.sum(), batch)):
+        torch.testing.assert_close(our_grad, their_grad, **TOLERANCE)
+
+
+@pytest.mark.parametrize(("beta", "epsilon"), [(0.1, 0.1), (0.5, 0.25), (2.0, 0.0)])
+def test_cdpo_equals_trl_cpo_sigmoid_with_label_smoothing_on_log_ratios(seeds, beta, epsilon):
+    batch = make_batch(14)
+    ours = run_seed(seeds, "cdpo", batch, beta=beta, epsilon=epsilon)
+    # CPO's sigmoid loss on log-ratios instead of log-probs is DPO's, label smoothing included
+    theirs = trl_cpo_losses(batch["policy_chosen_logps"] - batch["reference_chosen_logps"],
+                            batch["policy_rejected_logps"] - batch["reference_rejected_logps"],
+                            beta, "sigmoid", label_smoothing=epsilon)
+    torch.testing.assert_close(ours, theirs, **TOLERANCE)
+    for our_grad, their_grad in zip(gradients(ours.sum(), batch), gradients(theirs.sum(), batch)):
+        torch.testing.assert_close(our_grad, their_grad, **TOLERANCE)
+
+
+@pytest.mark.parametrize(("beta", "alpha"), [(0.1, 0.5), (0.5, 0.3), (2.0, 0.8)])
+def test_fdpo_alpha_equals_trl_alpha_divergence(seeds, beta, alpha):
+    # TRL's alpha-divergence branch only runs in fp16/bf16/fp32 (its clamp table has no float64);
+    # its coefficient a is the paper's 1 - alpha
+    batch = {name: value.detach().float().requires_grad_(value.requires_grad) for name, value in make_batch(15).items()}
+    ours = run_seed(seeds, "fdpo_alpha", batch, beta=beta, alpha=alpha)
+    theirs = trl_dpo_loss(batch, beta, "sigmoid", f_divergence_type="alpha_divergence",
+                          f_alpha_divergence_coef=1.0 - alpha)
+    torch.testing.assert_close(ours.mean(), theirs, rtol=1e-5, atol=1e-6)
+    for our_grad, their_grad in zip(gradients(ours.mean(), batch), gradients(theirs, batch)):
         torch.testing.assert_close(our_grad, their_grad, rtol=1e-5, atol=1e-6)
 
 
@@ -390,3 +466,149 @@ def test_slic_matches_slic_hf_formula(seeds, beta, delta):
     expected = [max(0.0, delta - row["policy_chosen_logps"] + row["policy_rejected_logps"])
                 - beta * row["policy_chosen_logps"] / row["chosen_lengths"] for row in rows(batch)]
     torch.testing.assert_close(ours, torch.tensor(expected, dtype=torch.float64), **TOLERANCE)
+
+
+def logratios(row: dict[str, float]) -> tuple[float, float]:
+    """(chosen, rejected) policy-minus-reference log-ratios of one pair."""
+    return (row["policy_chosen_logps"] - row["reference_chosen_logps"],
+            row["policy_rejected_logps"] - row["reference_rejected_logps"])
+
+
+def assert_matches(ours: torch.Tensor, expected: list[float]) -> None:
+    torch.testing.assert_close(ours, torch.tensor(expected, dtype=torch.float64), **TOLERANCE)
+
+
+@pytest.mark.parametrize(("beta", "penalty_weight"), [(0.1, 50.0), (0.5, 5.0), (2.0, 0.0)])
+def test_dpop_matches_paper_formula(seeds, beta, penalty_weight):
+    # DPOP (Pal et al., 2024): -log sig(beta * (r_c - r_r - lambda * max(0, log pi_ref(y_c) - log pi(y_c))))
+    batch = make_batch(30)
+    ours = run_seed(seeds, "dpop", batch, beta=beta, penalty_weight=penalty_weight)
+    expected = []
+    for row in rows(batch):
+        chosen, rejected = logratios(row)
+        expected.append(softplus(-beta * (chosen - rejected - penalty_weight * max(0.0, -chosen))))
+    assert_matches(ours, expected)
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_cal_dpo_matches_authors_formula(seeds, beta):
+    # Cal-DPO (Xiao et al., 2024; Cal-DPO/Cal-DPO with shift=0.5):
+    # -log sig(r_c - r_r) + (r_c - 1/(2 beta))^2 + (r_r + 1/(2 beta))^2
+    batch = make_batch(31)
+    ours = run_seed(seeds, "cal_dpo", batch, beta=beta)
+    expected = []
+    for row in rows(batch):
+        chosen, rejected = logratios(row)
+        expected.append(softplus(-(chosen - rejected)) + (chosen - 1 / (2 * beta)) ** 2
+                        + (rejected + 1 / (2 * beta)) ** 2)
+    assert_matches(ours, expected)
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_chi_po_matches_paper_link_function(seeds, beta):
+    # chi-PO (Huang et al., 2024): DPO with phi(z) = z + log z of z = pi / pi_ref in place of log z
+    batch = make_batch(32)
+    ours = run_seed(seeds, "chi_po", batch, beta=beta)
+    expected = []
+    for row in rows(batch):
+        chosen, rejected = logratios(row)
+        phi_chosen, phi_rejected = math.exp(chosen) + chosen, math.exp(rejected) + rejected
+        expected.append(softplus(-beta * (phi_chosen - phi_rejected)))
+    assert_matches(ours, expected)
+
+
+def test_simper_matches_authors_formula_and_ignores_beta(seeds):
+    # SimPER (Xiao et al., 2025; tengxiao1/SimPER): -exp(mean log p(y_c)) + exp(mean log p(y_r))
+    batch = make_batch(33)
+    expected = [-math.exp(row["policy_chosen_logps"] / row["chosen_lengths"])
+                + math.exp(row["policy_rejected_logps"] / row["rejected_lengths"]) for row in rows(batch)]
+    for beta in BETAS:
+        assert_matches(run_seed(seeds, "simper", batch, beta=beta), expected)
+
+
+@pytest.mark.parametrize(("beta", "beta_prime"), [(0.1, 1.0), (0.5, 0.3), (2.0, 4.0)])
+def test_dr_dpo_is_the_authors_batch_loss_with_softmax_weighted_gradients(seeds, beta, beta_prime):
+    # Dr. DPO (Wu et al., 2024; junkangwu/Dr_DPO): -beta' log mean_i exp(-L_i / beta'), L_i DPO's loss
+    batch = make_batch(34)
+    ours = run_seed(seeds, "dr_dpo", batch, beta=beta, beta_prime=beta_prime)
+    margins = [implicit_margin(row) for row in rows(batch)]
+    dpo_losses = [softplus(-beta * margin) for margin in margins]
+    batch_loss = -beta_prime * math.log(sum(math.exp(-value / beta_prime) for value in dpo_losses) / BATCH_SIZE)
+    assert_matches(ours, [batch_loss] * BATCH_SIZE)
+    # d batch / d policy_chosen_i = w_i * dL_i/dm_i, w = softmax(-L / beta'), dL_i/dm_i = -beta sig(-beta m_i)
+    scores = [math.exp(-value / beta_prime) for value in dpo_losses]
+    expected = [score / sum(scores) * -beta * sigmoid(-beta * margin) for score, margin in zip(scores, margins)]
+    (grad,) = torch.autograd.grad(ours.mean(), [batch["policy_chosen_logps"]])
+    torch.testing.assert_close(grad, torch.tensor(expected, dtype=torch.float64), **TOLERANCE)
+    # a batch of one is that pair's DPO loss
+    torch.testing.assert_close(run_seed(seeds, "dr_dpo", pair_of(batch, 0), beta=beta, beta_prime=beta_prime),
+                               torch.tensor([dpo_losses[0]], dtype=torch.float64), **TOLERANCE)
+
+
+GPO_LOSSES = {
+    # GPO (Tang et al., 2024): f(beta * margin) for a function f of the scaled implicit reward margin
+    "gpo_exponential": lambda x: math.exp(-x),
+    "gpo_truncated_quadratic": lambda x: max(0.0, 1.0 - x) ** 2,
+    "gpo_savage": lambda x: 1.0 / (1.0 + math.exp(x)) ** 2,
+}
+
+
+@pytest.mark.parametrize("beta", BETAS)
+@pytest.mark.parametrize("name", sorted(GPO_LOSSES))
+def test_gpo_seeds_match_their_f(seeds, name, beta):
+    batch = make_batch(35)
+    ours = run_seed(seeds, name, batch, beta=beta)
+    assert_matches(ours, [GPO_LOSSES[name](beta * implicit_margin(row)) for row in rows(batch)])
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_minor_dpo_matches_paper_formula(seeds, beta):
+    # MinorDPO (Xie et al., 2024): -log sig(beta * (r_c - max(0, r_r)))
+    batch = make_batch(36)
+    ours = run_seed(seeds, "minor_dpo", batch, beta=beta)
+    expected = []
+    for row in rows(batch):
+        chosen, rejected = logratios(row)
+        expected.append(softplus(-beta * (chosen - max(0.0, rejected))))
+    assert_matches(ours, expected)
+
+
+@pytest.mark.parametrize(("beta", "rejected_scale"), [(0.1, 0.95), (0.5, 0.75), (2.0, 1.0)])
+def test_dpo_shift_matches_authors_formula(seeds, beta, rejected_scale):
+    # DPO-Shift (Yang et al., 2025; Meaquadddd/DPO-Shift): -log sig(beta * (r_c - lambda * r_r))
+    batch = make_batch(37)
+    ours = run_seed(seeds, "dpo_shift", batch, beta=beta, rejected_scale=rejected_scale)
+    expected = []
+    for row in rows(batch):
+        chosen, rejected = logratios(row)
+        expected.append(softplus(-beta * (chosen - rejected_scale * rejected)))
+    assert_matches(ours, expected)
+
+
+@pytest.mark.parametrize(("beta", "alpha"), [(0.1, 0.95), (0.5, 0.5), (2.0, 1.5)])
+def test_h_dpo_matches_paper_formula(seeds, beta, alpha):
+    # H-DPO (Omura et al., 2024): implicit reward alpha beta log pi - beta log pi_ref
+    batch = make_batch(38)
+    ours = run_seed(seeds, "h_dpo", batch, beta=beta, alpha=alpha)
+    expected = [softplus(-(alpha * beta * (row["policy_chosen_logps"] - row["policy_rejected_logps"])
+                           - beta * (row["reference_chosen_logps"] - row["reference_rejected_logps"])))
+                for row in rows(batch)]
+    assert_matches(ours, expected)
+    # alpha = 1 is DPO
+    torch.testing.assert_close(run_seed(seeds, "h_dpo", batch, beta=beta, alpha=1.0),
+                               run_seed(seeds, "dpo", batch, beta=beta), **TOLERANCE)
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_tdpo1_matches_tdpo1_formula_with_gradients_through_both_kls(seeds, beta):
+    # TDPO1 (Zeng et al., 2024; the authors' tdpo_loss with if_tdpo2=False):
+    # logits = margin - (rejected_kl - chosen_kl); loss = -log sig(beta * logits)
+    batch = make_batch(39)
+    ours = run_seed(seeds, "tdpo1", batch, beta=beta)
+    logits = [beta * (implicit_margin(row) - (row["rejected_kl"] - row["chosen_kl"])) for row in rows(batch)]
+    assert_matches(ours, [softplus(-z) for z in logits])
+    chosen_kl_grad, rejected_kl_grad = torch.autograd.grad(ours.sum(), [batch["chosen_kl"], batch["rejected_kl"]])
+    # d/d kl of softplus(-z): -beta sig(-z) for the chosen KL, +beta sig(-z) for the rejected one
+    expected = torch.tensor([beta * sigmoid(-z) for z in logits], dtype=torch.float64)
+    torch.testing.assert_close(chosen_kl_grad, -expected, **TOLERANCE)
+    torch.testing.assert_close(rejected_kl_grad, expected, **TOLERANCE)
