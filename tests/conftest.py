@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,7 @@ def sandbox():
 
 @pytest.fixture(scope="session")
 def seeded_campaign(tmp_path_factory) -> Path:
-    """A runs/ folder holding campaign `t`: the 24 seeds and one generation of 3 children, bandit tier
+    """A runs/ folder holding campaign `t`: the seed library and one generation of 3 children, bandit tier
     only. Built once a session (20 s); a module copies it (shutil.copytree) before writing to it."""
     from lossearch.search.campaign import run_campaign
     from lossearch.search.config import CampaignConfig
@@ -73,14 +76,27 @@ def tiny_task(tiny_cache):
     return load_task("sentiment", tiny_cache, data=DataConfig(**TINY_DATA_FIELDS), world=tiny_world())
 
 
-@pytest.fixture(scope="session")
-def real_cache(tmp_path_factory):
-    """$LOSSEARCH_CACHE when set (CI may keep it between runs), else a fresh one: the real
-    sentiment base model then builds once for the session, in about three minutes."""
-    import os
+def pytest_configure(config) -> None:
+    """Every test, and every command line a test starts, shares one cache: $LOSSEARCH_CACHE when set
+    (a developer may keep one between runs), else a fresh folder for the session, never ~/.cache.
+    So the real sentiment base model builds once a session (about three minutes), and campaigns after
+    the first reuse the seed library's sanity and bandit evaluations (lossearch.evaluation.memo)."""
+    if not os.environ.get("LOSSEARCH_CACHE"):
+        os.environ["LOSSEARCH_CACHE"] = SESSION_CACHE[0] = tempfile.mkdtemp(prefix="lossearch-test-cache-")
 
-    return Path(os.environ["LOSSEARCH_CACHE"]) if os.environ.get("LOSSEARCH_CACHE") else \
-        tmp_path_factory.mktemp("lossearch-real-cache")
+
+def pytest_unconfigure(config) -> None:
+    if SESSION_CACHE[0]:
+        shutil.rmtree(SESSION_CACHE[0], ignore_errors=True)
+
+
+SESSION_CACHE = [""]
+"""The cache folder this session made, removed at its end ("" when $LOSSEARCH_CACHE was given)."""
+
+
+@pytest.fixture(scope="session")
+def real_cache():
+    return Path(os.environ["LOSSEARCH_CACHE"])
 
 
 @pytest.fixture(scope="session")
