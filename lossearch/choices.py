@@ -18,6 +18,9 @@ TIER_ORDER = {tier: position for position, tier in enumerate(TIERS)}
 """A tier's place in the cascade: a candidate's `tier` is the highest it reached."""
 TASK_NAMES = tuple(TASKS)
 """The synthetic tasks (DESIGN §4); the bandit tier has a tabular version of each."""
+USER_TASK = "user"
+"""The task name of a user's own model and pairs (`--model`, `--dataset`): its finetune evaluations are
+stored under it, and its bandit tier screens on `sentiment`'s tabular task (it has none of its own)."""
 BUDGET_NAMES = tuple(BUDGETS)
 """The finetune tier's budgets, smallest first."""
 PROPOSERS = ("mutation", "llm", "none")
@@ -26,5 +29,5 @@ EXECUTORS = ("local", "ray")
 """Where a campaign's sandboxes run: on this machine, or on a Ray cluster's workers."""
 
 __all__ = ["BUDGET_NAMES", "DATA_MODES", "EXECUTORS", "PRECISIONS", "PROPOSERS", "TASK_NAMES", "TIERS", "TIER_ORDER",
-           "check_choice"]
+           "USER_TASK", "check_choice"]
 

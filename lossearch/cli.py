@@ -22,7 +22,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lossearch.choices import BUDGET_NAMES, DATA_MODES, EXECUTORS, PRECISIONS, PROPOSERS, TASK_NAMES, TIERS
+from lossearch.choices import (
+    BUDGET_NAMES,
+    DATA_MODES,
+    EXECUTORS,
+    PRECISIONS,
+    PROPOSERS,
+    TASK_NAMES,
+    TIERS,
+    USER_TASK,
+)
 from lossearch.errors import UserError
 from lossearch.failures import CandidateError
 
@@ -164,8 +173,9 @@ def progress_bar(enabled: bool):
         yield report
 
 
-def finetune_options(budget, trials, data, device, precision, model, dataset, reward, progress):
-    """FinetuneOptions from eval's flags; a flag combination that cannot work is a UsageProblem."""
+def check_setting_flags(model: Optional[Path], dataset: Optional[Path], reward: Optional[str],
+                        data: Optional[str]) -> None:
+    """--model, --dataset, --reward and --data: a combination that cannot work is a UsageProblem."""
     if (model is None) != (dataset is None):
         raise UsageProblem("--model and --dataset go together: a model folder and a JSONL file of pairs")
     if reward is not None and model is None:
@@ -178,14 +188,33 @@ def finetune_options(budget, trials, data, device, precision, model, dataset, re
         raise UsageProblem(f"--dataset {dataset}: no such file (give a JSONL file of prompt/chosen/rejected)")
     if reward is not None and not Path(reward.rpartition(":")[0]).is_file():
         raise UsageProblem(f"--reward {reward}: write it as path/to/module.py:function, with an existing file")
-    from lossearch.evaluation.finetune.config import FinetuneOptions
+
+
+def resolved_reward(reward: Optional[str]) -> Optional[str]:
+    """--reward with its file's absolute path, so a stored campaign finds it from any folder."""
+    if reward is None:
+        return None
+    path, _, function = reward.rpartition(":")
+    return f"{Path(path).resolve()}:{function}"
+
+
+def checked_device(device: Optional[str]) -> str:
+    """The torch device --device names (CUDA when present by default); one that is not here is a UsageProblem."""
     from lossearch.evaluation.finetune.device import resolve_device
-    from lossearch.evaluation.tasks.user import UserSetting
 
     try:
-        device = resolve_device(device)
+        return resolve_device(device)
     except (ValueError, RuntimeError) as error:
         raise UsageProblem(f"--device: {error}") from None
+
+
+def finetune_options(budget, trials, data, device, precision, model, dataset, reward, progress):
+    """FinetuneOptions from eval's flags; a flag combination that cannot work is a UsageProblem."""
+    check_setting_flags(model, dataset, reward, data)
+    from lossearch.evaluation.finetune.config import FinetuneOptions
+    from lossearch.evaluation.tasks.user import UserSetting
+
+    device = checked_device(device)
     setting = UserSetting(model, dataset, reward) if model is not None else None
     chosen: Any = budget or "quick"
     if trials is not None:  # the budget with fewer or more betas tried
@@ -247,7 +276,8 @@ def eval_command(
         from lossearch.evaluation.cascade import evaluate
 
         options = finetune_options(*finetune_flags, progress) if tier == "finetune" else None
-        evaluation = evaluate(source, file.stem, tier, task=task, seed=seed, finetune=options, sandbox=sandbox)
+        evaluation = evaluate(source, file.stem, tier, task=USER_TASK if model is not None else task, seed=seed,
+                              finetune=options, sandbox=sandbox)
     if as_json:
         print_json(evaluation.to_dict())
     else:
@@ -338,6 +368,21 @@ def run_command(
     name: str = typer.Option("demo", "--name", help="Campaign name; an existing one is resumed."),
     task: Optional[str] = choice_option(None, "--task", TASK_NAMES, "Task to select on [default: sentiment]."),
     budget: Optional[str] = choice_option(None, "--budget", BUDGET_NAMES, "Finetune budget [default: quick]."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Search on your own local causal LM folder "
+                                                               "(save_pretrained output, with --dataset) instead of "
+                                                               "a task's base model."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="JSONL pairs {prompt, chosen, rejected} to "
+                                                                   "finetune --model on (a tenth held out)."),
+    reward: Optional[str] = typer.Option(None, "--reward", help="module.py:function(prompt, response) -> float "
+                                                                "scoring --model's samples: your code, run in "
+                                                                "this process, never in a candidate's jail "
+                                                                "[default: fitness is held-out preference "
+                                                                "accuracy]."),
+    data: Optional[str] = choice_option(None, "--data", DATA_MODES, "Finetune on the task's fixed pairs, or online "
+                                                                    "on fresh ones labelled by its oracle "
+                                                                    "[default: offline]."),
+    device: Optional[str] = typer.Option(None, "--device", help="Torch device of the finetune tier [default: cuda "
+                                                                "if present, else cpu]."),
     proposer: Optional[str] = choice_option(None, "--proposer", PROPOSERS, "mutation (offline), llm, or none: the "
                                                                            "seeds only [default: mutation]."),
     generations: Optional[int] = typer.Option(None, "--generations", help="Generations after the seeds [default: 2]."),
@@ -407,8 +452,15 @@ def run_command(
     from lossearch.search.config import CampaignConfig
     from lossearch.store.locate import open_campaign
 
+    check_setting_flags(model, dataset, reward, data)
+    if device is not None:
+        checked_device(device)
     flags: dict[str, Any] = {
-        "task": task, "budget": budget, "proposer": proposer, "generations": generations, "population": population,
+        "task": task if task is not None or model is None else USER_TASK, "budget": budget,
+        "model": str(model.resolve()) if model is not None else None,
+        "dataset": str(dataset.resolve()) if dataset is not None else None,
+        "reward": resolved_reward(reward), "data": data, "device": device, "proposer": proposer,
+        "generations": generations, "population": population,
         "islands": islands, "seed": seed, "finetune": finetune, "max_evals": max_evals, "time_limit": time_limit,
         "max_cost": max_cost, "max_tokens": max_tokens, "llm_base_url": llm_base_url,
         "llm_models": tuple(llm_model) if llm_model else None, "workers": workers, "executor": executor,
@@ -623,6 +675,14 @@ def confirm_command(
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated held-out tasks to confirm on as well "
                                                              "(a discovery must not be worse there)."),
     task: Optional[str] = choice_option(None, "--task", TASK_NAMES, "Task of loss files [default: sentiment]."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Confirm loss files on your own causal LM folder "
+                                                               "(with --dataset) instead of a task."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="JSONL pairs {prompt, chosen, rejected} for "
+                                                                   "--model."),
+    reward: Optional[str] = typer.Option(None, "--reward", help="module.py:function(prompt, response) -> float "
+                                                                "scoring --model's samples (runs in this process)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Torch device [default: cuda if present, else "
+                                                                "cpu]."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list: one object per (candidate, baseline, "
                                                        "task)."),
     run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
@@ -640,7 +700,10 @@ def confirm_command(
 
     Example: lossearch confirm --run demo --top 3 --seeds 8 --tasks sort
     """
+    from dataclasses import replace
+
     from lossearch.reporting.views import confirmation_view
+    from lossearch.search.config import CampaignConfig
     from lossearch.search.confirm import ConfirmConfig, confirm_campaign, confirm_files
 
     held_out = tuple(name.strip() for name in (tasks or "").split(",") if name.strip())
@@ -648,14 +711,22 @@ def confirm_command(
         if files:
             if run is not None or db is not None or held_out:
                 raise UsageProblem("loss files are confirmed on their own: drop --run, --db and --tasks (use --task)")
-            report = confirm_files([(path.stem, read_source(path)) for path in files], task=task or "sentiment",
-                                   seeds=seeds, budget=budget or "quick", progress=progress)
+            if model is not None and task is not None:
+                raise UsageProblem("--task and --model are two places to confirm on: give one")
+            options = finetune_options(None, None, None, device, None, model, dataset, reward, progress)
+            report = confirm_files([(path.stem, read_source(path)) for path in files],
+                                   task=USER_TASK if model is not None else task or "sentiment",
+                                   seeds=seeds, budget=budget or "quick", progress=progress, options=options)
         else:
-            if task is not None:
-                raise UsageProblem("--task is for loss files; a campaign confirms on its own task (add --tasks)")
+            if task is not None or model is not None or dataset is not None or reward is not None:
+                raise UsageProblem("--task, --model, --dataset and --reward are for loss files; a campaign confirms "
+                                   "on what it ran on (add --tasks)")
             config = ConfirmConfig(top=top, seeds=seeds, budget=budget, tasks=held_out)
             with campaign_results(run, db) as handle:
-                report = confirm_campaign(handle, config, progress=progress)
+                options = CampaignConfig.from_dict(handle.campaign.config).finetune_options()
+                options = replace(options, device=checked_device(device) if device else options.device,
+                                  progress=progress)
+                report = confirm_campaign(handle, config, progress=progress, options=options)
     if as_json:
         print_json(report.to_dicts())
     else:

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lossearch.choices import TIERS, check_choice
+from lossearch.choices import TIERS, USER_TASK, check_choice
 from lossearch.contract import LossSpec, parse_spec
 from lossearch.evaluation.finetune.config import FinetuneOptions
 from lossearch.failures import CandidateError, Failure
@@ -72,6 +72,7 @@ def bandit_tier(sandbox: SandboxLike, spec: LossSpec, task: str, seed: int) -> d
     from lossearch.evaluation.bandit.score import score_bandit_grid
     from lossearch.evaluation.bandit.task import make_bandit_task
 
+    task = "sentiment" if task == USER_TASK else task  # a user's setting has no tabular twin of its own
     payload = {"source": spec.source, "name": spec.name, "task": task, "seed": seed}
     result = sandbox.run("bandit", payload, BANDIT_LIMITS)
     result.raise_for_failure()

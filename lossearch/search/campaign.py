@@ -31,8 +31,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from lossearch.choices import USER_TASK
 from lossearch.contract import source_hash
 from lossearch.evaluation.cascade import bandit_tier, finetune_tier, sanity_tier, static_tier
+from lossearch.evaluation.finetune.config import FinetuneOptions
+from lossearch.evaluation.memo import MEMO_TIERS, recall_or_run
+from lossearch.evaluation.tasks.cache import cache_root
+from lossearch.evaluation.tasks.load import load_user_task
 from lossearch.evaluation.tuning import create_study_storage
 from lossearch.failures import CandidateError
 from lossearch.fingerprint import closest_rescaling, rescaling_note, same_loss, summarize
@@ -128,6 +133,7 @@ class CampaignRunner:
         self.promotion_reasons: dict[int, str] = {}  # candidate id -> rule, baseline or random
         self.distances: dict[tuple[int, int], float] = {}  # fingerprint distances by candidate ids
         self.refused: list[FailureView] = []  # proposals refused as exact copies of stored code, newest first
+        self.options = config.finetune_options()
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> CampaignOutcome:
@@ -507,7 +513,11 @@ class CampaignRunner:
             if evaluation.task == task and evaluation.seed == seed:
                 return evaluation.metrics
         started = time.monotonic()
-        metrics = run()
+        if candidate.proposer == "seed" and tier in MEMO_TIERS:  # the same code every campaign opens with
+            metrics = recall_or_run(cache_root(self.options.cache_dir), source_hash(candidate.source), tier, task,
+                                    seed, self.config.executor, run)
+        else:
+            metrics = run()
         fitness = metrics.get("fitness")
         self.store.record_evaluation(candidate.id, tier=tier, task=task, seed=seed, metrics=metrics,
                                      fitness=fitness, seconds=time.monotonic() - started)
@@ -570,8 +580,7 @@ class CampaignRunner:
         reason = self.promotion_reasons.get(candidate.id, "rule") if seed == self.config.seed else "race"
         try:
             metrics = self.recorded_or_run(candidate, "finetune", self.config.task, lambda: {**finetune_tier(
-                sandbox, spec, self.config.task, budget=self.config.budget, seed=seed,
-                storage=self.store.optuna_storage_url(),
+                sandbox, spec, self.config.task, seed, self.finetune_options(), storage=self.store.optuna_storage_url(),
                 study_name=f"{self.config.name}-{candidate.id}-{self.config.task}{suffix}"),
                 "promotion": reason}, seed=seed)
         except CandidateError as error:
@@ -585,6 +594,19 @@ class CampaignRunner:
         with self.lock:
             self.stats.add_seconds(time.monotonic() - started)
             self.refresh_stats()
+
+    def finetune_options(self) -> FinetuneOptions:
+        """The campaign's finetune options; a user's model and pairs are loaded (their files hashed, and
+        prepared the first time) once, not per evaluation."""
+        with self.lock:
+            if self.options.setting is not None and self.options.task_data is None:
+                def progress(description: str, done: float, total: float) -> None:
+                    self.stats.message = f"{description} ({done:.0f} of {total:.0f})"
+                    self.on_update(self.stats)
+
+                task = load_user_task(self.options.setting, self.options.cache_dir, progress)
+                self.options = replace(self.options, task_data=task)
+            return self.options
 
     def race_leaders(self) -> None:
         """Evaluate the ranking's `race_top` leaders, and the `race_top` finetuned candidates of best mean
@@ -631,7 +653,8 @@ class CampaignRunner:
         handle = CampaignHandle(self.store, self.store.get_campaign_by_id(self.campaign_id), str(self.store))
         try:
             config = ConfirmConfig(top=self.config.confirm_top, seeds=self.config.confirm_seeds)
-            self.confirmation = confirm_campaign(handle, config, sandbox=self.sandbox, progress=progress)
+            self.confirmation = confirm_campaign(handle, config, sandbox=self.sandbox, progress=progress,
+                                                 options=self.finetune_options())
         except NoResults as nothing:
             self.stats.message = str(nothing)
 
@@ -702,6 +725,8 @@ def task_description(task: str) -> str:
         "length": "The oracle penalizes length while the preference labels prefer longer answers: do not exploit "
                   "length.",
         "noisy": "As sentiment, with a third of the preference labels flipped: be robust to label noise.",
+        USER_TASK: "The user's own model and preference pairs: fitness is the preference accuracy on held-out "
+                   "pairs, or the user's reward of sampled answers when they gave one.",
     }.get(task, task)
 
 

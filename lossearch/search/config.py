@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
-from lossearch.choices import BUDGET_NAMES, EXECUTORS, PROPOSERS, TASK_NAMES, check_choice
+from lossearch.choices import BUDGET_NAMES, DATA_MODES, EXECUTORS, PROPOSERS, TASK_NAMES, USER_TASK, check_choice
 from lossearch.errors import ConfigError
+from lossearch.evaluation.finetune.config import FinetuneOptions
 from lossearch.search.seeds import seed_paths
 from lossearch.store.values import BASELINE_SEED
 
@@ -19,9 +21,22 @@ class CampaignConfig:
     name: str = "demo"
     """The campaign's name; its default database is runs/NAME/campaign.db."""
     task: str = "sentiment"
-    """The task candidates are selected on (sentiment, sort, length, noisy)."""
+    """The task candidates are selected on (sentiment, sort, length, noisy), or `user` with `model`."""
     budget: str = "quick"
     """The finetune tier's budget (quick, standard, full)."""
+    model: str | None = None
+    """Your own local causal LM folder (`save_pretrained` output, with its tokenizer): the finetune tier
+    trains it on `dataset` instead of a task's base model; the task is then `user`."""
+    dataset: str | None = None
+    """JSONL file of {"prompt", "chosen", "rejected"} pairs to train `model` on (a tenth held out)."""
+    reward: str | None = None
+    """"path/to/module.py:function" scoring `model`'s samples: your code, run in this trusted process as
+    an oracle is, never in a candidate's jail; without it fitness is the held-out preference accuracy."""
+    data: str = "offline"
+    """`offline`: the task's fixed pairs; `online`: fresh pairs from the policy, labelled by the task's
+    oracle (catalog tasks only)."""
+    device: str | None = None
+    """Torch device of the finetune tier; None picks CUDA when present, else the CPU."""
     proposer: str = "mutation"
     """`mutation` (offline, the default), `llm`, or `none` (evaluate the seed library only)."""
     generations: int = 2
@@ -88,7 +103,11 @@ class CampaignConfig:
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 255 or "/" in self.name or self.name.startswith("."):
             raise ConfigError("the campaign name must be a plain name of 1 to 255 characters, without '/'")
-        check_choice(self.task, TASK_NAMES, "task")
+        if self.model is not None or self.task == USER_TASK:
+            self.check_setting()
+        else:
+            check_choice(self.task, TASK_NAMES, "task")
+        check_choice(self.data, DATA_MODES, "data mode")
         check_choice(self.budget, BUDGET_NAMES, "budget")
         check_choice(self.proposer, PROPOSERS, "proposer")
         check_choice(self.executor, EXECUTORS, "executor")
@@ -117,6 +136,25 @@ class CampaignConfig:
                 raise ConfigError(f"--without-seed {unknown[0]}: no such seed loss (`lossearch seeds` lists them)")
             if BASELINE_SEED in self.without_seeds:
                 raise ConfigError(f"--without-seed {BASELINE_SEED}: DPO is the baseline every verdict is against")
+
+    def check_setting(self) -> None:
+        """A campaign on the user's own model: model and dataset together, task `user`, offline data."""
+        if self.model is None or self.dataset is None:
+            raise ConfigError("--model and --dataset go together: a model folder and a JSONL file of pairs")
+        if self.task != USER_TASK:
+            raise ConfigError(f"--task {self.task} is a built-in task; with --model the campaign runs on your "
+                              "model and pairs (task 'user'): drop --task")
+        if self.data == "online":
+            raise ConfigError("--data online needs a task's oracle to label fresh pairs; use it with --task, "
+                              "not --model")
+
+    def finetune_options(self) -> FinetuneOptions:
+        """The finetune tier's options for this campaign: its budget, data mode, device and setting."""
+        from lossearch.evaluation.tasks.user import UserSetting  # torch: only when a campaign trains
+
+        setting = None if self.model is None else UserSetting(Path(self.model), Path(self.dataset or ""),
+                                                              self.reward)
+        return FinetuneOptions(budget=self.budget, data=self.data, device=self.device, setting=setting)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "llm_models": list(self.llm_models), "without_seeds": list(self.without_seeds)}

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lossearch.choices import BUDGET_NAMES, TASK_NAMES, check_choice
+from lossearch.choices import BUDGET_NAMES, TASK_NAMES, USER_TASK, check_choice
 from lossearch.contract import LossSpec, parse_spec
 from lossearch.errors import ConfigError
 from lossearch.evaluation.comparison import ALPHA, compare_paired, holm, verdict
@@ -411,7 +411,8 @@ def confirm_campaign(handle: CampaignHandle, config: ConfirmConfig, *, sandbox: 
                      progress: ProgressFn = no_progress, options: FinetuneOptions | None = None) -> ConfirmationReport:
     """Confirm the campaign's K leaders against DPO and the best seed; store the runs and the verdicts.
 
-    `options` are the finetune tier's (device, precision, an already loaded task); the budget is the
+    `options` are the finetune tier's (device, precision, an already loaded task); without them, the
+    campaign's (its data mode, device, and the user's model and pairs it ran on); the budget is the
     configuration's, else that of `options`, else the campaign's."""
     data = load_campaign_data(handle.store, handle.campaign)
     campaign = CampaignConfig.from_dict(data.campaign.config)
@@ -427,7 +428,8 @@ def confirm_campaign(handle: CampaignHandle, config: ConfirmConfig, *, sandbox: 
     own_sandbox = sandbox is None
     runner_sandbox = sandbox or Sandbox()
     try:
-        stage = Stage(runner_sandbox, replace(options or FinetuneOptions(), budget=budget), handle.store, progress)
+        stage = Stage(runner_sandbox, replace(options or campaign.finetune_options(), budget=budget), handle.store,
+                      progress)
         trials = Budget.named(budget).trials
         lead = [Contender(c.name, parse_spec(c.source, c.name), campaign_betas(data, c, data.task, trials), c)
                 for c in leaders]
@@ -462,7 +464,8 @@ def confirm_files(sources: Sequence[tuple[str, str]], *, task: str = "sentiment"
     campaign: fresh seeds, paired runs, Holm over the files; each loss at the betas the budget's
     finetune evaluation would try first from its default (at `quick`: x1, x10^0.5, x10^-0.5).
     `seed_set` picks another set of seeds (benchmarks repeat the protocol on several)."""
-    check_choice(task, TASK_NAMES, "task")
+    if task != USER_TASK or options is None or options.setting is None:
+        check_choice(task, TASK_NAMES, "task")
     if not isinstance(budget, Budget):
         check_choice(budget, BUDGET_NAMES, "budget")
     if not sources:

@@ -88,7 +88,7 @@ class FinetuneOptions:
     device: Optional[str] = None
     """Torch device; None picks CUDA when present, else the CPU."""
     setting: Optional[Any] = None
-    """A lossearch.evaluation.tasks.user.UserSetting: the user's model and pairs instead of a task."""
+    """A lossearch.evaluation.tasks.user.UserSetting: the user's model and pairs, trained as task `user`."""
     storage: Optional[str] = None
     """Optuna storage URL (e.g. the campaign's database); None keeps the study in memory."""
     study_name: Optional[str] = None
@@ -103,7 +103,7 @@ class FinetuneOptions:
     """Torch threads of the training child. One: on a busy two-core machine two threads made a
     training step seven times slower in our measurements (OpenMP threads wait on each other)."""
     task_data: Optional[TaskData] = field(default=None, compare=False, repr=False)
-    """An already loaded task (or user setting) to use instead of loading `task` each time."""
+    """An already loaded task (or user setting), used for the task of its name instead of loading it."""
     progress: ProgressFn = field(default=no_progress, compare=False, repr=False)
     """progress(description, completed, total), for a progress bar."""
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from lossearch.choices import USER_TASK
 from lossearch.contract import LossSpec
 from lossearch.errors import ConfigError
 from lossearch.evaluation.finetune.config import Budget, FinetuneOptions, RunConfig
@@ -28,9 +29,13 @@ from lossearch.sandbox.interface import SandboxLike, SandboxLimits
 
 
 def load_task_data(task: str, options: FinetuneOptions) -> TaskData:
-    if options.task_data is not None:
+    """The task `task` names: `user` is the setting in `options`, any other a catalog task; an already
+    loaded one in `options` when it is that task."""
+    if options.task_data is not None and options.task_data.name == task:
         return options.task_data
-    if options.setting is not None:
+    if task == USER_TASK:
+        if options.setting is None:
+            raise ConfigError("task 'user' is your own model and pairs: give --model and --dataset")
         return load_user_task(options.setting, options.cache_dir, options.progress)
     return load_task(task, options.cache_dir, options.progress)
 

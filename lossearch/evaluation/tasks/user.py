@@ -22,6 +22,7 @@ from typing import Callable, Optional, cast
 
 from safetensors.torch import save_file
 
+from lossearch.choices import USER_TASK
 from lossearch.errors import ConfigError
 from lossearch.evaluation.tasks import cache
 from lossearch.evaluation.tasks.build import PARAMETERS_FILE, ProgressFn, batched_logps, read_pairs, sequences_tensors
@@ -200,7 +201,7 @@ def load_user_setting(setting: UserSetting, root: Path, progress: ProgressFn):
         return float(reward(decode(prompt_ids), decode(response_ids)))
 
     return TaskData(
-        name="user", key=name, model_config=meta["config"], parameters_file=folder / PARAMETERS_FILE,
+        name=USER_TASK, key=name, model_config=meta["config"], parameters_file=folder / PARAMETERS_FILE,
         pairs_file=folder / "pairs.safetensors", train=PairSet.from_tensors(tensors, "train"),
         heldout=PairSet.from_tensors(tensors, "heldout"),
         heldout_prompts=(tensors["heldout_prompt_ids"], tensors["heldout_prompt_attention"].bool()),

@@ -1,0 +1,107 @@
+"""Campaigns on a user's own model and pairs (issue 15), through the command line: tiny random GPT-2
+and Llama models saved to a temporary folder, at a shortened `quick` budget."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+from helpers import run_cli
+from test_tasks import save_tiny_user_model, write_user_dataset
+
+from lossearch.errors import ConfigError
+from lossearch.search.config import CampaignConfig
+from lossearch.store import Store
+
+CAMPAIGN_FLAGS = ("--generations", "2", "--population", "2", "--confirm-seeds", "2", "--race-seeds", "2")
+
+
+def stored_campaign(path, name: str):
+    store = Store(f"sqlite:///{path / 'runs' / name / 'campaign.db'}")
+    try:
+        campaign = store.find_campaign(name)
+        assert campaign is not None
+        return campaign, store.candidates(campaign.id), store.evaluations()
+    finally:
+        store.close()
+
+
+def check_campaign(folder, rewarded: bool) -> None:
+    """Campaign `mine` in `folder`: two generations on the saved model, finetuned and confirmed as `user`."""
+    campaign, candidates, evaluations = stored_campaign(folder, "mine")
+    config = CampaignConfig.from_dict(campaign.config)
+    assert config.task == "user" and config.model == str(folder / "model")
+    assert max(c.generation for c in candidates) == 2
+    finetuned = [e for e in evaluations if e.tier == "finetune"]
+    assert finetuned and all(e.task == "user" for e in finetuned)
+    metrics = finetuned[0].metrics
+    assert metrics["base_parameters"] < 50_000  # the saved model, not a task's base model
+    if rewarded:
+        assert metrics["fitness"] == metrics["reward"] and 0 <= metrics["reward"] <= 1
+    else:
+        assert metrics["reward"] is None and metrics["fitness"] == metrics["pref_acc"]
+    assert any(e.tier == "confirm" and e.task == "user" for e in evaluations)
+
+
+@pytest.mark.slow  # about 70 s: the README's example, a campaign, an export and a confirmation
+def test_the_readmes_example_runs_exports_and_confirms_on_a_tiny_llama_with_a_reward(tmp_path, monkeypatch, capfd,
+                                                                                    short_quick):
+    """`python examples/tiny_setting.py`, then `lossearch run --model --dataset --reward`, `export` and
+    `confirm` as the README says (here in this process, at a shortened `quick`)."""
+    from lossearch.cli import main
+
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "tiny_setting.py"), "setting"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "setting" / "model").rename(tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "160")
+    setting = ["--model", "model", "--dataset", "setting/pairs.jsonl", "--reward", "setting/reward.py:polite"]
+    assert main(["run", "--name", "mine", *setting, *CAMPAIGN_FLAGS]) == 0
+    printed = capfd.readouterr().out
+    assert "confirmation on 2 fresh seeds" in printed and "selected on user" in printed
+    check_campaign(tmp_path, rewarded=True)
+    # the leader leaves as a module, and a user asks of it what they would of their own loss
+    assert main(["export", "--top", "1", "--run", "mine", "--out-dir", "out"]) == 0
+    exported = sorted((tmp_path / "out").glob("*.py"))
+    assert len(exported) == 1
+    capfd.readouterr()
+    assert main(["confirm", str(exported[0]), *setting, "--seeds", "2", "--json"]) == 0
+    verdicts = json.loads(capfd.readouterr().out)
+    assert [v["task"] for v in verdicts] == ["user"] and verdicts[0]["baseline"] == "dpo"
+    assert len(verdicts[0]["seeds"]) == 2
+
+
+@pytest.mark.slow  # about 60 s
+def test_a_campaign_runs_on_a_saved_gpt2_without_a_reward(tmp_path, monkeypatch, capfd, short_quick):
+    from lossearch.cli import main
+
+    save_tiny_user_model(tmp_path / "model")  # a GPT-2 through transformers, scored by held-out preferences
+    write_user_dataset(tmp_path / "pairs.jsonl", count=40)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--name", "mine", "--model", "model", "--dataset", "pairs.jsonl", *CAMPAIGN_FLAGS]) == 0
+    assert "selected on user" in capfd.readouterr().out
+    check_campaign(tmp_path, rewarded=False)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"model": "m"}, "--model and --dataset go together"),
+    ({"model": "m", "dataset": "d.jsonl", "task": "sort"}, "drop --task"),
+    ({"model": "m", "dataset": "d.jsonl", "task": "user", "data": "online"}, "--data online needs a task's oracle"),
+    ({"task": "user"}, "--model and --dataset go together"),
+    ({"data": "sideways"}, "data mode"),
+])
+def test_a_campaign_setting_that_cannot_work_is_refused_in_one_line(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        CampaignConfig(**fields)
+
+
+def test_the_run_command_refuses_a_missing_model_folder_in_one_line(tmp_path):
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    done = run_cli("run", "--model", str(tmp_path / "none"), "--dataset", "pairs.jsonl", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and "no such folder" in done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "runs").exists()  # refused before any store was made
