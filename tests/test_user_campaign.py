@@ -19,7 +19,8 @@ from lossearch.store import Store
 CAMPAIGN_FLAGS = ("--generations", "2", "--population", "2", "--confirm-seeds", "2", "--race-seeds", "2")
 
 
-def stored_campaign(path, name: str):
+def stored_campaign(path, name: str = "mine"):
+    """(campaign, its candidates, every evaluation) of campaign `name` under path/runs."""
     store = Store(f"sqlite:///{path / 'runs' / name / 'campaign.db'}")
     try:
         campaign = store.find_campaign(name)
@@ -105,3 +106,17 @@ def test_the_run_command_refuses_a_missing_model_folder_in_one_line(tmp_path):
     assert done.returncode == 2 and "no such folder" in done.stderr
     assert done.stderr.strip().count("\n") == 0
     assert not (tmp_path / "runs").exists()  # refused before any store was made
+
+
+@pytest.mark.slow  # about 30 s: three candidates finetuned online on the tiny task
+def test_a_campaign_finetunes_on_fresh_pairs_with_data_online(tmp_path, tiny_task, monkeypatch, short_quick):
+    from lossearch.evaluation.finetune import tier
+    from lossearch.search.campaign import run_campaign
+
+    monkeypatch.setattr(tier, "load_task", lambda name, *args, **kwargs: tiny_task)
+    config = CampaignConfig(name="online", generations=1, population=1, data="online", promote_share=0.01,
+                            race_seeds=1, confirm=False)
+    run_campaign(config, runs_dir=tmp_path / "runs")
+    _, _, evaluations = stored_campaign(tmp_path, "online")
+    finetuned = [e for e in evaluations if e.tier == "finetune"]
+    assert len(finetuned) >= 2 and all(e.metrics["data"] == "online" for e in finetuned)
