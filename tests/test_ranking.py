@@ -168,7 +168,8 @@ def test_promotion_ranks_a_generation_by_its_bandit_scores_and_draws_one_it_pass
     with Store.for_campaign_dir(home / "runs" / "disputed") as store:
         data = load_campaign_data(store, store.get_campaign("disputed"))
         config = CampaignConfig.from_dict(data.campaign.config)
-        runner = CampaignRunner(replace(config, promote_share=0.1), store, sandbox=None)  # type: ignore[arg-type]
+        share = 3 / sum(1 for c in data.candidates.values() if c.generation == 0 and c.status == "evaluated")
+        runner = CampaignRunner(replace(config, promote_share=share), store, sandbox=None)  # type: ignore[arg-type]
         runner.campaign_id = data.campaign.id
         promoted, again = runner.promoted(0), runner.promoted(0)
     by_bandit = rank(data, tier="bandit").candidates
@@ -188,8 +189,8 @@ def test_promotion_draws_half_its_share_at_random_once_random_picks_do_as_well_a
         runner = CampaignRunner(replace(CampaignConfig.from_dict(data.campaign.config), promote_share=0.25),
                                 store, sandbox=None)  # type: ignore[arg-type]
     seeds = sorted(data.candidates.values(), key=lambda c: c.id)
-    earlier, later = seeds[:8], seeds[8:]  # generation 0 finetuned; generation 1 (16 survivors) to promote
-    candidates = {c.id: replace(c, generation=0 if c in earlier else 1) for c in seeds}
+    earlier, later = seeds[:8], seeds[8:24]  # generation 0 finetuned; generation 1 (16 survivors) to promote
+    candidates = {c.id: replace(c, generation=1 if c in later else 0) for c in seeds}
 
     def with_finetunes(random_beat_rule: bool):
         evaluations = {i: list(e) for i, e in data.evaluations.items()}

@@ -69,7 +69,7 @@ def one_line_error(done: subprocess.CompletedProcess, code: int | tuple[int, ...
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, seeded_campaign):
-    """A directory holding runs/t/campaign.db: 24 seeds and one generation of 3 children (a copy of
+    """A directory holding runs/t/campaign.db: the seed library and one generation of 3 children (a copy of
     the session's, so this module's writes stay here)."""
     home = tmp_path_factory.mktemp("home")
     shutil.copytree(seeded_campaign, home / "runs")
@@ -180,7 +180,7 @@ def loss(policy_chosen_logps, policy_rejected_logps, beta: float = 0.2, gamma: f
 def test_campaigns_lists_the_campaign(home):
     listed = json.loads(ok(lossearch("campaigns", "--json", cwd=home)))
     assert [entry["name"] for entry in listed] == ["t"]
-    assert listed[0]["location"] == "runs/t/campaign.db" and listed[0]["candidates"] == 27
+    assert listed[0]["location"] == "runs/t/campaign.db" and listed[0]["candidates"] == len(seed_paths()) + 3
     assert "t *" in ok(lossearch("campaigns", cwd=home))
 
 
@@ -194,7 +194,8 @@ def test_leaderboard_in_every_format(home, tmp_path):
     table = ok(lossearch("leaderboard", "--run", "t", cwd=home))
     assert "verdict" in table and "beats DPO" not in table and "dpo (seed)" in table and "baseline" in table
     markdown = ok(lossearch("leaderboard", "--format", "markdown", "--include-failed", cwd=home))
-    assert markdown.count("\n| ") >= 27 and "| verdict |" in markdown and "Holm correction" in markdown
+    assert markdown.count("\n| ") >= len(seed_paths()) + 3
+    assert "| verdict |" in markdown and "Holm correction" in markdown
     page = tmp_path / "board.html"
     ok(lossearch("leaderboard", "--format", "html", "--out", str(page), cwd=home))
     assert "<table>" in page.read_text() and "dpo" in page.read_text()
