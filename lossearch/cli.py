@@ -228,6 +228,21 @@ def finetune_options(budget, trials, data, device, precision, model, dataset, re
                            progress=progress)
 
 
+def model_option(purpose: str) -> Any:
+    return typer.Option(None, "--model", help=f"Your own local causal LM folder (save_pretrained output, with "
+                                               f"--dataset) {purpose}.")
+
+
+DATASET_OPTION: Any = typer.Option(None, "--dataset", help="JSONL pairs {prompt, chosen, rejected} for --model "
+                                                           "(a tenth held out for scoring).")
+REWARD_OPTION: Any = typer.Option(None, "--reward", help="module.py:function(prompt, response) -> float scoring "
+                                                         "--model's samples: your code, run in this process, never "
+                                                         "in a candidate's jail [default: fitness is held-out "
+                                                         "preference accuracy].")
+DEVICE_OPTION: Any = typer.Option(None, "--device", help="Torch device of the finetune tier [default: cuda if "
+                                                         "present, else cpu].")
+
+
 @app.command("eval")
 def eval_command(
     file: Path = typer.Argument(..., help="A Python module defining `loss` (see DESIGN §2)."),
@@ -242,17 +257,13 @@ def eval_command(
                                                                        "alone, read at the KL budget as one run."),
     data: Optional[str] = choice_option(None, "--data", DATA_MODES, "Finetune on the task's fixed pairs, or online on "
                                                                     "fresh ones [default: offline]."),
-    device: Optional[str] = typer.Option(None, "--device", help="Torch device for the finetune tier [default: cuda if "
-                                                                "present, else cpu]."),
+    device: Optional[str] = DEVICE_OPTION,
     precision: Optional[str] = choice_option(None, "--precision", PRECISIONS, "Training arithmetic: bf16 (mixed), "
                                                                               "fp32, or auto: bf16 where the device "
                                                                               "computes it natively [default: auto]."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Your own local causal LM folder (with --dataset) "
-                                                               "instead of a task's."),
-    dataset: Optional[Path] = typer.Option(None, "--dataset", help="JSONL pairs {prompt, chosen, rejected} to "
-                                                                   "finetune --model on."),
-    reward: Optional[str] = typer.Option(None, "--reward", help="module.py:function(prompt, response) -> float "
-                                                                "scoring --model's samples."),
+    model: Optional[Path] = model_option("instead of a task's"),
+    dataset: Optional[Path] = DATASET_OPTION,
+    reward: Optional[str] = REWARD_OPTION,
 ) -> None:
     """Evaluate one loss file up the cascade: static, sanity, bandit, finetune.
 
@@ -368,21 +379,13 @@ def run_command(
     name: str = typer.Option("demo", "--name", help="Campaign name; an existing one is resumed."),
     task: Optional[str] = choice_option(None, "--task", TASK_NAMES, "Task to select on [default: sentiment]."),
     budget: Optional[str] = choice_option(None, "--budget", BUDGET_NAMES, "Finetune budget [default: quick]."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Search on your own local causal LM folder "
-                                                               "(save_pretrained output, with --dataset) instead of "
-                                                               "a task's base model."),
-    dataset: Optional[Path] = typer.Option(None, "--dataset", help="JSONL pairs {prompt, chosen, rejected} to "
-                                                                   "finetune --model on (a tenth held out)."),
-    reward: Optional[str] = typer.Option(None, "--reward", help="module.py:function(prompt, response) -> float "
-                                                                "scoring --model's samples: your code, run in "
-                                                                "this process, never in a candidate's jail "
-                                                                "[default: fitness is held-out preference "
-                                                                "accuracy]."),
+    model: Optional[Path] = model_option("to search on, instead of a task's base model"),
+    dataset: Optional[Path] = DATASET_OPTION,
+    reward: Optional[str] = REWARD_OPTION,
     data: Optional[str] = choice_option(None, "--data", DATA_MODES, "Finetune on the task's fixed pairs, or online "
                                                                     "on fresh ones labelled by its oracle "
                                                                     "[default: offline]."),
-    device: Optional[str] = typer.Option(None, "--device", help="Torch device of the finetune tier [default: cuda "
-                                                                "if present, else cpu]."),
+    device: Optional[str] = DEVICE_OPTION,
     proposer: Optional[str] = choice_option(None, "--proposer", PROPOSERS, "mutation (offline), llm, or none: the "
                                                                            "seeds only [default: mutation]."),
     generations: Optional[int] = typer.Option(None, "--generations", help="Generations after the seeds [default: 2]."),
@@ -675,14 +678,10 @@ def confirm_command(
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated held-out tasks to confirm on as well "
                                                              "(a discovery must not be worse there)."),
     task: Optional[str] = choice_option(None, "--task", TASK_NAMES, "Task of loss files [default: sentiment]."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Confirm loss files on your own causal LM folder "
-                                                               "(with --dataset) instead of a task."),
-    dataset: Optional[Path] = typer.Option(None, "--dataset", help="JSONL pairs {prompt, chosen, rejected} for "
-                                                                   "--model."),
-    reward: Optional[str] = typer.Option(None, "--reward", help="module.py:function(prompt, response) -> float "
-                                                                "scoring --model's samples (runs in this process)."),
-    device: Optional[str] = typer.Option(None, "--device", help="Torch device [default: cuda if present, else "
-                                                                "cpu]."),
+    model: Optional[Path] = model_option("to confirm loss files on, instead of a task"),
+    dataset: Optional[Path] = DATASET_OPTION,
+    reward: Optional[str] = REWARD_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list: one object per (candidate, baseline, "
                                                        "task)."),
     run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
