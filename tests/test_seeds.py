@@ -478,43 +478,33 @@ def assert_matches(ours: torch.Tensor, expected: list[float]) -> None:
     torch.testing.assert_close(ours, torch.tensor(expected, dtype=torch.float64), **TOLERANCE)
 
 
-@pytest.mark.parametrize(("beta", "penalty_weight"), [(0.1, 50.0), (0.5, 5.0), (2.0, 0.0)])
-def test_dpop_matches_paper_formula(seeds, beta, penalty_weight):
-    # DPOP (Pal et al., 2024): -log sig(beta * (r_c - r_r - lambda * max(0, log pi_ref(y_c) - log pi(y_c))))
-    batch = make_batch(30)
-    ours = run_seed(seeds, "dpop", batch, beta=beta, penalty_weight=penalty_weight)
-    expected = []
-    for row in rows(batch):
-        chosen, rejected = logratios(row)
-        expected.append(softplus(-beta * (chosen - rejected - penalty_weight * max(0.0, -chosen))))
-    assert_matches(ours, expected)
-
-
-@pytest.mark.parametrize("beta", BETAS)
-def test_cal_dpo_matches_authors_formula(seeds, beta):
+LOGRATIO_LOSSES = {
+    # name -> (hyperparameter cases, the per-pair loss of the chosen and rejected log-ratios r_c, r_r)
+    # DPOP (Pal et al., 2024): -log sig(beta (r_c - r_r - lambda max(0, log pi_ref(y_c) - log pi(y_c))))
+    "dpop": ([{"penalty_weight": 50.0}, {"penalty_weight": 5.0}, {"penalty_weight": 0.0}],
+             lambda c, r, beta, penalty_weight: softplus(-beta * (c - r - penalty_weight * max(0.0, -c)))),
     # Cal-DPO (Xiao et al., 2024; Cal-DPO/Cal-DPO with shift=0.5):
     # -log sig(r_c - r_r) + (r_c - 1/(2 beta))^2 + (r_r + 1/(2 beta))^2
-    batch = make_batch(31)
-    ours = run_seed(seeds, "cal_dpo", batch, beta=beta)
-    expected = []
-    for row in rows(batch):
-        chosen, rejected = logratios(row)
-        expected.append(softplus(-(chosen - rejected)) + (chosen - 1 / (2 * beta)) ** 2
-                        + (rejected + 1 / (2 * beta)) ** 2)
-    assert_matches(ours, expected)
+    "cal_dpo": ([{}], lambda c, r, beta: softplus(-(c - r)) + (c - 1 / (2 * beta)) ** 2 + (r + 1 / (2 * beta)) ** 2),
+    # chi-PO (Huang et al., 2024): DPO with phi(z) = z + log z of z = pi / pi_ref in place of log z
+    "chi_po": ([{}], lambda c, r, beta: softplus(-beta * ((math.exp(c) + c) - (math.exp(r) + r)))),
+    # MinorDPO (Xie et al., 2024): -log sig(beta (r_c - max(0, r_r)))
+    "minor_dpo": ([{}], lambda c, r, beta: softplus(-beta * (c - max(0.0, r)))),
+    # DPO-Shift (Yang et al., 2025; Meaquadddd/DPO-Shift): -log sig(beta (r_c - lambda r_r))
+    "dpo_shift": ([{"rejected_scale": 0.95}, {"rejected_scale": 0.75}, {"rejected_scale": 1.0}],
+                  lambda c, r, beta, rejected_scale: softplus(-beta * (c - rejected_scale * r))),
+}
 
 
 @pytest.mark.parametrize("beta", BETAS)
-def test_chi_po_matches_paper_link_function(seeds, beta):
-    # chi-PO (Huang et al., 2024): DPO with phi(z) = z + log z of z = pi / pi_ref in place of log z
-    batch = make_batch(32)
-    ours = run_seed(seeds, "chi_po", batch, beta=beta)
-    expected = []
-    for row in rows(batch):
-        chosen, rejected = logratios(row)
-        phi_chosen, phi_rejected = math.exp(chosen) + chosen, math.exp(rejected) + rejected
-        expected.append(softplus(-beta * (phi_chosen - phi_rejected)))
-    assert_matches(ours, expected)
+@pytest.mark.parametrize(("name", "case"), [(name, case) for name, (cases, _) in sorted(LOGRATIO_LOSSES.items())
+                                            for case in range(len(cases))])
+def test_seed_matches_its_papers_formula_of_the_log_ratios(seeds, name, case, beta):
+    cases, formula = LOGRATIO_LOSSES[name]
+    hyperparameters = cases[case]
+    batch = make_batch(30 + case)
+    ours = run_seed(seeds, name, batch, beta=beta, **hyperparameters)
+    assert_matches(ours, [formula(*logratios(row), beta, **hyperparameters) for row in rows(batch)])
 
 
 def test_simper_matches_authors_formula_and_ignores_beta(seeds):
@@ -559,30 +549,6 @@ def test_gpo_seeds_match_their_f(seeds, name, beta):
     batch = make_batch(35)
     ours = run_seed(seeds, name, batch, beta=beta)
     assert_matches(ours, [GPO_LOSSES[name](beta * implicit_margin(row)) for row in rows(batch)])
-
-
-@pytest.mark.parametrize("beta", BETAS)
-def test_minor_dpo_matches_paper_formula(seeds, beta):
-    # MinorDPO (Xie et al., 2024): -log sig(beta * (r_c - max(0, r_r)))
-    batch = make_batch(36)
-    ours = run_seed(seeds, "minor_dpo", batch, beta=beta)
-    expected = []
-    for row in rows(batch):
-        chosen, rejected = logratios(row)
-        expected.append(softplus(-beta * (chosen - max(0.0, rejected))))
-    assert_matches(ours, expected)
-
-
-@pytest.mark.parametrize(("beta", "rejected_scale"), [(0.1, 0.95), (0.5, 0.75), (2.0, 1.0)])
-def test_dpo_shift_matches_authors_formula(seeds, beta, rejected_scale):
-    # DPO-Shift (Yang et al., 2025; Meaquadddd/DPO-Shift): -log sig(beta * (r_c - lambda * r_r))
-    batch = make_batch(37)
-    ours = run_seed(seeds, "dpo_shift", batch, beta=beta, rejected_scale=rejected_scale)
-    expected = []
-    for row in rows(batch):
-        chosen, rejected = logratios(row)
-        expected.append(softplus(-beta * (chosen - rejected_scale * rejected)))
-    assert_matches(ours, expected)
 
 
 @pytest.mark.parametrize(("beta", "alpha"), [(0.1, 0.95), (0.5, 0.5), (2.0, 1.5)])
