@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import astuple, dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -173,29 +174,60 @@ def progress_bar(enabled: bool):
         yield report
 
 
-def check_setting_flags(model: Optional[Path], dataset: Optional[Path], reward: Optional[str],
-                        data: Optional[str]) -> None:
-    """--model, --dataset, --reward and --data: a combination that cannot work is a UsageProblem."""
-    if (model is None) != (dataset is None):
-        raise UsageProblem("--model and --dataset go together: a model folder and a JSONL file of pairs")
-    if reward is not None and model is None:
-        raise UsageProblem("--reward scores your own setting: give --model and --dataset too")
-    if model is not None and data == "online":
-        raise UsageProblem("--data online needs a task's oracle to label fresh pairs; use it with --task, not --model")
-    if model is not None and not model.is_dir():
-        raise UsageProblem(f"--model {model}: no such folder (give a folder written by save_pretrained)")
-    if dataset is not None and not dataset.is_file():
-        raise UsageProblem(f"--dataset {dataset}: no such file (give a JSONL file of prompt/chosen/rejected)")
-    if reward is not None and not Path(reward.rpartition(":")[0]).is_file():
-        raise UsageProblem(f"--reward {reward}: write it as path/to/module.py:function, with an existing file")
+@dataclass(frozen=True)
+class SettingFlags:
+    """--model, --dataset, --reward and the truncation lengths: the user's own setting, as given."""
 
+    model: Optional[Path] = None
+    dataset: Optional[Path] = None
+    reward: Optional[str] = None
+    prompt_tokens: Optional[int] = None
+    response_tokens: Optional[int] = None
 
-def resolved_reward(reward: Optional[str]) -> Optional[str]:
-    """--reward with its file's absolute path, so a stored campaign finds it from any folder."""
-    if reward is None:
-        return None
-    path, _, function = reward.rpartition(":")
-    return f"{Path(path).resolve()}:{function}"
+    def given(self) -> bool:
+        return any(value is not None for value in astuple(self))
+
+    def check(self, data: Optional[str]) -> None:
+        """A combination that cannot work (with --data too) is a UsageProblem."""
+        model, dataset, reward = self.model, self.dataset, self.reward
+        if (model is None) != (dataset is None):
+            raise UsageProblem("--model and --dataset go together: a model folder and a JSONL file of pairs")
+        if model is None and self.given():
+            raise UsageProblem("--reward and the --max-*-tokens limits are for your own setting: give --model and "
+                               "--dataset too")
+        if model is not None and data == "online":
+            raise UsageProblem("--data online needs a task's oracle to label fresh pairs; use it with --task, not "
+                               "--model")
+        if model is not None and not model.is_dir():
+            raise UsageProblem(f"--model {model}: no such folder (give a folder written by save_pretrained)")
+        if dataset is not None and not dataset.is_file():
+            raise UsageProblem(f"--dataset {dataset}: no such file (give a JSONL file of prompt/chosen/rejected)")
+        if reward is not None and not Path(reward.rpartition(":")[0]).is_file():
+            raise UsageProblem(f"--reward {reward}: write it as path/to/module.py:function, with an existing file")
+
+    def lengths(self) -> dict[str, int]:
+        """The truncation lengths given, by UserSetting's and CampaignConfig's field names."""
+        return {name: value for name, value in (("max_prompt_tokens", self.prompt_tokens),
+                                                ("max_response_tokens", self.response_tokens)) if value is not None}
+
+    def setting(self):
+        """The UserSetting these flags name, or None without --model."""
+        from lossearch.evaluation.tasks.user import UserSetting
+
+        if self.model is None or self.dataset is None:
+            return None
+        return UserSetting(self.model, self.dataset, self.reward, **self.lengths())
+
+    def campaign_fields(self) -> dict[str, Any]:
+        """CampaignConfig's fields for these flags: absolute paths, so a stored campaign finds its files from
+        any folder."""
+        fields: dict[str, Any] = dict(self.lengths())
+        if self.model is not None and self.dataset is not None:
+            fields.update(model=str(self.model.resolve()), dataset=str(self.dataset.resolve()))
+        if self.reward is not None:
+            path, _, function = self.reward.rpartition(":")
+            fields["reward"] = f"{Path(path).resolve()}:{function}"
+        return fields
 
 
 def checked_device(device: Optional[str]) -> str:
@@ -208,14 +240,13 @@ def checked_device(device: Optional[str]) -> str:
         raise UsageProblem(f"--device: {error}") from None
 
 
-def finetune_options(budget, trials, data, device, precision, model, dataset, reward, progress):
+def finetune_options(budget, trials, data, device, precision, flags: SettingFlags, progress):
     """FinetuneOptions from eval's flags; a flag combination that cannot work is a UsageProblem."""
-    check_setting_flags(model, dataset, reward, data)
+    flags.check(data)
     from lossearch.evaluation.finetune.config import FinetuneOptions
-    from lossearch.evaluation.tasks.user import UserSetting
 
     device = checked_device(device)
-    setting = UserSetting(model, dataset, reward) if model is not None else None
+    setting = flags.setting()
     chosen: Any = budget or "quick"
     if trials is not None:  # the budget with fewer or more betas tried
         from dataclasses import replace
@@ -239,6 +270,11 @@ REWARD_OPTION: Any = typer.Option(None, "--reward", help="module.py:function(pro
                                                          "--model's samples: your code, run in this process, never "
                                                          "in a candidate's jail [default: fitness is held-out "
                                                          "preference accuracy].")
+PROMPT_TOKENS_OPTION: Any = typer.Option(None, "--max-prompt-tokens", min=1,
+                                         help="With --model: prompts cut to their last N tokens [default: 128].")
+RESPONSE_TOKENS_OPTION: Any = typer.Option(None, "--max-response-tokens", min=2,
+                                           help="With --model: responses cut to N tokens, end of sequence "
+                                                "included [default: 128].")
 DEVICE_OPTION: Any = typer.Option(None, "--device", help="Torch device of the finetune tier [default: cuda if "
                                                          "present, else cpu].")
 
@@ -264,6 +300,8 @@ def eval_command(
     model: Optional[Path] = model_option("instead of a task's"),
     dataset: Optional[Path] = DATASET_OPTION,
     reward: Optional[str] = REWARD_OPTION,
+    max_prompt_tokens: Optional[int] = PROMPT_TOKENS_OPTION,
+    max_response_tokens: Optional[int] = RESPONSE_TOKENS_OPTION,
 ) -> None:
     """Evaluate one loss file up the cascade: static, sanity, bandit, finetune.
 
@@ -277,10 +315,11 @@ def eval_command(
     from lossearch.sandbox.local import Sandbox
 
     source = read_source(file)
-    finetune_flags = (budget, trials, data, device, precision, model, dataset, reward)
-    if tier != "finetune" and any(flag is not None for flag in finetune_flags):
-        raise UsageProblem("--budget, --trials, --data, --device, --precision, --model, --dataset and --reward need "
-                           "--tier finetune")
+    setting = SettingFlags(model, dataset, reward, max_prompt_tokens, max_response_tokens)
+    finetune_flags = (budget, trials, data, device, precision, setting)
+    if tier != "finetune" and (setting.given() or any(flag is not None for flag in finetune_flags[:5])):
+        raise UsageProblem("--budget, --trials, --data, --device, --precision, --model, --dataset, --reward and "
+                           "the --max-*-tokens limits need --tier finetune")
     with Sandbox() as sandbox, progress_bar(tier == "finetune" and errors.is_terminal) as progress:
         if tier != "static":
             sandbox.start()  # its zygote imports torch while this process does the same
@@ -382,6 +421,8 @@ def run_command(
     model: Optional[Path] = model_option("to search on, instead of a task's base model"),
     dataset: Optional[Path] = DATASET_OPTION,
     reward: Optional[str] = REWARD_OPTION,
+    max_prompt_tokens: Optional[int] = PROMPT_TOKENS_OPTION,
+    max_response_tokens: Optional[int] = RESPONSE_TOKENS_OPTION,
     data: Optional[str] = choice_option(None, "--data", DATA_MODES, "Finetune on the task's fixed pairs, or online "
                                                                     "on fresh ones labelled by its oracle "
                                                                     "[default: offline]."),
@@ -455,14 +496,13 @@ def run_command(
     from lossearch.search.config import CampaignConfig
     from lossearch.store.locate import open_campaign
 
-    check_setting_flags(model, dataset, reward, data)
+    setting = SettingFlags(model, dataset, reward, max_prompt_tokens, max_response_tokens)
+    setting.check(data)
     if device is not None:
         checked_device(device)
     flags: dict[str, Any] = {
         "task": task if task is not None or model is None else USER_TASK, "budget": budget,
-        "model": str(model.resolve()) if model is not None else None,
-        "dataset": str(dataset.resolve()) if dataset is not None else None,
-        "reward": resolved_reward(reward), "data": data, "device": device, "proposer": proposer,
+        **setting.campaign_fields(), "data": data, "device": device, "proposer": proposer,
         "generations": generations, "population": population,
         "islands": islands, "seed": seed, "finetune": finetune, "max_evals": max_evals, "time_limit": time_limit,
         "max_cost": max_cost, "max_tokens": max_tokens, "llm_base_url": llm_base_url,
@@ -681,6 +721,8 @@ def confirm_command(
     model: Optional[Path] = model_option("to confirm loss files on, instead of a task"),
     dataset: Optional[Path] = DATASET_OPTION,
     reward: Optional[str] = REWARD_OPTION,
+    max_prompt_tokens: Optional[int] = PROMPT_TOKENS_OPTION,
+    max_response_tokens: Optional[int] = RESPONSE_TOKENS_OPTION,
     device: Optional[str] = DEVICE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list: one object per (candidate, baseline, "
                                                        "task)."),
@@ -712,14 +754,16 @@ def confirm_command(
                 raise UsageProblem("loss files are confirmed on their own: drop --run, --db and --tasks (use --task)")
             if model is not None and task is not None:
                 raise UsageProblem("--task and --model are two places to confirm on: give one")
-            options = finetune_options(None, None, None, device, None, model, dataset, reward, progress)
+            setting = SettingFlags(model, dataset, reward, max_prompt_tokens, max_response_tokens)
+            options = finetune_options(None, None, None, device, None, setting, progress)
             report = confirm_files([(path.stem, read_source(path)) for path in files],
                                    task=USER_TASK if model is not None else task or "sentiment",
                                    seeds=seeds, budget=budget or "quick", progress=progress, options=options)
         else:
-            if task is not None or model is not None or dataset is not None or reward is not None:
-                raise UsageProblem("--task, --model, --dataset and --reward are for loss files; a campaign confirms "
-                                   "on what it ran on (add --tasks)")
+            if task is not None or SettingFlags(model, dataset, reward, max_prompt_tokens,
+                                                max_response_tokens).given():
+                raise UsageProblem("--task, --model, --dataset, --reward and the --max-*-tokens limits are for loss "
+                                   "files; a campaign confirms on what it ran on (add --tasks)")
             config = ConfirmConfig(top=top, seeds=seeds, budget=budget, tasks=held_out)
             with campaign_results(run, db) as handle:
                 options = CampaignConfig.from_dict(handle.campaign.config).finetune_options()

@@ -4,6 +4,7 @@ and Llama models saved to a temporary folder, at a shortened `quick` budget."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,6 +14,8 @@ from helpers import run_cli
 from test_tasks import save_tiny_user_model, write_user_dataset
 
 from lossearch.errors import ConfigError
+from lossearch.evaluation.tasks.load import load_user_task
+from lossearch.evaluation.tasks.user import UserSetting
 from lossearch.search.config import CampaignConfig
 from lossearch.store import Store
 
@@ -83,9 +86,15 @@ def test_a_campaign_runs_on_a_saved_gpt2_without_a_reward(tmp_path, monkeypatch,
     save_tiny_user_model(tmp_path / "model")  # a GPT-2 through transformers, scored by held-out preferences
     write_user_dataset(tmp_path / "pairs.jsonl", count=40)
     monkeypatch.chdir(tmp_path)
-    assert main(["run", "--name", "mine", "--model", "model", "--dataset", "pairs.jsonl", *CAMPAIGN_FLAGS]) == 0
+    assert main(["run", "--name", "mine", "--model", "model", "--dataset", "pairs.jsonl", "--max-response-tokens", "3",
+                 *CAMPAIGN_FLAGS]) == 0
     assert "selected on user" in capfd.readouterr().out
     check_campaign(tmp_path, rewarded=False)
+    campaign, _, evaluations = stored_campaign(tmp_path)
+    assert CampaignConfig.from_dict(campaign.config).max_response_tokens == 3
+    finetuned = next(e for e in evaluations if e.tier == "finetune")
+    assert finetuned.metrics["artifact"] != load_user_task(UserSetting(tmp_path / "model", tmp_path / "pairs.jsonl"),
+                                                           os.environ["LOSSEARCH_CACHE"]).key  # cut: another build
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -32,6 +32,10 @@ class CampaignConfig:
     reward: str | None = None
     """"path/to/module.py:function" scoring `model`'s samples: your code, run in this trusted process as
     an oracle is, never in a candidate's jail; without it fitness is the held-out preference accuracy."""
+    max_prompt_tokens: int = 128
+    """With `model`: prompts are cut to their last this many tokens."""
+    max_response_tokens: int = 128
+    """With `model`: responses are cut to this many tokens, end-of-sequence included."""
     data: str = "offline"
     """`offline`: the task's fixed pairs; `online`: fresh pairs from the policy, labelled by the task's
     oracle (catalog tasks only)."""
@@ -147,13 +151,16 @@ class CampaignConfig:
         if self.data == "online":
             raise ConfigError("--data online needs a task's oracle to label fresh pairs; use it with --task, "
                               "not --model")
+        if self.max_prompt_tokens < 1 or self.max_response_tokens < 2:
+            raise ConfigError("--max-prompt-tokens must be at least 1 and --max-response-tokens at least 2")
 
     def finetune_options(self) -> FinetuneOptions:
         """The finetune tier's options for this campaign: its budget, data mode, device and setting."""
         from lossearch.evaluation.tasks.user import UserSetting  # torch: only when a campaign trains
 
-        setting = None if self.model is None else UserSetting(Path(self.model), Path(self.dataset or ""),
-                                                              self.reward)
+        setting = None if self.model is None else UserSetting(
+            Path(self.model), Path(self.dataset or ""), self.reward, max_prompt_tokens=self.max_prompt_tokens,
+            max_response_tokens=self.max_response_tokens)
         return FinetuneOptions(budget=self.budget, data=self.data, device=self.device, setting=setting)
 
     def to_dict(self) -> dict[str, Any]:
