@@ -129,3 +129,22 @@ def test_a_campaign_finetunes_on_fresh_pairs_with_data_online(tmp_path, tiny_tas
     _, _, evaluations = stored_campaign(tmp_path, "online")
     finetuned = [e for e in evaluations if e.tier == "finetune"]
     assert len(finetuned) >= 2 and all(e.metrics["data"] == "online" for e in finetuned)
+
+
+def test_a_model_too_large_for_the_device_is_refused_in_one_line_before_any_run(sandbox, tmp_path, monkeypatch,
+                                                                                 dpo_source):
+    from lossearch.evaluation.cascade import evaluate
+    from lossearch.evaluation.finetune import device, tier
+    from lossearch.evaluation.finetune.config import FinetuneOptions
+
+    save_tiny_user_model(tmp_path / "model")
+    write_user_dataset(tmp_path / "pairs.jsonl")
+    options = FinetuneOptions(device="cpu", setting=UserSetting(tmp_path / "model", tmp_path / "pairs.jsonl"))
+    parameters = load_user_task(options.setting).parameters
+    # a device with room for the weights once, not for training: policy, reference, gradients and AdamW
+    monkeypatch.setattr(device, "device_memory_bytes", lambda name: 8 * parameters)
+    runs = []
+    monkeypatch.setattr(tier, "train_in_sandbox", lambda *args, **kwargs: runs.append(args))
+    with pytest.raises(ConfigError, match=r"training needs at least .* GiB .* and cpu has") as refused:
+        evaluate(dpo_source, "dpo", "finetune", sandbox=sandbox, task="user", finetune=options)
+    assert "\n" not in str(refused.value) and not runs

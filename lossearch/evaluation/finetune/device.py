@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional
 
 import torch
@@ -44,3 +45,26 @@ def native_bf16_cpu() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+
+
+TRAINING_BYTES_PER_PARAMETER = 20
+"""The least a training run holds per parameter: float32 policy, reference and gradients (4 bytes each)
+and AdamW's two moments (8); activations come on top."""
+
+
+def device_memory_bytes(device: str) -> int:
+    """The memory of `device`: the GPU's total, or the machine's physical memory for the CPU."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(parameters: int, device: str) -> None:
+    """A model too large to train on `device` even before its activations is a ConfigError, said in one
+    line before any run starts (rather than every candidate failing for memory)."""
+    needed, available = TRAINING_BYTES_PER_PARAMETER * parameters, device_memory_bytes(device)
+    if needed > available:
+        raise ConfigError(f"the model has {parameters:,} parameters: training needs at least "
+                          f"{needed / 2**30:,.1f} GiB ({TRAINING_BYTES_PER_PARAMETER} bytes a parameter: policy, "
+                          f"reference, gradients, AdamW) and {device} has {available / 2**30:,.1f} GiB; use a "
+                          "smaller model or a larger device")

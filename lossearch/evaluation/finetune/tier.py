@@ -18,7 +18,7 @@ from lossearch.choices import USER_TASK
 from lossearch.contract import LossSpec
 from lossearch.errors import ConfigError
 from lossearch.evaluation.finetune.config import Budget, FinetuneOptions, RunConfig
-from lossearch.evaluation.finetune.device import resolve_device, resolve_precision
+from lossearch.evaluation.finetune.device import check_fits, resolve_device, resolve_precision
 from lossearch.evaluation.finetune.score import Scorer
 from lossearch.evaluation.fitness import curve_by_seed, fitness_at_budget
 from lossearch.evaluation.tasks.data import TaskData
@@ -134,6 +134,7 @@ def finetune_runner(sandbox: SandboxLike, spec: LossSpec, task_name: str, option
     budget = Budget.named(options.budget)
     device = resolve_device(options.device)
     task = load_task_data(task_name, options)
+    check_fits(task.parameters, device)
     if options.data == "online" and not task.online:
         raise ConfigError("online mode needs a task's oracle to label fresh pairs: use --task, not --model")
     return FinetuneRunner(sandbox, spec, task, budget, options, device, resolve_precision(options.precision, device),
