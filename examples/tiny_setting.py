@@ -34,13 +34,19 @@ def polite(prompt: str, response: str) -> float:
 '''
 
 
-def write_setting(folder: Path, pairs: int = 200, seed: int = 0) -> None:
+SIZES = {"tiny": (32, 2), "small": (512, 8)}
+"""Width and depth: `tiny` has 20 thousand parameters (a CPU campaign in minutes), `small` 19 million
+(for a GPU: benchmarks/gpu_check.sh)."""
+
+
+def write_setting(folder: Path, pairs: int = 200, seed: int = 0, size: str = "tiny") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     vocabulary = ["<pad>", "<bos>", "<eos>", "<unk>"] + TOPICS + POLITE + RUDE
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(vocabulary), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    hidden, layers = SIZES[size]
+    config = LlamaConfig(vocab_size=len(vocabulary), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     LlamaForCausalLM(config).save_pretrained(folder / "model")
     build_tokenizer(vocabulary).save_pretrained(folder / "model")
     draw = random.Random(seed)
@@ -54,7 +60,7 @@ def write_setting(folder: Path, pairs: int = 200, seed: int = 0) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python examples/tiny_setting.py FOLDER")
-    write_setting(Path(sys.argv[1]))
+    if len(sys.argv) not in (2, 3) or (len(sys.argv) == 3 and sys.argv[2] not in SIZES):
+        sys.exit(f"usage: python examples/tiny_setting.py FOLDER [{'|'.join(SIZES)}]")
+    write_setting(Path(sys.argv[1]), size=sys.argv[2] if len(sys.argv) == 3 else "tiny")
     print(f"wrote {sys.argv[1]}/model, {sys.argv[1]}/pairs.jsonl and {sys.argv[1]}/reward.py")

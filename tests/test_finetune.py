@@ -313,6 +313,8 @@ def test_the_finetune_tier_trains_in_the_sandbox_and_scores_in_the_parent(sandbo
     assert metrics["kl"] > 0 and 0 <= metrics["pref_acc"] <= 1 and metrics["beta"] == 0.1
     assert -1 <= metrics["reward"] <= 1 and metrics["runs"][0]["final_loss"] > 0
     assert evaluation.metrics["bandit"]["fitness"] is not None  # the cascade climbed through bandit
+    # each run says which jail it trained in, as the sanity tier's child does (and so on a GPU too)
+    assert metrics["runs"][0]["isolation"] == evaluation.metrics["sanity"]["isolation"]
 
 
 def test_a_kl_loss_trains_and_a_loss_that_breaks_only_in_training_fails_there(sandbox, tiny_task, tmp_path):

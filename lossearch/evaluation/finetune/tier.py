@@ -80,7 +80,7 @@ def train_in_sandbox(sandbox: SandboxLike, spec: LossSpec, task: TaskData, confi
         raise CandidateError("crash", f"the training child wrote unreadable parameters: {error}") from None
     report = result.value if isinstance(result.value, dict) else {}
     return {"seconds": result.seconds, "train_seconds": report.get("train_seconds"),
-            "final_loss": report.get("final_loss")}, parameters
+            "final_loss": report.get("final_loss"), "isolation": result.isolation}, parameters
 
 
 @dataclass(frozen=True)
