@@ -294,13 +294,13 @@ def test_two_workers_finetune_a_new_campaign_whose_optuna_tables_exist_before_th
     tables_when_finetuning: list[bool] = []
     real_finetune_tier = campaign_module.finetune_tier
 
-    def finetune_tier(sandbox, spec, task, **options):  # the race, made certain: each worker looks first
+    def finetune_tier(sandbox, spec, task, *args, **options):  # the race, made certain: each worker looks first
         engine = sa.create_engine(options["storage"])
         try:
             tables_when_finetuning.append(sa.inspect(engine).has_table("studies"))
         finally:
             engine.dispose()
-        return real_finetune_tier(sandbox, spec, task, **options)
+        return real_finetune_tier(sandbox, spec, task, *args, **options)
 
     monkeypatch.setattr(campaign_module, "finetune_tier", finetune_tier)
     # generation 0 promotes its best and the DPO baseline: two finetunes, one per worker, at once

@@ -275,7 +275,7 @@ def test_every_operator_makes_policy_valid_children_from_the_seeds(operator):
             assert proposal.relation == ("crossover" if len(parents) == 2 else "mutation")
             docstring = ast.get_docstring(ast.parse(proposal.source))
             assert f"`{operator}`" in docstring and all(p.name in docstring for p in parents)
-    assert made >= len(pool) - 1  # sft has nothing to swap and no constant to perturb
+    assert made >= len(pool) - 2  # sft and simper have no constant to perturb (sft nothing to swap either)
 
 
 @pytest.mark.parametrize("operator", NEW_OPERATORS)
@@ -565,7 +565,7 @@ def test_the_prompt_labels_its_numbers_and_shows_the_proposers_history_and_notes
                                       rng)[0].instruction)
     texts = [request["body"]["messages"][1]["content"] for request in server.requests]
     text = texts[0]
-    for expected in ("### aot (finetune fitness 0.4 ± 0.03 over 3 seeds, +0.03 vs DPO",
+    for expected in (f"### {leader.name} (finetune fitness 0.4 ± 0.03 over 3 seeds, +0.03 vs DPO",
                      "DPO's finetune fitness is 0.37", "DPO's bandit fitness is 0.31",
                      "varies by about ± 0.05 from seed to seed",
                      "## Your notes on this campaign so far\nMargins helped; exponentials blew up.",
