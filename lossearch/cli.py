@@ -463,6 +463,10 @@ def run_command(
     pair_share: Optional[float] = typer.Option(None, "--pair-share", min=0.0, max=1.0,
                                                help="Chance that the mutation proposer, given two parents, "
                                                     "crosses them rather than mutating one [default: 0.4]."),
+    promote_share: Optional[float] = typer.Option(None, "--promote-share", min=0.0, max=1.0,
+                                                  help="Share of each generation's bandit survivors finetuned (at "
+                                                       "least one, besides DPO and one random pick); lower it for a "
+                                                       "large model [default: 0.25]."),
     race_top: Optional[int] = typer.Option(None, "--race-top", min=1,
                                            help="Leaders re-evaluated on more seeds after each generation "
                                                 "[default: 1]."),
@@ -508,7 +512,8 @@ def run_command(
         "max_cost": max_cost, "max_tokens": max_tokens, "llm_base_url": llm_base_url,
         "llm_models": tuple(llm_model) if llm_model else None, "workers": workers, "executor": executor,
         "ray_address": ray_address, "confirm": confirm, "confirm_top": confirm_top, "confirm_seeds": confirm_seeds,
-        "race_top": race_top, "race_seeds": race_seeds, "pair_share": pair_share, "simplify": simplify,
+        "race_top": race_top, "race_seeds": race_seeds, "promote_share": promote_share, "pair_share": pair_share,
+        "simplify": simplify,
         "notes_every": notes_every, "llm_concurrency": llm_concurrency,
         "without_seeds": tuple(without_seed) if without_seed else None}
     given = {key for key, value in flags.items() if value is not None}

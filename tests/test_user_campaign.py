@@ -19,7 +19,9 @@ from lossearch.evaluation.tasks.user import UserSetting
 from lossearch.search.config import CampaignConfig
 from lossearch.store import Store
 
-CAMPAIGN_FLAGS = ("--generations", "2", "--population", "2", "--confirm-seeds", "2", "--race-seeds", "2")
+# a quick campaign of two generations: generation 0 finetunes 3 of the 41 seeds by the rule, DPO and one drawn
+CAMPAIGN_FLAGS = ("--generations", "2", "--population", "2", "--promote-share", "0.05", "--confirm-seeds", "2",
+                  "--race-seeds", "2")
 
 
 def stored_campaign(path, name: str = "mine"):

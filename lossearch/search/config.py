@@ -124,7 +124,7 @@ class CampaignConfig:
         if self.confirm_top < 1 or self.confirm_seeds < 2:
             raise ConfigError("the confirmation stage needs --confirm-top >= 1 and --confirm-seeds >= 2")
         if not 0 < self.promote_share <= 1:
-            raise ConfigError("promote_share must be in (0, 1]")
+            raise ConfigError("--promote-share must be in (0, 1]")
         if self.notes_every < 0:
             raise ConfigError("notes_every must not be negative")
         if not 0 <= self.pair_share <= 1:
