@@ -383,8 +383,9 @@ def test_a_user_model_is_scored_by_heldout_preferences_or_by_their_reward(sandbo
     reward.write_text("def short(prompt, response):\n    return -len(response.split())\n")
     options = FinetuneOptions(budget=TINY_BUDGET, device="cpu", cache_dir=str(tmp_path / "cache"),
                               setting=UserSetting(tmp_path / "model", tmp_path / "pairs.jsonl"))
-    metrics = evaluate(dpo_source, "dpo", "finetune", sandbox=sandbox, task="user",
-                       finetune=options).metrics["finetune"]
+    evaluation = evaluate(dpo_source, "dpo", "finetune", sandbox=sandbox, task="user", finetune=options)
+    assert evaluation.ok, evaluation.error
+    metrics = evaluation.metrics["finetune"]
     assert metrics["reward"] is None and metrics["fitness"] == metrics["pref_acc"]
     assert metrics["margin"] is not None and metrics["task"] == "user"
     options = FinetuneOptions(budget=TINY_BUDGET, device="cpu", cache_dir=str(tmp_path / "cache"),
