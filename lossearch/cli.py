@@ -844,6 +844,44 @@ def report_command(
     console.print(f"wrote {path}", markup=False, highlight=False)
 
 
+@app.command("serve")
+def serve_command(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback lets others in."),
+    port: int = typer.Option(8765, "--port", min=1, max=65535, help="TCP port."),
+    run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Serve a live dashboard of a campaign in the browser: leaderboard with verdicts, lineage (click a
+    node for its code, diff and evaluations), fitness over generations and time, reward against KL,
+    operators, throughput, failures, LLM tokens and cost.
+
+    Read-only; start it beside a running `lossearch run` (it polls the store every 2 s) or on a
+    finished campaign. Everything it serves ships with lossearch: it works offline. Ctrl-C stops it.
+
+    Example: lossearch serve --run demo --port 8765
+    """
+    import socket
+
+    from lossearch.reporting.dashboard import is_loopback, serve
+    from lossearch.store.locate import open_campaign
+
+    with open_campaign(run, db) as handle:
+        try:  # a port in use is the user's to fix: say so in one line before uvicorn would
+            with socket.create_server((host, port)):
+                pass
+        except OSError as error:
+            raise UsageProblem(f"cannot listen on {host}:{port} ({error.strerror or error}): pass another --port, "
+                               "or stop what holds it") from None
+        if not is_loopback(host):
+            errors.print(f"warning: --host {host}: anyone who can reach this machine on port {port} can read "
+                         f"campaign {handle.campaign.name!r}, its code and its ideas", markup=False,
+                         highlight=False, soft_wrap=True)
+        shown = f"[{host}]" if ":" in host else host
+        console.print(f"serving campaign {handle.campaign.name} at http://{shown}:{port}/ (Ctrl-C stops)",
+                      markup=False, highlight=False)
+        serve(handle.store, handle.campaign, host=host, port=port)
+
+
 def _click_exceptions() -> list:
     """Click's exception modules: typer >= 0.20 vendors its own copy of click beside the real one."""
     modules = [click.exceptions]

@@ -7,6 +7,10 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
+from collections.abc import Iterator
+
+import sqlalchemy as sa
 
 CLI = [sys.executable, "-c", "from lossearch.__main__ import main; main()"]  # what the console script runs
 
@@ -41,3 +45,17 @@ def run_in_thread(sandbox, job: str, payload: dict, limits) -> tuple[threading.T
     thread = threading.Thread(target=run)
     thread.start()
     return thread, outcome
+
+
+def throwaway_postgres_database(admin_url: str) -> Iterator[str]:
+    """A fresh database on the server of `admin_url`, dropped afterwards."""
+    name = f"lossearch_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

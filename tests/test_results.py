@@ -292,8 +292,8 @@ def test_report_is_one_self_contained_html_file(home, data):
     assert str(path.relative_to(home)) in out
     html = path.read_text()
     assert html.startswith("<!DOCTYPE html>") and html.count("<svg") >= 5
-    for heading in ("Fitness over generations", "Reward against KL", "Lineage", "Fingerprints", "Leaderboard",
-                    "Mutation operators"):
+    for heading in ("Fitness", "Best fitness over time", "Reward against KL", "Lineage", "Fingerprints",
+                    "Leaderboard", "Mutation operators", "Evaluations finished", "Failures"):
         assert heading in html
     for name, record in operator_stats(data).items():
         assert f'<tr><td>{name}</td><td class="n">{record.children}</td>' in html

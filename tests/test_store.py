@@ -16,13 +16,13 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from helpers import throwaway_postgres_database
 
 from lossearch.contract import source_hash
 from lossearch.store import NotFoundError, Store, StoreError, migrations, models, values
@@ -39,20 +39,6 @@ import torch.nn.functional as F
 def loss(policy_chosen_logps, policy_rejected_logps, beta: float = 0.1):
     return -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))
 '''
-
-
-def throwaway_postgres_database(admin_url: str) -> Iterator[str]:
-    """A fresh database on the server of `admin_url`, dropped afterwards."""
-    name = f"lossearch_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,17 +1,18 @@
 """The campaign report: one self-contained HTML file that opens without a network.
 
-Plots are inline SVG drawn by lossearch.reporting.svgplot (no JavaScript, no fetched
-fonts, styles or images): fitness over generations, reward against KL with the
-seeds highlighted, the lineage graph, the leaders' gradient fingerprints as
-heatmaps; then the leaderboard with each candidate's verdict, the confirmation stage's
-comparisons (lossearch.search.confirm: the only place a claim against DPO comes from) and,
-when `lossearch transfer` has run, the held-out table. Every string from the store (names,
+Plots are inline SVG drawn by matplotlib through lossearch.reporting.charts, the charts
+`lossearch serve` shows too (no JavaScript, no fetched fonts, styles or images): fitness over
+generations and over time, reward against KL with the seeds and DPO marked, the lineage graph
+(each node links to its leaderboard row), the leaders' gradient fingerprints as heatmaps, the
+operators' success, throughput and failures; then the leaderboard with each candidate's verdict,
+the confirmation stage's comparisons (lossearch.search.confirm: the only place a claim against
+DPO comes from) and, when `lossearch transfer` has run, the held-out table. Every string from the store (names,
 ideas, code, records) is escaped: candidates are untrusted text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from lossearch import __version__
 from lossearch.ranking import CampaignData, OperatorStats, instruction_stats, load_campaign_data, operator_stats
+from lossearch.reporting import charts
 from lossearch.reporting.results import (
     VERDICT_NOTE,
     Leaderboard,
@@ -28,12 +30,11 @@ from lossearch.reporting.results import (
     build_leaderboard,
     held_out_results,
 )
-from lossearch.reporting.svgplot import Edge, Node, Point, Series, chart, graph, heatmap
 from lossearch.reporting.views import collapse, interval, p_value, rate, signed_3, verdict_p
 from lossearch.store.locate import CampaignHandle
 
-TIER_COLOURS = {"bandit": "#1f77b4", "finetune": "#ff7f0e"}
-SEED_COLOUR = "#8c8c8c"
+REPORT_ROWS = 300
+"""The leaderboard rows a report lists; `lossearch leaderboard` lists them all."""
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
@@ -70,13 +71,15 @@ def report_html(data: CampaignData, *, leaders: int = 6) -> str:
         raise NoResults(f"campaign {data.campaign.name!r} has no candidate with a fitness yet: nothing to report")
     sections = [
         _header(data, board),
-        _section("Fitness over generations", '<div class="plots">' + fitness_chart(data) + "</div>"),
-        _section("Reward against KL", '<div class="plots">' + "".join(reward_kl_charts(data)) + "</div>"),
-        _section("Lineage", '<p class="muted">One column per generation, best first; squares are seeds; colour is '
-                 'fitness rank (bright = high); red edges lead to the best discovered loss.</p><div class="scroll">'
-                 + lineage_graph(data, board) + "</div>"),
+        _section("Fitness", '<div class="plots">' + charts.fitness_by_generation(data)
+                 + charts.fitness_over_time(data) + "</div>"),
+        _section("Reward against KL", '<div class="plots">'
+                 + "".join(charts.reward_against_kl(data, tier) for tier in charts.tiers(data)) + "</div>"),
+        _section("Lineage", '<p class="muted">Squares are seeds; colour is the leaderboard rank (bright = high); red '
+                 'edges lead to the best discovered loss; a node links to its row below.</p><div class="scroll">'
+                 + charts.lineage_graph(data, board) + "</div>"),
         _section("Fingerprints of the leaders", fingerprints(data, board, leaders)),
-        _section("Leaderboard", leaderboard_table_html(board)),
+        _section("Leaderboard", leaderboard_table_html(board, limit=REPORT_ROWS)),
         _section("Confirmation", confirmation_html(data, board)),
     ]
     held_out = held_out_results(data)
@@ -84,10 +87,13 @@ def report_html(data: CampaignData, *, leaders: int = 6) -> str:
         sections.append(_section("Held-out tasks", transfer_table_html(held_out)))
     operators = operator_stats(data)
     if operators:
-        sections.append(_section("Mutation operators", operators_html(operators)))
+        sections.append(_section("Mutation operators", charts.operator_success(operators) + operators_html(operators)))
     instructions = instruction_stats(data)
     if instructions:
-        sections.append(_section("LLM instructions", operators_html(instructions, "instruction")))
+        sections.append(_section("LLM instructions", charts.operator_success(instructions, "instruction")
+                                 + operators_html(instructions, "instruction")))
+    sections.append(_section("Throughput and failures", '<div class="plots">' + charts.throughput(data)
+                             + charts.failures(data) + "</div>"))
     return _page(f"lossearch campaign {data.campaign.name}", "".join(sections))
 
 
@@ -131,112 +137,7 @@ def _num(value: float | None, spread: float | None = None) -> str:
     return f"{value:.4g}" + (f" ± {spread:.2g}" if spread else "")
 
 
-# -- plots -----------------------------------------------------------------------------------
-
-
-def _tiers(data: CampaignData) -> list[str]:
-    present = {e.tier for evaluations in data.evaluations.values() for e in evaluations
-               if e.task == data.task and e.fitness is not None}
-    return [tier for tier in ("bandit", "finetune") if tier in present]
-
-
-def fitness_chart(data: CampaignData) -> str:
-    """Every candidate's fitness by generation (per tier), and the best so far as a step line."""
-    series = []
-    for tier in _tiers(data):
-        seeds: list[Point] = []
-        children: list[Point] = []
-        by_generation: dict[int, float] = {}  # generation -> its best fitness
-        for index, candidate in enumerate(data.candidates.values()):
-            score = data.score(candidate.id, tier=tier)
-            if score is None:
-                continue
-            jitter = ((index * 7) % 9 - 4) * 0.035
-            point = Point(candidate.generation + jitter, score.fitness, f"#{candidate.id} {candidate.name}: "
-                          f"{score.fitness:.4g} ({tier}, generation {candidate.generation})")
-            (seeds if candidate.proposer == "seed" else children).append(point)
-            by_generation[candidate.generation] = max(by_generation.get(candidate.generation, score.fitness),
-                                                      score.fitness)
-        best, running = [], float("-inf")
-        for generation in sorted(by_generation):
-            running = max(running, by_generation[generation])
-            best.append(Point(generation, running, f"best up to generation {generation}: {running:.4g}"))
-        colour = TIER_COLOURS[tier]
-        series += [Series(f"seeds ({tier})", seeds, SEED_COLOUR, "square"),
-                   Series(f"children ({tier})", children, colour),
-                   Series(f"best so far ({tier})", best, colour, "none", line=True, step=True)]
-    return chart(series, title=f"Fitness on {data.task} by generation", x_label="generation", y_label="fitness",
-                 width=640, integer_x=True)
-
-
-def reward_kl_charts(data: CampaignData) -> list[str]:
-    """Reward against KL for every scored candidate, one chart per tier; seeds highlighted, KL budget dashed."""
-    charts = []
-    baseline = data.baseline
-    for tier in _tiers(data):
-        seeds: list[Point] = []
-        children: list[Point] = []
-        budget: float | None = None
-        scores = [(c, data.score(c.id, tier=tier)) for c in data.candidates.values()]
-        scored = [(c, s) for c, s in scores if s is not None and "reward" in s.metrics and "kl" in s.metrics]
-        best_children = {c.id for c, s in sorted((p for p in scored if p[0].proposer != "seed"),
-                                                 key=lambda p: -p[1].fitness)[:3]}
-        for candidate, score in scored:
-            budget = score.metrics.get("kl_budget", budget)
-            labelled = candidate.id in best_children or (baseline is not None and candidate.id == baseline.id)
-            point = Point(score.metrics["kl"], score.metrics["reward"],
-                          f"#{candidate.id} {candidate.name}: reward {score.metrics['reward']:.4g}, "
-                          f"KL {score.metrics['kl']:.4g}, fitness {score.fitness:.4g}",
-                          candidate.name if labelled else "")
-            (seeds if candidate.proposer == "seed" else children).append(point)
-        vlines = [(budget, f"KL budget {budget:g}")] if budget is not None else []
-        charts.append(chart([Series("seeds (baselines)", seeds, "#ff7f0e", "square", size=4.5),
-                             Series("discovered", children, TIER_COLOURS["bandit"])],
-                            title=f"Reward against KL ({tier} tier, {data.task})", x_label="KL(policy || reference)",
-                            y_label="reward", width=560, vlines=vlines))
-    return charts
-
-
-def lineage_graph(data: CampaignData, board: Leaderboard) -> str:
-    """Every candidate in its generation's column, parents joined to children; the best one's ancestry in red."""
-    scores = {c.id: data.score(c.id) for c in data.candidates.values()}
-    fitness = {key: score.fitness if score is not None else None for key, score in scores.items()}
-    ranked = {key: value if value is not None else float("-inf") for key, value in fitness.items()}
-    order = sorted(data.candidates.values(), key=lambda c: (c.generation, -ranked[c.id], c.id))
-    nodes = [Node(c.id, c.generation, f"#{c.id} {c.name[:26]}",
-                  f"#{c.id} {c.name} ({c.status}), fitness {_num(fitness[c.id])}",
-                  fitness[c.id] if c.status == "evaluated" else None, c.proposer == "seed")
-             for c in order]
-    best = next((row for row in board.rows if not row.is_seed), board.rows[0])
-    ancestry = _ancestry(data, best.id)
-    edges = [Edge(edge.parent_id, edge.child_id, f"#{edge.parent_id} -> #{edge.child_id} ({edge.relation})",
-                  edge.child_id in ancestry and edge.parent_id in ancestry)
-             for edges in data.parents.values() for edge in edges]
-    return graph(nodes, edges, title=f"Lineage of campaign {data.campaign.name}")
-
-
-def _ancestry(data: CampaignData, candidate_id: int) -> set[int]:
-    found, stack = {candidate_id}, [candidate_id]
-    while stack:
-        for edge in data.parents.get(stack.pop(), ()):
-            if edge.parent_id not in found:
-                found.add(edge.parent_id)
-                stack.append(edge.parent_id)
-    return found
-
-
-def fingerprint_heatmaps(fingerprint: Sequence[float]) -> str:
-    """The descent push (-gradient) on rho_c and on rho_r over the (rho_c, rho_r) grid, as two heatmaps."""
-    from lossearch.fingerprint import GRID_VALUES  # imports torch: only the full report needs it
-
-    size = len(GRID_VALUES)
-    blocks = []
-    for offset, what in ((0, "ρc (chosen)"), (size * size, "ρr (rejected)")):
-        push = [-value for value in fingerprint[offset:offset + size * size]]
-        grid = [push[row * size:(row + 1) * size] for row in range(size)]  # row i: ρc = GRID[i]; column j: ρr
-        blocks.append(heatmap(grid, title=f"push on {what}", row_ticks=GRID_VALUES, column_ticks=GRID_VALUES,
-                              row_label="ρc", column_label="ρr", cell=12))
-    return "".join(blocks)
+# -- plots ---------------------------------------------------------------------------------
 
 
 def fingerprints(data: CampaignData, board: Leaderboard, count: int) -> str:
@@ -255,7 +156,8 @@ def fingerprints(data: CampaignData, board: Leaderboard, count: int) -> str:
         summary = summarize(candidate.fingerprint).describe()
         parts.append(f'<div class="leader"><b>{_rank(row)} #{row.id} {escape(row.name)}</b> fitness '
                      f'{_num(row.fitness, row.fitness_std)} ({escape(row.tier or "-")})<br><span class="muted">'
-                     f'{escape(summary)}</span><div class="plots">{fingerprint_heatmaps(candidate.fingerprint)}</div>'
+                     f'{escape(summary)}</span><div class="plots">'
+                     f"{charts.fingerprint_heatmaps(candidate.fingerprint)}</div>"
                      f"<details><summary>code</summary><pre>{escape(candidate.source)}</pre></details></div>")
     return "".join(parts)
 
@@ -267,23 +169,29 @@ def _rank(row: LeaderboardRow) -> str:
 # -- tables ----------------------------------------------------------------------------------
 
 
-def leaderboard_table_html(board: Leaderboard) -> str:
+def leaderboard_table_html(board: Leaderboard, limit: int | None = None) -> str:
+    """The leaderboard as a table, its first `limit` rows (all by default); each row is the target of
+    its lineage node's link."""
     head = ("rank", "id", "name", "fitness", "reward", "kl", "pref_acc", "verdict", "tier", "gen", "parents",
             "proposer")
     rows = []
-    for row in board.rows:
+    for row in board.rows[:limit]:
         cells = [(_text(row.rank), "n"), (str(row.id), "n"), (row.name + (" (seed)" if row.is_seed else ""), ""),
                  (_num(row.fitness, row.fitness_std), "n"), (_num(row.reward), "n"), (_num(row.kl), "n"),
                  (_num(row.pref_acc), "n"), (row.verdict, VERDICT_CLASSES.get(row.verdict, "muted")),
                  (row.tier or "-", ""),
                  (str(row.generation), "n"), (", ".join(map(str, row.parents)) or "-", ""), (row.proposer, "")]
         css = "seed" if row.is_seed else ("failed" if row.rank is None else "")
-        rows.append(f'<tr class="{css}">' + "".join(f'<td class="{c}">{escape(text)}</td>' for text, c in cells)
-                    + "</tr>")
+        anchor = charts.CANDIDATE_LINK.format(id=row.id)[1:]
+        rows.append(f'<tr class="{css}" id="{anchor}">'
+                    + "".join(f'<td class="{c}">{escape(text)}</td>' for text, c in cells) + "</tr>")
     header = "".join(f"<th>{escape(name)}</th>" for name in head)
     note = VERDICT_NOTE[0].upper() + VERDICT_NOTE[1:]
+    more = len(board.rows) - len(rows)
+    rest = (f'<p class="muted">{more} more rows: <code>lossearch leaderboard</code> lists them all.</p>'
+            if more > 0 else "")
     return (f'<p class="muted">{escape(note)}. Seeds (grey) are the baselines.</p>'
-            f'<div class="scroll"><table><tr>{header}</tr>{"".join(rows)}</table></div>')
+            f'<div class="scroll"><table><tr>{header}</tr>{"".join(rows)}</table></div>{rest}')
 
 
 VERDICT_CLASSES = {"confirmed": "yes", "not confirmed": "no"}

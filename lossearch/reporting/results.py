@@ -293,11 +293,16 @@ def resolve_candidate(data: CampaignData, ident: str | int) -> Candidate:
 
 def show_candidate(handle: CampaignHandle, ident: str | int) -> CandidateReport:
     """The candidate's code, idea, every evaluation, fingerprint summary, parents and children."""
+    data = load_campaign_data(handle.store, handle.campaign)
+    return candidate_report(data, resolve_candidate(data, ident))
+
+
+def candidate_report(data: CampaignData, candidate: Candidate,
+                     leaderboard: Leaderboard | None = None) -> CandidateReport:
+    """`show_candidate` on a snapshot (`lossearch serve` keeps one); `leaderboard` when it is already built."""
     from lossearch.fingerprint import summarize
 
-    data = load_campaign_data(handle.store, handle.campaign)
-    candidate = resolve_candidate(data, ident)
-    board = {row.id: row for row in build_leaderboard(data).rows}
+    board = {row.id: row for row in (leaderboard or build_leaderboard(data)).rows}
     score = data.score(candidate.id)
     row = board.get(candidate.id)
     confirmation = data.confirmations.get(candidate.id)

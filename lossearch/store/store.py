@@ -345,6 +345,27 @@ class Store:
                 moments[campaign_id].append(moment)
         return moments
 
+    def change_stamp(self, campaign_id: int) -> str:
+        """A short string that changes whenever anything of the campaign is written: its status, a
+        candidate added or updated, an evaluation, confirmation, note or LLM call recorded (six
+        aggregate reads in one transaction; `lossearch serve` polls it)."""
+        in_campaign = CandidateModel.campaign_id == campaign_id
+        queries = (
+            sa.select(CampaignModel.status, CampaignModel.updated_at).where(CampaignModel.id == campaign_id),
+            sa.select(sa.func.count(CandidateModel.id), sa.func.max(CandidateModel.updated_at)).where(in_campaign),
+            sa.select(sa.func.count(EvaluationModel.id), sa.func.max(EvaluationModel.id))
+            .join(CandidateModel, EvaluationModel.candidate_id == CandidateModel.id).where(in_campaign),
+            sa.select(sa.func.count(ConfirmationModel.id), sa.func.max(ConfirmationModel.id))
+            .where(ConfirmationModel.campaign_id == campaign_id),
+            sa.select(sa.func.count(NoteModel.id)).where(NoteModel.campaign_id == campaign_id),
+            sa.select(sa.func.count(LLMCallModel.id)).where(LLMCallModel.campaign_id == campaign_id),
+        )
+        with self._session_scope() as session:
+            parts = [session.execute(query).one_or_none() for query in queries]
+        if parts[0] is None:
+            raise NotFoundError(f"no campaign with id {campaign_id} in {self}")
+        return "|".join(str(value) for row in parts if row is not None for value in row)
+
     def set_campaign_status(self, campaign_id: int, status: str, reason: str | None = None) -> Campaign:
         """Mark a campaign `running`, `stopped`, `finished` or `failed`, saying why it stopped."""
         _check_choice(status, CAMPAIGN_STATUSES, "campaign status")

@@ -1,0 +1,103 @@
+"""How the read side grows with the store: the leaderboard, the report and the dashboard at 1k, 10k, ... candidates.
+
+Builds SQLite stores of synthetic candidates (DPO's code with a comment that makes each one unique,
+one bandit-tier evaluation with reward, KL and fitness drawn from a fixed random stream, a parent
+among the 200 candidates before it, 50 a generation, the first 41 seeds), through the store's own
+API, as a campaign would write them. Then times, each once:
+  load        lossearch.ranking.load_campaign_data (every command starts with it)
+  leaderboard lossearch.reporting.results.build_leaderboard on that snapshot
+  report      lossearch report's whole file (and its size)
+  dashboard   lossearch serve's first state and charts (what a page load costs)
+Prints each figure with its ratio to the smallest store's, so growth reads as a number.
+
+Usage: python benchmarks/store_scale.py [--sizes 1000,10000] [--folder /tmp/lossearch-scale]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+from lossearch.ranking import load_campaign_data
+from lossearch.reporting.dashboard import Dashboard
+from lossearch.reporting.report import write_report
+from lossearch.reporting.results import build_leaderboard
+from lossearch.search.seeds import seed_path
+from lossearch.store import Store
+from lossearch.store.locate import CampaignHandle
+
+SEEDS = 41
+PER_GENERATION = 50
+
+
+def build_store(path: Path, candidates: int, seed: int = 0) -> Store:
+    """A fresh SQLite store at `path` holding campaign `big` with `candidates` scored candidates."""
+    path.unlink(missing_ok=True)
+    store = Store(f"sqlite:///{path}")
+    campaign = store.create_campaign("big", {"task": "sentiment", "proposer": "mutation", "finetune": False,
+                                             "population": PER_GENERATION})
+    source, draw, ids = seed_path("dpo").read_text(), random.Random(seed), []
+    for index in range(candidates):
+        is_seed = index < SEEDS
+        generation = 0 if is_seed else 1 + (index - SEEDS) // PER_GENERATION
+        parents = [] if is_seed else [(draw.choice(ids[-200:]), "mutation")]
+        candidate = store.add_candidate(
+            campaign.id, source=f"{source}\n# synthetic {index}\n", name="dpo" if index == 0 else f"loss_{index}",
+            proposer="seed" if is_seed else "mutation", model=None if is_seed else draw.choice(
+                ["blend", "cross_terms", "swap_function", "add_term"]),
+            generation=generation, parents=parents, status="evaluated")
+        fitness = draw.gauss(0.3, 0.05)
+        store.record_evaluation(candidate.id, tier="bandit", task="sentiment", seed=0, fitness=fitness, seconds=0.5,
+                                metrics={"reward": fitness + 0.05, "kl": abs(draw.gauss(0.4, 0.1)), "kl_budget": 0.5,
+                                         "fitness": fitness})
+        store.update_candidate(candidate.id, tier="bandit", fitness=fitness)
+        ids.append(candidate.id)
+    return store
+
+
+def measure(store: Store, folder: Path, size: int) -> dict[str, float]:
+    campaign = store.get_campaign("big")
+    figures: dict[str, float] = {}
+    start = time.perf_counter()
+    data = load_campaign_data(store, campaign)
+    figures["load s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    build_leaderboard(data)
+    figures["leaderboard s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    report = write_report(CampaignHandle(store, campaign, str(folder)), folder / f"report-{size}.html")
+    figures["report s"] = time.perf_counter() - start
+    figures["report MB"] = report.stat().st_size / 1e6
+    start = time.perf_counter()
+    snapshot = Dashboard(store, campaign).snapshot()
+    snapshot.state()
+    snapshot.charts()
+    figures["dashboard s"] = time.perf_counter() - start
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1000,10000")
+    parser.add_argument("--folder", type=Path, default=Path("/tmp/lossearch-scale"))
+    args = parser.parse_args()
+    args.folder.mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[int, float, dict[str, float]]] = []
+    for size in (int(text) for text in args.sizes.split(",")):
+        start = time.perf_counter()
+        with build_store(args.folder / f"store-{size}.db", size) as store:
+            built = time.perf_counter() - start
+            rows.append((size, built, measure(store, args.folder, size)))
+    first = rows[0][2]
+    print(f"{'candidates':>10} {'build s':>8} " + " ".join(f"{name:>13}" for name in first) + "   (x: ratio to "
+          f"{rows[0][0]} candidates)")
+    for size, built, figures in rows:
+        print(f"{size:>10} {built:>8.1f} " + " ".join(
+            f"{value:>6.2f} x{value / first[name]:>5.1f}" if first[name] else f"{value:>13.2f}"
+            for name, value in figures.items()))
+
+
+if __name__ == "__main__":
+    main()
