@@ -314,3 +314,32 @@ def test_the_dashboard_shows_a_running_campaign_live_in_a_browser(tmp_path, brow
     assert page.locator("#candidate-" + str(final[0])).count() == 1  # the lineage links land on its row
     page.screenshot(path=str(tmp_path / "report.png"))
     assert problems == []
+
+
+def test_a_large_store_reports_readable_and_small(tmp_path, monkeypatch):
+    """Past RASTER_ABOVE points a scatter is one embedded image, the lineage graph draws at most
+    LINEAGE_NODES and says so, the report lists REPORT_ROWS rows: the file stays small. The limits are
+    cut here so that 300 candidates cross them (benchmarks/store_scale.py measures 10,000 with the real ones)."""
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    from lossearch.reporting import charts, report
+    from lossearch.store.locate import CampaignHandle
+
+    monkeypatch.setattr(charts, "RASTER_ABOVE", 200)
+    monkeypatch.setattr(charts, "LINEAGE_NODES", 80)
+    monkeypatch.setattr(report, "REPORT_ROWS", 50)
+    spec = spec_from_file_location("store_scale", Path(__file__).parent.parent / "benchmarks" / "store_scale.py")
+    store_scale = module_from_spec(spec)
+    spec.loader.exec_module(store_scale)  # the benchmark's own store builder
+    size = 300
+    with store_scale.build_store(tmp_path / "big.db", size) as store:
+        campaign = store.get_campaign("big")
+        vector = report.report_html(load_campaign_data(store, campaign))
+        monkeypatch.setattr(charts, "RASTER_ABOVE", 2000)
+        monkeypatch.setattr(charts, "LINEAGE_NODES", 2000)
+        html = report.write_report(CampaignHandle(store, campaign, "big"), tmp_path / "report.html").read_text()
+    assert html.count("<image") == 0 and vector.count("<image") >= 2  # the fitness and reward-KL scatters
+    assert len(vector) < len(html)
+    assert "Lineage of big (80 of 300 candidates" in vector and "Lineage of big</text>" in html
+    assert vector.count('xlink:href="#candidate-') == 80
+    assert vector.count('<tr class="') == 50 and f"{size - 50} more rows" in vector

@@ -224,9 +224,10 @@ def _short(name: str, width: int = 28) -> str:
 # -- lineage ---------------------------------------------------------------------------------
 
 
-def lineage_shown(data: CampaignData, board: Leaderboard, limit: int = LINEAGE_NODES) -> list[int]:
+def lineage_shown(data: CampaignData, board: Leaderboard, limit: int | None = None) -> list[int]:
     """The candidates the lineage graph draws: all when they fit, else the seeds, the ancestry of the ten
-    best, then each generation's best in turn, up to `limit`."""
+    best, then each generation's best in turn, up to `limit` (`LINEAGE_NODES`)."""
+    limit = LINEAGE_NODES if limit is None else limit
     if len(data.candidates) <= limit:
         return list(data.candidates)
     chosen: dict[int, None] = dict.fromkeys(c.id for c in data.candidates.values() if c.proposer == "seed")
