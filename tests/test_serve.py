@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from helpers import run_cli, start_cli, throwaway_postgres_database
+
 from lossearch.ranking import load_campaign_data
 from lossearch.reporting.results import build_leaderboard
 from lossearch.search.seeds import seed_path

@@ -128,6 +128,7 @@ class CampaignRunner:
         self.started = time.monotonic()
         self.campaign_id = 0
         self.lock = threading.RLock()  # workers update the stats and the display
+        self.leader_refreshed = -math.inf  # when refresh_stats last ranked the whole store
         self.worker_sandboxes: list[SandboxLike] = []
         self.confirmation: ConfirmationReport | None = None
         self.promotion_reasons: dict[int, str] = {}  # candidate id -> rule, baseline or random
@@ -151,7 +152,7 @@ class CampaignRunner:
                 self.promote_generation(generation)
                 self.race_leaders()
                 self.stats.completed_generation = generation
-                self.on_update(self.stats)
+                self.refresh_stats()
             self.confirm_leaders()
             reason = "evaluated the seed library" if last == 0 else f"reached {last} generation(s)"
             status = "finished"
@@ -453,7 +454,7 @@ class CampaignRunner:
         self.evaluate_candidate(candidate, sandbox)
         with self.lock:
             self.stats.add_seconds(time.monotonic() - started)
-            self.refresh_stats()
+            self.refresh_stats(leader=False)
 
     def evaluate_candidate(self, candidate: Candidate, sandbox: SandboxLike) -> None:
         self.store.update_candidate(candidate.id, status="evaluating")
@@ -593,7 +594,7 @@ class CampaignRunner:
                                     fitness=fitness.fitness if fitness is not None else metrics["fitness"])
         with self.lock:
             self.stats.add_seconds(time.monotonic() - started)
-            self.refresh_stats()
+            self.refresh_stats(leader=False)
 
     def finetune_options(self) -> FinetuneOptions:
         """The campaign's finetune options; a user's model and pairs are loaded (their files hashed, and
@@ -659,27 +660,32 @@ class CampaignRunner:
             self.stats.message = str(nothing)
 
     # -- the display's numbers ---------------------------------------------------------------
-    def refresh_stats(self) -> None:
-        data = self.snapshot()
-        candidates = list(data.candidates.values())
+    def refresh_stats(self, *, leader: bool = True) -> None:
+        """The display's counts (exact: --max-evals reads them) and, with `leader`, the leader and the
+        tiers' agreement, which need a snapshot of the whole store. After each evaluation the leader is
+        redone at most every LEADER_EVERY seconds: reloading the store after each of generation 0's 41
+        seeds was most of a memoized seeds-only campaign's bookkeeping."""
         stats = self.stats
-        stats.proposed = sum(1 for c in candidates if c.generation > 0)
-        stats.rejected = sum(1 for c in candidates if c.status == "rejected")
-        stats.duplicates = sum(1 for c in candidates if c.status == "duplicate")
-        stats.failed = sum(1 for c in candidates if c.status == "failed")
-        stats.evaluated = sum(1 for c in candidates if c.status == "evaluated")
-        stats.finetuned = sum(1 for c in candidates if c.tier == "finetune")
-        ranked = rank(data).ranked
-        if ranked:
-            leader, score = ranked[0]
-            stats.best_fitness, stats.best_name = score.fitness, f"#{leader.id} {leader.name}"
-        if stats.finetuned:
-            stats.tier_agreement = tier_agreement(data).describe()
+        counts = self.store.candidate_counts(self.campaign_id)
+        stats.proposed, stats.finetuned = counts["proposed"], counts["finetuned"]
+        stats.rejected, stats.duplicates = counts.get("rejected", 0), counts.get("duplicate", 0)
+        stats.failed, stats.evaluated = counts.get("failed", 0), counts.get("evaluated", 0)
+        if leader or time.monotonic() - self.leader_refreshed >= LEADER_EVERY:
+            self.leader_refreshed = time.monotonic()
+            data = self.snapshot()
+            ranked = rank(data).ranked
+            if ranked:
+                best, score = ranked[0]
+                stats.best_fitness, stats.best_name = score.fitness, f"#{best.id} {best.name}"
+            if stats.finetuned:
+                stats.tier_agreement = tier_agreement(data).describe()
         usage = self.store.llm_usage(self.campaign_id)
         stats.llm_tokens, stats.llm_cost, stats.llm_calls = usage.total_tokens, usage.cost, usage.calls
         self.on_update(stats)
 
 
+LEADER_EVERY = 1.0
+"""Seconds between the display's re-rankings of the whole store while candidates are evaluated."""
 TWIN_PREFIX = "same loss as #"
 """How a fingerprint duplicate's message starts; `twin_of` reads the twin's id back."""
 
