@@ -288,6 +288,11 @@ def instruction_stats(data: CampaignData) -> dict[str, OperatorStats]:
     return child_record(data, lambda c: c.instruction if c.proposer == "llm" else None)
 
 
+def model_stats(data: CampaignData) -> dict[str, OperatorStats]:
+    """Per LLM model (what the LLM proposer records as `model`), as `operator_stats` per operator."""
+    return child_record(data, lambda c: c.model if c.proposer == "llm" else None)
+
+
 def child_record(data: CampaignData, arm_of: Callable[[Candidate], str | None]) -> dict[str, OperatorStats]:
     """Per arm (`arm_of` a child; None leaves it out): its children and how they did against their parents."""
     children: dict[str, int] = defaultdict(int)

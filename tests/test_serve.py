@@ -34,6 +34,7 @@ HOSTILE_NAME = '<img src=x onerror="window.pwned=1">dpo'
 HOSTILE_SOURCE = seed_path("dpo").read_text().replace(
     '"""DPO', '"""<script>window.pwned=2</script> DPO', 1)
 HOSTILE_IDEA = "</pre><script>window.pwned=3</script>"
+HOSTILE_NOTE = "<script>window.pwned=4</script> the blends do best"
 
 
 def free_port() -> int:
@@ -101,6 +102,9 @@ def hostile_campaign(store: Store):
         store.record_evaluation(candidate.id, tier="bandit", task="sentiment", seed=0, fitness=fitness, seconds=0.5,
                                 metrics={"reward": fitness + 0.05, "kl": 0.4, "kl_budget": 0.5, "fitness": fitness})
         store.update_candidate(candidate.id, tier="bandit", fitness=fitness)
+    store.record_note(campaign.id, 1, author="gpt-test", text=HOSTILE_NOTE)
+    store.record_llm_call(campaign.id, model="gpt-test", prompt_tokens=100, completion_tokens=50, cost=0.25,
+                          latency=1.5, outcome="ok", candidate_id=child.id)
     return campaign, dpo, child
 
 
@@ -120,6 +124,8 @@ def test_the_routes_serve_a_store_as_data_and_never_write_to_it(store_url):
                                                                                   (dpo.id, "dpo")]
             assert state["campaign"]["name"] == "hostile" and state["statuses"] == {"evaluated": 2}
             assert state["leaderboard"][0]["verdict"] == "unconfirmed"
+            assert state["llm"] == {"calls": 1, "tokens": 150, "cost": 0.25}
+            assert state["notes"] == [{"generation": 1, "author": "gpt-test", "text": HOSTILE_NOTE}]
 
             drawn = get_json(f"{base}/api/charts")
             svgs = [drawn[key] for key in ("fitness", "time", "lineage", "throughput", "failures", "llm",
@@ -130,6 +136,8 @@ def test_the_routes_serve_a_store_as_data_and_never_write_to_it(store_url):
                 assert not re.search(r"<[^>]*\sonerror=", svg)  # as text in an element, never an attribute
             assert "&lt;img src=x onerror=" in drawn["lineage"]  # its node's tooltip, as text
             assert f'xlink:href="#candidate-{child.id}"' in drawn["lineage"]
+            assert "LLM calls: 1, 150 tokens, $0.25" in drawn["llm"]
+            assert "blend" in drawn["operators"] and "models" not in drawn  # no child of an LLM here
 
             report = get_json(f"{base}/api/candidate/{child.id}")
             assert report["source"] == HOSTILE_SOURCE and report["idea"] == HOSTILE_IDEA

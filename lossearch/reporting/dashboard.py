@@ -6,7 +6,7 @@ refetches the state and the charts when the store has changed:
 
     GET /                     the page
     GET /api/stamp            {"stamp"}: changes with every write to the campaign (Store.change_stamp)
-    GET /api/state            the campaign, its leaderboard with verdicts, counts, LLM usage
+    GET /api/state            the campaign, its leaderboard with verdicts, counts, LLM usage and notes
     GET /api/charts           {name: <svg>}: lossearch.reporting.charts, the report's charts
     GET /api/candidate/{id}   one candidate: code, diff to each parent, idea, evaluations, fingerprint
 
@@ -33,11 +33,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from lossearch.ranking import CampaignData, instruction_stats, load_campaign_data, operator_stats
+from lossearch.ranking import CampaignData, instruction_stats, load_campaign_data, model_stats, operator_stats
 from lossearch.reporting import charts
 from lossearch.reporting.results import Leaderboard, build_leaderboard, candidate_report
 from lossearch.store.store import Store
-from lossearch.store.values import Campaign, LLMCall
+from lossearch.store.values import Campaign, LLMCall, Note
 
 POLL_SECONDS = 2.0
 """How often the page asks whether the store has changed."""
@@ -70,6 +70,7 @@ class Snapshot:
     data: CampaignData
     board: Leaderboard
     calls: list[LLMCall]
+    notes: list[Note]
     _charts: dict[str, Any] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -95,6 +96,8 @@ class Snapshot:
             "leaderboard": [row.to_dict() for row in self.board.rows[:LEADERBOARD_ROWS]],
             "leaderboard_total": len(self.board.rows),
             "confirmed": sum(1 for record in data.confirmations.values() if record.confirmed),
+            "notes": [{"generation": note.generation, "author": note.author, "text": note.text}
+                      for note in self.notes],
         }
 
     def charts(self) -> dict[str, Any]:
@@ -109,9 +112,10 @@ class Snapshot:
                     "llm": charts.llm_usage(self.calls, data.campaign.created_at),
                     "operators": charts.operator_success(operator_stats(data)),
                 }
-                instructions = instruction_stats(data)
-                if instructions:
-                    drawn["instructions"] = charts.operator_success(instructions, "instruction")
+                for key, stats, arm in (("instructions", instruction_stats(data), "instruction"),
+                                        ("models", model_stats(data), "LLM model")):
+                    if stats:
+                        drawn[key] = charts.operator_success(stats, arm)
                 self._charts = {"stamp": self.stamp, **drawn}
             return self._charts
 
@@ -155,7 +159,8 @@ class Dashboard:
             if self._snapshot is None or self._snapshot.stamp != stamp:
                 campaign = self.store.get_campaign_by_id(self.campaign.id)
                 data = load_campaign_data(self.store, campaign)
-                self._snapshot = Snapshot(stamp, data, build_leaderboard(data), self.store.llm_calls(campaign.id))
+                self._snapshot = Snapshot(stamp, data, build_leaderboard(data), self.store.llm_calls(campaign.id),
+                                          self.store.notes(campaign.id))
             return self._snapshot
 
 

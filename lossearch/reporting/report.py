@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from lossearch import __version__
-from lossearch.ranking import CampaignData, OperatorStats, instruction_stats, load_campaign_data, operator_stats
+from lossearch.ranking import (
+    CampaignData,
+    OperatorStats,
+    instruction_stats,
+    load_campaign_data,
+    model_stats,
+    operator_stats,
+)
 from lossearch.reporting import charts
 from lossearch.reporting.results import (
     VERDICT_NOTE,
@@ -92,6 +99,10 @@ def report_html(data: CampaignData, *, leaders: int = 6) -> str:
     if instructions:
         sections.append(_section("LLM instructions", charts.operator_success(instructions, "instruction")
                                  + operators_html(instructions, "instruction")))
+    models = model_stats(data)
+    if models:
+        sections.append(_section("LLM models", charts.operator_success(models, "LLM model")
+                                 + operators_html(models, "LLM model")))
     sections.append(_section("Throughput and failures", '<div class="plots">' + charts.throughput(data)
                              + charts.failures(data) + "</div>"))
     return _page(f"lossearch campaign {data.campaign.name}", "".join(sections))

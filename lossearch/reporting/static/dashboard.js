@@ -71,6 +71,15 @@ function renderLeaderboard(state) {
     more > 0 ? `${more} more rows: lossearch leaderboard lists them all.` : "";
 }
 
+function renderNotes(notes) {
+  const box = document.getElementById("notes");
+  box.replaceChildren();
+  for (const note of notes) {
+    box.append(el("h3", `before generation ${note.generation}, by ${note.author}`), el("pre", note.text));
+  }
+  document.getElementById("notes-section").hidden = notes.length === 0;
+}
+
 function setChart(id, svg) {
   const node = document.getElementById(id);
   if (node) node.innerHTML = svg || "";  // matplotlib's SVG (server-drawn; its text is escaped there)
@@ -83,6 +92,7 @@ function renderCharts(drawn) {
   setChart("chart-reward-kl", (drawn.reward_kl || []).join(""));
   setChart("chart-operators", drawn.operators);
   setChart("chart-instructions", drawn.instructions);
+  setChart("chart-models", drawn.models);
   setChart("chart-throughput", drawn.throughput);
   setChart("chart-failures", drawn.failures);
   setChart("chart-llm", drawn.llm);
@@ -172,6 +182,7 @@ async function refresh() {
       pollMs = 1000 * (state.poll_seconds || 2);
       renderFacts(state);
       renderLeaderboard(state);
+      renderNotes(state.notes || []);
       const drawn = await getJson("/api/charts");
       if (drawn.stamp !== chartsStamp) {
         chartsStamp = drawn.stamp;
