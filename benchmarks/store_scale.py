@@ -2,11 +2,15 @@
 
 Builds SQLite stores of synthetic candidates (DPO's code with a comment that makes each one unique,
 one bandit-tier evaluation with reward, KL and fitness drawn from a fixed random stream, a parent
-among the 200 candidates before it, 50 a generation, the first 41 seeds), through the store's own
+among the 200 candidates before it, 50 a generation, the first 41 seeds, and a fingerprint: one of
+eight seeds' real ones, from the sanity tier, scaled by a random factor), through the store's own
 API, as a campaign would write them. Then times, each once:
+  proposal    one proposal's bookkeeping in a campaign: the snapshot, the ranking, choosing two
+              parents (a fresh runner: no distance remembered yet) and the offline proposer's context
   load        lossearch.ranking.load_campaign_data (every command starts with it)
   leaderboard lossearch.reporting.results.build_leaderboard on that snapshot
   report      lossearch report's whole file (and its size)
+  duplicates  a new child's fingerprint against every stored candidate's (the sanity tier's duplicate check)
   dashboard   lossearch serve's first state and charts (what a page load costs)
 Prints each figure with its ratio to the smallest store's, so growth reads as a number.
 
@@ -18,12 +22,17 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from lossearch.ranking import load_campaign_data
+from lossearch.evaluation.cascade import sanity_tier, static_tier
+from lossearch.ranking import load_campaign_data, rank
 from lossearch.reporting.dashboard import Dashboard
 from lossearch.reporting.report import write_report
 from lossearch.reporting.results import build_leaderboard
+from lossearch.sandbox.local import Sandbox
+from lossearch.search.campaign import CampaignRunner
+from lossearch.search.config import CampaignConfig
 from lossearch.search.seeds import seed_path
 from lossearch.store import Store
 from lossearch.store.locate import CampaignHandle
@@ -32,8 +41,19 @@ SEEDS = 41
 PER_GENERATION = 50
 
 
-def build_store(path: Path, candidates: int, seed: int = 0) -> Store:
-    """A fresh SQLite store at `path` holding campaign `big` with `candidates` scored candidates."""
+PRINTED_SEEDS = ("dpo", "ipo", "kto_pair", "simpo", "slic", "hinge", "robust", "sppo_hard")
+
+
+def seed_fingerprints() -> list[list[float]]:
+    """The sanity tier's fingerprints of eight seeds (run in the sandbox, as a campaign runs them)."""
+    with Sandbox() as sandbox:
+        return [sanity_tier(sandbox, static_tier(seed_path(name).read_text(), name))["fingerprint"]
+                for name in PRINTED_SEEDS]
+
+
+def build_store(path: Path, candidates: int, seed: int = 0, fingerprints: Sequence[Sequence[float]] = ()) -> Store:
+    """A fresh SQLite store at `path` holding campaign `big` with `candidates` scored candidates (each with
+    one of `fingerprints`, rescaled, when given)."""
     path.unlink(missing_ok=True)
     store = Store(f"sqlite:///{path}")
     campaign = store.create_campaign("big", {"task": "sentiment", "proposer": "mutation", "finetune": False,
@@ -52,7 +72,8 @@ def build_store(path: Path, candidates: int, seed: int = 0) -> Store:
         store.record_evaluation(candidate.id, tier="bandit", task="sentiment", seed=0, fitness=fitness, seconds=0.5,
                                 metrics={"reward": fitness + 0.05, "kl": abs(draw.gauss(0.4, 0.1)), "kl_budget": 0.5,
                                          "fitness": fitness})
-        store.update_candidate(candidate.id, tier="bandit", fitness=fitness)
+        fingerprint = [value * draw.uniform(0.5, 2.0) for value in draw.choice(fingerprints)] if fingerprints else None
+        store.update_candidate(candidate.id, tier="bandit", fitness=fitness, fingerprint=fingerprint)
         ids.append(candidate.id)
     return store
 
@@ -71,6 +92,18 @@ def measure(store: Store, folder: Path, size: int) -> dict[str, float]:
     figures["report s"] = time.perf_counter() - start
     figures["report MB"] = report.stat().st_size / 1e6
     start = time.perf_counter()
+    runner = CampaignRunner(CampaignConfig(name="big", finetune=False, confirm=False), store, sandbox=None)  # type: ignore[arg-type]
+    runner.campaign_id = campaign.id
+    now = runner.snapshot()
+    ranked = rank(now).candidates
+    runner.choose_parents(now, ranked, 0, 1 + size // PER_GENERATION, random.Random(0))
+    runner.proposal_context(now, ranked)
+    figures["proposal s"] = time.perf_counter() - start
+    start = time.perf_counter()  # a new child against every stored one, as the sanity tier's duplicate check does
+    newest = max(now.candidates)
+    runner.fingerprint_twin(newest + 1, [value * 0.9 + 1e-3 for value in now.candidates[newest].fingerprint or ()])
+    figures["duplicate check s"] = time.perf_counter() - start
+    start = time.perf_counter()
     snapshot = Dashboard(store, campaign).snapshot()
     snapshot.state()
     snapshot.charts()
@@ -85,9 +118,10 @@ def main() -> None:
     args = parser.parse_args()
     args.folder.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[int, float, dict[str, float]]] = []
+    prints = seed_fingerprints()
     for size in (int(text) for text in args.sizes.split(",")):
         start = time.perf_counter()
-        with build_store(args.folder / f"store-{size}.db", size) as store:
+        with build_store(args.folder / f"store-{size}.db", size, fingerprints=prints) as store:
             built = time.perf_counter() - start
             rows.append((size, built, measure(store, args.folder, size)))
     first = rows[0][2]

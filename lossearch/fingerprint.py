@@ -197,20 +197,21 @@ def curve_factors() -> torch.Tensor:
 
 
 def curve_distances(units: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(M,) distance from the unit print `target` to the loss's print at each factor of
-    `curve_factors()`; between two factors the print is taken as the normalized blend of its
-    neighbours' (within 0.004 of the true print on smooth losses). 2 where there is no print."""
-    present = units.norm(dim=1) > 0  # (K,)
-    cosines = units @ target  # (K,) cosine of each print with the target
-    neighbours = (units[:-1] * units[1:]).sum(dim=1)  # (K-1,) cosine between neighbouring prints
+    """(..., M) distance from the unit print `target` (..., D) to the loss's print (units: (..., K, D))
+    at each factor of `curve_factors()`; between two factors the print is taken as the normalized
+    blend of its neighbours' (within 0.004 of the true print on smooth losses). 2 where there is no
+    print. Leading dimensions broadcast: one loss against many targets, or many against one."""
+    present = units.norm(dim=-1) > 0  # (..., K)
+    cosines = torch.matmul(units, target.unsqueeze(-1)).squeeze(-1)  # (..., K) cosine of each print with the target
+    neighbours = (units[..., :-1, :] * units[..., 1:, :]).sum(dim=-1)  # (..., K-1) between neighbouring prints
     w = torch.arange(INTERPOLATION_STEPS, dtype=torch.float64) / INTERPOLATION_STEPS  # (W,)
     # the blend (1 - w) u + w v of unit prints u, v: its dot with the target over its norm
-    dot = (1 - w) * cosines[:-1, None] + w * cosines[1:, None]  # (K-1, W)
-    norm = ((1 - w) ** 2 + w ** 2 + 2 * w * (1 - w) * neighbours[:, None]).clamp_min(1e-300).sqrt()
-    valid = present[:-1, None] & (present[1:, None] | (w == 0))  # (K-1, W)
+    dot = (1 - w) * cosines[..., :-1, None] + w * cosines[..., 1:, None]  # (..., K-1, W)
+    norm = ((1 - w) ** 2 + w ** 2 + 2 * w * (1 - w) * neighbours[..., :, None]).clamp_min(1e-300).sqrt()
+    valid = present[..., :-1, None] & (present[..., 1:, None] | (w == 0))  # (..., K-1, W)
     blended = torch.where(valid, dot / norm, torch.tensor(-1.0, dtype=torch.float64))
-    last = cosines[-1:] if bool(present[-1]) else torch.tensor([-1.0], dtype=torch.float64)
-    return (2 - 2 * torch.cat([blended.reshape(-1), last])).clamp_min(0).sqrt()
+    last = torch.where(present[..., -1:], cosines[..., -1:], torch.tensor(-1.0, dtype=torch.float64))
+    return (2 - 2 * torch.cat([blended.flatten(-2), last], dim=-1)).clamp_min(0).sqrt()
 
 
 def closest_rescaling(first: Sequence[float], second: Sequence[float]) -> tuple[float, float]:
@@ -226,21 +227,63 @@ def closest_rescaling(first: Sequence[float], second: Sequence[float]) -> tuple[
     d(a, b) = d(b, a), c(b, a) = 1 / c(a, b). A fingerprint without rescalings (stored before
     them) is compared by the plain distance.
     """
-    first_values, second_values = (torch.as_tensor(values, dtype=torch.float64) for values in (first, second))
-    a, b = default_print(first_values), default_print(second_values)
-    if a.shape != b.shape:
+    distances, factors = closest_rescalings(first, [second])
+    return distances[0], factors[0]
+
+
+DISTANCE_CHUNK = 256
+"""Fingerprints compared at once by `closest_rescalings` (each is 9 prints of 484 float64s)."""
+
+
+def closest_rescalings(first: Sequence[float], others: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:
+    """`closest_rescaling(first, other)` for each of `others`, in tensor batches of DISTANCE_CHUNK:
+    one candidate against a whole store in one pass (the duplicate check and parent selection ask
+    this of every stored candidate; one pair at a time it costs ~16 ms). Fingerprints stored before
+    the rescalings (PRINT_SIZE floats) may be among `others`: they compare by the plain distance."""
+    first_values = torch.as_tensor(first, dtype=torch.float64)
+    distances = [0.0] * len(others)
+    factors = [1.0] * len(others)
+    for size in {len(values) for values in others}:
+        indices = [index for index, values in enumerate(others) if len(values) == size]
+        for start in range(0, len(indices), DISTANCE_CHUNK):
+            chunk = indices[start:start + DISTANCE_CHUNK]
+            found, factor = _rescalings(first_values, torch.as_tensor([list(others[i]) for i in chunk],
+                                                                      dtype=torch.float64))
+            for index, distance, scale in zip(chunk, found.tolist(), factor.tolist()):
+                distances[index], factors[index] = distance, scale
+    return distances, factors
+
+
+def _rescalings(first: torch.Tensor, seconds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) distances and factors of `closest_rescaling` from `first` to each row of `seconds` (N, F)."""
+    a = default_print(first)  # (D,)
+    if seconds.shape[1] not in (PRINT_SIZE, FINGERPRINT_SIZE) or a.shape[0] != PRINT_SIZE:
         raise ValueError("fingerprints come from different grids")
-    plain = unit_distance(a, b)
-    first_units, second_units = unit_prints(first_values), unit_prints(second_values)
-    if first_units is None or second_units is None or a.norm() == 0 or b.norm() == 0:
-        return plain, 1.0
-    first_scaled = curve_distances(first_units, b / b.norm())  # the first at beta × c, the second at beta
-    second_scaled = curve_distances(second_units, a / a.norm()).flip(0)  # the second at beta / c, the first at beta
-    worse = torch.maximum(first_scaled, second_scaled)
-    best = int(worse.argmin())
-    if float(worse[best]) >= plain:
-        return plain, 1.0
-    return float(worse[best]), float(curve_factors()[best])
+    b = seconds[:, :PRINT_SIZE]  # (N, D) the prints at the default beta
+    a_norm, b_norm = a.norm(), b.norm(dim=1)  # (), (N,)
+    # the plain distance between unit prints; a zero print is 0 from another zero print, √2 from any other
+    plain = (a / a_norm.clamp_min(1e-300) - b / b_norm.clamp_min(1e-300)[:, None]).norm(dim=1)
+    zero = (a_norm == 0) | (b_norm == 0)
+    plain = torch.where(zero, torch.where((a_norm == 0) & (b_norm == 0), torch.zeros_like(plain),
+                                          torch.full_like(plain, math.sqrt(2.0))), plain)
+    first_units = unit_prints(first)
+    if first_units is None or a_norm == 0 or seconds.shape[1] != FINGERPRINT_SIZE:
+        return plain, torch.ones_like(plain)
+    first_scaled = curve_distances(first_units, b / b_norm.clamp_min(1e-300)[:, None])  # the first at beta × c
+    second_scaled = curve_distances(_unit_prints_batch(seconds), (a / a_norm)[None]).flip(-1)  # the second at beta / c
+    worse = torch.maximum(first_scaled, second_scaled)  # (N, M)
+    best = worse.argmin(dim=1)  # (N,)
+    closest = worse.gather(1, best[:, None]).squeeze(1)
+    better = (closest < plain) & ~zero
+    return torch.where(better, closest, plain), torch.where(better, curve_factors()[best], torch.ones_like(plain))
+
+
+def _unit_prints_batch(fingerprints: torch.Tensor) -> torch.Tensor:
+    """`unit_prints` of each row of (N, FINGERPRINT_SIZE): (N, K, PRINT_SIZE)."""
+    stored = fingerprints.reshape(fingerprints.shape[0], len(BETA_FACTORS), PRINT_SIZE)
+    order = [0 if factor == 1.0 else 1 + RESCALED_FACTORS.index(factor) for factor in BETA_FACTORS]
+    blocks = stored[:, order]  # (N, K, D), by increasing factor
+    return blocks / blocks.norm(dim=2, keepdim=True).clamp_min(1e-300)
 
 
 def unit_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -258,6 +301,11 @@ def unit_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 def fingerprint_distance(first: Sequence[float], second: Sequence[float]) -> float:
     """The distance of `closest_rescaling`: 0 same push (at some rescaling of beta), up to 2 opposite."""
     return closest_rescaling(first, second)[0]
+
+
+def fingerprint_distances(first: Sequence[float], others: Sequence[Sequence[float]]) -> list[float]:
+    """`fingerprint_distance` from `first` to each of `others`, batched (`closest_rescalings`)."""
+    return closest_rescalings(first, others)[0]
 
 
 def same_loss(first: Sequence[float], second: Sequence[float]) -> bool:

@@ -17,6 +17,7 @@ from lossearch.fingerprint import (
     closest_rescaling,
     default_print,
     fingerprint_distance,
+    fingerprint_distances,
     same_loss,
     summarize,
     unit_distance,
@@ -107,6 +108,22 @@ def test_the_distance_is_symmetric(seed_prints):
         backward = closest_rescaling(seed_prints[second], seed_prints[first])
         assert forward[0] == backward[0]
         assert forward[1] == pytest.approx(1 / backward[1])
+
+
+def test_one_against_many_equals_one_pair_at_a_time(seed_prints, monkeypatch):
+    """The batched distance (the duplicate check and parent selection use it) is the pairwise one within
+    rounding, across chunk edges, with zero prints and prints stored before the rescalings among them."""
+    import lossearch.fingerprint as fingerprint
+
+    monkeypatch.setattr(fingerprint, "DISTANCE_CHUNK", 7)  # several chunks, the last one short
+    others = [seed_prints[name] for name in sorted(seed_prints)]
+    others += [[0.0] * FINGERPRINT_SIZE, seed_prints["ipo"][:PRINT_SIZE], seed_prints["dpo"][:PRINT_SIZE]]
+    for first in ("dpo", "kto_pair", "simpo"):
+        batched = fingerprint_distances(seed_prints[first], others)
+        assert batched == pytest.approx([fingerprint_distance(seed_prints[first], o) for o in others], abs=1e-12)
+    assert fingerprint_distances([0.0] * FINGERPRINT_SIZE, others[-3:]) == pytest.approx([0.0, 2 ** 0.5, 2 ** 0.5])
+    with pytest.raises(ValueError):
+        fingerprint_distances(seed_prints["dpo"], [[1.0, 2.0]])
 
 
 def test_the_seed_library_stays_pairwise_distinct(seed_prints):

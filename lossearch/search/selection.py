@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 from scipy.stats import rankdata
 
-from lossearch.fingerprint import fingerprint_distance
+from lossearch.fingerprint import fingerprint_distances
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,13 @@ class PoolMember:
     """Code size (lossearch.search.proposers.syntax.code_size)."""
 
 
-Distance = Callable[[PoolMember, PoolMember], float]
-"""The fingerprint distance of two members; the campaign passes one that remembers its answers."""
+Distance = Callable[[PoolMember, Sequence[PoolMember]], list[float]]
+"""The fingerprint distances from one member to several; the campaign passes one that remembers its answers."""
 
 
-def member_distance(first: PoolMember, second: PoolMember) -> float:
-    assert first.fingerprint and second.fingerprint  # _novelty compares members with fingerprints only
-    return fingerprint_distance(first.fingerprint, second.fingerprint)
+def member_distance(reference: PoolMember, members: Sequence[PoolMember]) -> list[float]:
+    assert reference.fingerprint and all(m.fingerprint for m in members)  # novelty compares those with one only
+    return fingerprint_distances(reference.fingerprint, [m.fingerprint or () for m in members])
 
 
 def parent_scores(pool: Sequence[PoolMember], weights: SelectionWeights = SelectionWeights(),
@@ -84,9 +84,9 @@ def parent_scores(pool: Sequence[PoolMember], weights: SelectionWeights = Select
     # equal fitness, equal rank (the mean of their places)
     rank = [(float(place) - 1) / max(1, len(pool) - 1) for place in rankdata([member.fitness for member in pool])]
     best = [pool[index] for index in reversed(order[-weights.novelty_reference:])]
+    novelties = _novelties(pool, best, distance)
     scores = []
-    for member, member_rank in zip(pool, rank):
-        novelty = _novelty(member, best, distance)
+    for member, member_rank, novelty in zip(pool, rank, novelties):
         smallest = min(other.size for other in pool if other.fitness >= member.fitness)
         bloat = math.log2(max(1, member.size) / max(1, smallest))
         scores.append(weights.rank_weight * member_rank + weights.novelty_weight * novelty
@@ -94,14 +94,20 @@ def parent_scores(pool: Sequence[PoolMember], weights: SelectionWeights = Select
     return scores
 
 
-def _novelty(member: PoolMember, best: Sequence[PoolMember], distance: Distance) -> float:
-    """Mean fingerprint distance from `member` to the other members of `best`; 0 without fingerprints."""
-    if not member.fingerprint:
-        return 0.0
-    others = [top for top in best if top.id != member.id and top.fingerprint]
-    if not others:
-        return 0.0
-    return sum(distance(member, other) for other in others) / len(others)
+def _novelties(pool: Sequence[PoolMember], best: Sequence[PoolMember], distance: Distance) -> list[float]:
+    """Each member's mean fingerprint distance to the members of `best` other than itself; 0 without
+    fingerprints. One batched `distance` call per member of `best`."""
+    printed = [member for member in pool if member.fingerprint]
+    sums = {member.id: 0.0 for member in printed}
+    counts = {member.id: 0 for member in printed}
+    for top in best:
+        if not top.fingerprint:
+            continue
+        others = [member for member in printed if member.id != top.id]
+        for member, value in zip(others, distance(top, others) if others else []):
+            sums[member.id] += value
+            counts[member.id] += 1
+    return [sums[m.id] / counts[m.id] if counts.get(m.id) else 0.0 for m in pool]
 
 
 def choose_parents(pool: Sequence[PoolMember], count: int, rng: random.Random,

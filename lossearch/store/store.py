@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
@@ -92,7 +93,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def _create_engine(url: sa.URL, engine_kwargs: Mapping[str, Any]) -> Engine:
-    engine = sa.create_engine(url, **engine_kwargs)
+    # JSON columns read with orjson: every command loads each candidate's fingerprint (4,356 floats),
+    # and the standard library's decoder was 73% of `candidates()` on a 1,000-candidate store (1.73 s
+    # against orjson's 0.23 s, the same floats bit for bit); writes keep json.dumps (see _json_copy)
+    engine = sa.create_engine(url, **({"json_deserializer": orjson.loads} | dict(engine_kwargs)))
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
     return engine
@@ -137,7 +141,8 @@ def _as_campaign(row: CampaignModel) -> Campaign:
 
 
 def _as_candidate(row: CandidateModel) -> Candidate:
-    fingerprint = None if row.fingerprint is None else tuple(float(x) for x in row.fingerprint)
+    # stored as floats (update_candidate converts): a C-level tuple(), not a Python loop over 4,356 values
+    fingerprint = None if row.fingerprint is None else tuple(row.fingerprint)
     return Candidate(
         id=row.id, campaign_id=row.campaign_id, name=row.name, source=row.source, code_hash=row.code_hash,
         idea=row.idea, proposer=row.proposer, model=row.model, generation=row.generation, island=row.island,
