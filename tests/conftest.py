@@ -34,6 +34,20 @@ def seeded_campaign(tmp_path_factory) -> Path:
     return home / "runs"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A database URL on each backend: a SQLite file, and a throwaway PostgreSQL database when
+    LOSSEARCH_TEST_POSTGRES_URL names a server (CI starts one), else that case is skipped."""
+    from helpers import throwaway_postgres_database
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'campaign.db'}"
+    elif not os.environ.get("LOSSEARCH_TEST_POSTGRES_URL"):
+        pytest.skip("set LOSSEARCH_TEST_POSTGRES_URL to run the store tests on PostgreSQL too")
+    else:
+        yield from throwaway_postgres_database(os.environ["LOSSEARCH_TEST_POSTGRES_URL"])
+
+
 @pytest.fixture
 def short_quick(monkeypatch):
     """The `quick` budget cut to two betas of 30 steps, for tests of how campaigns run (workers,

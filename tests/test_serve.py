@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import run_cli, start_cli, throwaway_postgres_database
+from helpers import run_cli, start_cli
 
 from lossearch.ranking import load_campaign_data
 from lossearch.reporting.results import build_leaderboard
@@ -26,7 +26,6 @@ from lossearch.search.seeds import seed_path
 from lossearch.store import Store
 from lossearch.store.locate import open_campaign
 
-POSTGRES_URL = os.environ.get("LOSSEARCH_TEST_POSTGRES_URL")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_REQUIRED = os.environ.get("LOSSEARCH_REQUIRE_BROWSER") == "1"
 """CI sets it (.ci/run installs Chromium): there a missing browser fails the test instead of skipping it."""
@@ -78,16 +77,6 @@ def dashboard_server(store: Store, campaign) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'campaign.db'}"
-    elif not POSTGRES_URL:
-        pytest.skip("set LOSSEARCH_TEST_POSTGRES_URL to run the dashboard on PostgreSQL too")
-    else:
-        yield from throwaway_postgres_database(POSTGRES_URL)
 
 
 def hostile_campaign(store: Store):

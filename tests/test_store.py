@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import throwaway_postgres_database
 
 from lossearch.contract import source_hash
 from lossearch.store import NotFoundError, Store, StoreError, migrations, models, values
@@ -30,8 +29,6 @@ from lossearch.store import store as store_module
 from lossearch.store.migrations import SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parent.parent
-POSTGRES_URL = os.environ.get("LOSSEARCH_TEST_POSTGRES_URL")
-BACKENDS = ["sqlite", "postgresql"]
 
 DPO = '''"""DPO."""
 import torch.nn.functional as F
@@ -39,16 +36,6 @@ import torch.nn.functional as F
 def loss(policy_chosen_logps, policy_rejected_logps, beta: float = 0.1):
     return -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))
 '''
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'campaign.db'}"
-    elif not POSTGRES_URL:
-        pytest.skip("set LOSSEARCH_TEST_POSTGRES_URL to run the store suite on PostgreSQL too")
-    else:
-        yield from throwaway_postgres_database(POSTGRES_URL)
 
 
 @pytest.fixture
