@@ -531,7 +531,7 @@ def run_command(
     console.print(f"database: {outcome.database}", markup=False, highlight=False)
     console.print(f"resume or extend: lossearch run --name {name} --generations N", markup=False)
     console.print(f"look next: lossearch leaderboard --run {name} | lossearch report --run {name} | "
-                  f"lossearch show ID | lossearch export ID --run {name}", markup=False)
+                  f"lossearch serve --run {name} | lossearch show ID | lossearch export ID --run {name}", markup=False)
 
 
 # -- after a campaign (issue 6): campaigns, leaderboard, show, lineage, transfer, export, report --
