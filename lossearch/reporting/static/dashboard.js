@@ -121,7 +121,14 @@ async function openCandidate(id) {
     tr.classList.toggle("selected", Number(tr.dataset.id) === id);
   }
   const panel = document.getElementById("candidate");
-  const report = await getJson(`/api/candidate/${id}`);
+  let report;
+  try {
+    report = await getJson(`/api/candidate/${id}`);
+  } catch (error) {
+    panel.hidden = false;
+    document.getElementById("candidate-title").textContent = `#${id}: cannot load it (${error.message})`;
+    return;
+  }
   if (selected !== id) return;  // another click came first
   panel.hidden = false;
   document.getElementById("candidate-title").textContent = `#${report.id} ${report.name}`;
@@ -178,7 +185,6 @@ async function refresh() {
     const now = await getJson("/api/stamp");
     if (now.stamp !== stamp) {
       const state = await getJson("/api/state");
-      stamp = state.stamp;
       pollMs = 1000 * (state.poll_seconds || 2);
       renderFacts(state);
       renderLeaderboard(state);
@@ -188,6 +194,7 @@ async function refresh() {
         chartsStamp = drawn.stamp;
         renderCharts(drawn);
       }
+      stamp = state.stamp;  // only once everything of this stamp is shown: a failed fetch is retried
     }
     live.textContent = `live: checked ${new Date().toLocaleTimeString()}, polling every ${pollMs / 1000} s`;
     live.classList.remove("stale");
