@@ -180,10 +180,15 @@ def unit_prints(fingerprint: Sequence[float] | torch.Tensor) -> torch.Tensor | N
     loss has no print; None for a fingerprint without rescalings."""
     if len(fingerprint) != FINGERPRINT_SIZE:
         return None
-    stored = torch.as_tensor(fingerprint, dtype=torch.float64).reshape(len(BETA_FACTORS), PRINT_SIZE)
+    return batch_unit_prints(torch.as_tensor(fingerprint, dtype=torch.float64)[None])[0]
+
+
+def batch_unit_prints(fingerprints: torch.Tensor) -> torch.Tensor:
+    """`unit_prints` of each row of (N, FINGERPRINT_SIZE): (N, K, PRINT_SIZE)."""
+    stored = fingerprints.reshape(fingerprints.shape[0], len(BETA_FACTORS), PRINT_SIZE)
     order = [0 if factor == 1.0 else 1 + RESCALED_FACTORS.index(factor) for factor in BETA_FACTORS]
-    blocks = stored[order]  # (K, D), by increasing factor
-    return blocks / blocks.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    blocks = stored[:, order]  # (N, K, D), by increasing factor
+    return blocks / blocks.norm(dim=2, keepdim=True).clamp_min(1e-300)
 
 
 def curve_factors() -> torch.Tensor:
@@ -261,29 +266,18 @@ def _rescalings(first: torch.Tensor, seconds: torch.Tensor) -> tuple[torch.Tenso
         raise ValueError("fingerprints come from different grids")
     b = seconds[:, :PRINT_SIZE]  # (N, D) the prints at the default beta
     a_norm, b_norm = a.norm(), b.norm(dim=1)  # (), (N,)
-    # the plain distance between unit prints; a zero print is 0 from another zero print, √2 from any other
-    plain = (a / a_norm.clamp_min(1e-300) - b / b_norm.clamp_min(1e-300)[:, None]).norm(dim=1)
+    plain = unit_distances(a, b)
     zero = (a_norm == 0) | (b_norm == 0)
-    plain = torch.where(zero, torch.where((a_norm == 0) & (b_norm == 0), torch.zeros_like(plain),
-                                          torch.full_like(plain, math.sqrt(2.0))), plain)
     first_units = unit_prints(first)
     if first_units is None or a_norm == 0 or seconds.shape[1] != FINGERPRINT_SIZE:
         return plain, torch.ones_like(plain)
     first_scaled = curve_distances(first_units, b / b_norm.clamp_min(1e-300)[:, None])  # the first at beta × c
-    second_scaled = curve_distances(_unit_prints_batch(seconds), (a / a_norm)[None]).flip(-1)  # the second at beta / c
+    second_scaled = curve_distances(batch_unit_prints(seconds), (a / a_norm)[None]).flip(-1)  # the second at beta / c
     worse = torch.maximum(first_scaled, second_scaled)  # (N, M)
     best = worse.argmin(dim=1)  # (N,)
     closest = worse.gather(1, best[:, None]).squeeze(1)
     better = (closest < plain) & ~zero
     return torch.where(better, closest, plain), torch.where(better, curve_factors()[best], torch.ones_like(plain))
-
-
-def _unit_prints_batch(fingerprints: torch.Tensor) -> torch.Tensor:
-    """`unit_prints` of each row of (N, FINGERPRINT_SIZE): (N, K, PRINT_SIZE)."""
-    stored = fingerprints.reshape(fingerprints.shape[0], len(BETA_FACTORS), PRINT_SIZE)
-    order = [0 if factor == 1.0 else 1 + RESCALED_FACTORS.index(factor) for factor in BETA_FACTORS]
-    blocks = stored[:, order]  # (N, K, D), by increasing factor
-    return blocks / blocks.norm(dim=2, keepdim=True).clamp_min(1e-300)
 
 
 def unit_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -292,10 +286,17 @@ def unit_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     Normalizing removes a loss's overall scale (which the optimizer's step size
     absorbs); what remains is the direction and shape of the push over the grid.
     """
-    norm_a, norm_b = a.norm(), b.norm()
-    if norm_a == 0 or norm_b == 0:
-        return 0.0 if norm_a == norm_b else math.sqrt(2.0)
-    return float((a / norm_a - b / norm_b).norm())
+    return float(unit_distances(a, b[None])[0])
+
+
+def unit_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N,) `unit_distance` from the print `a` (D,) to each row of `b` (N, D); a zero print is 0 from
+    another zero print and √2 from any other."""
+    a_norm, b_norm = a.norm(), b.norm(dim=1)
+    plain = (a / a_norm.clamp_min(1e-300) - b / b_norm.clamp_min(1e-300)[:, None]).norm(dim=1)
+    both_zero = torch.where((a_norm == 0) & (b_norm == 0), torch.zeros_like(plain),
+                            torch.full_like(plain, math.sqrt(2.0)))
+    return torch.where((a_norm == 0) | (b_norm == 0), both_zero, plain)
 
 
 def fingerprint_distance(first: Sequence[float], second: Sequence[float]) -> float:

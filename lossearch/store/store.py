@@ -17,7 +17,6 @@ to the current one when it is opened.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections import defaultdict
@@ -135,8 +134,14 @@ def _check_choice(value: str | None, choices: Sequence[str], what: str) -> None:
         raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
 
 
+# The JSON columns (config, metrics, record) are decoded afresh for each row a session loads, and a row
+# lives only as long as its session, so the value objects take them as they are: a deep copy of every
+# evaluation's metrics (a sanity evaluation holds its fingerprint) was 60% of a seeds-only campaign's
+# time spent reloading the store (cProfile, 41 seeds, memoized).
+
+
 def _as_campaign(row: CampaignModel) -> Campaign:
-    return Campaign(row.id, row.name, copy.deepcopy(row.config), row.status, row.stop_reason,
+    return Campaign(row.id, row.name, row.config, row.status, row.stop_reason,
                     _aware(row.created_at), _aware(row.updated_at))
 
 
@@ -155,12 +160,6 @@ def _as_candidate(row: CandidateModel) -> Candidate:
 
 def _as_edge(row: LineageEdgeModel) -> LineageEdge:
     return LineageEdge(row.child_id, row.parent_id, row.relation)
-
-
-# The JSON columns (config, metrics, record) are decoded afresh for each row a session loads, and a row
-# lives only as long as its session, so the value objects take them as they are: a deep copy of every
-# evaluation's metrics (a sanity evaluation holds its fingerprint) was 60% of a seeds-only campaign's
-# time spent reloading the store (cProfile, 41 seeds, memoized).
 
 
 def _as_evaluation(row: EvaluationModel) -> Evaluation:
