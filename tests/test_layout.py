@@ -21,7 +21,7 @@ CHILD_SIDE = frozenset({
     "lossearch.sandbox.zygote", "lossearch.sandbox.jobs",
     "lossearch.evaluation.bandit.task", "lossearch.evaluation.bandit.train",
     "lossearch.evaluation.finetune.config", "lossearch.evaluation.finetune.device",
-    "lossearch.evaluation.finetune.train", "lossearch.evaluation.threads",
+    "lossearch.evaluation.finetune.train", "lossearch.evaluation.finetune.stacked", "lossearch.evaluation.threads",
     "lossearch.evaluation.tasks.catalog", "lossearch.evaluation.tasks.text", "lossearch.evaluation.tasks.data",
     "lossearch.evaluation.tasks.lm", "lossearch.evaluation.tasks.llama", "lossearch.evaluation.tasks.labels",
     # what every layer shares: the contract and its vocabularies

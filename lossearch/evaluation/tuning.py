@@ -35,6 +35,8 @@ METRICS = ("fitness", "reward", "reference_reward", "kl", "pref_acc", "margin")
 
 # run(beta, seed) -> metrics of one trained and scored run, "fitness" among them
 RunFn = Callable[[float, int], dict]
+# run_many([(beta, seed), ...]) -> per run its metrics, or the `nan` CandidateError that failed it
+RunManyFn = Callable[[list[tuple[float, int]]], list[Any]]
 
 
 def make_study(storage: Optional[str], study_name: Optional[str], seed: int = 0) -> optuna.Study:
@@ -60,8 +62,12 @@ def summarize_runs(runs: Sequence[dict]) -> dict[str, Any]:
 
 def tune_beta(run: RunFn, default_beta: float, trials: int, seeds: Sequence[int], *,
               storage: Optional[str] = None, study_name: Optional[str] = None,
-              progress: Callable[[str, float, float], None] = lambda *args: None) -> dict[str, Any]:
-    """Tune beta over `trials` trials of `len(seeds)` runs each; the best trial's summary and every trial."""
+              progress: Callable[[str, float, float], None] = lambda *args: None,
+              run_many: Optional[RunManyFn] = None) -> dict[str, Any]:
+    """Tune beta over `trials` trials of `len(seeds)` runs each; the best trial's summary and every trial.
+
+    With `run_many` (runs trained in one stacked pass), the opening trials' runs all go in one pass,
+    then each later trial's seeds in one; no trial is pruned part-way, its seeds costing one pass."""
     study = make_study(storage, study_name)
     low, high = default_beta / BETA_RANGE, default_beta * BETA_RANGE
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -96,10 +102,51 @@ def tune_beta(run: RunFn, default_beta: float, trials: int, seeds: Sequence[int]
         return mean_fitness
 
     remaining = trials - len(finished)
-    if remaining > 0:
+    if remaining > 0 and run_many is not None:
+        opening = sum(trial.state == optuna.trial.TrialState.WAITING for trial in study.trials)
+        while remaining > 0:
+            batch = [study.ask() for _ in range(min(remaining, max(1, opening)))]
+            opening = 0  # after the enqueued opening, one trial a pass
+            betas = [trial.suggest_float("beta", low, high, log=True) for trial in batch]
+            progress(f"{len(batch) * len(seeds)} runs in one pass (betas {', '.join(f'{b:.3g}' for b in betas)})",
+                     done_runs[0], total_runs)
+            if not tell_trials(study, batch, betas, seeds, run_many):
+                break
+            done_runs[0] += len(batch) * len(seeds)
+            remaining -= len(batch)
+    elif remaining > 0:
         study.optimize(objective, n_trials=remaining)
     progress("done", total_runs, total_runs)
     return best_trial_summary(study)
+
+
+def tell_trials(study: optuna.Study, batch: list[optuna.Trial], betas: list[float], seeds: Sequence[int],
+                run_many: RunManyFn) -> bool:
+    """Train every (beta, seed) of the asked trials `batch` in one pass and tell the study each trial's
+    mean fitness (a trial with a diverged run ends pruned, as in the sequential objective); False when a
+    failure other than a divergence ended the evaluation (every trial of the pass then carries it)."""
+    try:
+        outcomes = run_many([(beta, seed) for beta in betas for seed in seeds])
+    except CandidateError as error:
+        for trial in batch:
+            trial.set_user_attr("failure", error.failure.to_dict())
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return False
+    except BaseException:
+        for trial in batch:  # failed: a resumed evaluation runs them again
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    for index, trial in enumerate(batch):
+        runs = outcomes[index * len(seeds):(index + 1) * len(seeds)]
+        diverged = [run for run in runs if isinstance(run, CandidateError)]
+        if diverged:
+            trial.set_user_attr("failure", diverged[0].failure.to_dict())
+            trial.set_user_attr("runs", [run for run in runs if not isinstance(run, CandidateError)])
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        trial.set_user_attr("runs", list(runs))
+        study.tell(trial, statistics.fmean(run["fitness"] for run in runs))
+    return True
 
 
 def best_trial_summary(study: optuna.Study) -> dict[str, Any]:

@@ -19,9 +19,10 @@ from lossearch.contract import call_loss, load_loss, parse_spec
 from lossearch.evaluation.bandit.task import make_training_task
 from lossearch.evaluation.bandit.train import train_bandit_grid
 from lossearch.evaluation.finetune.config import RunConfig
+from lossearch.evaluation.finetune.stacked import run_parameters, train_stacked
 from lossearch.evaluation.finetune.train import train_policy, warm_up_model
 from lossearch.evaluation.tasks.data import PairSet
-from lossearch.evaluation.tasks.lm import load_parameters, make_model, save_parameters
+from lossearch.evaluation.tasks.lm import load_parameters, make_model, safetensors_bytes, save_parameters
 from lossearch.failures import CandidateError
 from lossearch.fingerprint import compute_fingerprint
 
@@ -140,6 +141,44 @@ def finetune_job(payload: dict) -> dict:
     trained parameters to `policy.safetensors`; the parent scores them (lossearch.evaluation.finetune.score.Scorer).
     """
     config = RunConfig(**payload["run"])
+    policy, reference, pairs, prompts = finetune_models(payload, config)
+    before = snapshot_namespaces()
+    try:
+        _, loss_of = load_candidate(payload)
+        started = time.perf_counter()
+        losses = train_policy(loss_of, policy, reference, pairs, config, prompts)
+        train_seconds = time.perf_counter() - started
+    finally:
+        check_namespaces(before)  # after a failure too, as in sanity_job
+    save_parameters(policy, "policy.safetensors")
+    return {**loss_summary(losses), "train_seconds": train_seconds}
+
+
+def finetune_many_job(payload: dict) -> dict:
+    """Several runs of the finetune tier in one stacked pass (lossearch.evaluation.finetune.stacked):
+    `payload["runs"]` holds their configs, differing in beta and seed only. Run r's trained parameters
+    go to `policy_{r}.safetensors`, unless it diverged: then its report carries the failure."""
+    configs = [RunConfig(**run) for run in payload["runs"]]
+    policy, reference, pairs, _ = finetune_models(payload, configs[0])
+    before = snapshot_namespaces()
+    try:
+        _, loss_of = load_candidate(payload)
+        started = time.perf_counter()
+        runs = train_stacked(loss_of, policy, reference, pairs, configs)
+        train_seconds = time.perf_counter() - started
+    finally:
+        check_namespaces(before)
+    reports = []
+    for index, run in enumerate(runs):
+        if run.failure is None:
+            with open(f"policy_{index}.safetensors", "wb") as file:
+                file.write(safetensors_bytes(run_parameters(policy, index)))
+        reports.append({**loss_summary(run.losses), "failure": run.failure.failure.to_dict() if run.failure else None})
+    return {"runs": reports, "train_seconds": train_seconds}
+
+
+def finetune_models(payload: dict, config: RunConfig):
+    """(policy, reference or None, the training pairs, the online prompts or None) of a finetune job."""
     torch.manual_seed(config.seed)
     base = load_file("base.safetensors")
     tensors = load_file("pairs.safetensors")
@@ -155,14 +194,11 @@ def finetune_job(payload: dict) -> dict:
         model.to(config.device)
     if reference is not None:
         reference.eval().requires_grad_(False)
-    before = snapshot_namespaces()
-    try:
-        _, loss_of = load_candidate(payload)
-        started = time.perf_counter()
-        losses = train_policy(loss_of, policy, reference, pairs, config, prompts)
-        train_seconds = time.perf_counter() - started
-    finally:
-        check_namespaces(before)  # after a failure too, as in sanity_job
-    save_parameters(policy, "policy.safetensors")
-    return {"final_loss": sum(losses[-10:]) / len(losses[-10:]), "losses": losses[:: max(1, len(losses) // 50)],
-            "train_seconds": train_seconds}
+    return policy, reference, pairs, prompts
+
+
+def loss_summary(losses: list[float]) -> dict[str, Any]:
+    """A run's final loss (the mean of its last ten steps) and every fiftieth of its losses."""
+    if not losses:
+        return {"final_loss": None, "losses": []}
+    return {"final_loss": sum(losses[-10:]) / len(losses[-10:]), "losses": losses[:: max(1, len(losses) // 50)]}

@@ -39,6 +39,7 @@ JOB_FUNCTIONS = {
     "sanity": "lossearch.sandbox.jobs:sanity_job",
     "bandit": "lossearch.sandbox.jobs:bandit_job",
     "finetune": "lossearch.sandbox.jobs:finetune_job",
+    "finetune_many": "lossearch.sandbox.jobs:finetune_many_job",
     "echo": "lossearch.sandbox.jobs:echo_job",
 }
 # syscalls no audit event covers; each fails with EPERM in the child:
@@ -53,7 +54,8 @@ PRELOAD = ("torch", "torch.nn.functional", "lossearch.sandbox.jobs")  # the jobs
 # trusted set-up that a job needs before its child forks, run here in the zygote on the job's
 # payload: imports the jailed child could not do (its audit hook refuses listing directories),
 # such as transformers and a model's architecture for the finetune tier; each runs once per kind
-JOB_PREPARE = {"finetune": "lossearch.sandbox.jobs:prepare_finetune"}
+JOB_PREPARE = {"finetune": "lossearch.sandbox.jobs:prepare_finetune",
+               "finetune_many": "lossearch.sandbox.jobs:prepare_finetune"}
 
 
 def warm_up() -> None:

@@ -29,7 +29,7 @@ from lossearch.contract import LossSpec, parse_spec
 from lossearch.errors import ConfigError
 from lossearch.evaluation.comparison import ALPHA, compare_paired, holm, verdict
 from lossearch.evaluation.finetune.config import Budget, FinetuneOptions
-from lossearch.evaluation.finetune.tier import FinetuneRunner, finetune_runner
+from lossearch.evaluation.finetune.tier import FinetuneRunner, RunOutcome, finetune_runner
 from lossearch.evaluation.tuning import FIRST_BETAS
 from lossearch.failures import CandidateError
 from lossearch.progress import ProgressFn, no_progress
@@ -270,40 +270,51 @@ class Stage:
 
     def runs(self, contender: Contender, task: str, seeds: Sequence[int]) -> list[dict[str, Any]]:
         """Per seed (stored ones reused): its runs at the contender's betas and its fitness at the KL
-        budget over them; a run that diverged counts as the task's floor."""
+        budget over them; a run that diverged counts as the task's floor. The runs not stored train
+        together, as one stacked pass where the runner stacks runs (FinetuneRunner.run_many)."""
         runner = self.runner(contender, task)
-        runs = []
-        for seed in seeds:
-            runs.append(self.one_run(contender, runner, task, seed))
-            self.done += 1
-        return runs
+        by_seed: dict[int, dict[str, Any] | None] = {seed: self.stored_runs(contender, runner, task, seed)
+                                                      for seed in seeds}
+        missing = [seed for seed in seeds if by_seed[seed] is None]
+        self.done += len(seeds) - len(missing)
+        count = len(contender.betas)
+        for group in [missing] if runner.stacks and missing else [[seed] for seed in missing]:
+            what = f"seed {group[0]}" if len(group) == 1 else f"{len(group) * count} runs in one pass"
+            self.progress(f"confirming {contender.name} on {task}, {what}", self.done, max(self.total, 1))
+            started = time.monotonic()
+            outcomes = runner.run_many([(beta, seed) for seed in group for beta in contender.betas])
+            seconds = (time.monotonic() - started) / len(group)
+            for position, seed in enumerate(group):
+                by_seed[seed] = self.record(contender, runner, task, seed,
+                                            outcomes[position * count:(position + 1) * count], seconds)
+            self.ran += len(group) * count
+            self.done += len(group)
+        return [runs for runs in by_seed.values() if runs is not None]
 
-    def one_run(self, contender: Contender, runner: FinetuneRunner, task: str, seed: int) -> dict[str, Any]:
+    def stored_runs(self, contender: Contender, runner: FinetuneRunner, task: str, seed: int) -> dict[str, Any] | None:
         candidate = contender.candidate
-        if self.store is not None and candidate is not None:
-            stored = self.store.find_evaluation(candidate.id, tier=CONFIRM_TIER, task=task, seed=seed)
-            if stored is not None:
-                check_reusable(stored.metrics, runner, contender)
-                return stored.metrics
-        self.progress(f"confirming {contender.name} on {task}, seed {seed}", self.done, max(self.total, 1))
-        started = time.monotonic()
+        if self.store is None or candidate is None:
+            return None
+        stored = self.store.find_evaluation(candidate.id, tier=CONFIRM_TIER, task=task, seed=seed)
+        if stored is None:
+            return None
+        check_reusable(stored.metrics, runner, contender)
+        return stored.metrics
+
+    def record(self, contender: Contender, runner: FinetuneRunner, task: str, seed: int, outcomes: list[RunOutcome],
+               seconds: float) -> dict[str, Any]:
+        """One seed's runs (a divergence counting as the task's floor) and its fitness, stored."""
         floor = runner.task.fitness_floor
-        runs = []
-        for beta in contender.betas:
-            try:
-                runs.append(runner.run(beta, seed))
-            except CandidateError as error:
-                if error.failure.kind != "nan":
-                    raise
-                runs.append({"beta": beta, "seed": seed, "fitness": floor if math.isfinite(floor) else None,
-                             "diverged": True, "failure": error.failure.to_dict()})
-            self.ran += 1
+        runs = [{"beta": beta, "seed": seed, "fitness": floor if math.isfinite(floor) else None,
+                 "diverged": True, "failure": outcome.failure.to_dict()} if isinstance(outcome, CandidateError)
+                else outcome for beta, outcome in zip(contender.betas, outcomes)]
         curve = runner.curve_fitness(runs)
         seed_runs = {"seed": seed, "fitness": curve["fitness"], "betas": list(contender.betas), "runs": runs,
                      **runner.describe(), "stage": "confirmation"}
+        candidate = contender.candidate
         if self.store is not None and candidate is not None:
             self.store.record_evaluation(candidate.id, tier=CONFIRM_TIER, task=task, seed=seed, metrics=seed_runs,
-                                         fitness=seed_runs["fitness"], seconds=time.monotonic() - started)
+                                         fitness=seed_runs["fitness"], seconds=seconds)
         return seed_runs
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Optional, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from lossearch.choices import USER_TASK
 from lossearch.contract import LossSpec
@@ -83,6 +83,57 @@ def train_in_sandbox(sandbox: SandboxLike, spec: LossSpec, task: TaskData, confi
             "final_loss": report.get("final_loss"), "isolation": result.isolation}, parameters
 
 
+def train_many_in_sandbox(sandbox: SandboxLike, spec: LossSpec, task: TaskData, configs: Sequence[RunConfig],
+                          limits: SandboxLimits) -> list[tuple[dict[str, Any], Optional[dict[str, Any]]]]:
+    """Run several training runs as one stacked job; per run (its report, its trained parameters, or
+    None where it diverged: the report's `failure` says how)."""
+    from safetensors.torch import load as load_safetensors
+
+    payload = {"source": spec.source, "name": spec.name, "runs": [asdict(config) for config in configs],
+               "model_config": task.model_config, "hyperparameters": {}}
+    inputs = {"base.safetensors": task.parameters_file, "pairs.safetensors": task.pairs_file}
+    names = tuple(f"policy_{index}.safetensors" for index in range(len(configs)))
+    stacked = replace(limits, wall_seconds=limits.wall_seconds * len(configs),
+                      cpu_seconds=limits.cpu_seconds * len(configs), memory_bytes=limits.memory_bytes * 2)
+    result = sandbox.run("finetune_many", payload, stacked, inputs=inputs, outputs=names)
+    result.raise_for_failure()
+    value = result.value if isinstance(result.value, dict) else {}
+    reports = value.get("runs")
+    if not isinstance(reports, list) or len(reports) != len(configs):
+        raise CandidateError("crash", "the stacked training child reported no runs")
+    done: list[tuple[dict[str, Any], Optional[dict[str, Any]]]] = []
+    for name, report in zip(names, reports):
+        run_report = {"seconds": result.seconds, "train_seconds": value.get("train_seconds"),
+                      "final_loss": report.get("final_loss"), "isolation": result.isolation, "stacked": len(configs),
+                      "failure": report.get("failure")}
+        data = result.outputs.get(name)
+        if report.get("failure") or not data:
+            done.append((run_report, None))
+            continue
+        try:
+            done.append((run_report, load_safetensors(data)))
+        except Exception as error:  # a malformed file is the child's failure, not ours
+            raise CandidateError("crash", f"the training child wrote unreadable parameters: {error}") from None
+    return done
+
+
+def stacks_runs(task: TaskData, options: FinetuneOptions, device: str, precision: str) -> bool:
+    """Whether independent runs train as one stacked pass (lossearch.evaluation.finetune.stacked):
+    only where it measured faster than the runs one after another (benchmarks/multi_run.py). On a
+    2-core EPYC with bf16 instructions, 12 runs of 20 steps took 0.71x the sequential time in bf16,
+    and 1.02x in fp32, where the step is bound by matrix-product arithmetic that stacking cannot
+    reduce: so not on a CPU in fp32. On CUDA the small model's step is bound by kernel launches,
+    which stacking divides among the runs (benchmarks/gpu_check.sh measures it where a GPU is)."""
+    from lossearch.evaluation.tasks.llama import supports
+
+    fast = device.startswith("cuda") or precision == "bf16"
+    return fast and options.data == "offline" and supports(task.model_config)
+
+
+# what run_many returns per run: its metrics, or the divergence that failed it
+RunOutcome = Union[dict[str, Any], CandidateError]
+
+
 @dataclass(frozen=True)
 class FinetuneRunner:
     """Trains and scores single (beta, seed) runs of one loss on one task: the tier's unit of work.
@@ -107,6 +158,40 @@ class FinetuneRunner:
         config = run_config(self.task, self.spec, self.budget, self.options, beta, seed, self.device, self.precision)
         report, parameters = train_in_sandbox(self.sandbox, self.spec, self.task, config, self.limits)
         return {"beta": beta, "seed": seed, **self.scorer.score(parameters, seed), **report}
+
+    @property
+    def stacks(self) -> bool:
+        return stacks_runs(self.task, self.options, self.device, self.precision)
+
+    def run_many(self, runs: Sequence[tuple[float, int]]) -> list[RunOutcome]:
+        """Train and score independent (beta, seed) runs: as one stacked pass where `stacks`, else one
+        after another; per run its metrics as `run` gives them, or the `nan` CandidateError of a run that
+        diverged (any other failure raises, as in `run`)."""
+        if len(runs) < 2 or not self.stacks:
+            return [self.run_or_divergence(beta, seed) for beta, seed in runs]
+        configs = [run_config(self.task, self.spec, self.budget, self.options, beta, seed, self.device,
+                              self.precision) for beta, seed in runs]
+        outcomes: list[RunOutcome] = []
+        for (beta, seed), (report, parameters) in zip(runs, train_many_in_sandbox(self.sandbox, self.spec, self.task,
+                                                                                  configs, self.limits)):
+            failure = report.pop("failure")
+            if parameters is None:
+                failure = failure or {"kind": "crash", "message": "the training child wrote no parameters"}
+                error = CandidateError(failure["kind"], failure["message"])
+                if failure["kind"] != "nan":
+                    raise error
+                outcomes.append(error)
+            else:
+                outcomes.append({"beta": beta, "seed": seed, **self.scorer.score(parameters, seed), **report})
+        return outcomes
+
+    def run_or_divergence(self, beta: float, seed: int) -> RunOutcome:
+        try:
+            return self.run(beta, seed)
+        except CandidateError as error:
+            if error.failure.kind != "nan":
+                raise
+            return error
 
     def curve_fitness(self, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Fitness at the task's KL budget from runs at several betas: each seed's curve read at the
@@ -152,7 +237,8 @@ def finetune_candidate(sandbox: SandboxLike, spec: LossSpec, task_name: str, see
     trials = runner.budget.trials if "beta" in spec.inputs else 1
     name = options.study_name or study_name(spec, runner.task, runner.budget, options, runner.precision, seed)
     tuning = tune_beta(runner.run, float(spec.hyperparameters["beta"]), trials, seeds, storage=options.storage,
-                       study_name=name, progress=options.progress)
+                       study_name=name, progress=options.progress,
+                       run_many=runner.run_many if runner.stacks else None)
     every_run = [run for trial in tuning["trials"] for run in trial["runs"]]
     return {**runner.describe(), "seeds": seeds, **tuning, **runner.curve_fitness(every_run),
             "seconds": time.monotonic() - started}

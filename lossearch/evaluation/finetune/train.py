@@ -41,21 +41,29 @@ def policy_inputs(policy, reference, pairs: PairSet, index: torch.Tensor, uses_k
     chosen, rejected = pairs.chosen.select(index), pairs.rejected.select(index)
     # both responses of every pair share the prompt columns, so one forward pass serves both
     both = concat_sequences(chosen, rejected).to(device)  # (2B, T)
-    first = first_response_column(both)  # logits from the last prompt column on: all the loss reads
-    with arithmetic(device, precision):
-        logits = forward_logits(policy, both, first).float()  # (2B, T - first, V)
-    logps = token_logps(logits, both).sum(-1)  # (2B,)
-    B = len(index)
-    outputs = {"policy_chosen_logps": logps[:B], "policy_rejected_logps": logps[B:]}
-    if uses_kl:  # TDPO's inputs: sum over response positions of KL(reference || policy)
-        with torch.no_grad(), arithmetic(device, precision):
-            reference_logits = forward_logits(reference, both, first).float()
-        kl = sequence_kl(reference_logits, logits, both)  # (2B,)
-        outputs.update(chosen_kl=kl[:B], rejected_kl=kl[B:])
+    outputs = {name: value[0] for name, value in sequence_outputs(policy, reference, both, uses_kl, precision,
+                                                                  runs=1).items()}
     fixed = {"reference_chosen_logps": pairs.reference_chosen_logps[index],
              "reference_rejected_logps": pairs.reference_rejected_logps[index],
              "chosen_lengths": chosen.response_lengths(), "rejected_lengths": rejected.response_lengths()}
     return outputs, {name: value.to(device) for name, value in fixed.items()}
+
+
+def sequence_outputs(policy, reference, both: Sequences, uses_kl: bool, precision: str,
+                     runs: int) -> dict[str, torch.Tensor]:
+    """The policy-side contract inputs of the rows `both`, with graph, as (runs, B) tensors: the rows
+    are `runs` groups (one per stacked run), each its B chosen responses, then their B rejected ones."""
+    first = first_response_column(both)  # logits from the last prompt column on: all the loss reads
+    with arithmetic(both.ids.device, precision):
+        logits = forward_logits(policy, both, first).float()  # (N, T - first, V)
+    logps = token_logps(logits, both).sum(-1).view(runs, 2, -1)  # (runs, 2, B)
+    outputs = {"policy_chosen_logps": logps[:, 0], "policy_rejected_logps": logps[:, 1]}
+    if uses_kl:  # TDPO's inputs: sum over response positions of KL(reference || policy)
+        with torch.no_grad(), arithmetic(both.ids.device, precision):
+            reference_logits = forward_logits(reference, both, first).float()
+        kl = sequence_kl(reference_logits, logits, both).view(runs, 2, -1)
+        outputs.update(chosen_kl=kl[:, 0], rejected_kl=kl[:, 1])
+    return outputs
 
 
 def arithmetic(device: torch.device, precision: str):
@@ -208,6 +216,8 @@ _WARMED_UP: set[str] = set()  # the architectures warm_up_model has run, in this
 
 
 def _warm_up(config: dict) -> None:
+    from lossearch.evaluation.tasks.llama import supports
+
     model = make_model(config)
     ids = torch.ones(2, 4, dtype=torch.long)
     batch = Sequences(ids, torch.ones_like(ids, dtype=torch.bool), torch.ones_like(ids, dtype=torch.bool))
@@ -219,3 +229,12 @@ def _warm_up(config: dict) -> None:
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     sample_responses(model.eval(), ids, batch.attention, 2, eos_id=0, pad_id=0, generator=torch.Generator())
+    if supports(config):  # and the stacked runs' paths (lossearch.evaluation.finetune.stacked)
+        from lossearch.evaluation.finetune.stacked import clip_grad_norm_per_run
+        from lossearch.evaluation.tasks.llama import stack_runs
+
+        stack_runs(model, 2)
+        for precision in ("fp32", "bf16") if native_bf16_cpu() else ("fp32",):
+            with arithmetic(torch.device("cpu"), precision):
+                sequence_logps(model, batch).sum().backward()
+        clip_grad_norm_per_run(model.parameters(), 2, 1.0)

@@ -9,6 +9,11 @@ mask builders, hooks and output dataclasses. It supports the plain Llama the tas
 worlds build (default RoPE, SiLU MLP, no biases, no scaling); `supports(config)` says
 whether a config is one; any other model goes through `transformers`.
 
+Stacked runs: every weight may carry a leading run dimension R (`stack_runs`), one copy of the
+model per independent training run; the batch's rows are then R equal groups, run r's rows the
+r-th, and each group meets only its own run's weights (batched matrix products), so R runs
+train in one pass (lossearch.evaluation.finetune.stacked).
+
 Padding: a query that is itself padding attends to itself only, so no row of the
 attention is empty (an empty row makes NaN, and NaN poisons the gradients even where
 the loss ignores it); real tokens attend to the real tokens before them, as in HF.
@@ -78,6 +83,29 @@ def supports(config: dict) -> bool:
             and parameters.get("rope_type", "default") == "default" and not config.get("attention_dropout", 0.0))
 
 
+def project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T: one weight (out, in), or one per run (R, out, in) applied to x's R row groups."""
+    if weight.dim() == 2:
+        return F.linear(x, weight)
+    runs = weight.shape[0]
+    return torch.bmm(x.reshape(runs, -1, x.shape[-1]), weight.transpose(1, 2)).view(*x.shape[:-1], -1)
+
+
+def per_run(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight * x, the weight (size,) or one per run (R, size) over x's R row groups."""
+    if weight.dim() == 1:
+        return weight * x
+    return (weight[:, None] * x.reshape(weight.shape[0], -1, x.shape[-1])).view(x.shape)
+
+
+def stack_runs(model: nn.Module, runs: int) -> None:
+    """Give every parameter of `model` a leading run dimension: `runs` copies of its current values."""
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            stacked = param.detach().unsqueeze(0).repeat(runs, *([1] * param.dim()))
+            setattr(module, name, nn.Parameter(stacked, requires_grad=param.requires_grad))
+
+
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -87,7 +115,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype)
+        return per_run(self.weight, (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype))
 
 
 class Attention(nn.Module):
@@ -104,9 +132,10 @@ class Attention(nn.Module):
         output) from column `first_query` on."""
         N, T, _ = x.shape
         Q = T - first_query
-        q = self.q_proj(x[:, first_query:]).view(N, Q, self.heads, self.head_dim).transpose(1, 2)  # (N, H, Q, D)
-        k = self.k_proj(x).view(N, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (N, KV, T, D)
-        v = self.v_proj(x).view(N, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = project(x[:, first_query:], self.q_proj.weight)
+        q = q.view(N, Q, self.heads, self.head_dim).transpose(1, 2)  # (N, H, Q, D)
+        k = project(x, self.k_proj.weight).view(N, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (N, KV, T, D)
+        v = project(x, self.v_proj.weight).view(N, T, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = rotate(q, cos[:, :, first_query:], sin[:, :, first_query:]), rotate(k, cos, sin)
         if cache is not None:
             k, v = cache.extend(layer, k, v)  # (N, KV, past + T, D)
@@ -114,7 +143,7 @@ class Attention(nn.Module):
             # bf16 flash-attention backward ran 8x slower than float32's at these sizes
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask[:, :, first_query:],
                                                  enable_gqa=self.kv_heads != self.heads)
-        return self.o_proj(out.to(x.dtype).transpose(1, 2).reshape(N, Q, -1))
+        return project(out.to(x.dtype).transpose(1, 2).reshape(N, Q, -1), self.o_proj.weight)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -132,7 +161,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gated = F.silu(project(x, self.gate_proj.weight)) * project(x, self.up_proj.weight)
+        return project(gated, self.down_proj.weight)
 
 
 class Block(nn.Module):
@@ -190,6 +220,19 @@ class CompactLlama(nn.Module):
             if self.model.embed_tokens.padding_idx is not None:
                 self.model.embed_tokens.weight[self.model.embed_tokens.padding_idx].zero_()
 
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        embedding = self.model.embed_tokens
+        if embedding.weight.dim() == 2:
+            return embedding(input_ids)
+        runs, vocabulary, hidden = embedding.weight.shape  # stacked: row group r looks up in run r's table
+        run = torch.arange(runs, device=input_ids.device).repeat_interleave(input_ids.shape[0] // runs)
+        x = F.embedding(input_ids + (run * vocabulary)[:, None], embedding.weight.reshape(-1, hidden))
+        if embedding.padding_idx is None:
+            return x
+        # as nn.Embedding's padding_idx: no gradient reaches the table through a padding id (a sampled
+        # response may hold one as a real token)
+        return torch.where((input_ids == embedding.padding_idx)[..., None], x.detach(), x)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, past_key_values=None, use_cache: bool = False,
                 logits_to_keep: int = 0) -> Output:
@@ -197,8 +240,8 @@ class CompactLlama(nn.Module):
         `position_ids` (N, T) default to past, past + 1, ... in every row, as in HF;
         `logits_to_keep` > 0: the logits of the last that many columns only, as in HF, and the
         last block computes nothing else (no other column's output depends on it)."""
-        x = self.model.embed_tokens(input_ids)  # (N, T, hidden)
         N, T = input_ids.shape
+        x = self.embed(input_ids)  # (N, T, hidden)
         cache = past_key_values if past_key_values is not None else \
             KVCache(len(self.model.layers)) if use_cache else None
         if attention_mask is None:
@@ -219,5 +262,5 @@ class CompactLlama(nn.Module):
         weight = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
         with torch.autocast(x.device.type, enabled=False):  # logits in float32 under bf16 autocast too: the
             # losses read differences of summed log-probs, where bf16 logits would add noise (V is small)
-            logits = F.linear(self.model.norm(x.float()), weight.float())
+            logits = project(self.model.norm(x.float()), weight.float())
         return Output(logits, cache if use_cache else None)
