@@ -119,6 +119,26 @@ class CampaignData:
     evaluations: dict[int, list[Evaluation]]
     confirmations: dict[int, Confirmation] = field(default_factory=dict)
     """The confirmation stage's verdicts, by candidate id (lossearch.search.confirm)."""
+    store: Store | None = field(default=None, compare=False, repr=False)
+    """Where `fingerprints` reads what the snapshot left out."""
+    _fingerprints: dict[int, tuple[float, ...] | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def fingerprints(self, candidate_ids: Iterable[int]) -> dict[int, tuple[float, ...] | None]:
+        """The fingerprints of `candidate_ids`, by id. A snapshot leaves them in the store (4,356 floats
+        each were most of loading one), and reads those asked for here, once."""
+        ids = list(candidate_ids)
+        missing = [i for i in ids if i not in self._fingerprints]
+        for i in missing:
+            own = self.candidates[i].fingerprint if i in self.candidates else None
+            if own is not None or self.store is None:
+                self._fingerprints[i] = own
+        wanted = [i for i in missing if i not in self._fingerprints]
+        if wanted and self.store is not None:
+            self._fingerprints.update(self.store.fingerprints_of(wanted))
+        return {i: self._fingerprints.get(i) for i in ids}
+
+    def fingerprint(self, candidate_id: int) -> tuple[float, ...] | None:
+        return self.fingerprints([candidate_id])[candidate_id]
 
     @property
     def task(self) -> str:
@@ -140,8 +160,9 @@ class CampaignData:
 
 
 def load_campaign_data(store: Store, campaign: Campaign) -> CampaignData:
-    """Four reads: the campaign's candidates, lineage edges, evaluations and confirmations."""
-    candidates = {candidate.id: candidate for candidate in store.candidates(campaign.id)}
+    """Four reads: the campaign's candidates (their fingerprints left for `CampaignData.fingerprints`),
+    lineage edges, evaluations and confirmations."""
+    candidates = {candidate.id: candidate for candidate in store.candidates(campaign.id, fingerprints=False)}
     parents: dict[int, list[LineageEdge]] = defaultdict(list)
     children: dict[int, list[LineageEdge]] = defaultdict(list)
     for edge in store.lineage(campaign.id):
@@ -151,7 +172,8 @@ def load_campaign_data(store: Store, campaign: Campaign) -> CampaignData:
     for evaluation in store.evaluations(campaign_id=campaign.id):
         evaluations[evaluation.candidate_id].append(evaluation)
     confirmations = {record.candidate_id: record for record in store.confirmations(campaign.id)}
-    return CampaignData(campaign, candidates, dict(parents), dict(children), dict(evaluations), confirmations)
+    return CampaignData(campaign, candidates, dict(parents), dict(children), dict(evaluations), confirmations,
+                        store)
 
 
 @dataclass(frozen=True)

@@ -283,7 +283,7 @@ def test_an_exported_module_is_itself_a_candidate(home, data, tmp_path):
     ok(lossearch("export", str(child), "--out", str(module), cwd=home))
     evaluated = json.loads(ok(lossearch("eval", str(module), "--tier", "sanity", "--json", cwd=tmp_path)))
     assert evaluated["status"] == "ok"
-    assert evaluated["metrics"]["sanity"]["fingerprint"] == pytest.approx(list(data.candidates[child].fingerprint))
+    assert evaluated["metrics"]["sanity"]["fingerprint"] == pytest.approx(list(data.fingerprint(child) or ()))
 
 
 def test_report_is_one_self_contained_html_file(home, data):

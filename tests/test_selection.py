@@ -46,3 +46,34 @@ def test_code_size_counts_code_not_docstrings():
         "beta: float = 0.1):\n", 'beta: float = 0.1):\n    """And more."""\n')
     assert code_size(documented) == code_size(code) > 5
     assert code_size(code + "\n\ndef unused():\n    return 1\n") > code_size(code)
+
+
+def test_a_campaigns_parents_come_from_its_islands_best_pool_size_candidates(tmp_path):
+    from lossearch.fingerprint import PRINT_SIZE
+    from lossearch.ranking import load_campaign_data, rank
+    from lossearch.search.campaign import CampaignRunner
+    from lossearch.search.config import CampaignConfig
+    from lossearch.search.selection import POOL_SIZE
+    from lossearch.store import Store
+
+    with Store(f"sqlite:///{tmp_path / 'campaign.db'}") as store:
+        campaign = store.create_campaign("pool", {"task": "sentiment"})
+        for index in range(POOL_SIZE + 40):
+            candidate = store.add_candidate(campaign.id, source=f"def loss(x):\n    return x * {index}\n",
+                                            name=f"loss_{index}", proposer="mutation", generation=1,
+                                            status="evaluated")
+            fitness = index / 100  # the later, the fitter
+            store.record_evaluation(candidate.id, tier="bandit", task="sentiment", seed=0, fitness=fitness,
+                                    seconds=0.1, metrics={"fitness": fitness})
+            shape = random.Random(index)  # a print of the right size, different for each candidate
+            print_ = [shape.uniform(-1.0, 1.0) for _ in range(PRINT_SIZE)]
+            store.update_candidate(candidate.id, tier="bandit", fitness=fitness, fingerprint=print_)
+        runner = CampaignRunner(CampaignConfig(name="pool", finetune=False, confirm=False), store,
+                                sandbox=None)  # type: ignore[arg-type]
+        runner.campaign_id = campaign.id
+        data = load_campaign_data(store, campaign)
+        ranked = rank(data).candidates
+        best = {candidate.id for candidate in ranked[:POOL_SIZE]}
+        drawn = {parent.id for seed in range(60)
+                 for parent in runner.choose_parents(data, ranked, 0, 1, random.Random(seed))}
+        assert drawn <= best and len(drawn) > 10  # from the pool only, and from across it

@@ -178,6 +178,20 @@ def test_exact_duplicates_are_found_by_hash_whatever_the_formatting(store):
     assert store.find_candidate_by_hash(campaign.id, duplicate.code_hash) == original
 
 
+def test_a_snapshot_leaves_fingerprints_in_the_store_and_reads_those_asked_for(store):
+    from lossearch.ranking import load_campaign_data
+
+    campaign = store.create_campaign("demo", {})
+    printed, bare = add(store, campaign.id, 0), add(store, campaign.id, 1)
+    store.update_candidate(printed.id, fingerprint=[0.5, -0.25, 1])
+    assert [c.fingerprint for c in store.candidates(campaign.id, fingerprints=False)] == [None, None]
+    assert store.fingerprints_of([printed.id, bare.id]) == {printed.id: (0.5, -0.25, 1.0), bare.id: None}
+    data = load_campaign_data(store, campaign)
+    assert data.candidates[printed.id].fingerprint is None  # not loaded with the snapshot
+    assert data.fingerprints([bare.id, printed.id]) == {bare.id: None, printed.id: (0.5, -0.25, 1.0)}
+    assert data.fingerprint(printed.id) == (0.5, -0.25, 1.0)
+
+
 def test_updating_a_candidate_touches_only_the_outcome_fields(store):
     campaign = store.create_campaign("demo", {})
     candidate = add(store, campaign.id, 0)

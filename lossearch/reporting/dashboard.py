@@ -129,8 +129,8 @@ class Snapshot:
         report["diffs"] = [{"parent": parent.id, "relation": edge.relation, "name": parent.name,
                             "diff": source_diff(parent.source, candidate.source, f"#{parent.id}", f"#{candidate.id}")}
                            for edge, parent in parents]
-        report["fingerprint_svg"] = (charts.fingerprint_heatmaps(candidate.fingerprint)
-                                     if candidate.fingerprint else None)
+        fingerprint = self.data.fingerprint(candidate.id)
+        report["fingerprint_svg"] = charts.fingerprint_heatmaps(fingerprint) if fingerprint else None
         return report
 
 

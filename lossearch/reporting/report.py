@@ -160,15 +160,16 @@ def fingerprints(data: CampaignData, board: Leaderboard, count: int) -> str:
         rows.append(baseline)
     parts = ['<p class="muted">Each heatmap is the descent push −∂L/∂ρ on one log-ratio over a grid of '
              '(ρc, ρr), ρc up, ρr right: red raises it, blue lowers it, white leaves it (scaled per map).</p>']
+    printed = data.fingerprints(row.id for row in rows)
     for row in rows:
-        candidate = data.candidates[row.id]
-        if not candidate.fingerprint:
+        candidate, fingerprint = data.candidates[row.id], printed[row.id]
+        if not fingerprint:
             continue
-        summary = summarize(candidate.fingerprint).describe()
+        summary = summarize(fingerprint).describe()
         parts.append(f'<div class="leader"><b>{_rank(row)} #{row.id} {escape(row.name)}</b> fitness '
                      f'{_num(row.fitness, row.fitness_std)} ({escape(row.tier or "-")})<br><span class="muted">'
                      f'{escape(summary)}</span><div class="plots">'
-                     f"{charts.fingerprint_heatmaps(candidate.fingerprint)}</div>"
+                     f"{charts.fingerprint_heatmaps(fingerprint)}</div>"
                      f"<details><summary>code</summary><pre>{escape(candidate.source)}</pre></details></div>")
     return "".join(parts)
 

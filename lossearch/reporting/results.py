@@ -311,7 +311,7 @@ def candidate_report(data: CampaignData, candidate: Candidate,
         score=score, verdict=verdict_of(data, candidate), confirmation=confirmation.record if confirmation else None,
         hyperparameters=_hyperparameters(candidate.source),
         evaluations=tuple(_evaluation_row(e) for e in data.evaluations.get(candidate.id, ()) if e.task != SANITY_TASK),
-        fingerprint_summary=summarize(candidate.fingerprint).to_dict() if candidate.fingerprint else None,
+        fingerprint_summary=summarize(printed).to_dict() if (printed := data.fingerprint(candidate.id)) else None,
         parents=tuple(_relative(data, edge.parent_id, edge.child_id, edge.parent_id, edge.relation)
                       for edge in data.parents.get(candidate.id, ())),
         children=tuple(_relative(data, edge.child_id, edge.child_id, edge.parent_id, edge.relation)

@@ -66,7 +66,7 @@ from lossearch.search.proposers import FailureView, ParentView, Proposal, Propos
 from lossearch.search.proposers.base import IdeaRecord
 from lossearch.search.proposers.syntax import code_size
 from lossearch.search.seeds import seed_paths
-from lossearch.search.selection import PoolMember, SelectionWeights, choose_parents, member_distance
+from lossearch.search.selection import POOL_SIZE, PoolMember, SelectionWeights, choose_parents, member_distance
 from lossearch.search.simplify import simplify_child
 from lossearch.store import BASELINE_SEED, SANITY_TASK, Candidate, Store
 from lossearch.store.locate import DEFAULT_RUNS_DIR, CampaignHandle, campaign_store
@@ -314,22 +314,24 @@ class CampaignRunner:
 
     def choose_parents(self, data: CampaignData, ranked: Sequence[Candidate], island: int, generation: int,
                        rng: random.Random) -> list[Candidate]:
-        """Two parents from the island's pool of ranked candidates (lossearch.search.selection), and its
-        stepping stones: children that are the same loss as a ranked one in other code (2 x DPO), which
+        """Two parents from the island's pool, its best POOL_SIZE ranked candidates (lossearch.search.selection),
+        and its stepping stones: children that are the same loss as a ranked one in other code (2 x DPO), which
         stand at their twin's place, since what an operator makes of them differs from what it makes of
         the twin; parsimony pressure weighs their extra size."""
-        pool = [candidate for candidate in ranked if candidate.island == island]
+        pool = [candidate for candidate in ranked if candidate.island == island][:POOL_SIZE]
         if generation % self.config.migrate_every == 0 and self.config.islands > 1:
             # migration: the best of the neighbouring island joins this island's pool
-            neighbour = [c for c in ranked if c.island == (island + 1) % self.config.islands][:1]
-            pool += [c for c in neighbour if c not in pool]
-        pool = pool or list(ranked)
+            neighbour = next((c for c in ranked if c.island == (island + 1) % self.config.islands), None)
+            pool += [neighbour] if neighbour is not None and neighbour not in pool else []
+        pool = pool or list(ranked[:POOL_SIZE])
         order = {candidate.id: len(ranked) - position for position, candidate in enumerate(ranked)}
+        in_pool = {candidate.id for candidate in pool}
         stones = [(c, twin) for c in data.candidates.values() if c.status == "duplicate" and c.island == island
-                  and (twin := twin_of(c)) in order]
+                  and (twin := twin_of(c)) in in_pool]
         pool += [c for c, _ in stones]
         order.update({c.id: order[twin] for c, twin in stones})
-        members = [PoolMember(c.id, float(order[c.id]), c.fingerprint, len(data.children.get(c.id, ())),
+        printed = data.fingerprints(c.id for c in pool)
+        members = [PoolMember(c.id, float(order[c.id]), printed[c.id], len(data.children.get(c.id, ())),
                               code_size(c.source)) for c in pool]
         chosen = choose_parents(members, 2, rng, SelectionWeights(), self.member_distance)
         by_id = {candidate.id: candidate for candidate in pool}
@@ -353,7 +355,8 @@ class CampaignRunner:
         views = []
         for candidate in candidates:
             score = data.score(candidate.id)
-            summary = summarize(candidate.fingerprint).describe() if candidate.fingerprint else ""
+            fingerprint = data.fingerprint(candidate.id)
+            summary = summarize(fingerprint).describe() if fingerprint else ""
             views.append(ParentView(candidate.id, candidate.name, candidate.source,
                                     score.fitness if score else None, dict(score.metrics) if score else {}, summary,
                                     score.tier if score else None, score.spread if score else None,

@@ -27,6 +27,13 @@ from scipy.stats import rankdata
 
 from lossearch.fingerprint import fingerprint_distances
 
+POOL_SIZE = 64
+"""Parents come from the island's best POOL_SIZE ranked candidates (an archive, as in ShinkaEvolve and
+MAP-Elites), not from all of them: the draw then means the same in a campaign of 200 candidates and one
+of 100,000 (over a whole island the rank term would hand most of the draw to the many middling ones),
+and a proposal's cost stops growing with the store (novelty distances over 10,000 fingerprints were
+most of a proposal's 58 s at 10,000 candidates, benchmarks/store_scale.py)."""
+
 
 @dataclass(frozen=True)
 class SelectionWeights:

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from lossearch.contract import source_hash
 from lossearch.failures import FAILURE_KINDS
@@ -145,9 +145,10 @@ def _as_campaign(row: CampaignModel) -> Campaign:
                     _aware(row.created_at), _aware(row.updated_at))
 
 
-def _as_candidate(row: CandidateModel) -> Candidate:
-    # stored as floats (update_candidate converts): a C-level tuple(), not a Python loop over 4,356 values
-    fingerprint = None if row.fingerprint is None else tuple(row.fingerprint)
+def _as_candidate(row: CandidateModel, fingerprint_loaded: bool = True) -> Candidate:
+    # stored as floats (update_candidate converts): a C-level tuple(), not a Python loop over 4,356 values;
+    # a row read without its fingerprint (Store.candidates(fingerprints=False)) gets None, not a lazy load
+    fingerprint = None if not fingerprint_loaded or row.fingerprint is None else tuple(row.fingerprint)
     return Candidate(
         id=row.id, campaign_id=row.campaign_id, name=row.name, source=row.source, code_hash=row.code_hash,
         idea=row.idea, proposer=row.proposer, model=row.model, generation=row.generation, island=row.island,
@@ -500,9 +501,13 @@ class Store:
         status: str | Collection[str] | None = None,
         generation: int | None = None,
         island: int | None = None,
+        fingerprints: bool = True,
     ) -> list[Candidate]:
-        """The campaign's candidates in the order they were added, optionally filtered."""
+        """The campaign's candidates in the order they were added, optionally filtered; without
+        `fingerprints`, every `fingerprint` is None (read them with `fingerprints_of`)."""
         query = sa.select(CandidateModel).where(CandidateModel.campaign_id == campaign_id)
+        if not fingerprints:
+            query = query.options(defer(CandidateModel.fingerprint))
         if status is not None:
             query = query.where(CandidateModel.status.in_([status] if isinstance(status, str) else list(status)))
         if generation is not None:
@@ -510,7 +515,19 @@ class Store:
         if island is not None:
             query = query.where(CandidateModel.island == island)
         with self._session_scope() as session:
-            return [_as_candidate(row) for row in session.scalars(query.order_by(CandidateModel.id))]
+            return [_as_candidate(row, fingerprints) for row in session.scalars(query.order_by(CandidateModel.id))]
+
+    def fingerprints_of(self, candidate_ids: Collection[int]) -> dict[int, tuple[float, ...] | None]:
+        """The fingerprints of the candidates `candidate_ids` (None for one without), by id."""
+        ids = sorted(set(candidate_ids))
+        found: dict[int, tuple[float, ...] | None] = {}
+        with self._session_scope() as session:
+            for start in range(0, len(ids), 500):  # under every backend's limit on bound parameters
+                query = sa.select(CandidateModel.id, CandidateModel.fingerprint).where(
+                    CandidateModel.id.in_(ids[start:start + 500]))
+                found.update((row.id, None if row.fingerprint is None else tuple(row.fingerprint))
+                             for row in session.execute(query))
+        return found
 
     def pending_candidates(self, campaign_id: int) -> list[Candidate]:
         """Candidates still to evaluate: `pending`, and `evaluating` ones a killed run left behind."""
