@@ -5,8 +5,11 @@ one bandit-tier evaluation with reward, KL and fitness drawn from a fixed random
 among the 200 candidates before it, 50 a generation, the first 41 seeds, and a fingerprint: one of
 eight seeds' real ones, from the sanity tier, scaled by a random factor), through the store's own
 API, as a campaign would write them. Then times, each once:
-  proposal    one proposal's bookkeeping in a campaign: the snapshot, the ranking, choosing two
-              parents (a fresh runner: no distance remembered yet) and the offline proposer's context
+  generation  what a generation's proposing starts with, once: the snapshot and the ranking
+  1st proposal  choosing two parents with a fresh runner (no fingerprint read, no distance remembered
+              yet) and the offline proposer's context, on that snapshot
+  proposal    each further proposal of the generation (the median of five, each after the child
+              before it joined the snapshot, as in a campaign): issue 16's per-proposal figure
   load        lossearch.ranking.load_campaign_data (every command starts with it)
   leaderboard lossearch.reporting.results.build_leaderboard on that snapshot
   report      lossearch report's whole file (and its size)
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,11 +38,12 @@ from lossearch.sandbox.local import Sandbox
 from lossearch.search.campaign import CampaignRunner
 from lossearch.search.config import CampaignConfig
 from lossearch.search.seeds import seed_path
-from lossearch.store import Store
+from lossearch.store import LineageEdge, Store
 from lossearch.store.locate import CampaignHandle
 
 SEEDS = 41
 PER_GENERATION = 50
+PROPOSALS = 6
 
 
 PRINTED_SEEDS = ("dpo", "ipo", "kto_pair", "simpo", "slic", "hinge", "robust", "sppo_hard")
@@ -96,18 +101,30 @@ def measure(store: Store, folder: Path, size: int) -> dict[str, float]:
     runner.campaign_id = campaign.id
     now = runner.snapshot()
     ranked = rank(now).candidates
-    runner.choose_parents(now, ranked, 0, 1 + size // PER_GENERATION, random.Random(0))
-    runner.proposal_context(now, ranked)
-    figures["proposal s"] = time.perf_counter() - start
+    figures["generation s"] = time.perf_counter() - start
     start = time.perf_counter()  # a new child against every stored one, as the sanity tier's duplicate check does
     newest = max(now.candidates)
-    runner.fingerprint_twin(newest + 1, [value * 0.9 + 1e-3 for value in now.candidates[newest].fingerprint or ()])
+    runner.fingerprint_twin(newest + 1, [value * 0.9 + 1e-3 for value in now.fingerprint(newest) or ()])
     figures["duplicate check s"] = time.perf_counter() - start
     start = time.perf_counter()
     snapshot = Dashboard(store, campaign).snapshot()
     snapshot.state()
     snapshot.charts()
     figures["dashboard s"] = time.perf_counter() - start
+    generation = 1 + size // PER_GENERATION
+    seconds = []
+    for index in range(PROPOSALS):
+        start = time.perf_counter()
+        parents = runner.choose_parents(now, ranked, 0, generation, random.Random(index))
+        runner.proposal_context(now, ranked)
+        seconds.append(time.perf_counter() - start)
+        # the child of the first parent joins the generation's snapshot, as CampaignRunner.store_proposal does
+        child = store.add_candidate(campaign.id, source=f"{parents[0].source}\n# child {index}\n",
+                                    name=f"child_{index}", proposer="mutation", model="blend",
+                                    generation=generation, parents=[(parents[0].id, "mutation")])
+        now.add_pending(child, [LineageEdge(child.id, parents[0].id, "mutation")])
+    figures["1st proposal s"] = seconds[0]
+    figures["proposal s"] = statistics.median(seconds[1:])
     return figures
 
 

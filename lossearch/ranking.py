@@ -31,6 +31,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from lossearch.choices import TIER_ORDER
 from lossearch.store import BASELINE_SEED, Campaign, Candidate, Confirmation, Evaluation, LineageEdge, Store
@@ -108,6 +109,10 @@ def score_of(evaluations: Sequence[Evaluation], task: str, tier: str | None = No
     return Score(task, tier, statistics.fmean(fitnesses), spread, len(counted), metrics)
 
 
+UNCHANGED_BY_PENDING = ("failed", "duplicates", "operator_stats")
+"""The `CampaignData.memo` entries a pending child leaves as they are (the operators' counts it bumps)."""
+
+
 @dataclass(frozen=True)
 class CampaignData:
     """A snapshot of one campaign: candidates, lineage and evaluations, indexed."""
@@ -139,6 +144,32 @@ class CampaignData:
 
     def fingerprint(self, candidate_id: int) -> tuple[float, ...] | None:
         return self.fingerprints([candidate_id])[candidate_id]
+
+    _memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """`compute()`, once per snapshot (until `add_pending`): for what a campaign asks of every proposal."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def add_pending(self, candidate: Candidate, edges: Sequence[LineageEdge]) -> None:
+        """Take in a child stored while a generation is being proposed, so the next proposal of the
+        generation reuses this snapshot and its ranking instead of reloading the store: a pending child
+        ranks nowhere and has failed nothing, so only the lineage and the operators' counts change."""
+        self.candidates[candidate.id] = candidate
+        for edge in edges:
+            self.parents.setdefault(edge.child_id, []).append(edge)
+            self.children.setdefault(edge.parent_id, []).append(edge)
+        kept = {key: value for key, value in self._memo.items() if key in UNCHANGED_BY_PENDING}
+        self._memo.clear()
+        self._memo.update(kept)
+        operators = kept.get("operator_stats")
+        if operators is not None and candidate.proposer == "mutation" and candidate.model:
+            arm = candidate.model
+            known = operators.get(arm)
+            operators[arm] = OperatorStats(arm, 1, 0, 0, 0, 0.0) if known is None else \
+                replace(known, children=known.children + 1)
 
     @property
     def task(self) -> str:
@@ -302,7 +333,8 @@ class OperatorStats:
 def operator_stats(data: CampaignData) -> dict[str, OperatorStats]:
     """Per mutation operator (the `model` the offline proposer records): its children and how many
     improved on their parents at the bandit tier, the tier every child reaches."""
-    return child_record(data, lambda c: c.model if c.proposer == "mutation" else None)
+    return data.memo("operator_stats", lambda: child_record(data, lambda c: c.model if c.proposer == "mutation"
+                                                            else None))
 
 
 def instruction_stats(data: CampaignData) -> dict[str, OperatorStats]:

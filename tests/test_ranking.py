@@ -259,3 +259,46 @@ def test_tier_agreement_compares_the_two_rankings():
     assert agreement.pairs == 4 and agreement.random_picks == 1 and agreement.random_picks_above_rule == 1
     assert agreement.kendall_tau == pytest.approx(1 / 3)  # 4 of 6 pairs concordant, 2 (those with 4) not
     assert "Kendall tau" in agreement.describe()
+
+
+def test_a_child_taken_into_a_snapshot_leaves_it_as_a_fresh_load_would_be(tmp_path):
+    """A generation's proposals share one snapshot (CampaignRunner.propose_generation): each stored child
+    joins it through add_pending, and what the next proposal reads of it (children counts, the operators'
+    record, failures, stepping stones) must be what reloading the store would give."""
+    from lossearch.ranking import operator_stats
+    from lossearch.store import LineageEdge
+
+    with Store(f"sqlite:///{tmp_path / 'campaign.db'}") as store:
+        campaign = store.create_campaign("pending", {"task": "sentiment"})
+        seed = store.add_candidate(campaign.id, source="def loss(x):\n    return x\n", name="seed", proposer="seed",
+                                   generation=0, status="evaluated")
+        store.record_evaluation(seed.id, tier="bandit", task="sentiment", seed=0, fitness=0.2, seconds=0.1,
+                                metrics={"fitness": 0.2})
+        scored = store.add_candidate(campaign.id, source="def loss(x):\n    return 2 * x\n", name="scored",
+                                     proposer="mutation", model="blend", generation=1, status="evaluated",
+                                     parents=[(seed.id, "mutation")])
+        store.record_evaluation(scored.id, tier="bandit", task="sentiment", seed=0, fitness=0.3, seconds=0.1,
+                                metrics={"fitness": 0.3})
+        failed = store.add_candidate(campaign.id, source="def loss(x):\n    return 3 * x\n", name="failed",
+                                     proposer="mutation", model="swap_function", generation=1,
+                                     parents=[(seed.id, "mutation")])
+        store.update_candidate(failed.id, status="failed", failure_kind="nan", failure_message="nan")
+        runner = CampaignRunner(CampaignConfig(name="pending", finetune=False, confirm=False), store,
+                                sandbox=None)  # type: ignore[arg-type]
+        runner.campaign_id = campaign.id
+        shared = load_campaign_data(store, campaign)
+        before = (operator_stats(shared), runner.recent_failures(shared))  # memoized, as by a first proposal
+        assert before[0]["blend"].children == 1 and [f.name for f in before[1]] == ["failed"]
+        for model in ("blend", "cross_terms"):
+            child = store.add_candidate(campaign.id, source=f"def loss(x):\n    return x + {len(model)}\n",
+                                        name=f"child_{model}", proposer="mutation", model=model, generation=2,
+                                        parents=[(scored.id, "mutation")])
+            shared.add_pending(child, [LineageEdge(child.id, scored.id, "mutation")])
+        fresh = load_campaign_data(store, campaign)
+        assert operator_stats(shared) == operator_stats(fresh)
+        assert operator_stats(shared)["cross_terms"].children == 1 and operator_stats(shared)["blend"].children == 2
+        assert runner.recent_failures(shared) == runner.recent_failures(fresh)
+        assert {i: len(edges) for i, edges in shared.children.items()} == \
+            {i: len(edges) for i, edges in fresh.children.items()}
+        assert set(shared.candidates) == set(fresh.candidates)
+        assert [c.id for c in rank(shared).candidates] == [c.id for c in rank(fresh).candidates]

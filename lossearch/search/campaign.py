@@ -21,6 +21,7 @@ step that was cut short. Nothing is lost and no evaluation is recorded twice.
 
 from __future__ import annotations
 
+import itertools
 import math
 import queue
 import random
@@ -68,7 +69,7 @@ from lossearch.search.proposers.syntax import code_size
 from lossearch.search.seeds import seed_paths
 from lossearch.search.selection import POOL_SIZE, PoolMember, SelectionWeights, choose_parents, member_distance
 from lossearch.search.simplify import simplify_child
-from lossearch.store import BASELINE_SEED, SANITY_TASK, Candidate, Store
+from lossearch.store import BASELINE_SEED, SANITY_TASK, Candidate, LineageEdge, Store
 from lossearch.store.locate import DEFAULT_RUNS_DIR, CampaignHandle, campaign_store
 
 
@@ -216,6 +217,8 @@ class CampaignRunner:
         rng = random.Random(self.config.seed * 100_003 + generation)
         self.write_notes(generation, rng)
         attempts = 0
+        data: CampaignData | None = None
+        ranked: list[Candidate] = []
         while len(self.store.candidates(self.campaign_id, generation=generation)) < self.config.population:
             attempts += 1
             if attempts > 5 * self.config.population:
@@ -223,15 +226,16 @@ class CampaignRunner:
                 return
             self.check_limits()
             island = len(self.store.candidates(self.campaign_id, generation=generation)) % self.config.islands
-            data = self.snapshot()
-            ranked = rank(data).candidates
+            if data is None:  # one snapshot and ranking for the generation's proposals: nothing is evaluated
+                data = self.snapshot()  # while they are made, and each stored child joins it (add_pending)
+                ranked = rank(data).candidates
             parents = self.choose_parents(data, ranked, island, generation, rng)
             context = self.proposal_context(data, ranked)
             assert self.proposer is not None  # a campaign without one (`none`) proposes nothing
             proposals = self.proposer.propose(self.parent_views(data, parents), context, rng)
             self.record_llm_usage()
             for proposal in proposals:
-                self.store_proposal(proposal, generation, island)
+                self.store_proposal(proposal, generation, island, data)
 
     def propose_concurrently(self, generation: int) -> None:
         """`propose_generation` with up to `llm_concurrency` requests in flight, each slot's parents and
@@ -273,7 +277,10 @@ class CampaignRunner:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C or a failure does not wait for the model
 
-    def store_proposal(self, proposal: Proposal, generation: int, island: int) -> None:
+    def store_proposal(self, proposal: Proposal, generation: int, island: int,
+                       data: CampaignData | None = None) -> None:
+        """Store a child before anything happens to it (an exact copy of stored code is refused); `data`,
+        the snapshot its generation proposes from, takes it in."""
         if len(self.store.candidates(self.campaign_id, generation=generation)) >= self.config.population:
             return
         if self.config.simplify:
@@ -290,10 +297,12 @@ class CampaignRunner:
             del self.refused[5:]
             return
         relations = [(parent_id, proposal.relation) for parent_id in proposal.parent_ids]
-        self.store.add_candidate(self.campaign_id, source=proposal.source, name=proposal.name, idea=proposal.idea,
-                                 proposer=proposal.proposer, model=proposal.model, generation=generation,
-                                 island=island, parents=relations, instruction=proposal.instruction,
-                                 temperature=proposal.temperature)
+        child = self.store.add_candidate(self.campaign_id, source=proposal.source, name=proposal.name,
+                                         idea=proposal.idea, proposer=proposal.proposer, model=proposal.model,
+                                         generation=generation, island=island, parents=relations,
+                                         instruction=proposal.instruction, temperature=proposal.temperature)
+        if data is not None:
+            data.add_pending(child, [LineageEdge(child.id, parent_id, relation) for parent_id, relation in relations])
         self.stats.proposed += 1
         self.on_update(self.stats)
 
@@ -318,16 +327,19 @@ class CampaignRunner:
         and its stepping stones: children that are the same loss as a ranked one in other code (2 x DPO), which
         stand at their twin's place, since what an operator makes of them differs from what it makes of
         the twin; parsimony pressure weighs their extra size."""
-        pool = [candidate for candidate in ranked if candidate.island == island][:POOL_SIZE]
+        # places in the ranking (best: len(ranked)), of the pool's members only: a scan that stops at the pool
+        places = ((len(ranked) - position, candidate) for position, candidate in enumerate(ranked))
+        pool_places = list(itertools.islice(((place, c) for place, c in places if c.island == island), POOL_SIZE))
         if generation % self.config.migrate_every == 0 and self.config.islands > 1:
             # migration: the best of the neighbouring island joins this island's pool
-            neighbour = next((c for c in ranked if c.island == (island + 1) % self.config.islands), None)
-            pool += [neighbour] if neighbour is not None and neighbour not in pool else []
-        pool = pool or list(ranked[:POOL_SIZE])
-        order = {candidate.id: len(ranked) - position for position, candidate in enumerate(ranked)}
-        in_pool = {candidate.id for candidate in pool}
-        stones = [(c, twin) for c in data.candidates.values() if c.status == "duplicate" and c.island == island
-                  and (twin := twin_of(c)) in in_pool]
+            neighbour = next(((len(ranked) - position, c) for position, c in enumerate(ranked)
+                              if c.island == (island + 1) % self.config.islands), None)
+            pool_places += [neighbour] if neighbour is not None and neighbour not in pool_places else []
+        pool_places = pool_places or [(len(ranked) - position, c) for position, c in enumerate(ranked[:POOL_SIZE])]
+        pool = [candidate for _, candidate in pool_places]
+        order = {candidate.id: place for place, candidate in pool_places}
+        duplicates = data.memo("duplicates", lambda: [c for c in data.candidates.values() if c.status == "duplicate"])
+        stones = [(c, twin) for c in duplicates if c.island == island and (twin := twin_of(c)) in order]
         pool += [c for c, _ in stones]
         order.update({c.id: order[twin] for c, twin in stones})
         printed = data.fingerprints(c.id for c in pool)
@@ -405,7 +417,7 @@ class CampaignRunner:
 
     def recent_failures(self, data: CampaignData, count: int = 5) -> list[FailureView]:
         """The proposals refused as exact copies, then the candidates that failed a tier, newest first."""
-        failed = [c for c in data.candidates.values() if c.failure_kind][::-1]
+        failed = data.memo("failed", lambda: [c for c in data.candidates.values() if c.failure_kind][::-1])
         stored = [FailureView(c.name, c.failure_kind or "", c.failure_message or "") for c in failed]
         return (self.refused + stored)[:count]
 
