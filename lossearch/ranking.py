@@ -126,7 +126,9 @@ class CampaignData:
     """The confirmation stage's verdicts, by candidate id (lossearch.search.confirm)."""
     store: Store | None = field(default=None, compare=False, repr=False)
     """Where `fingerprints` reads what the snapshot left out."""
-    _fingerprints: dict[int, tuple[float, ...] | None] = field(default_factory=dict, compare=False, repr=False)
+    # caches of this snapshot (init=False: a dataclasses.replace copy starts its own)
+    _fingerprints: dict[int, tuple[float, ...] | None] = field(default_factory=dict, init=False, compare=False,
+                                                               repr=False)
 
     def fingerprints(self, candidate_ids: Iterable[int]) -> dict[int, tuple[float, ...] | None]:
         """The fingerprints of `candidate_ids`, by id. A snapshot leaves them in the store (4,356 floats
@@ -145,7 +147,7 @@ class CampaignData:
     def fingerprint(self, candidate_id: int) -> tuple[float, ...] | None:
         return self.fingerprints([candidate_id])[candidate_id]
 
-    _memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
         """`compute()`, once per snapshot (until `add_pending`): for what a campaign asks of every proposal."""
