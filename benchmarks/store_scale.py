@@ -142,11 +142,11 @@ def main() -> None:
             built = time.perf_counter() - start
             rows.append((size, built, measure(store, args.folder, size)))
     first = rows[0][2]
-    print(f"{'candidates':>10} {'build s':>8} " + " ".join(f"{name:>13}" for name in first) + "   (x: ratio to "
+    print(f"{'candidates':>10} {'build s':>8} " + " ".join(f"{name:>14}" for name in first) + "   (x: ratio to "
           f"{rows[0][0]} candidates)")
     for size, built, figures in rows:
         print(f"{size:>10} {built:>8.1f} " + " ".join(
-            f"{value:>6.2f} x{value / first[name]:>5.1f}" if first[name] else f"{value:>13.2f}"
+            f"{value:>7.3g} x{value / first[name]:>5.1f}" if first[name] else f"{value:>14.3g}"
             for name, value in figures.items()))
 
 

@@ -109,7 +109,7 @@ def score_of(evaluations: Sequence[Evaluation], task: str, tier: str | None = No
     return Score(task, tier, statistics.fmean(fitnesses), spread, len(counted), metrics)
 
 
-UNCHANGED_BY_PENDING = ("failed", "duplicates", "operator_stats")
+UNCHANGED_BY_PENDING = ("failed", "duplicates", "operator_stats", "summaries")
 """The `CampaignData.memo` entries a pending child leaves as they are (the operators' counts it bumps)."""
 
 

@@ -367,8 +367,11 @@ class CampaignRunner:
         views = []
         for candidate in candidates:
             score = data.score(candidate.id)
-            fingerprint = data.fingerprint(candidate.id)
-            summary = summarize(fingerprint).describe() if fingerprint else ""
+            summaries = data.memo("summaries", dict)  # the leaders' summaries, asked again by every proposal
+            if candidate.id not in summaries:
+                fingerprint = data.fingerprint(candidate.id)
+                summaries[candidate.id] = summarize(fingerprint).describe() if fingerprint else ""
+            summary = summaries[candidate.id]
             views.append(ParentView(candidate.id, candidate.name, candidate.source,
                                     score.fitness if score else None, dict(score.metrics) if score else {}, summary,
                                     score.tier if score else None, score.spread if score else None,
