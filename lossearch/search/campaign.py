@@ -554,10 +554,14 @@ class CampaignRunner:
     def fingerprint_twin(self, candidate_id: int, fingerprint: Sequence[float]) -> Candidate | None:
         """An earlier candidate that is the same loss in other words, if any, its beta rescaling included
         (`same_loss`); candidates stored before fingerprints held rescalings compare by the plain distance."""
-        earlier = [other for other in self.store.candidates(self.campaign_id) if other.id < candidate_id
-                   and other.fingerprint and other.status not in ("duplicate", "rejected")]
-        distances = fingerprint_distances(fingerprint, [other.fingerprint or () for other in earlier])  # one pass
-        return next((other for other, distance in zip(earlier, distances) if distance < SAME_LOSS_DISTANCE), None)
+        for batch in self.store.fingerprint_batches(self.campaign_id, below=candidate_id,
+                                                    leave_out=("duplicate", "rejected")):
+            distances = fingerprint_distances(fingerprint, [values for _, values in batch])  # one pass a batch
+            twin = next((other for (other, _), distance in zip(batch, distances) if distance < SAME_LOSS_DISTANCE),
+                        None)
+            if twin is not None:  # the earliest twin, as before: batches come in id order
+                return self.store.get_candidate(twin)
+        return None
 
     # -- promoting to finetune -------------------------------------------------------------
     def promoted(self, generation: int) -> list[tuple[Candidate, str]]:
