@@ -112,7 +112,7 @@ def measure(store: Store, folder: Path, size: int) -> dict[str, float]:
     ranked = rank(now).candidates
     figures["generation s"] = time.perf_counter() - start
     start = time.perf_counter()  # a new child against every stored one, as the sanity tier's duplicate check does
-    newest = max(now.candidates)
+    newest = max(c.id for c in now.candidates.values() if c.status == "evaluated")  # a built one: it has a print
     runner.fingerprint_twin(newest + 1, [value * 0.9 + 1e-3 for value in now.fingerprint(newest) or ()])
     figures["duplicate check s"] = time.perf_counter() - start
     start = time.perf_counter()
