@@ -216,8 +216,6 @@ _WARMED_UP: set[str] = set()  # the architectures warm_up_model has run, in this
 
 
 def _warm_up(config: dict) -> None:
-    from lossearch.evaluation.tasks.llama import supports
-
     model = make_model(config)
     ids = torch.ones(2, 4, dtype=torch.long)
     batch = Sequences(ids, torch.ones_like(ids, dtype=torch.bool), torch.ones_like(ids, dtype=torch.bool))
@@ -229,12 +227,3 @@ def _warm_up(config: dict) -> None:
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     sample_responses(model.eval(), ids, batch.attention, 2, eos_id=0, pad_id=0, generator=torch.Generator())
-    if supports(config):  # and the stacked runs' paths (lossearch.evaluation.finetune.stacked)
-        from lossearch.evaluation.finetune.stacked import clip_grad_norm_per_run
-        from lossearch.evaluation.tasks.llama import stack_runs
-
-        stack_runs(model, 2)
-        for precision in ("fp32", "bf16") if native_bf16_cpu() else ("fp32",):
-            with arithmetic(torch.device("cpu"), precision):
-                sequence_logps(model, batch).sum().backward()
-        clip_grad_norm_per_run(model.parameters(), 2, 1.0)
