@@ -23,7 +23,13 @@ import torch
 
 from lossearch.contract import LossFn, backpropagate, loss_input_gradients
 from lossearch.evaluation.finetune.config import RunConfig
-from lossearch.evaluation.finetune.train import AdamW, learning_rate_scale, sequence_outputs
+from lossearch.evaluation.finetune.train import (
+    AdamW,
+    checked_grads,
+    fixed_inputs,
+    learning_rate_scale,
+    sequence_outputs,
+)
 from lossearch.evaluation.tasks.data import PairSet
 from lossearch.evaluation.tasks.llama import CompactLlama, stack_runs
 from lossearch.evaluation.tasks.lm import Sequences, concat_sequences
@@ -90,26 +96,14 @@ def stacked_step(policy, reference, optimizer: AdamW, loss_fn: LossFn, pairs: Pa
     for r, (run, index) in enumerate(zip(runs, indexes)):
         if run.failure is not None:
             continue
-        chosen, rejected = pairs.chosen.rows(index), pairs.rejected.rows(index)
-        fixed = {"reference_chosen_logps": pairs.reference_chosen_logps[index],
-                 "reference_rejected_logps": pairs.reference_rejected_logps[index],
-                 "chosen_lengths": chosen.response_lengths(), "rejected_lengths": rejected.response_lengths()}
         try:
             loss, all_grads = loss_input_gradients(loss_fn, {name: value[r] for name, value in outputs.items()},
-                                                   {name: value.to(device) for name, value in fixed.items()},
-                                                   run.config.beta)
+                                                   fixed_inputs(pairs, index, device), run.config.beta)
+            grads = checked_grads(all_grads, run.config.beta)
         except CandidateError as error:  # non-finite values end this run only; any other failure ends all,
             if error.failure.kind != "nan":  # as it ends the evaluation of runs one after another
                 raise
             run.failure = error
-            continue
-        grads = {name: grad for name, grad in all_grads.items() if grad is not None}
-        if not grads:
-            raise CandidateError("no_grad", "the loss's gradients with respect to the policy log-probs are all "
-                                            "missing")
-        if not all(bool(torch.isfinite(grad).all()) for grad in grads.values()):
-            run.failure = CandidateError("nan", f"the loss's gradients were not finite during training at "
-                                                f"beta={run.config.beta:g}")
             continue
         for name, grad in grads.items():
             input_grads[name][r] = grad

@@ -120,8 +120,8 @@ def train_many_in_sandbox(sandbox: SandboxLike, spec: LossSpec, task: TaskData, 
 def stacks_runs(task: TaskData, options: FinetuneOptions, device: str, precision: str) -> bool:
     """Whether independent runs train as one stacked pass (lossearch.evaluation.finetune.stacked):
     only where it measured faster than the runs one after another (benchmarks/multi_run.py). On a
-    2-core EPYC with bf16 instructions, 12 runs of 20 steps took 0.71x the sequential time in bf16,
-    and 1.02x in fp32, where the step is bound by matrix-product arithmetic that stacking cannot
+    2-core EPYC with bf16 instructions, 10-12 runs of 40 steps took 0.80x the sequential time in bf16,
+    and 0.94-0.99x in fp32 (1.06x at 30 runs), where the step is bound by matrix-product arithmetic that stacking cannot
     reduce: so not on a CPU in fp32. On CUDA the small model's step is bound by kernel launches,
     which stacking divides among the runs (benchmarks/gpu_check.sh measures it where a GPU is)."""
     from lossearch.evaluation.tasks.llama import supports

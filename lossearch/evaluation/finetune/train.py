@@ -43,10 +43,26 @@ def policy_inputs(policy, reference, pairs: PairSet, index: torch.Tensor, uses_k
     both = concat_sequences(chosen, rejected).to(device)  # (2B, T)
     outputs = {name: value[0] for name, value in sequence_outputs(policy, reference, both, uses_kl, precision,
                                                                   runs=1).items()}
+    return outputs, fixed_inputs(pairs, index, device)
+
+
+def fixed_inputs(pairs: PairSet, index: torch.Tensor, device) -> dict[str, torch.Tensor]:
+    """The contract inputs of the pairs `index` that do not depend on the policy."""
     fixed = {"reference_chosen_logps": pairs.reference_chosen_logps[index],
              "reference_rejected_logps": pairs.reference_rejected_logps[index],
-             "chosen_lengths": chosen.response_lengths(), "rejected_lengths": rejected.response_lengths()}
-    return outputs, {name: value.to(device) for name, value in fixed.items()}
+             "chosen_lengths": pairs.chosen.rows(index).response_lengths(),
+             "rejected_lengths": pairs.rejected.rows(index).response_lengths()}
+    return {name: value.to(device) for name, value in fixed.items()}
+
+
+def checked_grads(all_grads: dict, beta: float) -> dict[str, torch.Tensor]:
+    """The loss's input gradients that exist; `no_grad` when none does, `nan` when one is not finite."""
+    grads = {name: grad for name, grad in all_grads.items() if grad is not None}
+    if not grads:
+        raise CandidateError("no_grad", "the loss's gradients with respect to the policy log-probs are all missing")
+    if not all(bool(torch.isfinite(grad).all()) for grad in grads.values()):
+        raise CandidateError("nan", f"the loss's gradients were not finite during training at beta={beta:g}")
+    return grads
 
 
 def sequence_outputs(policy, reference, both: Sequences, uses_kl: bool, precision: str,
@@ -76,11 +92,7 @@ def training_step(policy, reference, optimizer, loss_fn: LossFn, pairs: PairSet,
     """One AdamW step of the policy on the pairs `index`; returns the batch's mean loss."""
     outputs, fixed = policy_inputs(policy, reference, pairs, index, uses_kl, precision)
     loss, all_grads = loss_input_gradients(loss_fn, outputs, fixed, beta)
-    grads = {name: grad for name, grad in all_grads.items() if grad is not None}
-    if not grads:
-        raise CandidateError("no_grad", "the loss's gradients with respect to the policy log-probs are all missing")
-    if not all(bool(torch.isfinite(grad).all()) for grad in grads.values()):
-        raise CandidateError("nan", f"the loss's gradients were not finite during training at beta={beta:g}")
+    grads = checked_grads(all_grads, beta)
     optimizer.zero_grad()
     # chain rule by hand: d loss / d theta = sum over inputs of (d loss / d input) * (d input / d theta)
     backpropagate([outputs[name] for name in grads], list(grads.values()))
