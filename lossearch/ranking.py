@@ -35,6 +35,7 @@ from typing import Any
 
 from lossearch.choices import TIER_ORDER
 from lossearch.store import BASELINE_SEED, Campaign, Candidate, Confirmation, Evaluation, LineageEdge, Store
+from lossearch.store.values import finite_number, fitness_summary
 
 RANKED_STATUS = "evaluated"
 """The one candidate status that ranks: it passed every tier it was sent to."""
@@ -64,11 +65,20 @@ class Score:
 def pooled_spread(scores: Iterable[Score]) -> dict[tuple[str, str], float]:
     """Per (task, tier): the median over the candidates evaluated on two or more seeds of their
     standard deviation across those evaluations (the campaign's typical noise of one loss)."""
-    spreads: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for score in scores:
-        if score.seeds >= 2 and score.spread is not None:
-            spreads[(score.task, score.tier)].append(score.spread)
-    return {key: statistics.median(values) for key, values in spreads.items()}
+    return medians(((score.task, score.tier), score.spread) for score in scores
+                   if score.seeds >= POOLED_FROM_SEEDS and score.spread is not None)
+
+
+POOLED_FROM_SEEDS = 2
+"""Evaluations from which a candidate's spread counts towards its campaign's pooled spread."""
+
+
+def medians(pairs: Iterable[tuple[Any, float]]) -> dict[Any, float]:
+    """The median of the values of each key."""
+    values: dict[Any, list[float]] = defaultdict(list)
+    for key, value in pairs:
+        values[key].append(value)
+    return {key: statistics.median(members) for key, members in values.items()}
 
 
 def bound_of(score: Score) -> float:
@@ -87,9 +97,10 @@ def mean_metrics(evaluations: Iterable[Evaluation]) -> dict[str, float]:
     not finite there) is left out of that one's count, not counted as zero."""
     values: dict[str, list[float]] = defaultdict(list)
     for evaluation in evaluations:
-        for key, value in evaluation.metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                values[key].append(float(value))
+        for key in evaluation.metrics:
+            value = finite_number(evaluation.metrics, key)
+            if value is not None:
+                values[key].append(value)
     return {key: statistics.fmean(numbers) for key, numbers in values.items()}
 
 
@@ -105,8 +116,8 @@ def score_of(evaluations: Sequence[Evaluation], task: str, tier: str | None = No
         return None
     fitnesses = [float(e.fitness) for e in counted if e.fitness is not None]
     metrics = mean_metrics(counted)
-    spread = statistics.stdev(fitnesses) if len(fitnesses) >= 2 else metrics.get("fitness_std")
-    return Score(task, tier, statistics.fmean(fitnesses), spread, len(counted), metrics)
+    fitness, spread = fitness_summary(fitnesses, metrics.get("fitness_std"))
+    return Score(task, tier, fitness, spread, len(counted), metrics)
 
 
 UNCHANGED_BY_PENDING = ("failed", "duplicates", "operator_stats", "summaries")
@@ -238,6 +249,40 @@ def rank(data: CampaignData, task: str | None = None, tier: str | None = None,
     ranked.sort(key=lambda pair: (-TIER_ORDER.get(pair[1].tier, -1), -bound_of(pair[1]), pair[0].id))
     ranked_ids = {candidate.id for candidate, _ in ranked}
     return Ranking(tuple(ranked), tuple((c, s) for c, s in scored if c.id not in ranked_ids))
+
+
+def rank_top(store: Store, campaign: Campaign, limit: int, task: str | None = None
+             ) -> tuple[CampaignData, Ranking, int]:
+    """The best `limit` candidates by `rank`'s rule, found through the scores the store keeps as
+    evaluations are recorded: one ordered query instead of a snapshot of the whole campaign (the
+    leaderboard's first page at 100,000 candidates: benchmarks/store_scale.py). Returns a snapshot of
+    those candidates alone (with the baseline and the campaign's confirmations), their `Ranking`
+    (nothing unranked), and how many candidates rank in all."""
+    task = task or str(campaign.config.get("task") or DEFAULT_TASK)
+    tiers = sorted(TIER_ORDER, key=TIER_ORDER.__getitem__)
+    total, spreads = store.scored_spreads(campaign.id, task, tiers=tiers, status=RANKED_STATUS,
+                                          seeds=POOLED_FROM_SEEDS)
+    pooled = medians(spreads)
+    ids = store.best_scored(campaign.id, task, tiers=tiers, status=RANKED_STATUS, pooled=pooled,
+                            own_spread_seeds=OWN_SPREAD_SEEDS, limit=limit)
+    baseline = [c for c in store.candidates(campaign.id, name=BASELINE_SEED, fingerprints=False)
+                if c.proposer == "seed"][:1]
+    found = {c.id: c for c in store.candidates(campaign.id, ids=ids, fingerprints=False) + baseline}
+    parents: dict[int, list[LineageEdge]] = defaultdict(list)
+    for edge in store.parents_of(ids):
+        parents[edge.child_id].append(edge)
+    evaluations: dict[int, list[Evaluation]] = defaultdict(list)
+    for evaluation in store.evaluations(candidate_ids=list(found)):
+        evaluations[evaluation.candidate_id].append(evaluation)
+    confirmations = {record.candidate_id: record for record in store.confirmations(campaign.id)}
+    data = CampaignData(campaign, found, dict(parents), {}, dict(evaluations), confirmations, store)
+    keyed = {(task, tier): spread for tier, spread in pooled.items()}
+    ranked = []
+    for candidate_id in ids:
+        score = data.score(candidate_id, task)
+        if score is not None and candidate_id in found:  # else changed between the reads: left out
+            ranked.append((found[candidate_id], replace(score, bound=lower_bound(score, keyed))))
+    return data, Ranking(tuple(ranked), ()), total
 
 
 @dataclass(frozen=True)

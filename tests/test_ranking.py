@@ -302,3 +302,85 @@ def test_a_child_taken_into_a_snapshot_leaves_it_as_a_fresh_load_would_be(tmp_pa
             {i: len(edges) for i, edges in fresh.children.items()}
         assert set(shared.candidates) == set(fresh.candidates)
         assert [c.id for c in rank(shared).candidates] == [c.id for c in rank(fresh).candidates]
+
+
+def random_store(url: str, seed: int) -> tuple[Store, int]:
+    """A store whose ranking is hard to get right: candidates of every status, bandit scores for most,
+    finetune scores for some on one to four seeds (with and without `fitness_std`), evaluations with no
+    fitness, the confirmation stage's tier, another task, and tied fitnesses that only ids order."""
+    draw = random.Random(seed)
+    store = Store(url)
+    campaign = store.create_campaign("r", {"task": "sentiment"})
+    statuses = ["evaluated"] * 6 + ["failed", "duplicate", "rejected", "pending"]
+    for index in range(120):
+        candidate = store.add_candidate(campaign.id, source=f"# {index}", name="dpo" if index == 0 else f"c{index}",
+                                        proposer="seed" if index < 10 else "mutation", generation=int(index >= 10),
+                                        status="evaluated" if index == 0 else draw.choice(statuses))
+        tied = draw.random() < 0.2
+        if draw.random() < 0.9:
+            fitness = 0.25 if tied else round(draw.gauss(0.3, 0.05), 3)
+            store.record_evaluation(candidate.id, tier="bandit", task="sentiment", seed=0, seconds=1.0,
+                                    fitness=fitness if draw.random() < 0.95 else None, metrics={"reward": fitness})
+        if index == 0 or draw.random() < 0.4:  # DPO always: the page's deltas are read from its score
+            for run in range(draw.choice([1, 1, 2, 3, 4])):
+                fitness = 0.4 if tied else draw.choice([round(draw.gauss(0.35, 0.08), 3), -1.0])
+                metrics = {"reward": fitness, "kl": 1.0} | ({"fitness_std": 0.05} if draw.random() < 0.5 else {})
+                store.record_evaluation(candidate.id, tier="finetune", task="sentiment", seed=run, seconds=1.0,
+                                        metrics=metrics, fitness=fitness)
+        if draw.random() < 0.1:
+            store.record_evaluation(candidate.id, tier="confirm", task="sentiment", seed=900, seconds=1.0,
+                                    metrics={}, fitness=9.0)  # judged apart: never part of a score
+        if draw.random() < 0.3:
+            store.record_evaluation(candidate.id, tier="bandit", task="sort", seed=0, seconds=1.0,
+                                    metrics={}, fitness=draw.random())
+    return store, campaign.id
+
+
+def test_the_first_page_through_the_stores_kept_scores_is_the_rankings_first_page(store_url):
+    from lossearch.ranking import rank_top
+    from lossearch.reporting.results import build_leaderboard, leaderboard
+    from lossearch.store.locate import CampaignHandle
+
+    for seed in range(3):
+        url = store_url if seed == 0 else store_url.replace("campaign.db", f"campaign-{seed}.db")
+        if url == store_url and seed:
+            continue  # PostgreSQL: one database, one store
+        store, campaign_id = random_store(url, seed)
+        with store:
+            campaign = store.get_campaign_by_id(campaign_id)
+            full = load_campaign_data(store, campaign)
+            for task in ("sentiment", "sort"):
+                everyone = rank(full, task)
+                assert len(everyone.ranked) > 20 if task == "sentiment" else everyone.ranked
+                for limit in (1, 10, 500):
+                    data, top, total = rank_top(store, campaign, limit, task)
+                    assert total == len(everyone.ranked)
+                    assert top.ranked == everyone.ranked[:limit]  # candidates, scores and bounds, in order
+            handle = CampaignHandle(store, campaign, url)
+            board = leaderboard(handle, top=15)
+            assert board.to_dicts() == build_leaderboard(full, top=15).to_dicts()
+            assert board.rows[0].dpo_delta is not None  # the baseline's score read beside the page
+
+
+def test_a_version_4_store_gains_its_kept_scores_from_the_evaluations_it_holds(store_url):
+    import sqlalchemy as sa
+
+    from lossearch.ranking import rank_top
+
+    store, campaign_id = random_store(store_url, 7)
+    with store:
+        campaign = store.get_campaign_by_id(campaign_id)
+        expected = rank_top(store, campaign, 50)[1].ranked
+    engine = sa.create_engine(store_url)
+    with engine.begin() as connection:
+        kept = connection.execute(sa.text("SELECT * FROM scores ORDER BY candidate_id, task, tier")).all()
+        connection.execute(sa.text("DROP TABLE scores"))
+        connection.execute(sa.text("UPDATE lossearch_schema_version SET version = 4"))
+    engine.dispose()
+    with Store(store_url) as upgraded:
+        assert upgraded.schema_version() == 5
+        assert rank_top(upgraded, campaign, 50)[1].ranked == expected
+    engine = sa.create_engine(store_url)
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT * FROM scores ORDER BY candidate_id, task, tier")).all() == kept
+    engine.dispose()

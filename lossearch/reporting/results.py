@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from lossearch.choices import TASK_NAMES, TIER_ORDER, check_choice
-from lossearch.ranking import CampaignData, OperatorStats, Score, load_campaign_data, operator_stats, rank
+from lossearch.ranking import (
+    CampaignData,
+    OperatorStats,
+    Score,
+    load_campaign_data,
+    operator_stats,
+    rank,
+    rank_top,
+)
 from lossearch.store import SANITY_TASK, Candidate, Evaluation, NotFoundError, Store
 from lossearch.store.locate import DEFAULT_RUNS_DIR, CampaignHandle, CampaignListing, list_campaigns
 
@@ -157,6 +165,12 @@ def leaderboard(handle: CampaignHandle, *, task: str | None = None, top: int | N
     """The campaign's candidates on `task` (its own by default), best first; `NoResults` when none has a score."""
     if task is not None:
         check_choice(task, TASK_NAMES, "task")
+    if top is not None and not include_failed:  # the first page: read through the store's kept scores
+        data, ranking, _ = rank_top(handle.store, handle.campaign, max(top, 0), task)
+        rows = tuple(leaderboard_row(data, candidate, score, place)
+                     for place, (candidate, score) in enumerate(ranking.ranked, 1))
+        if rows:
+            return Leaderboard(data.campaign.name, task or data.task, rows)
     data = load_campaign_data(handle.store, handle.campaign)
     board = build_leaderboard(data, task=task, top=top, include_failed=include_failed)
     if not board.rows:

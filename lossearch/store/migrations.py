@@ -8,13 +8,16 @@ existing database to the same shape: the tests check that the two agree.
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from lossearch.store.models import schema_version_table
-from lossearch.store.values import StoreError
+from lossearch.store.values import StoreError, finite_number, fitness_summary
 
 _POSTGRES_MIGRATION_LOCK = 0x6C6F7373  # any constant: serializes schema upgrades across processes
 
@@ -140,8 +143,52 @@ def _add_recipes_and_notes(connection: Connection) -> None:
     metadata.tables["notes"].create(connection)
 
 
+def _add_scores(connection: Connection) -> None:
+    """5: each candidate's score per task and tier, kept as evaluations are recorded (the leaderboard's
+    first page is then one ordered query), filled here from the evaluations recorded so far."""
+    metadata = sa.MetaData()
+    sa.Table("campaigns", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    candidates = sa.Table("candidates", metadata, sa.Column("id", sa.Integer, primary_key=True),
+                          sa.Column("campaign_id", sa.Integer))
+    evaluations = sa.Table("evaluations", metadata, sa.Column("id", sa.Integer, primary_key=True),
+                           sa.Column("candidate_id", sa.Integer), sa.Column("task", sa.String(64)),
+                           sa.Column("tier", sa.String(16)), sa.Column("fitness", sa.Float),
+                           sa.Column("metrics", sa.JSON))
+    scores = sa.Table(
+        "scores", metadata,
+        sa.Column("candidate_id", sa.Integer, sa.ForeignKey("candidates.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("task", sa.String(64), primary_key=True),
+        sa.Column("tier", sa.String(16), primary_key=True),
+        sa.Column("campaign_id", sa.Integer, sa.ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("seeds", sa.Integer, nullable=False),
+        sa.Column("fitness", sa.Float, nullable=False),
+        sa.Column("spread", sa.Float),
+        sa.Column("root_seeds", sa.Float, nullable=False),
+        sa.Index("ix_scores_campaign_task", "campaign_id", "task"),
+    )
+    scores.create(connection)
+    groups: dict[tuple[int, str, str], list[Any]] = defaultdict(list)
+    campaign_of: dict[int, int] = {}
+    query = (sa.select(evaluations.c.candidate_id, candidates.c.campaign_id, evaluations.c.task, evaluations.c.tier,
+                       evaluations.c.fitness, evaluations.c.metrics)
+             .join(candidates, candidates.c.id == evaluations.c.candidate_id)
+             .where(evaluations.c.fitness.is_not(None)).order_by(evaluations.c.id))
+    for row in connection.execute(query):
+        groups[(row.candidate_id, row.task, row.tier)].append(row)
+        campaign_of[row.candidate_id] = row.campaign_id
+    rows = []
+    for (candidate_id, task, tier), members in groups.items():
+        fitness, spread = fitness_summary([member.fitness for member in members],
+                                          finite_number(members[0].metrics or {}, "fitness_std"))
+        rows.append({"candidate_id": candidate_id, "task": task, "tier": tier, "campaign_id": campaign_of[candidate_id],
+                     "seeds": len(members), "fitness": fitness, "spread": spread,
+                     "root_seeds": math.sqrt(len(members))})
+    for start in range(0, len(rows), 5000):
+        connection.execute(scores.insert(), rows[start:start + 5000])
+
+
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create_tables, _index_read_paths, _add_confirmations,
-                                                        _add_recipes_and_notes)
+                                                        _add_recipes_and_notes, _add_scores)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

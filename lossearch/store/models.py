@@ -79,6 +79,23 @@ class EvaluationModel(Base):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime)
 
 
+class ScoreModel(Base):
+    """What every evaluation of one candidate on one task at one tier adds up to, kept as each is
+    recorded (`Store.record_evaluation`), so the leaderboard's first page is one ordered query."""
+
+    __tablename__ = "scores"
+    __table_args__ = (sa.Index("ix_scores_campaign_task", "campaign_id", "task"),)
+
+    candidate_id: Mapped[int] = mapped_column(sa.ForeignKey("candidates.id", ondelete="CASCADE"), primary_key=True)
+    task: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    tier: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
+    seeds: Mapped[int]
+    fitness: Mapped[float] = mapped_column(sa.Float)
+    spread: Mapped[float | None] = mapped_column(sa.Float)
+    root_seeds: Mapped[float] = mapped_column(sa.Float)
+
+
 class LLMCallModel(Base):
     __tablename__ = "llm_calls"
     __table_args__ = (sa.Index("ix_llm_calls_campaign", "campaign_id"),)

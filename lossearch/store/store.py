@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.orm import Session, aliased, defer, sessionmaker
 
 from lossearch.contract import source_hash
 from lossearch.failures import FAILURE_KINDS
@@ -44,6 +44,7 @@ from lossearch.store.models import (
     LineageEdgeModel,
     LLMCallModel,
     NoteModel,
+    ScoreModel,
 )
 from lossearch.store.values import (
     CAMPAIGN_DB_NAME,
@@ -63,6 +64,8 @@ from lossearch.store.values import (
     Note,
     NotFoundError,
     StoreError,
+    finite_number,
+    fitness_summary,
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -501,11 +504,17 @@ class Store:
         status: str | Collection[str] | None = None,
         generation: int | None = None,
         island: int | None = None,
+        ids: Collection[int] | None = None,
+        name: str | None = None,
         fingerprints: bool = True,
     ) -> list[Candidate]:
-        """The campaign's candidates in the order they were added, optionally filtered; without
-        `fingerprints`, every `fingerprint` is None (read them with `fingerprints_of`)."""
+        """The campaign's candidates in the order they were added, optionally filtered (`ids`: at most
+        a few hundred); without `fingerprints`, every `fingerprint` is None (read them with `fingerprints_of`)."""
         query = sa.select(CandidateModel).where(CandidateModel.campaign_id == campaign_id)
+        if ids is not None:
+            query = query.where(CandidateModel.id.in_(list(ids)))
+        if name is not None:
+            query = query.where(CandidateModel.name == name)
         if not fingerprints:
             query = query.options(defer(CandidateModel.fingerprint))
         if status is not None:
@@ -563,6 +572,10 @@ class Store:
         """The edges to the candidates made from `candidate_id`."""
         return self._edges(LineageEdgeModel.parent_id == candidate_id)
 
+    def parents_of(self, candidate_ids: Collection[int]) -> list[LineageEdge]:
+        """The edges from the parents of `candidate_ids` (at most a few hundred) to them."""
+        return self._edges(LineageEdgeModel.child_id.in_(list(candidate_ids)))
+
     def lineage(self, campaign_id: int) -> list[LineageEdge]:
         """Every lineage edge whose child belongs to the campaign."""
         children = sa.select(CandidateModel.id).where(CandidateModel.campaign_id == campaign_id)
@@ -597,15 +610,85 @@ class Store:
             existing = session.scalar(sa.select(EvaluationModel).where(*key))
             if existing is not None:
                 return _as_evaluation(existing)
-            self._candidate_row(session, candidate_id)
+            # the candidate's row locked (PostgreSQL; SQLite's write transaction is already alone), so
+            # two processes recording its seeds at once keep a score that counts both
+            campaign_id = session.scalar(sa.select(CandidateModel.campaign_id).where(
+                CandidateModel.id == candidate_id).with_for_update())
+            if campaign_id is None:
+                raise NotFoundError(f"no candidate with id {candidate_id} in {self}")
             row = EvaluationModel(candidate_id=candidate_id, tier=tier, task=task, seed=seed, metrics=metrics,
                                   fitness=fitness, seconds=float(seconds), created_at=_now())
             try:
                 with session.begin_nested():
                     session.add(row)
             except IntegrityError:  # another process recorded the same key since we looked
-                row = session.scalars(sa.select(EvaluationModel).where(*key)).one()
+                return _as_evaluation(session.scalars(sa.select(EvaluationModel).where(*key)).one())
+            if fitness is not None:
+                self._keep_score(session, campaign_id, candidate_id, task, tier)
             return _as_evaluation(row)
+
+    @staticmethod
+    def _keep_score(session: Session, campaign_id: int, candidate_id: int, task: str, tier: str) -> None:
+        """Bring the candidate's kept score on (task, tier) up to date with its evaluations there."""
+        rows = session.execute(sa.select(EvaluationModel.fitness, EvaluationModel.metrics).where(
+            EvaluationModel.candidate_id == candidate_id, EvaluationModel.task == task,
+            EvaluationModel.tier == tier, EvaluationModel.fitness.is_not(None)).order_by(EvaluationModel.id)).all()
+        score = session.get(ScoreModel, (candidate_id, task, tier))
+        if score is None:
+            score = ScoreModel(candidate_id=candidate_id, task=task, tier=tier, campaign_id=campaign_id)
+            session.add(score)
+        score.fitness, score.spread = fitness_summary([row.fitness for row in rows],
+                                                      finite_number(rows[0].metrics, "fitness_std"))
+        score.seeds, score.root_seeds = len(rows), math.sqrt(len(rows))
+
+    # -- kept scores (the leaderboard's first page; lossearch.ranking.rank_top) ----------------
+
+    @staticmethod
+    def _top_scores(campaign_id: int, task: str, tiers: Sequence[str], status: str) -> tuple[Any, Any, list[Any]]:
+        """(the scores table, each row's tier position in `tiers`, the conditions that keep one row a
+        candidate: the campaign's `status` candidates' scores on `task` at the last of `tiers` they have one at)."""
+        score, higher = aliased(ScoreModel), aliased(ScoreModel)
+
+        def position(table: Any) -> Any:
+            return sa.case({tier: index for index, tier in enumerate(tiers)}, value=table.tier, else_=-1)
+
+        conditions = [
+            score.campaign_id == campaign_id, score.task == task, score.tier.in_(list(tiers)),
+            CandidateModel.status == status,
+            ~sa.exists().where(higher.candidate_id == score.candidate_id, higher.task == score.task,
+                               higher.tier.in_(list(tiers)), position(higher) > position(score)),
+        ]
+        return score, position(score), conditions
+
+    def best_scored(self, campaign_id: int, task: str, *, tiers: Sequence[str], status: str,
+                    pooled: Mapping[str, float], own_spread_seeds: int, limit: int) -> list[int]:
+        """The ids of the best `limit` of the campaign's `status` candidates with a kept score on `task`, each
+        scored at the last of `tiers` it has one at, best first: later tiers first, then by the mean less one
+        standard error (sigma / sqrt(seeds); sigma its own spread from `own_spread_seeds` seeds on, before
+        that `pooled[tier]`, else its own spread, else 0), ties to the lower id: lossearch.ranking's rule."""
+        score, position, conditions = self._top_scores(campaign_id, task, tiers, status)
+        pooled_sigma = sa.case({tier: sa.literal(value, sa.Float) for tier, value in pooled.items()},
+                               value=score.tier, else_=sa.null()) if pooled else sa.null()
+        sigma = sa.func.coalesce(sa.case((score.seeds >= own_spread_seeds, score.spread), else_=sa.null()),
+                                 pooled_sigma, score.spread, sa.literal(0.0, sa.Float))
+        query = (sa.select(score.candidate_id).join(CandidateModel, CandidateModel.id == score.candidate_id)
+                 .where(*conditions)
+                 .order_by(position.desc(), (score.fitness - sigma / score.root_seeds).desc(), score.candidate_id)
+                 .limit(limit))
+        with self._session_scope() as session:
+            return list(session.scalars(query))
+
+    def scored_spreads(self, campaign_id: int, task: str, *, tiers: Sequence[str], status: str,
+                       seeds: int) -> tuple[int, list[tuple[str, float]]]:
+        """(how many `status` candidates have a kept score on `task` at one of `tiers`, the (tier, spread)
+        of those scored on at least `seeds` seeds), each at the last of `tiers` it has a score at."""
+        score, _, conditions = self._top_scores(campaign_id, task, tiers, status)
+        joined = sa.select(sa.func.count()).select_from(score).join(
+            CandidateModel, CandidateModel.id == score.candidate_id).where(*conditions)
+        spreads = (sa.select(score.tier, score.spread).join(CandidateModel, CandidateModel.id == score.candidate_id)
+                   .where(*conditions, score.seeds >= seeds, score.spread.is_not(None)))
+        with self._session_scope() as session:
+            return int(session.scalar(joined) or 0), [(row.tier, row.spread) for row in session.execute(spreads)]
 
     def find_evaluation(self, candidate_id: int, *, tier: str, task: str, seed: int) -> Evaluation | None:
         """The evaluation recorded for this (candidate, tier, task, seed), if any."""
@@ -623,11 +706,15 @@ class Store:
         campaign_id: int | None = None,
         tier: str | None = None,
         task: str | None = None,
+        candidate_ids: Collection[int] | None = None,
     ) -> list[Evaluation]:
-        """Evaluations in the order they were recorded, filtered by any of the arguments."""
+        """Evaluations in the order they were recorded, filtered by any of the arguments (`candidate_ids`:
+        at most a few hundred)."""
+        query = self._evaluation_query(candidate_id, campaign_id, tier, task)
+        if candidate_ids is not None:
+            query = query.where(EvaluationModel.candidate_id.in_(list(candidate_ids)))
         with self._session_scope() as session:
-            rows = session.scalars(self._evaluation_query(candidate_id, campaign_id, tier, task))
-            return [_as_evaluation(row) for row in rows]
+            return [_as_evaluation(row) for row in session.scalars(query)]
 
     @staticmethod
     def _evaluation_query(candidate_id: int | None, campaign_id: int | None, tier: str | None,

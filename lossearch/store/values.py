@@ -5,6 +5,9 @@ Nothing here touches a database; `lossearch.store.store.Store` turns rows into t
 
 from __future__ import annotations
 
+import math
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,6 +27,23 @@ BASELINE_SEED = "dpo"
 """The seed whose evaluations are every leaderboard's baseline."""
 UPDATABLE_CANDIDATE_FIELDS = frozenset({"status", "tier", "fingerprint", "failure_kind", "failure_message", "fitness"})
 CAMPAIGN_DB_NAME = "campaign.db"
+
+
+def fitness_summary(fitnesses: Sequence[float], one_run_spread: float | None) -> tuple[float, float | None]:
+    """(mean, spread) of a candidate's fitnesses on one task at one tier: the spread is their standard
+    deviation over seeds when there are several, else `one_run_spread`, the spread over training seeds
+    that one evaluation reports (its `fitness_std`), else None. The ranking's scores
+    (lossearch.ranking.score_of) and the store's kept ones (`scores`) both come from here."""
+    spread = statistics.stdev(fitnesses) if len(fitnesses) >= 2 else one_run_spread
+    return statistics.fmean(fitnesses), spread
+
+
+def finite_number(metrics: Mapping[str, Any], name: str) -> float | None:
+    """metrics[name] as a float when it is a finite number (not a bool), else None."""
+    value = metrics.get(name)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 class StoreError(UserError):
