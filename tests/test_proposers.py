@@ -247,7 +247,7 @@ def test_the_rng_seed_fixes_the_proposals(proposer):
 
 # -- the mutation proposer --------------------------------------------------------------------
 
-NEW_OPERATORS = ("weight_pairs", "piecewise", "batch_statistic", "gate_input", "grow_term")
+NEW_OPERATORS = ("weight_pairs", "piecewise", "batch_statistic", "gate_input", "grow_term", "modulate")
 """The operators that reach past recombination (issue 14)."""
 
 
@@ -395,6 +395,48 @@ def test_blend_is_discopops_gated_mix_of_the_two_parents():
     expected_ipo = (per_token - 1 / (2 * beta)) ** 2
     gate = torch.sigmoid(beta * margin / tau)
     torch.testing.assert_close(run(source, tensors), (1 - gate) * expected_dpo + gate * expected_ipo)
+
+
+def lrml_by_modulation(tau: float) -> str:
+    """The first of `modulate`'s children of DPO (over rng seeds) whose variant is the exponential swap
+    and whose gate's tau is `tau`: a test that fails if the operator cannot write it."""
+    dpo = syntax.read_module(seed_path("dpo").read_text(), "dpo")
+    for seed in range(400):
+        edit = mutation.modulate(dpo.copy(), random.Random(seed))
+        if edit is not None and edit.key == "modexp" and edit.module.hyperparameters.get("tau") == tau:
+            return syntax.write_module(edit.module, "DPO modulated by its exponential swap")
+    pytest.fail(f"no draw of modulate gave DPO and its exponential swap at tau {tau}")
+
+
+def test_modulate_turns_dpo_into_discopops_lrml(sandbox):
+    """DPO modulated by its own exponential swap at tau 0.05 is LRML (seeds/discopop.py) by fingerprint;
+    at tau 0.5 it is not: the gate's temperature matters, and the same-loss test can tell."""
+    lrml = evaluate(seed_path("discopop").read_text(), "discopop", "sanity", sandbox=sandbox)
+    prints = {}
+    for tau in (0.05, 0.5):
+        source = lrml_by_modulation(tau)
+        assert "torch.sigmoid(beta * margin / tau)" in source and "torch.exp(-(beta * margin))" in source
+        result = evaluate(source, f"dpo_modexp_{tau}", "sanity", sandbox=sandbox)
+        assert result.ok, (result.error, source)
+        prints[tau] = result.metrics["sanity"]["fingerprint"]
+    assert same_loss(prints[0.05], lrml.metrics["sanity"]["fingerprint"])
+    assert not same_loss(prints[0.5], lrml.metrics["sanity"]["fingerprint"])
+
+
+def test_modulate_shares_the_parents_hyperparameters_with_its_variant():
+    """The variant is the parent's loss after one edit: an untouched hyperparameter stays one parameter,
+    one the edit changed (perturb_constant) gets a name of its own."""
+    simpo = syntax.read_module(seed_path("simpo").read_text(), "simpo")
+    changed = 0
+    for seed in range(40):
+        edit = mutation.modulate(simpo.copy(), random.Random(seed))
+        assert edit is not None
+        syntax.prune(edit.module)
+        names = set(parse_spec(syntax.write_module(edit.module, "test")).hyperparameters)
+        assert {"beta", "gamma", "tau"} <= names, names  # the parent's own, once
+        changed += "gamma_2" in names or "beta_scale" in names
+        assert edit.key.startswith("mod") and edit.key.isalnum()
+    assert changed, "no draw perturbed a constant of the variant"
 
 
 def test_blend_keeps_each_parents_default_strength_and_renames_clashing_hyperparameters():

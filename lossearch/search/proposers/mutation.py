@@ -14,6 +14,7 @@ mutation of the first, the operator chosen by its record in the campaign (`Mutat
 | `batch_statistic` | 1 | a shaping call's argument centred on, or scaled by, a detached batch statistic of itself |
 | `gate_input` | 1 | a gate reads the chosen or rejected log-ratio, the per-token margin or the KL gap |
 | `grow_term` | 1 | + w * e, e grown at random from a typed grammar over the contract's inputs (GROWTH_*) |
+| `modulate` | 1 | (1 - w) L + w L', L' the parent after one other edit (mostly `swap_function`), w as in `blend` |
 | `blend` | 2 | DiscoPOP's recipe: (1 - w) A + w B with the gate w = sigmoid(beta * margin / tau) |
 | `cross_terms` | 2 | one additive term of A replaced by (or, for a one-term A, added to) a term of B |
 
@@ -66,7 +67,7 @@ SKIPPED_KEYWORDS = ("dim", "keepdim", "min", "max")  # clamp bounds and axes are
 OPERATOR_TAGS = {"swap_function": "swap", "add_term": "add", "remove_term": "drop",
                  "perturb_constant": "tune", "blend": "blend", "cross_terms": "cross"}
 MUTATIONS = ("swap_function", "add_term", "remove_term", "perturb_constant", "weight_pairs", "piecewise",
-             "batch_statistic", "gate_input", "grow_term")
+             "batch_statistic", "gate_input", "grow_term", "modulate")
 CROSSOVERS = ("blend", "cross_terms")
 # what children's names end in: the operator's tag and six hex digits before (`dpo_swap3fa2c1`), now
 # a key term and five (`dpo_tanh_3fa2c`, `dpo_blend_ipo_1b2c3`); root_name strips them all
@@ -428,8 +429,12 @@ class Merged:
     """Second parent's hyperparameter -> the expression the child passes it (renamed or scaled)."""
 
 
-def merge(first: LossModule, second: LossModule, rng: random.Random) -> Merged:
-    """The union of both signatures (beta once) and both parents' definitions, names kept apart."""
+def merge(first: LossModule, second: LossModule, rng: random.Random, share_equal: bool = False) -> Merged:
+    """The union of both signatures (beta once) and both parents' definitions, names kept apart.
+
+    `share_equal`: a hyperparameter both have with the same default is one parameter of the child
+    (`modulate`'s two sides are one loss and its variant); else the second's is kept apart.
+    """
     second = second.copy()
     taken = first.top_level_names() | first.parameter_names() | {"loss"}
     renames: dict[str, str] = {}
@@ -441,14 +446,16 @@ def merge(first: LossModule, second: LossModule, rng: random.Random) -> Merged:
     child = first.copy()
     child.definitions = child.definitions + second.definitions
     child.inputs = [item for item in TENSOR_INPUTS if item in first.inputs or item in second.inputs]
-    values = _merge_hyperparameters(child, second)
+    values = _merge_hyperparameters(child, second, share_equal)
     return Merged(child, second, values)
 
 
-def _merge_hyperparameters(child: LossModule, second: LossModule) -> dict[str, str]:
+def _merge_hyperparameters(child: LossModule, second: LossModule, share_equal: bool = False) -> dict[str, str]:
     """Add the second parent's hyperparameters to `child`; returns how to pass each one on."""
     values: dict[str, str] = {}
     for key, value in second.hyperparameters.items():
+        if share_equal and child.hyperparameters.get(key) == value:
+            continue  # one parameter, passed on under its own name
         if key == "beta":
             if "beta" not in child.hyperparameters:
                 child.hyperparameters = {"beta": value, **child.hyperparameters}
@@ -497,18 +504,23 @@ def _gate_margin(inputs: list[str]) -> str:
     return "policy_chosen_logps - policy_rejected_logps"
 
 
-def blend(first: LossModule, second: LossModule, rng: random.Random) -> Edit | None:
-    """(1 - w) * first + w * second with w = sigmoid(beta * margin / tau): DiscoPOP's blend."""
-    merged = merge(first, second, rng)
+def gated_mix(first: LossModule, second: LossModule, rng: random.Random, helper_names: tuple[str, str],
+              note: str, share_equal: bool = False) -> tuple[LossModule, str]:
+    """A child computing (1 - gate) * first + gate * second per pair, each parent's `loss` a helper
+    (`helper_names`, made fresh), gate = sigmoid(beta * margin / tau), `note` its `loss`'s docstring;
+    returns the child and the name of tau, a new hyperparameter.
+
+    The gate reads beta * margin over tau, as DiscoPOP's eq. 5 and TRL's `discopop` do: the child is
+    then a function of beta * margin alone, so tau (not beta, which the search tunes) sets how sharp
+    the switch from `first` (lost pairs) to `second` (won pairs) is.
+    """
+    merged = merge(first, second, rng, share_equal)
     child = merged.module
-    first_name = _helper_name(f"{_stem(first.name)}_loss", child)
-    first_helper, first_call = as_helper(first, first_name)
+    first_helper, first_call = as_helper(first, _helper_name(helper_names[0], child))
     child.definitions = [first_helper] + child.definitions  # reserve the name before naming the second
-    second_name = _helper_name(f"{_stem(second.name)}_loss", child)
-    second_helper, second_call = as_helper(merged.second, second_name, merged.second_values)
+    second_helper, second_call = as_helper(merged.second, _helper_name(helper_names[1], child), merged.second_values)
     child.definitions = child.definitions + [second_helper]
-    if "beta" not in child.hyperparameters:
-        child.hyperparameters = {"beta": 0.1, **child.hyperparameters}
+    _with_beta(child)
     _require_inputs(child, syntax.POLICY_INPUTS)
     tau = _new_hyperparameter(child, "tau", rng.choice((0.05, 0.1, 0.5, 1.0)))
     body = (f"first_losses = {ast.unparse(first_call)}\n"
@@ -519,8 +531,14 @@ def blend(first: LossModule, second: LossModule, rng: random.Random) -> Edit | N
     function = ast.parse("def loss():\n" + "\n".join("    " + line for line in body.splitlines())).body[0]
     assert isinstance(function, ast.FunctionDef)  # the source parsed is one `def loss()`
     child.function = function
-    child.function.body.insert(0, ast.Expr(value=ast.Constant(
-        value=f"Won pairs (margin > 0) lean to {second.name}, lost pairs to {first.name}.")))
+    syntax.set_docstring(child.function, note)
+    return child, tau
+
+
+def blend(first: LossModule, second: LossModule, rng: random.Random) -> Edit | None:
+    """(1 - w) * first + w * second with w = sigmoid(beta * margin / tau): DiscoPOP's blend."""
+    child, tau = gated_mix(first, second, rng, (f"{_stem(first.name)}_loss", f"{_stem(second.name)}_loss"),
+                           f"Won pairs (margin > 0) lean to {second.name}, lost pairs to {first.name}.")
     return Edit(child, f"blends {first.name} (lost pairs) and {second.name} (won pairs) with the gate "
                        f"sigmoid(beta * margin / {tau}), as DiscoPOP blends logistic and exponential losses")
 
@@ -743,11 +761,48 @@ def grow_term(module: LossModule, rng: random.Random) -> Edit | None:
     return Edit(module, f"adds {weight} * `{_clip(text)}`, a term grown from the contract's inputs", "grown")
 
 
+VARIANT_SWAP_SHARE = 0.5
+"""How often `modulate`'s variant is the parent's own `swap_function` edit (DiscoPOP's logistic ->
+exponential is one) rather than another one-parent edit."""
+
+
+def _variant(module: LossModule, rng: random.Random) -> tuple[str, Edit] | None:
+    """(operator, edit): a copy of `module` changed by one other one-parent operator; `swap_function`
+    first with probability VARIANT_SWAP_SHARE, else last; None when none applies."""
+    others = [name for name in SINGLE_OPERATORS if name not in ("swap_function", "modulate")]
+    rng.shuffle(others)
+    order = ["swap_function", *others] if rng.random() < VARIANT_SWAP_SHARE else [*others, "swap_function"]
+    for operator in order:
+        edit = SINGLE_OPERATORS[operator](module.copy(), rng)
+        if edit is not None:
+            return operator, edit
+    return None
+
+
+def modulate(module: LossModule, rng: random.Random) -> Edit | None:
+    """DiscoPOP's log-ratio modulation for any loss: (1 - gate) * L + gate * L', L' a variant of L by
+    one other edit (`_variant`), gate = sigmoid(beta * margin / tau): lost pairs keep the parent, won
+    pairs get the variant. DPO modulated by its exponential swap at tau 0.05 is DiscoPOP's LRML."""
+    drawn = _variant(module, rng)
+    if drawn is None:
+        return None
+    operator, variant = drawn
+    variant.module.name, variant.module.summary = f"{module.name}'s variant", variant.idea  # its helper's docstring
+    key = variant.key or OPERATOR_TAGS.get(operator, "variant")  # an identifier: names end `_mod<key>_<hash>`
+    stem = _stem(module.name)
+    child, tau = gated_mix(module, variant.module, rng, (f"{stem}_loss", f"{stem}_{key}"),
+                           f"Won pairs (margin > 0) lean to {module.name}'s variant ({key}), lost pairs to "
+                           f"{module.name} itself.", share_equal=True)
+    return Edit(child, f"modulates {module.name} by the margin, as DiscoPOP does: lost pairs keep it, won pairs "
+                       f"get a variant that {variant.idea} (`{operator}`), with the gate "
+                       f"sigmoid(beta * margin / {tau})", f"mod{key}")
+
+
 SINGLE_OPERATORS: dict[str, Callable[[LossModule, random.Random], Edit | None]] = {
     "swap_function": swap_function, "add_term": add_term,
     "remove_term": remove_term, "perturb_constant": perturb_constant,
     "weight_pairs": weight_pairs, "piecewise": piecewise, "batch_statistic": batch_statistic,
-    "gate_input": gate_input, "grow_term": grow_term,
+    "gate_input": gate_input, "grow_term": grow_term, "modulate": modulate,
 }
 PAIR_OPERATORS: dict[str, Callable[[LossModule, LossModule, random.Random], Edit | None]] = {
     "blend": blend, "cross_terms": cross_terms,
