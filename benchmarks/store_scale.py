@@ -11,8 +11,9 @@ API, as a campaign would write them. Then times, each once:
   proposal    each further proposal of the generation (the median of five, each after the child
               before it joined the snapshot, as in a campaign): issue 16's per-proposal figure
   load        lossearch.ranking.load_campaign_data (every command starts with it)
-  leaderboard lossearch.reporting.results.build_leaderboard on that snapshot
-  report      lossearch report's whole file (and its size)
+  leaderboard lossearch.reporting.results.build_leaderboard on that snapshot (every row)
+  first page  `lossearch leaderboard --top 10`: its first page through the scores the store keeps, no snapshot
+  report      lossearch report's whole file (and its size): past 5,000 candidates it plots a sample
   duplicates  a new child's fingerprint against every stored candidate's (the sanity tier's duplicate check)
   dashboard   lossearch serve's first state and charts (what a page load costs)
 Prints each figure with its ratio to the smallest store's, so growth reads as a number.
@@ -33,7 +34,7 @@ from lossearch.evaluation.cascade import sanity_tier, static_tier
 from lossearch.ranking import load_campaign_data, rank
 from lossearch.reporting.dashboard import Dashboard
 from lossearch.reporting.report import write_report
-from lossearch.reporting.results import build_leaderboard
+from lossearch.reporting.results import build_leaderboard, leaderboard
 from lossearch.sandbox.local import Sandbox
 from lossearch.search.campaign import CampaignRunner
 from lossearch.search.config import CampaignConfig
@@ -101,6 +102,9 @@ def measure(store: Store, folder: Path, size: int) -> dict[str, float]:
     start = time.perf_counter()
     build_leaderboard(data)
     figures["leaderboard s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    leaderboard(CampaignHandle(store, campaign, str(folder)), top=10)
+    figures["first page s"] = time.perf_counter() - start
     start = time.perf_counter()
     report = write_report(CampaignHandle(store, campaign, str(folder)), folder / f"report-{size}.html")
     figures["report s"] = time.perf_counter() - start

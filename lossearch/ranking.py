@@ -27,6 +27,7 @@ and both parent selection and promotion see that. With one evaluation each and n
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -265,24 +266,45 @@ def rank_top(store: Store, campaign: Campaign, limit: int, task: str | None = No
     pooled = medians(spreads)
     ids = store.best_scored(campaign.id, task, tiers=tiers, status=RANKED_STATUS, pooled=pooled,
                             own_spread_seeds=OWN_SPREAD_SEEDS, limit=limit)
-    baseline = [c for c in store.candidates(campaign.id, name=BASELINE_SEED, fingerprints=False)
+    baseline = [c.id for c in store.candidates(campaign.id, name=BASELINE_SEED, fingerprints=False)
                 if c.proposer == "seed"][:1]
-    found = {c.id: c for c in store.candidates(campaign.id, ids=ids, fingerprints=False) + baseline}
-    parents: dict[int, list[LineageEdge]] = defaultdict(list)
-    for edge in store.parents_of(ids):
-        parents[edge.child_id].append(edge)
-    evaluations: dict[int, list[Evaluation]] = defaultdict(list)
-    for evaluation in store.evaluations(candidate_ids=list(found)):
-        evaluations[evaluation.candidate_id].append(evaluation)
-    confirmations = {record.candidate_id: record for record in store.confirmations(campaign.id)}
-    data = CampaignData(campaign, found, dict(parents), {}, dict(evaluations), confirmations, store)
+    data = load_campaign_part(store, campaign, ids + baseline)
     keyed = {(task, tier): spread for tier, spread in pooled.items()}
     ranked = []
     for candidate_id in ids:
         score = data.score(candidate_id, task)
-        if score is not None and candidate_id in found:  # else changed between the reads: left out
-            ranked.append((found[candidate_id], replace(score, bound=lower_bound(score, keyed))))
+        if score is not None and candidate_id in data.candidates:  # else changed between the reads: left out
+            ranked.append((data.candidates[candidate_id], replace(score, bound=lower_bound(score, keyed))))
     return data, Ranking(tuple(ranked), ()), total
+
+
+def load_campaign_part(store: Store, campaign: Campaign, candidate_ids: Iterable[int]) -> CampaignData:
+    """A snapshot of the candidates `candidate_ids` alone: the edges to their parents (a parent may be
+    outside the snapshot), the edges to their children among them, their evaluations, and the
+    campaign's confirmations."""
+    found = {c.id: c for c in store.candidates(campaign.id, ids=set(candidate_ids), fingerprints=False)}
+    parents: dict[int, list[LineageEdge]] = defaultdict(list)
+    children: dict[int, list[LineageEdge]] = defaultdict(list)
+    for edge in store.parents_of(found):
+        parents[edge.child_id].append(edge)
+        if edge.parent_id in found:
+            children[edge.parent_id].append(edge)
+    evaluations: dict[int, list[Evaluation]] = defaultdict(list)
+    for evaluation in store.evaluations(candidate_ids=found):
+        evaluations[evaluation.candidate_id].append(evaluation)
+    confirmations = {record.candidate_id: record for record in store.confirmations(campaign.id)}
+    return CampaignData(campaign, found, dict(parents), dict(children), dict(evaluations), confirmations, store)
+
+
+def load_campaign_sample(store: Store, campaign: Campaign, size: int, keep: Iterable[int] = (),
+                         seed: int = 0) -> CampaignData:
+    """A snapshot of part of a large campaign, for what plots it: a uniform draw of `size` of its
+    candidates (the same draw each time: `seed`), their parents, the seeds and the ids `keep`."""
+    everyone = store.candidate_ids(campaign.id)
+    drawn = random.Random(seed).sample(everyone, min(size, len(everyone)))
+    parents = {edge.parent_id for edge in store.parents_of(drawn)}
+    seeds = {c.id for c in store.candidates(campaign.id, generation=0, fingerprints=False) if c.proposer == "seed"}
+    return load_campaign_part(store, campaign, {*drawn, *parents, *seeds, *keep})
 
 
 @dataclass(frozen=True)

@@ -317,19 +317,14 @@ def test_a_large_store_reports_readable_and_small(tmp_path, monkeypatch):
     """Past RASTER_ABOVE points a scatter is one embedded image, the lineage graph draws at most
     LINEAGE_NODES and says so, the report lists REPORT_ROWS rows: the file stays small. The limits are
     cut here so that 300 candidates cross them (benchmarks/store_scale.py measures 10,000 with the real ones)."""
-    from importlib.util import module_from_spec, spec_from_file_location
-
     from lossearch.reporting import charts, report
     from lossearch.store.locate import CampaignHandle
 
     monkeypatch.setattr(charts, "RASTER_ABOVE", 200)
     monkeypatch.setattr(charts, "LINEAGE_NODES", 80)
     monkeypatch.setattr(report, "REPORT_ROWS", 50)
-    spec = spec_from_file_location("store_scale", Path(__file__).parent.parent / "benchmarks" / "store_scale.py")
-    store_scale = module_from_spec(spec)
-    spec.loader.exec_module(store_scale)  # the benchmark's own store builder
     size = 300
-    with store_scale.build_store(tmp_path / "big.db", size) as store:
+    with store_scale().build_store(tmp_path / "big.db", size) as store:
         campaign = store.get_campaign("big")
         vector = report.report_html(load_campaign_data(store, campaign))
         monkeypatch.setattr(charts, "RASTER_ABOVE", 2000)
@@ -340,3 +335,37 @@ def test_a_large_store_reports_readable_and_small(tmp_path, monkeypatch):
     assert "Lineage of big (80 of 300 candidates" in vector and "Lineage of big</text>" in html
     assert vector.count('xlink:href="#candidate-') == 80
     assert vector.count('<tr class="') == 50 and f"{size - 50} more rows" in vector
+
+
+def store_scale():
+    """benchmarks/store_scale.py as a module: its store builder writes candidates as a campaign does."""
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("store_scale", Path(__file__).parent.parent / "benchmarks" / "store_scale.py")
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_campaign_past_the_sampling_size_is_reported_from_a_sample_and_its_kept_scores(tmp_path, monkeypatch):
+    """Past SAMPLED_ABOVE candidates the report plots a uniform sample (with its parents, the seeds and the
+    leaderboard's rows) and says so, while its leaderboard and counts stay the whole campaign's. The sizes
+    are cut here so that 300 candidates cross them (benchmarks/store_scale.py measures 100,000)."""
+    from lossearch.reporting import report
+    from lossearch.store.locate import CampaignHandle
+
+    monkeypatch.setattr(report, "SAMPLED_ABOVE", 60)
+    monkeypatch.setattr(report, "REPORT_ROWS", 20)
+    with store_scale().build_store(tmp_path / "big.db", 300) as store:
+        campaign = store.get_campaign("big")
+        inputs = report.report_inputs(store, campaign)
+        full = build_leaderboard(load_campaign_data(store, campaign), top=20)
+        html = report.write_report(CampaignHandle(store, campaign, "big"), tmp_path / "report.html").read_text()
+    assert inputs.sampled_from == 300 and inputs.statuses == {"evaluated": 300}
+    assert inputs.board.to_dicts() == full.to_dicts()  # the first rows, ranked among all 300
+    sampled = set(inputs.data.candidates)
+    assert {row.id for row in full.rows} <= sampled and set(range(1, 42)) <= sampled  # leaders and seeds
+    assert 60 + 41 <= len(sampled) < 300
+    assert all(edge.parent_id in sampled for edges in inputs.data.children.values() for edge in edges)
+    assert "This campaign holds 300 candidates" in html and "300 evaluated" in html
+    assert html.count('<tr class="') == 20 and html.count("<svg") >= 6

@@ -247,11 +247,11 @@ def lineage_shown(data: CampaignData, board: Leaderboard, limit: int | None = No
 
 
 def ancestry(data: CampaignData, candidate_id: int) -> set[int]:
-    """The candidate and every ancestor of it."""
+    """The candidate and every ancestor of it in the snapshot (a sampled one may hold a child without its parent)."""
     found, stack = {candidate_id}, [candidate_id]
     while stack:
         for edge in data.parents.get(stack.pop(), ()):
-            if edge.parent_id not in found:
+            if edge.parent_id not in found and edge.parent_id in data.candidates:
                 found.add(edge.parent_id)
                 stack.append(edge.parent_id)
     return found

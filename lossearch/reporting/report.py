@@ -12,7 +12,9 @@ ideas, code, records) is escaped: candidates are untrusted text.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
@@ -24,8 +26,10 @@ from lossearch.ranking import (
     OperatorStats,
     instruction_stats,
     load_campaign_data,
+    load_campaign_sample,
     model_stats,
     operator_stats,
+    rank_top,
 )
 from lossearch.reporting import charts
 from lossearch.reporting.results import (
@@ -36,8 +40,10 @@ from lossearch.reporting.results import (
     TransferTable,
     build_leaderboard,
     held_out_results,
+    leaderboard_row,
 )
 from lossearch.reporting.views import collapse, interval, p_value, rate, signed_3, verdict_p
+from lossearch.store import Campaign, Store
 from lossearch.store.locate import CampaignHandle
 
 REPORT_ROWS = 300
@@ -62,22 +68,62 @@ def default_report_path(handle: CampaignHandle) -> Path:
     return Path(f"{handle.campaign.name}-report.html")
 
 
+SAMPLED_ABOVE = 5_000
+"""Campaigns up to this many candidates are reported from a snapshot of all of them. A larger one is
+plotted from a uniform sample of this many (with their parents, the seeds and the leaderboard's rows),
+and its leaderboard comes from the scores the store keeps (lossearch.ranking.rank_top): at 100,000
+candidates a full snapshot alone takes longer than the whole sampled report (benchmarks/store_scale.py)."""
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What a report is written from."""
+
+    data: CampaignData
+    """The candidates the plots draw: the whole campaign, or a sample of it (`sampled_from`)."""
+    board: Leaderboard
+    statuses: dict[str, int]
+    """Every candidate of the campaign counted by status."""
+    sampled_from: int | None = None
+    """The campaign's size when `data` is a sample of it, else None."""
+
+
+def report_inputs(store: Store, campaign: Campaign) -> ReportInputs:
+    """The whole campaign while it has at most `SAMPLED_ABOVE` candidates, else a sample and the first rows."""
+    statuses = {status: count for status, count in store.candidate_counts(campaign.id).items()
+                if status not in ("proposed", "finetuned")}
+    size = sum(statuses.values())
+    if size <= SAMPLED_ABOVE:
+        data = load_campaign_data(store, campaign)
+        return ReportInputs(data, build_leaderboard(data), statuses)
+    top, ranking, _ = rank_top(store, campaign, REPORT_ROWS)
+    rows = tuple(leaderboard_row(top, candidate, score, place) for place, (candidate, score) in
+                 enumerate(ranking.ranked, 1))
+    data = load_campaign_sample(store, campaign, SAMPLED_ABOVE, keep=[row.id for row in rows])
+    return ReportInputs(data, Leaderboard(campaign.name, data.task, rows), statuses, sampled_from=size)
+
+
 def write_report(handle: CampaignHandle, out: str | Path | None = None, *, leaders: int = 6) -> Path:
     """Write the report of the campaign to `out` (see `default_report_path`); returns the path."""
     path = Path(out) if out is not None else default_report_path(handle)
-    html = report_html(load_campaign_data(handle.store, handle.campaign), leaders=leaders)
+    html = report_html(report_inputs(handle.store, handle.campaign), leaders=leaders)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html, encoding="utf-8")
     return path
 
 
-def report_html(data: CampaignData, *, leaders: int = 6) -> str:
-    """The whole report as one HTML document; `NoResults` when no candidate has a fitness yet."""
-    board = build_leaderboard(data)
+def report_html(inputs: CampaignData | ReportInputs, *, leaders: int = 6) -> str:
+    """The whole report as one HTML document, from a snapshot or from `report_inputs`; `NoResults` when no
+    candidate has a fitness yet."""
+    if isinstance(inputs, CampaignData):
+        inputs = ReportInputs(inputs, build_leaderboard(inputs), dict(Counter(c.status for c in
+                                                                             inputs.candidates.values())))
+    data, board = inputs.data, inputs.board
     if not board.rows:
         raise NoResults(f"campaign {data.campaign.name!r} has no candidate with a fitness yet: nothing to report")
     sections = [
-        _header(data, board),
+        _header(data, board, inputs.statuses),
+        _sample_note(inputs),
         _section("Fitness", '<div class="plots">' + charts.fitness_by_generation(data)
                  + charts.fitness_over_time(data) + "</div>"),
         _section("Reward against KL", '<div class="plots">'
@@ -125,11 +171,8 @@ def _section(title: str, body: str) -> str:
     return f"<h2>{escape(title)}</h2>{body}"
 
 
-def _header(data: CampaignData, board: Leaderboard) -> str:
+def _header(data: CampaignData, board: Leaderboard, statuses: Mapping[str, int]) -> str:
     campaign, config = data.campaign, data.campaign.config
-    statuses: dict[str, int] = {}
-    for candidate in data.candidates.values():
-        statuses[candidate.status] = statuses.get(candidate.status, 0) + 1
     best = board.rows[0]
     facts = [("status", f"{campaign.status}" + (f" ({campaign.stop_reason})" if campaign.stop_reason else "")),
              ("selected on", data.task), ("proposer", str(config.get("proposer", "-"))),
@@ -140,6 +183,16 @@ def _header(data: CampaignData, board: Leaderboard) -> str:
              ("created", f"{campaign.created_at:%Y-%m-%d %H:%M} UTC")]
     rows = "".join(f"<tr><th>{escape(key)}</th><td>{escape(value)}</td></tr>" for key, value in facts)
     return f"<h1>lossearch campaign {escape(campaign.name)}</h1><table>{rows}</table>"
+
+
+def _sample_note(inputs: ReportInputs) -> str:
+    if inputs.sampled_from is None:
+        return ""
+    return (f'<p class="muted">This campaign holds {inputs.sampled_from} candidates. Its plots, lineage graph and '
+            f"operator tables are drawn from {len(inputs.data.candidates)} of them: a uniform sample of "
+            f"{SAMPLED_ABOVE}, their parents, the seeds and the leaderboard's first {len(inputs.board.rows)} rows, "
+            "so counts there are of that sample and shares are estimates from it. The leaderboard and the "
+            "candidate counts above are of the whole campaign.</p>")
 
 
 def _num(value: float | None, spread: float | None = None) -> str:

@@ -162,6 +162,17 @@ def _as_candidate(row: CandidateModel, fingerprint_loaded: bool = True) -> Candi
     )
 
 
+ID_CHUNK = 500
+"""Ids bound in one IN (...) list: under every backend's limit on bound parameters."""
+
+
+def _id_chunks(ids: Collection[int]) -> Iterator[list[int]]:
+    """`ids`, sorted without repeats, `ID_CHUNK` at a time."""
+    ordered = sorted(set(ids))
+    for start in range(0, len(ordered), ID_CHUNK):
+        yield ordered[start:start + ID_CHUNK]
+
+
 def _as_edge(row: LineageEdgeModel) -> LineageEdge:
     return LineageEdge(row.child_id, row.parent_id, row.relation)
 
@@ -508,11 +519,9 @@ class Store:
         name: str | None = None,
         fingerprints: bool = True,
     ) -> list[Candidate]:
-        """The campaign's candidates in the order they were added, optionally filtered (`ids`: at most
-        a few hundred); without `fingerprints`, every `fingerprint` is None (read them with `fingerprints_of`)."""
+        """The campaign's candidates in the order they were added, optionally filtered; without
+        `fingerprints`, every `fingerprint` is None (read them with `fingerprints_of`)."""
         query = sa.select(CandidateModel).where(CandidateModel.campaign_id == campaign_id)
-        if ids is not None:
-            query = query.where(CandidateModel.id.in_(list(ids)))
         if name is not None:
             query = query.where(CandidateModel.name == name)
         if not fingerprints:
@@ -523,17 +532,27 @@ class Store:
             query = query.where(CandidateModel.generation == generation)
         if island is not None:
             query = query.where(CandidateModel.island == island)
+        query = query.order_by(CandidateModel.id)
         with self._session_scope() as session:
-            return [_as_candidate(row, fingerprints) for row in session.scalars(query.order_by(CandidateModel.id))]
+            if ids is None:
+                return [_as_candidate(row, fingerprints) for row in session.scalars(query)]
+            rows = [row for chunk in _id_chunks(ids)
+                    for row in session.scalars(query.where(CandidateModel.id.in_(chunk)))]
+            return [_as_candidate(row, fingerprints) for row in sorted(rows, key=lambda row: row.id)]
+
+    def candidate_ids(self, campaign_id: int) -> list[int]:
+        """Every candidate id of the campaign, in the order they were added (one column: cheap at 100,000)."""
+        query = (sa.select(CandidateModel.id).where(CandidateModel.campaign_id == campaign_id)
+                 .order_by(CandidateModel.id))
+        with self._session_scope() as session:
+            return list(session.scalars(query))
 
     def fingerprints_of(self, candidate_ids: Collection[int]) -> dict[int, tuple[float, ...] | None]:
         """The fingerprints of the candidates `candidate_ids` (None for one without), by id."""
-        ids = sorted(set(candidate_ids))
         found: dict[int, tuple[float, ...] | None] = {}
         with self._session_scope() as session:
-            for start in range(0, len(ids), 500):  # under every backend's limit on bound parameters
-                query = sa.select(CandidateModel.id, CandidateModel.fingerprint).where(
-                    CandidateModel.id.in_(ids[start:start + 500]))
+            for chunk in _id_chunks(candidate_ids):
+                query = sa.select(CandidateModel.id, CandidateModel.fingerprint).where(CandidateModel.id.in_(chunk))
                 found.update((row.id, None if row.fingerprint is None else tuple(row.fingerprint))
                              for row in session.execute(query))
         return found
@@ -573,8 +592,10 @@ class Store:
         return self._edges(LineageEdgeModel.parent_id == candidate_id)
 
     def parents_of(self, candidate_ids: Collection[int]) -> list[LineageEdge]:
-        """The edges from the parents of `candidate_ids` (at most a few hundred) to them."""
-        return self._edges(LineageEdgeModel.child_id.in_(list(candidate_ids)))
+        """The edges from the parents of `candidate_ids` to them."""
+        return sorted((edge for chunk in _id_chunks(candidate_ids)
+                       for edge in self._edges(LineageEdgeModel.child_id.in_(chunk))),
+                      key=lambda edge: (edge.child_id, edge.parent_id, edge.relation))
 
     def lineage(self, campaign_id: int) -> list[LineageEdge]:
         """Every lineage edge whose child belongs to the campaign."""
@@ -708,13 +729,14 @@ class Store:
         task: str | None = None,
         candidate_ids: Collection[int] | None = None,
     ) -> list[Evaluation]:
-        """Evaluations in the order they were recorded, filtered by any of the arguments (`candidate_ids`:
-        at most a few hundred)."""
+        """Evaluations in the order they were recorded, filtered by any of the arguments."""
         query = self._evaluation_query(candidate_id, campaign_id, tier, task)
-        if candidate_ids is not None:
-            query = query.where(EvaluationModel.candidate_id.in_(list(candidate_ids)))
         with self._session_scope() as session:
-            return [_as_evaluation(row) for row in session.scalars(query)]
+            if candidate_ids is None:
+                return [_as_evaluation(row) for row in session.scalars(query)]
+            rows = [row for chunk in _id_chunks(candidate_ids)
+                    for row in session.scalars(query.where(EvaluationModel.candidate_id.in_(chunk)))]
+            return [_as_evaluation(row) for row in sorted(rows, key=lambda row: row.id)]
 
     @staticmethod
     def _evaluation_query(candidate_id: int | None, campaign_id: int | None, tier: str | None,
