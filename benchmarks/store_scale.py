@@ -13,6 +13,9 @@ API, as a campaign would write them. Then times, each once:
   load        lossearch.ranking.load_campaign_data (every command starts with it)
   leaderboard lossearch.reporting.results.build_leaderboard on that snapshot (every row)
   first page  `lossearch leaderboard --top 10`: its first page through the scores the store keeps, no snapshot
+  show        `lossearch show ID` of the newest built candidate (its rank, evaluations, parents, children)
+  lineage     `lossearch lineage ID` of the same candidate
+  record      recording one evaluation (the store keeps the candidate's score up to date with it)
   report      lossearch report's whole file (and its size): past 5,000 candidates it plots a sample
   duplicates  a new child's fingerprint against every stored candidate's (the sanity tier's duplicate check)
   dashboard   lossearch serve's first state and charts (what a page load costs)
@@ -34,7 +37,7 @@ from lossearch.evaluation.cascade import sanity_tier, static_tier
 from lossearch.ranking import load_campaign_data, rank
 from lossearch.reporting.dashboard import Dashboard
 from lossearch.reporting.report import write_report
-from lossearch.reporting.results import build_leaderboard, leaderboard
+from lossearch.reporting.results import build_leaderboard, leaderboard, lineage, show_candidate
 from lossearch.sandbox.local import Sandbox
 from lossearch.search.campaign import CampaignRunner
 from lossearch.search.config import CampaignConfig
@@ -105,6 +108,16 @@ def measure(store: Store, folder: Path, size: int) -> dict[str, float]:
     start = time.perf_counter()
     leaderboard(CampaignHandle(store, campaign, str(folder)), top=10)
     figures["first page s"] = time.perf_counter() - start
+    newest = max(c.id for c in data.candidates.values() if c.status == "evaluated")  # a built one: it has a print
+    for name, command in (("show s", show_candidate), ("lineage s", lineage)):
+        start = time.perf_counter()
+        command(CampaignHandle(store, campaign, str(folder)), newest)
+        figures[name] = time.perf_counter() - start
+    start = time.perf_counter()
+    seed = len(store.evaluations(candidate_id=newest))  # a new key each time, so --reuse measures a write too
+    store.record_evaluation(newest, tier="bandit", task="sentiment", seed=seed, fitness=0.3, seconds=1.0,
+                            metrics={"reward": 0.3, "kl": 0.4, "fitness": 0.3})
+    figures["record s"] = time.perf_counter() - start
     start = time.perf_counter()
     report = write_report(CampaignHandle(store, campaign, str(folder)), folder / f"report-{size}.html")
     figures["report s"] = time.perf_counter() - start
@@ -116,7 +129,6 @@ def measure(store: Store, folder: Path, size: int) -> dict[str, float]:
     ranked = rank(now).candidates
     figures["generation s"] = time.perf_counter() - start
     start = time.perf_counter()  # a new child against every stored one, as the sanity tier's duplicate check does
-    newest = max(c.id for c in now.candidates.values() if c.status == "evaluated")  # a built one: it has a print
     runner.fingerprint_twin(newest + 1, [value * 0.9 + 1e-3 for value in now.fingerprint(newest) or ()])
     figures["duplicate check s"] = time.perf_counter() - start
     start = time.perf_counter()
