@@ -368,4 +368,19 @@ def test_a_campaign_past_the_sampling_size_is_reported_from_a_sample_and_its_kep
     assert 60 + 41 <= len(sampled) < 300
     assert all(edge.parent_id in sampled for edges in inputs.data.children.values() for edge in edges)
     assert "This campaign holds 300 candidates" in html and "300 evaluated" in html
-    assert html.count('<tr class="') == 20 and html.count("<svg") >= 6
+    assert html.count('<tr class="') == 20 and html.count("<svg") >= 6 and "280 more rows" in html
+
+    # the dashboard reads it the same way: whole counts and leaderboard, charts from the sample, and a
+    # candidate the sample left out still opens with its parents and children
+    with Store(f"sqlite:///{tmp_path / 'big.db'}") as store:
+        campaign = store.get_campaign("big")
+        with dashboard_server(store, campaign) as url:
+            state = get_json(url + "/api/state")
+            charts = get_json(url + "/api/charts")
+            left_out = next(i for i in range(42, 301) if i not in sampled and store.children(i))
+            shown = get_json(f"{url}/api/candidate/{left_out}")
+    assert (state["sampled_from"], state["charted"], state["statuses"]) == (300, len(sampled), {"evaluated": 300})
+    assert state["evaluations"] == 300 and state["leaderboard_total"] == 300
+    assert [row["id"] for row in state["leaderboard"]] == [row.id for row in full.rows]
+    assert "<svg" in charts["lineage"] and "<svg" in charts["fitness"]
+    assert shown["id"] == left_out and shown["parents"] and shown["children"] and shown["diffs"]

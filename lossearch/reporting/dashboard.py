@@ -23,7 +23,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -33,9 +33,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from lossearch.ranking import CampaignData, instruction_stats, load_campaign_data, model_stats, operator_stats
+from lossearch.ranking import CampaignData, instruction_stats, load_campaign_part, model_stats, operator_stats
 from lossearch.reporting import charts
-from lossearch.reporting.results import Leaderboard, build_leaderboard, candidate_report
+from lossearch.reporting.report import ReportInputs, report_inputs
+from lossearch.reporting.results import Leaderboard, candidate_report
 from lossearch.store.store import Store
 from lossearch.store.values import Campaign, LLMCall, Note
 
@@ -67,19 +68,26 @@ class Snapshot:
     """The campaign as one stamp of the store saw it; the charts are drawn on first request."""
 
     stamp: str
-    data: CampaignData
-    board: Leaderboard
+    inputs: ReportInputs
+    """The campaign, or past report.SAMPLED_ABOVE candidates a sample of it, as the report reads it."""
+    totals: tuple[int, float, int]
+    """Store.evaluation_totals: evaluations, their seconds, the latest generation (of the whole campaign)."""
     calls: list[LLMCall]
     notes: list[Note]
     _charts: dict[str, Any] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def data(self) -> CampaignData:
+        return self.inputs.data
+
+    @property
+    def board(self) -> Leaderboard:
+        return self.inputs.board
+
     def state(self) -> dict[str, Any]:
         campaign, data = self.data.campaign, self.data
-        statuses: dict[str, int] = {}
-        for candidate in data.candidates.values():
-            statuses[candidate.status] = statuses.get(candidate.status, 0) + 1
-        evaluations = [e for group in data.evaluations.values() for e in group]
+        evaluations, seconds, generation = self.totals
         return {
             "stamp": self.stamp, "poll_seconds": POLL_SECONDS,
             "campaign": {"name": campaign.name, "status": campaign.status, "stop_reason": campaign.stop_reason,
@@ -87,14 +95,16 @@ class Snapshot:
                          "generations": campaign.config.get("generations"),
                          "population": campaign.config.get("population"),
                          "created_at": campaign.created_at.isoformat(),
-                         "generation": max((c.generation for c in data.candidates.values()), default=0)},
-            "statuses": statuses,
-            "evaluations": len(evaluations),
-            "evaluation_seconds": sum(e.seconds for e in evaluations),
+                         "generation": generation},
+            "statuses": self.inputs.statuses,
+            "sampled_from": self.inputs.sampled_from,
+            "charted": len(data.candidates),
+            "evaluations": evaluations,
+            "evaluation_seconds": seconds,
             "llm": {"calls": len(self.calls), "tokens": sum(c.prompt_tokens + c.completion_tokens for c in self.calls),
                     "cost": sum(c.cost for c in self.calls)},
             "leaderboard": [row.to_dict() for row in self.board.rows[:LEADERBOARD_ROWS]],
-            "leaderboard_total": len(self.board.rows),
+            "leaderboard_total": self.inputs.ranked_total,
             "confirmed": sum(1 for record in data.confirmations.values() if record.confirmed),
             "notes": [{"generation": note.generation, "author": note.author, "text": note.text}
                       for note in self.notes],
@@ -120,18 +130,35 @@ class Snapshot:
             return self._charts
 
     def candidate(self, candidate_id: int) -> dict[str, Any] | None:
-        candidate = self.data.candidates.get(candidate_id)
+        data = self.data if candidate_id in self.data.candidates else self._with_candidate(candidate_id)
+        candidate = data.candidates.get(candidate_id)
         if candidate is None:
             return None
-        report = candidate_report(self.data, candidate, self.board).to_dict()
-        parents = [(edge, self.data.candidates[edge.parent_id]) for edge in self.data.parents.get(candidate.id, ())
-                   if edge.parent_id in self.data.candidates]
+        report = candidate_report(data, candidate, self.board).to_dict()
+        parents = [(edge, data.candidates[edge.parent_id]) for edge in data.parents.get(candidate.id, ())
+                   if edge.parent_id in data.candidates]
         report["diffs"] = [{"parent": parent.id, "relation": edge.relation, "name": parent.name,
                             "diff": source_diff(parent.source, candidate.source, f"#{parent.id}", f"#{candidate.id}")}
                            for edge, parent in parents]
-        fingerprint = self.data.fingerprint(candidate.id)
+        fingerprint = data.fingerprint(candidate.id)
         report["fingerprint_svg"] = charts.fingerprint_heatmaps(fingerprint) if fingerprint else None
         return report
+
+    def _with_candidate(self, candidate_id: int) -> CampaignData:
+        """The sample with one candidate outside it added, with its parents and children (a sampled
+        campaign's node or row that the sample left out)."""
+        data, store = self.data, self.data.store
+        if store is None:
+            return data
+        relatives = [edge.parent_id for edge in store.parents_of([candidate_id])] + [
+            edge.child_id for edge in store.children(candidate_id)]
+        part = load_campaign_part(store, data.campaign, [candidate_id, *relatives])
+        if candidate_id not in part.candidates:  # another campaign's id
+            return data
+        children = {**data.children, **part.children}
+        return replace(data, candidates={**data.candidates, **part.candidates},
+                       parents={**data.parents, **part.parents}, children=children,
+                       evaluations={**data.evaluations, **part.evaluations})
 
 
 def source_diff(before: str, after: str, before_name: str, after_name: str) -> str:
@@ -158,9 +185,9 @@ class Dashboard:
             stamp = self.stamp()
             if self._snapshot is None or self._snapshot.stamp != stamp:
                 campaign = self.store.get_campaign_by_id(self.campaign.id)
-                data = load_campaign_data(self.store, campaign)
-                self._snapshot = Snapshot(stamp, data, build_leaderboard(data), self.store.llm_calls(campaign.id),
-                                          self.store.notes(campaign.id))
+                self._snapshot = Snapshot(stamp, report_inputs(self.store, campaign),
+                                          self.store.evaluation_totals(campaign.id),
+                                          self.store.llm_calls(campaign.id), self.store.notes(campaign.id))
             return self._snapshot
 
 

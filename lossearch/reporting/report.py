@@ -86,6 +86,12 @@ class ReportInputs:
     """Every candidate of the campaign counted by status."""
     sampled_from: int | None = None
     """The campaign's size when `data` is a sample of it, else None."""
+    ranked: int | None = None
+    """How many candidates rank, when `board` holds only the first of them (a sampled campaign)."""
+
+    @property
+    def ranked_total(self) -> int:
+        return len(self.board.rows) if self.ranked is None else self.ranked
 
 
 def report_inputs(store: Store, campaign: Campaign) -> ReportInputs:
@@ -96,11 +102,12 @@ def report_inputs(store: Store, campaign: Campaign) -> ReportInputs:
     if size <= SAMPLED_ABOVE:
         data = load_campaign_data(store, campaign)
         return ReportInputs(data, build_leaderboard(data), statuses)
-    top, ranking, _ = rank_top(store, campaign, REPORT_ROWS)
+    top, ranking, ranked = rank_top(store, campaign, REPORT_ROWS)
     rows = tuple(leaderboard_row(top, candidate, score, place) for place, (candidate, score) in
                  enumerate(ranking.ranked, 1))
     data = load_campaign_sample(store, campaign, SAMPLED_ABOVE, keep=[row.id for row in rows])
-    return ReportInputs(data, Leaderboard(campaign.name, data.task, rows), statuses, sampled_from=size)
+    return ReportInputs(data, Leaderboard(campaign.name, data.task, rows), statuses, sampled_from=size,
+                        ranked=ranked)
 
 
 def write_report(handle: CampaignHandle, out: str | Path | None = None, *, leaders: int = 6) -> Path:
@@ -132,7 +139,7 @@ def report_html(inputs: CampaignData | ReportInputs, *, leaders: int = 6) -> str
                  'edges lead to the best discovered loss; a node links to its row below.</p><div class="scroll">'
                  + charts.lineage_graph(data, board) + "</div>"),
         _section("Fingerprints of the leaders", fingerprints(data, board, leaders)),
-        _section("Leaderboard", leaderboard_table_html(board, limit=REPORT_ROWS)),
+        _section("Leaderboard", leaderboard_table_html(board, limit=REPORT_ROWS, total=inputs.ranked_total)),
         _section("Confirmation", confirmation_html(data, board)),
     ]
     held_out = held_out_results(data)
@@ -234,9 +241,9 @@ def _rank(row: LeaderboardRow) -> str:
 # -- tables ----------------------------------------------------------------------------------
 
 
-def leaderboard_table_html(board: Leaderboard, limit: int | None = None) -> str:
-    """The leaderboard as a table, its first `limit` rows (all by default); each row is the target of
-    its lineage node's link."""
+def leaderboard_table_html(board: Leaderboard, limit: int | None = None, total: int | None = None) -> str:
+    """The leaderboard as a table, its first `limit` rows (all by default) of its `total` (its rows' count by
+    default); each row is the target of its lineage node's link."""
     head = ("rank", "id", "name", "fitness", "reward", "kl", "pref_acc", "verdict", "tier", "gen", "parents",
             "proposer")
     rows = []
@@ -252,7 +259,7 @@ def leaderboard_table_html(board: Leaderboard, limit: int | None = None) -> str:
                     + "".join(f'<td class="{c}">{escape(text)}</td>' for text, c in cells) + "</tr>")
     header = "".join(f"<th>{escape(name)}</th>" for name in head)
     note = VERDICT_NOTE[0].upper() + VERDICT_NOTE[1:]
-    more = len(board.rows) - len(rows)
+    more = (len(board.rows) if total is None else total) - len(rows)
     rest = (f'<p class="muted">{more} more rows: <code>lossearch leaderboard</code> lists them all.</p>'
             if more > 0 else "")
     return (f'<p class="muted">{escape(note)}. Seeds (grey) are the baselines.</p>'

@@ -385,6 +385,17 @@ class Store:
                 counts["finetuned"] += int(at_finetune or 0)
         return counts
 
+    def evaluation_totals(self, campaign_id: int) -> tuple[int, float, int]:
+        """(evaluations recorded, their seconds added up, the latest generation with a candidate): one
+        aggregate read each, for the dashboard of a campaign too large to load whole."""
+        in_campaign = CandidateModel.campaign_id == campaign_id
+        evaluations = (sa.select(sa.func.count(EvaluationModel.id), sa.func.sum(EvaluationModel.seconds))
+                       .join(CandidateModel, EvaluationModel.candidate_id == CandidateModel.id).where(in_campaign))
+        with self._session_scope() as session:
+            count, seconds = session.execute(evaluations).one()
+            generation = session.scalar(sa.select(sa.func.max(CandidateModel.generation)).where(in_campaign))
+        return int(count or 0), float(seconds or 0.0), int(generation or 0)
+
     def change_stamp(self, campaign_id: int) -> str:
         """A short string that changes whenever anything of the campaign is written: its status, a
         candidate added or updated, an evaluation, confirmation, note or LLM call recorded (six

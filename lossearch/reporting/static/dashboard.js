@@ -42,6 +42,10 @@ function renderFacts(state) {
     ["confirmed discoveries", state.confirmed],
     ["LLM", `${state.llm.calls} calls, ${state.llm.tokens} tokens, $${state.llm.cost.toFixed(2)}`],
   ];
+  if (state.sampled_from) {  // a large campaign: the charts draw a sample, the counts and leaderboard are whole
+    items.push(["charts", `drawn from ${state.charted} of ${state.sampled_from} candidates (a uniform sample, ` +
+                          "its parents, the seeds and the leaderboard's rows)"]);
+  }
   for (const [key, value] of items) {
     const span = el("span");
     span.append(el("b", `${key}: `), document.createTextNode(String(value)));
