@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from lossearch.failures import CandidateError
 
-# name -> meaning; every tensor input is shape (B,)
+# name -> meaning; a tensor input is shape (B,) unless its meaning says "()" (a 0-dim tensor)
 CONTRACT_INPUTS: Mapping[str, str] = MappingProxyType(
     {
         "policy_chosen_logps": "sum of the policy's token log-probs of the chosen response",
@@ -32,10 +32,23 @@ CONTRACT_INPUTS: Mapping[str, str] = MappingProxyType(
         "rejected_lengths": "number of rejected response tokens (float)",
         "chosen_kl": "sum over response positions of KL(reference || policy), chosen (TDPO)",
         "rejected_kl": "the same for the rejected response",
+        "chosen_scores": "the data's score of the chosen response (the task's labelling reward; a user dataset's "
+                         "`chosen_score`), for offset losses (ODPO)",
+        "rejected_scores": "the same for the rejected response",
+        "progress": "() share of training done: step / steps, 0 at the first step (schedule-aware losses)",
+        "running_margin_mean": "() running mean of the log-ratio margin (policy - reference, chosen minus "
+                               "rejected): an EMA (momentum 0.9) of its batch means, this batch's included, "
+                               "kept by trusted code, detached (adaptive-beta losses: beta-DPO)",
+        "running_margin_std": "() the same EMA of the margin's batch standard deviations",
         "beta": "the strength hyperparameter that every loss receives (float)",
     }
 )
 TENSOR_INPUTS = tuple(name for name in CONTRACT_INPUTS if name != "beta")
+"""Every contract input but beta: all of them are tensors, (B,) or 0-dim."""
+SCORE_INPUTS = ("chosen_scores", "rejected_scores")
+"""Inputs only data with scores has: a tier without them fails a loss that asks (`missing_scores`)."""
+TRAINING_STATE_INPUTS = ("progress", "running_margin_mean", "running_margin_std")
+"""0-dim inputs that trusted code keeps over a run (`TrainingState`); the same for every pair of a batch."""
 LossFn = Callable[[Mapping[str, Any], float], Any]
 """loss_fn(tensors, beta) -> (B,) per-pair losses: trusted code's binding of `call_loss` to one candidate."""
 DEFAULT_BETA = 0.1
@@ -62,6 +75,10 @@ class LossSpec:
     @property
     def uses_kl(self) -> bool:
         return "chosen_kl" in self.inputs or "rejected_kl" in self.inputs
+
+    @property
+    def uses_scores(self) -> bool:
+        return any(name in self.inputs for name in SCORE_INPUTS)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -243,8 +260,10 @@ def bind_inputs(spec: LossSpec, tensors: Mapping[str, Any], beta: float | None =
     for name in spec.inputs:
         if name == "beta":
             kwargs["beta"] = float(spec.hyperparameters["beta"] if beta is None else beta)
-        else:
+        elif name in tensors:
             kwargs[name] = tensors[name]
+        else:  # a tier that cannot supply an input says so before it calls; this is the backstop
+            raise CandidateError("policy", f"the loss reads `{name}`, which this evaluation does not supply")
     for name, value in (hyperparameters or {}).items():
         if name != "beta" and name in spec.hyperparameters:
             kwargs[name] = float(value)
@@ -320,3 +339,57 @@ def backpropagate(outputs: Sequence[Any], grads: Sequence[Any]) -> None:
     benchmarks/speed_tricks.py). The zygote never imports sympy, so each forked child would pay it.
     """
     sum((output * grad.detach()).sum() for output, grad in zip(outputs, grads)).backward()
+
+
+MARGIN_MOMENTUM = 0.9
+"""Weight of the old value in the running margin statistics' EMA (beta-DPO's m, Wu et al. 2024, §4.2)."""
+
+
+def missing_scores(spec: LossSpec, reason: str) -> CandidateError:
+    """The failure of a loss that reads scores where the data has none; `reason` says which data and why."""
+    return CandidateError("policy", f"the loss reads {', '.join(n for n in SCORE_INPUTS if n in spec.inputs)}, "
+                                    f"but {reason}")
+
+
+@dataclass
+class TrainingState:
+    """What trusted code keeps over one training run for the loss to read: how far the run is, and
+    the running mean and standard deviation of the log-ratio margin.
+
+    The loss itself keeps no state (it is a pure function of tensors); each training step calls
+    `inputs`, which folds the step's batch into the running statistics first, so the first step
+    sees its own batch's mean and std, and every later step an EMA that includes its batch.
+    """
+
+    steps: int
+    """Steps the run takes: `progress` is step / steps."""
+    momentum: float = MARGIN_MOMENTUM
+    margin_mean: float | None = None
+    """EMA of the batch means of the margin; None before the first step."""
+    margin_std: float | None = None
+    """EMA of the batch standard deviations (population: a batch of one has std 0)."""
+
+    def inputs(self, step: int, policy_side: Mapping[str, Any], fixed: Mapping[str, Any]) -> dict[str, Any]:
+        """The 0-dim TRAINING_STATE_INPUTS of step `step` (0-based) on this batch's contract inputs."""
+        import torch
+
+        margins = log_ratio_margins(policy_side, fixed)  # (B,), detached
+        self.update(float(margins.mean()), float(margins.std(correction=0)))
+        values = {"progress": step / self.steps, "running_margin_mean": self.margin_mean,
+                  "running_margin_std": self.margin_std}
+        return {name: torch.tensor(value, dtype=margins.dtype, device=margins.device) for name, value in values.items()}
+
+    def update(self, batch_mean: float, batch_std: float) -> None:
+        if self.margin_mean is None or self.margin_std is None:
+            self.margin_mean, self.margin_std = batch_mean, batch_std
+            return
+        self.margin_mean = self.momentum * self.margin_mean + (1 - self.momentum) * batch_mean
+        self.margin_std = self.momentum * self.margin_std + (1 - self.momentum) * batch_std
+
+
+def log_ratio_margins(policy_side: Mapping[str, Any], fixed: Mapping[str, Any]):
+    """(B,) the log-ratio margin (policy - reference, chosen minus rejected), detached."""
+    tensors = {**fixed, **policy_side}
+    chosen = tensors["policy_chosen_logps"].detach() - tensors["reference_chosen_logps"]
+    rejected = tensors["policy_rejected_logps"].detach() - tensors["reference_rejected_logps"]
+    return chosen - rejected

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lossearch.contract import DEFAULT_BETA, call_loss, load_loss, parse_spec
+from lossearch.contract import (
+    DEFAULT_BETA,
+    SCORE_INPUTS,
+    TENSOR_INPUTS,
+    TRAINING_STATE_INPUTS,
+    TrainingState,
+    call_loss,
+    load_loss,
+    missing_scores,
+    parse_spec,
+)
 from lossearch.failures import CandidateError
 
 
@@ -79,3 +89,35 @@ def test_restricted_loader_refuses_other_imports():
     with pytest.raises(CandidateError) as caught:
         load_loss("import os\ndef loss(policy_chosen_logps):\n    return policy_chosen_logps")
     assert caught.value.failure.kind == "policy"
+
+
+def test_the_wider_inputs_are_contract_inputs_without_defaults():
+    spec = parse_spec("def loss(policy_chosen_logps, chosen_scores, rejected_scores, progress, running_margin_mean,\n"
+                      "         running_margin_std, gamma: float = 0.5):\n    return policy_chosen_logps")
+    assert spec.inputs == ("policy_chosen_logps", *SCORE_INPUTS, *TRAINING_STATE_INPUTS)
+    assert spec.uses_scores and dict(spec.hyperparameters) == {"beta": DEFAULT_BETA, "gamma": 0.5}
+    assert set(SCORE_INPUTS + TRAINING_STATE_INPUTS) <= set(TENSOR_INPUTS)
+    assert "default" in refusal("def loss(policy_chosen_logps, progress=0.5):\n    return 1").failure.message
+
+
+def test_an_input_the_evaluation_does_not_supply_fails_in_one_line():
+    spec = parse_spec("def loss(policy_chosen_logps, chosen_scores):\n    return policy_chosen_logps")
+    with pytest.raises(CandidateError) as caught:
+        call_loss(load_loss(spec.source), spec, inputs())
+    assert caught.value.failure.kind == "policy" and "`chosen_scores`" in caught.value.failure.message
+    assert "reads chosen_scores" in missing_scores(spec, "the data has none").failure.message
+
+
+def test_training_state_starts_at_the_first_batch_and_keeps_an_ema():
+    state = TrainingState(steps=4)
+    reference = {"reference_chosen_logps": torch.zeros(3), "reference_rejected_logps": torch.zeros(3)}
+    margins = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([5.0, 5.0, 5.0])]
+    seen = [state.inputs(step, {"policy_chosen_logps": margin.requires_grad_(), "policy_rejected_logps":
+                                torch.zeros(3)}, reference) for step, margin in enumerate(margins)]
+    assert [float(values["progress"]) for values in seen] == [0.0, 0.25]
+    std = float(torch.tensor([1.0, 2.0, 3.0]).std(correction=0))  # population std: a batch of one has 0
+    assert float(seen[0]["running_margin_mean"]) == pytest.approx(2.0)
+    assert float(seen[0]["running_margin_std"]) == pytest.approx(std)
+    assert float(seen[1]["running_margin_mean"]) == pytest.approx(0.9 * 2.0 + 0.1 * 5.0)
+    assert float(seen[1]["running_margin_std"]) == pytest.approx(0.9 * std)
+    assert all(value.dim() == 0 and not value.requires_grad for values in seen for value in values.values())

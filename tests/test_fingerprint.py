@@ -182,3 +182,42 @@ def test_the_campaign_rejects_dpo_with_a_scaled_beta_as_a_duplicate(tmp_path, sa
         assert child.status == "duplicate"
         assert child.failure_message.startswith(f"same loss as #{dpo.id} dpo at beta ×1.5 (fingerprint distance")
         assert {e.tier for e in store.evaluations(candidate_id=child.id)} == {"sanity"}  # no training paid
+
+
+def test_the_grid_holds_the_wider_inputs_at_fixed_values_and_older_prints_do_not_see_them():
+    import torch
+
+    from lossearch.contract import (
+        SCORE_INPUTS,
+        TRAINING_STATE_INPUTS,
+        call_loss,
+        load_loss,
+        parse_spec,
+        read_spec,
+    )
+    from lossearch.fingerprint import GRID_MARGIN_MEAN, GRID_MARGIN_STD, GRID_PROGRESS, gradient_print, grid_inputs
+
+    tensors, leaves = grid_inputs()
+    assert [float(tensors[name]) for name in TRAINING_STATE_INPUTS] == [GRID_PROGRESS, GRID_MARGIN_MEAN,
+                                                                        GRID_MARGIN_STD]
+    assert all(tensors[name].shape == leaves[0].shape and not tensors[name].requires_grad for name in SCORE_INPUTS)
+    spec = read_spec(seed_path("dpo"))
+    function = load_loss(spec.source, spec.name)
+    wider = set(SCORE_INPUTS + TRAINING_STATE_INPUTS)
+    dpo = gradient_print(lambda grid: call_loss(function, spec, grid))
+    without = gradient_print(lambda grid: call_loss(function, spec, {k: v for k, v in grid.items() if k not in wider}))
+    assert torch.equal(dpo, without)
+    # a loss that reads them is printed where they hold those values: progress 0.5 doubles DPO's beta here
+    scheduled = '''import torch.nn.functional as F
+def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, progress,
+         beta: float = 0.1):
+    margin = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
+    return -F.logsigmoid(4 * progress * beta * margin)
+'''
+    doubled = read_spec(seed_path("dpo"))
+    prints = []
+    for source in (scheduled, doubled.source.replace("beta * margin", "2 * beta * margin")):
+        spec = parse_spec(source)
+        function = load_loss(spec.source, spec.name)
+        prints.append(gradient_print(lambda grid, function=function, spec=spec: call_loss(function, spec, grid)))
+    torch.testing.assert_close(prints[0], prints[1])

@@ -256,10 +256,12 @@ def save_tiny_user_model(folder) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def write_user_dataset(path, count: int = 12) -> None:
+def write_user_dataset(path, count: int = 12, scored: bool = False) -> None:
+    """`count` pairs; with `scored`, line i has chosen_score i and rejected_score -i (scores tell lines apart)."""
     rows = [{"prompt": "the cat", "chosen": "sat on a mat", "rejected": "ran fast"},
             {"prompt": "the dog", "chosen": "sat on a rug", "rejected": "ran slow"}]
-    path.write_text("\n".join(json.dumps(rows[i % 2]) for i in range(count)) + "\n")
+    lines = [{**rows[i % 2], **({"chosen_score": i, "rejected_score": -i} if scored else {})} for i in range(count)]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
 
 
 def test_a_user_model_and_dataset_load_as_a_task(tmp_path):
@@ -372,3 +374,34 @@ def test_decoding_matches_the_worlds_tokenizer():
         for _ in range(200):
             ids = [rng.randrange(len(vocabulary)) for _ in range(rng.randrange(12))]
             assert decode_text(ids, vocabulary) == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_a_user_dataset_with_scores_on_every_line_gives_its_training_pairs_scores(tmp_path):
+    from safetensors.torch import load_file
+
+    save_tiny_user_model(tmp_path / "model")
+    write_user_dataset(tmp_path / "plain.jsonl")
+    plain = load_user_task(UserSetting(tmp_path / "model", tmp_path / "plain.jsonl"), tmp_path / "cache")
+    assert plain.scores_file is None
+    write_user_dataset(tmp_path / "scored.jsonl", scored=True)
+    task = load_user_task(UserSetting(tmp_path / "model", tmp_path / "scored.jsonl"), tmp_path / "cache")
+    scores = load_file(str(task.scores_file))
+    chosen, rejected = scores["train_chosen_scores"], scores["train_rejected_scores"]
+    assert len(chosen) == len(task.train) == 10 and torch.equal(rejected, -chosen)
+    # the lines the split kept for training, in its order: each line's own score
+    assert len({int(score) for score in chosen}) == 10  # ten distinct lines: each pair its own line's score
+
+
+def test_a_catalog_tasks_scores_are_its_labellers_rewards(tiny_task):
+    from safetensors.torch import load_file
+
+    from lossearch.evaluation.tasks.catalog import reward_of_ids
+    from lossearch.evaluation.tasks.scores import sequence_rewards
+
+    scores = load_file(str(tiny_task.scores_file))
+    labeller = reward_of_ids("sentiment", labels=True)
+    assert torch.equal(scores["train_chosen_scores"], sequence_rewards(labeller, tiny_task.train.chosen))
+    # prompts and responses are split right: the held-out pairs are ordered by the oracle, strictly
+    oracle = reward_of_ids("sentiment")
+    assert bool((sequence_rewards(oracle, tiny_task.heldout.chosen)
+                 > sequence_rewards(oracle, tiny_task.heldout.rejected)).all())

@@ -14,6 +14,13 @@ the inputs it asks for, and logs TRL's reward metrics.
 `beta` comes from `DPOConfig.beta`; the loss's other hyperparameters keep their
 defaults unless given as keywords. Losses that read `chosen_kl`/`rejected_kl`
 need the reference model in memory and one full-logits forward per model.
+`progress` is the trainer's `global_step / max_steps`; the running margin
+statistics are kept on the trainer (an EMA with momentum 0.9 of each training
+batch's mean and standard deviation of the log-ratio margin, this batch's
+included; evaluation batches read them without changing them). Scores come from
+the batch's `chosen_scores` and `rejected_scores` tensors: TRL 1.16's preference
+collator keeps only token ids and reference log-probs, so a loss that reads
+scores needs a collator of yours that adds them, and fails with a ValueError without one.
 
 Everything below the marker is copied verbatim into every module that
 `lossearch export` writes, so it imports nothing at module level: TRL and
@@ -61,7 +68,7 @@ def _contract_dpo_loss(trainer, model, inputs, return_outputs, loss_fn, hyperpar
     shift_mask = completion_mask[:, 1:]  # (2B, T-1): response positions of the next-token targets
     labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
     model_kwargs = {key: value for key, value in inputs.items()
-                    if key not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")}
+                    if key not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps", *_SCORE_KEYS)}
     model_kwargs["use_cache"] = False
     if wanted & {"chosen_kl", "rejected_kl"}:
         logps, ref_logps, kl = _logps_with_kl(trainer, model, model_kwargs, labels, shift_mask)
@@ -80,6 +87,12 @@ def _contract_dpo_loss(trainer, model, inputs, return_outputs, loss_fn, hyperpar
     }
     if kl is not None:
         tensors["chosen_kl"], tensors["rejected_kl"] = kl.chunk(2, dim=0)
+    tensors.update(_training_state(trainer, tensors))
+    if wanted & set(_SCORE_KEYS):
+        if not all(key in inputs for key in _SCORE_KEYS):
+            raise ValueError("this loss reads chosen_scores/rejected_scores, and TRL's preference collator drops a "
+                             "dataset's score columns: pass a data_collator that adds them as (B,) tensors")
+        tensors.update({key: inputs[key].to(logps.dtype) for key in _SCORE_KEYS})
     kwargs = {name: tensors[name] for name in wanted if name in tensors}
     if "beta" in wanted:
         kwargs["beta"] = float(trainer.beta)
@@ -94,6 +107,29 @@ def _contract_dpo_loss(trainer, model, inputs, return_outputs, loss_fn, hyperpar
         with torch.no_grad():
             return value, model(**model_kwargs)
     return value
+
+
+_SCORE_KEYS = ("chosen_scores", "rejected_scores")
+_MARGIN_MOMENTUM = 0.9  # lossearch.contract.MARGIN_MOMENTUM
+
+
+def _training_state(trainer, tensors):
+    """`progress` and the running margin statistics, as 0-dim tensors (lossearch.contract.TrainingState)."""
+    import torch
+
+    margins = ((tensors["policy_chosen_logps"] - tensors["reference_chosen_logps"])
+               - (tensors["policy_rejected_logps"] - tensors["reference_rejected_logps"])).detach()  # (B,)
+    batch = (float(margins.mean()), float(margins.std(correction=0)))
+    running = getattr(trainer, "_lossearch_running_margin", None)
+    if trainer.model.training:
+        running = batch if running is None else tuple(_MARGIN_MOMENTUM * old + (1 - _MARGIN_MOMENTUM) * new
+                                                      for old, new in zip(running, batch))
+        trainer._lossearch_running_margin = running
+    mean, std = running if running is not None else batch
+    state = getattr(trainer, "state", None)
+    progress = state.global_step / state.max_steps if state is not None and state.max_steps else 0.0
+    return {name: torch.tensor(value, dtype=margins.dtype, device=margins.device) for name, value in
+            (("progress", progress), ("running_margin_mean", mean), ("running_margin_std", std))}
 
 
 def _reference_logps(trainer, inputs):

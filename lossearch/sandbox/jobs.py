@@ -56,7 +56,9 @@ def load_candidate(payload: dict) -> tuple[Any, Callable[..., torch.Tensor]]:
 
 
 def synthetic_inputs(batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Plausible contract inputs: sums of per-token log-probs over 4..30 tokens, small log-ratios."""
+    """Plausible contract inputs: sums of per-token log-probs over 4..30 tokens, small log-ratios; scores
+    in [0, 1.5), a run halfway through with running margin mean 1 and std 2 (every tier's inputs, so a
+    loss that reads any of them is checked here)."""
     generator = torch.Generator().manual_seed(seed)
     chosen_lengths = torch.randint(4, 31, (batch_size,), generator=generator).float()
     rejected_lengths = torch.randint(4, 31, (batch_size,), generator=generator).float()
@@ -73,6 +75,12 @@ def synthetic_inputs(batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
         "rejected_lengths": rejected_lengths,
         "chosen_kl": torch.rand(batch_size, generator=generator),
         "rejected_kl": torch.rand(batch_size, generator=generator),
+        # drawn after the older inputs, so those stay what they were
+        "chosen_scores": torch.rand(batch_size, generator=generator) + 0.5,  # gaps mostly positive, some not
+        "rejected_scores": torch.rand(batch_size, generator=generator),
+        "progress": torch.tensor(0.5),
+        "running_margin_mean": torch.tensor(1.0),
+        "running_margin_std": torch.tensor(2.0),
     }
 
 
@@ -182,6 +190,8 @@ def finetune_models(payload: dict, config: RunConfig):
     torch.manual_seed(config.seed)
     base = load_file("base.safetensors")
     tensors = load_file("pairs.safetensors")
+    if config.uses_scores and not config.online:  # the parent copies them in for such a loss; online pairs
+        tensors.update(load_file("scores.safetensors"))  # come with their labeller's rewards
     pairs = PairSet.from_tensors(tensors, "train", config.pairs)
     prompts = (tensors["train_prompt_ids"], tensors["train_prompt_attention"].bool()) if config.online else None
     # the reference's log-probs of the pairs come cached; its model is needed only for a KL input

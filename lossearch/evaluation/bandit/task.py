@@ -86,7 +86,11 @@ class BanditTask:
     """The KL(policy || reference) at which fitness reads the reward."""
     kl_penalty: float
     """Reward lost per nat of KL over the budget."""
-
+    train_chosen_scores: torch.Tensor
+    """(N,) the label reward of each training pair's chosen response: the data's scores (the
+    labellers' reward: the oracle's except in `length`, which the child must not hold)."""
+    train_rejected_scores: torch.Tensor
+    """(N,) the same for the rejected response."""
 
 
 def make_bandit_task(task: str, seed: int = 0, config: BanditConfig = BanditConfig()) -> BanditTask:
@@ -107,7 +111,8 @@ def make_bandit_task(task: str, seed: int = 0, config: BanditConfig = BanditConf
         chosen, rejected = flip_labels(chosen, rejected, fraction=1 / 3, generator=generator)
     heldout = draw_heldout_pairs(rewards, config.heldout_pairs_per_prompt, generator)
     return BanditTask(task, seed, reference_logits, rewards, lengths, prompts, chosen, rejected,
-                      *heldout, TASK_KL_BUDGET[task], config.kl_penalty)
+                      *heldout, TASK_KL_BUDGET[task], config.kl_penalty,
+                      label_rewards[prompts, chosen], label_rewards[prompts, rejected])
 
 
 def make_training_task(task: str, seed: int = 0, config: BanditConfig = BanditConfig()) -> BanditTask:

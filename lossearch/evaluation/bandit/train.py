@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from lossearch.contract import LossFn, backpropagate, loss_input_gradients
+from lossearch.contract import LossFn, TrainingState, backpropagate, loss_input_gradients
 from lossearch.evaluation.bandit.task import BanditConfig, BanditTask
 from lossearch.evaluation.threads import one_thread
 from lossearch.failures import CandidateError
@@ -41,12 +41,17 @@ def train_stacked(loss_fn: LossFn, task: BanditTask, seed: int, config: BanditCo
     generator = torch.Generator().manual_seed(seed)
     n_pairs = task.train_prompts.shape[0]
     batches = torch.randint(0, n_pairs, (config.steps, config.batch_size), generator=generator)  # (steps, B)
+    states = [TrainingState(config.steps) for _ in config.betas]  # each beta's run keeps its own statistics
     for step in range(config.steps):
         batch = batches[step]  # (B,) indices into the training pairs
         policy, fixed = pair_inputs(logits, reference_logps, task.lengths, task.train_prompts[batch],
                                     task.train_chosen[batch], task.train_rejected[batch])
-        grads = [loss_input_gradients(loss_fn, {name: value[k] for name, value in policy.items()}, fixed, beta)[1]
-                 for k, beta in enumerate(config.betas)]
+        fixed.update(chosen_scores=task.train_chosen_scores[batch], rejected_scores=task.train_rejected_scores[batch])
+        grads = []
+        for k, beta in enumerate(config.betas):
+            run_policy = {name: value[k] for name, value in policy.items()}  # (B,) each
+            run_fixed = {**fixed, **states[k].inputs(step, run_policy, fixed)}
+            grads.append(loss_input_gradients(loss_fn, run_policy, run_fixed, beta)[1])
         logits.grad = None
         backward_through_policy(policy, grads)
         adam_step(logits, moments, step + 1, config.lr)

@@ -132,5 +132,7 @@ class RunConfig:
     device: str = "cpu"
     precision: str = "fp32"
     """`fp32` or `bf16` (autocast around the policy's and reference's forward passes)."""
+    uses_scores: bool = False
+    """The loss reads the pairs' scores: the child reads them from scores.safetensors."""
 
 

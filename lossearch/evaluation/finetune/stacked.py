@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from lossearch.contract import LossFn, backpropagate, loss_input_gradients
+from lossearch.contract import LossFn, TrainingState, backpropagate, loss_input_gradients
 from lossearch.evaluation.finetune.config import RunConfig
 from lossearch.evaluation.finetune.train import (
     AdamW,
@@ -35,17 +35,22 @@ from lossearch.evaluation.tasks.llama import CompactLlama, stack_runs
 from lossearch.evaluation.tasks.lm import Sequences, concat_sequences
 from lossearch.failures import CandidateError
 
-SHARED_FIELDS = ("steps", "pairs", "batch_size", "lr", "uses_kl", "online", "device", "precision")
+SHARED_FIELDS = ("steps", "pairs", "batch_size", "lr", "uses_kl", "online", "device", "precision", "uses_scores")
 """What the stacked runs must share: they may differ in beta and seed only."""
 
 
 @dataclass
 class StackedRun:
-    """One run of a stacked pass: its losses so far, and its failure once it has diverged."""
+    """One run of a stacked pass: its losses so far, its failure once it has diverged, and its own
+    running margin statistics (as its sequential run keeps them)."""
 
     config: RunConfig
     losses: list[float] = field(default_factory=list)
     failure: Optional[CandidateError] = None
+    state: TrainingState = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.state = TrainingState(self.config.steps)
 
 
 def can_stack(model, configs: Sequence[RunConfig]) -> bool:
@@ -74,7 +79,7 @@ def train_stacked(loss_fn: LossFn, policy: CompactLlama, reference, pairs: PairS
         optimizer.lr = first.lr * learning_rate_scale(step, first.steps, warmup)
         indexes = [torch.randint(0, len(pairs), (first.batch_size,), generator=generator)
                    for generator in generators]  # (B,) each, as each run's sequential training draws them
-        stacked_step(policy, reference, optimizer, loss_fn, pairs, indexes, runs)
+        stacked_step(policy, reference, optimizer, loss_fn, pairs, indexes, runs, step)
     policy.eval()
     for index, run in enumerate(runs):
         finite = all(bool(torch.isfinite(param[index]).all()) for param in policy.parameters())
@@ -85,8 +90,8 @@ def train_stacked(loss_fn: LossFn, policy: CompactLlama, reference, pairs: PairS
 
 
 def stacked_step(policy, reference, optimizer: AdamW, loss_fn: LossFn, pairs: PairSet,
-                 indexes: Sequence[torch.Tensor], runs: Sequence[StackedRun]) -> None:
-    """One AdamW step of every stacked run on its own pairs `indexes[r]`; a run whose gradients are not
+                 indexes: Sequence[torch.Tensor], runs: Sequence[StackedRun], step: int = 0) -> None:
+    """Step `step` (AdamW) of every stacked run on its own pairs `indexes[r]`; a run whose gradients are not
     finite gets its failure and no update."""
     config = runs[0].config
     device = next(policy.parameters()).device
@@ -96,9 +101,11 @@ def stacked_step(policy, reference, optimizer: AdamW, loss_fn: LossFn, pairs: Pa
     for r, (run, index) in enumerate(zip(runs, indexes)):
         if run.failure is not None:
             continue
+        run_outputs = {name: value[r] for name, value in outputs.items()}  # (B,) each
+        fixed = fixed_inputs(pairs, index, device)
+        fixed.update(run.state.inputs(step, run_outputs, fixed))
         try:
-            loss, all_grads = loss_input_gradients(loss_fn, {name: value[r] for name, value in outputs.items()},
-                                                   fixed_inputs(pairs, index, device), run.config.beta)
+            loss, all_grads = loss_input_gradients(loss_fn, run_outputs, fixed, run.config.beta)
             grads = checked_grads(all_grads, run.config.beta)
         except CandidateError as error:  # non-finite values end this run only; any other failure ends all,
             if error.failure.kind != "nan":  # as it ends the evaluation of runs one after another

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from lossearch.choices import USER_TASK
-from lossearch.contract import LossSpec
+from lossearch.contract import LossSpec, missing_scores
 from lossearch.errors import ConfigError
 from lossearch.evaluation.finetune.config import Budget, FinetuneOptions, RunConfig
 from lossearch.evaluation.finetune.device import check_fits, resolve_device, resolve_precision
@@ -23,6 +23,7 @@ from lossearch.evaluation.finetune.score import Scorer
 from lossearch.evaluation.fitness import curve_by_seed, fitness_at_budget
 from lossearch.evaluation.tasks.data import TaskData
 from lossearch.evaluation.tasks.load import load_task, load_user_task
+from lossearch.evaluation.tasks.scores import MISSING_USER_SCORES
 from lossearch.evaluation.tuning import tune_beta
 from lossearch.failures import CandidateError
 from lossearch.sandbox.interface import SandboxLike, SandboxLimits
@@ -57,7 +58,22 @@ def run_config(task: TaskData, spec: LossSpec, budget: Budget, options: Finetune
                   "eos_id": task.eos_id, "pad_id": task.pad_id}
     return RunConfig(beta=beta, seed=seed, steps=budget.steps, pairs=min(budget.pairs, len(task.train)),
                      batch_size=budget.batch_size, lr=budget.lr, uses_kl=spec.uses_kl, online=online, device=device,
-                     precision=precision)
+                     precision=precision, uses_scores=spec.uses_scores)
+
+
+def job_inputs(task: TaskData, config: RunConfig) -> dict[str, Any]:
+    """The files a training child reads: the base parameters, the pairs, and, for a loss that reads them
+    on offline pairs, their scores (`check_scores` made sure there are some)."""
+    inputs = {"base.safetensors": task.parameters_file, "pairs.safetensors": task.pairs_file}
+    if config.uses_scores and not config.online and task.scores_file is not None:
+        inputs["scores.safetensors"] = task.scores_file
+    return inputs
+
+
+def check_scores(spec: LossSpec, task: TaskData, options: FinetuneOptions) -> None:
+    """Fail a loss that reads scores on offline data that has none (online pairs carry their labellers' rewards)."""
+    if spec.uses_scores and task.scores_file is None and options.data == "offline":
+        raise missing_scores(spec, MISSING_USER_SCORES if task.name == USER_TASK else f"task {task.name} has no scores")
 
 
 def train_in_sandbox(sandbox: SandboxLike, spec: LossSpec, task: TaskData, config: RunConfig,
@@ -68,7 +84,7 @@ def train_in_sandbox(sandbox: SandboxLike, spec: LossSpec, task: TaskData, confi
 
     payload = {"source": spec.source, "name": spec.name, "run": asdict(config), "model_config": task.model_config,
                "hyperparameters": dict(hyperparameters or {})}
-    inputs = {"base.safetensors": task.parameters_file, "pairs.safetensors": task.pairs_file}
+    inputs = job_inputs(task, config)
     result = sandbox.run("finetune", payload, limits, inputs=inputs, outputs=("policy.safetensors",))
     result.raise_for_failure()
     data = result.outputs.get("policy.safetensors")
@@ -91,7 +107,7 @@ def train_many_in_sandbox(sandbox: SandboxLike, spec: LossSpec, task: TaskData, 
 
     payload = {"source": spec.source, "name": spec.name, "runs": [asdict(config) for config in configs],
                "model_config": task.model_config, "hyperparameters": {}}
-    inputs = {"base.safetensors": task.parameters_file, "pairs.safetensors": task.pairs_file}
+    inputs = job_inputs(task, configs[0])
     names = tuple(f"policy_{index}.safetensors" for index in range(len(configs)))
     stacked = replace(limits, wall_seconds=limits.wall_seconds * len(configs),
                       cpu_seconds=limits.cpu_seconds * len(configs), memory_bytes=limits.memory_bytes * 2)
@@ -219,6 +235,7 @@ def finetune_runner(sandbox: SandboxLike, spec: LossSpec, task_name: str, option
     budget = Budget.named(options.budget)
     device = resolve_device(options.device)
     task = load_task_data(task_name, options)
+    check_scores(spec, task, options)
     check_fits(task.parameters, device)
     if options.data == "online" and not task.online:
         raise ConfigError("online mode needs a task's oracle to label fresh pairs: use --task, not --model")

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from lossearch.contract import LossFn, backpropagate, loss_input_gradients
+from lossearch.contract import LossFn, TrainingState, backpropagate, loss_input_gradients
 from lossearch.evaluation.finetune.config import RunConfig
 from lossearch.evaluation.finetune.device import native_bf16_cpu
 from lossearch.evaluation.tasks.catalog import TASKS, reward_of_ids
@@ -47,11 +47,15 @@ def policy_inputs(policy, reference, pairs: PairSet, index: torch.Tensor, uses_k
 
 
 def fixed_inputs(pairs: PairSet, index: torch.Tensor, device) -> dict[str, torch.Tensor]:
-    """The contract inputs of the pairs `index` that do not depend on the policy."""
+    """The contract inputs of the pairs `index` that do not depend on the policy (scores where the pairs
+    have them; the run's state comes from its TrainingState)."""
     fixed = {"reference_chosen_logps": pairs.reference_chosen_logps[index],
              "reference_rejected_logps": pairs.reference_rejected_logps[index],
              "chosen_lengths": pairs.chosen.rows(index).response_lengths(),
              "rejected_lengths": pairs.rejected.rows(index).response_lengths()}
+    if pairs.chosen_scores is not None and pairs.rejected_scores is not None:
+        fixed.update(chosen_scores=pairs.chosen_scores[index].float(),
+                     rejected_scores=pairs.rejected_scores[index].float())
     return {name: value.to(device) for name, value in fixed.items()}
 
 
@@ -88,9 +92,12 @@ def arithmetic(device: torch.device, precision: str):
 
 
 def training_step(policy, reference, optimizer, loss_fn: LossFn, pairs: PairSet, index: torch.Tensor,
-                  beta: float, uses_kl: bool, precision: str = "fp32") -> float:
-    """One AdamW step of the policy on the pairs `index`; returns the batch's mean loss."""
+                  beta: float, uses_kl: bool, precision: str = "fp32",
+                  state: Optional[TrainingState] = None, step: int = 0) -> float:
+    """One AdamW step of the policy on the pairs `index` (step `step` of the run whose `state` it is:
+    a fresh one-step run's without one); returns the batch's mean loss."""
     outputs, fixed = policy_inputs(policy, reference, pairs, index, uses_kl, precision)
+    fixed.update((state or TrainingState(steps=1)).inputs(step, outputs, fixed))
     loss, all_grads = loss_input_gradients(loss_fn, outputs, fixed, beta)
     grads = checked_grads(all_grads, beta)
     optimizer.zero_grad()
@@ -156,6 +163,7 @@ def train_policy(loss_fn: LossFn, policy, reference, pairs: PairSet, config: Run
     generator = torch.Generator().manual_seed(config.seed)
     warmup = max(1, config.steps // 10)
     losses: list[float] = []
+    state = TrainingState(config.steps)
     policy.train()
     for step in range(config.steps):
         optimizer.lr = config.lr * learning_rate_scale(step, config.steps, warmup)
@@ -163,7 +171,7 @@ def train_policy(loss_fn: LossFn, policy, reference, pairs: PairSet, config: Run
             pairs = draw_online_pairs(policy, reference, prompts, config, generator)
         index = torch.randint(0, len(pairs), (config.batch_size,), generator=generator)  # (B,)
         losses.append(training_step(policy, reference, optimizer, loss_fn, pairs, index, config.beta,
-                                    config.uses_kl, config.precision))
+                                    config.uses_kl, config.precision, state, step))
     policy.eval()
     if not all(bool(torch.isfinite(param).all()) for param in policy.parameters()):
         raise CandidateError("nan", f"training diverged at beta={config.beta:g}: the parameters are not finite")
@@ -172,7 +180,8 @@ def train_policy(loss_fn: LossFn, policy, reference, pairs: PairSet, config: Run
 
 @torch.no_grad()
 def draw_online_pairs(policy, reference, prompts, config: RunConfig, generator: torch.Generator) -> PairSet:
-    """On-policy pairs: two responses per prompt from the current policy, labelled by the task's labeller."""
+    """On-policy pairs: two responses per prompt from the current policy, labelled by the task's labeller,
+    whose rewards are their scores."""
 
     online = config.online
     assert online is not None  # drawn only in online mode
@@ -202,7 +211,10 @@ def draw_online_pairs(policy, reference, prompts, config: RunConfig, generator: 
 
     chosen, rejected = pick(first, second), pick(second, first)
     reference_logps = [sequence_logps(reference, s.to(device)).cpu() for s in (chosen, rejected)]
-    return PairSet(chosen, rejected, *reference_logps)
+    wins = first_wins[:, 0]  # (N,)
+    return PairSet(chosen, rejected, reference_logps[0], reference_logps[1],
+                   chosen_scores=torch.where(wins, first_rewards, second_rewards),
+                   rejected_scores=torch.where(wins, second_rewards, first_rewards))
 
 
 # a Llama of the tasks' kind, small: the zygote warms the compact model's code paths with it at start

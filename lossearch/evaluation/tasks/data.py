@@ -25,6 +25,10 @@ class PairSet:
     """(N,) sum of the reference's response token log-probs, chosen."""
     reference_rejected_logps: torch.Tensor
     """(N,) the same, rejected."""
+    chosen_scores: Optional[torch.Tensor] = None
+    """(N,) the data's score of each chosen response (contract input `chosen_scores`); None: no scores."""
+    rejected_scores: Optional[torch.Tensor] = None
+    """(N,) the same, rejected."""
 
     def __len__(self) -> int:
         return len(self.chosen)
@@ -32,20 +36,24 @@ class PairSet:
     def prefix(self, count: int | None) -> "PairSet":
         """The first `count` pairs (all of them for None)."""
         rows = slice(0, count)
+        scores = [None if values is None else values[rows] for values in (self.chosen_scores, self.rejected_scores)]
         return PairSet(self.chosen.rows(rows), self.rejected.rows(rows), self.reference_chosen_logps[rows],
-                       self.reference_rejected_logps[rows])
+                       self.reference_rejected_logps[rows], *scores)
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], split: str, count: int | None = None) -> "PairSet":
-        """The first `count` pairs of `split` ("train" or "heldout") from a pairs.safetensors dict."""
+        """The first `count` pairs of `split` ("train" or "heldout") from a pairs.safetensors dict (with
+        a scores.safetensors dict merged in, the pairs' scores too)."""
         rows = slice(0, count)
 
         def sequences(side: str) -> Sequences:
             return Sequences(tensors[f"{split}_{side}_ids"][rows], tensors[f"{split}_{side}_attention"][rows].bool(),
                              tensors[f"{split}_{side}_response"][rows].bool())
 
+        scores = [tensors[name][rows] if name in tensors else None
+                  for name in (f"{split}_chosen_scores", f"{split}_rejected_scores")]
         return cls(sequences("chosen"), sequences("rejected"), tensors[f"{split}_reference_chosen_logps"][rows],
-                   tensors[f"{split}_reference_rejected_logps"][rows])
+                   tensors[f"{split}_reference_rejected_logps"][rows], *scores)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,8 @@ class TaskData:
     """Fitness never goes below this: a run far over the budget is as useless as the worst reward."""
     decode: Callable[[Sequence[int]], str] = field(repr=False, default=str)
     """Token ids to text, for showing samples."""
+    scores_file: Optional[Path] = None
+    """scores.safetensors: the training pairs' scores (lossearch.evaluation.tasks.scores); None: the data has none."""
 
     @property
     def online(self) -> bool:

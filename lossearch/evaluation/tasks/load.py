@@ -16,6 +16,7 @@ from lossearch.evaluation.tasks import build, cache, catalog
 from lossearch.evaluation.tasks.build import PARAMETERS_FILE, DataConfig, pairs_artifact, read_pairs
 from lossearch.evaluation.tasks.catalog import TASKS, WORLDS, WorldConfig
 from lossearch.evaluation.tasks.data import PairSet, TaskData
+from lossearch.evaluation.tasks.scores import catalog_scores_file
 from lossearch.progress import ProgressFn, no_progress
 
 
@@ -37,16 +38,18 @@ def load_task(name: str, cache_dir: str | Path | None = None, progress: Progress
     world_meta = json.loads((world_folder / "meta.json").read_text())
     vocabulary = catalog.WORLD_VOCABULARIES[definition.world]
     tensors = read_pairs(folder)
+    train = PairSet.from_tensors(tensors, "train")
     return TaskData(
         name=name, key=folder.name, model_config=json.loads((world_folder / "config.json").read_text()),
         parameters_file=world_folder / PARAMETERS_FILE, pairs_file=folder / "pairs.safetensors",
-        train=PairSet.from_tensors(tensors, "train"), heldout=PairSet.from_tensors(tensors, "heldout"),
+        train=train, heldout=PairSet.from_tensors(tensors, "heldout"),
         heldout_prompts=(tensors["heldout_prompt_ids"], tensors["heldout_prompt_attention"].bool()),
         eos_id=vocabulary.index("<eos>"), pad_id=vocabulary.index("<pad>"),
         max_new_tokens=definition.max_new_tokens, reward=catalog.reward_of_ids(name),
         kl_budget=definition.kl_budget, kl_penalty=definition.kl_penalty, parameters=world_meta["parameters"],
         fitness_floor=definition.fitness_floor,
-        decode=functools.partial(catalog.decode_text, vocabulary=vocabulary))
+        decode=functools.partial(catalog.decode_text, vocabulary=vocabulary),
+        scores_file=catalog_scores_file(name, folder, (train.chosen, train.rejected), root))
 
 
 def load_user_task(setting, cache_dir: str | Path | None = None, progress: ProgressFn = no_progress) -> TaskData:

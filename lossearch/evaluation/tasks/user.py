@@ -1,6 +1,7 @@
 """A user's own setting: a local causal LM folder and a JSONL file of preference pairs.
 
-Each line of the dataset is {"prompt": ..., "chosen": ..., "rejected": ...}. A seeded
+Each line of the dataset is {"prompt": ..., "chosen": ..., "rejected": ...}, with optional numeric
+"chosen_score" and "rejected_score" (a loss that reads scores needs them on every line). A seeded
 share of the pairs is held out: `pref_acc` and the implicit reward margin are read on
 them. Without an oracle that is the whole score; with `reward="module.py:function"`,
 `function(prompt, response) -> float` scores responses sampled on the held-out prompts.
@@ -27,6 +28,7 @@ from lossearch.errors import ConfigError
 from lossearch.evaluation.tasks import cache
 from lossearch.evaluation.tasks.build import PARAMETERS_FILE, ProgressFn, batched_logps, read_pairs, sequences_tensors
 from lossearch.evaluation.tasks.lm import make_sequences, pad_left, save_parameters
+from lossearch.evaluation.tasks.scores import user_scores_file
 
 
 class SettingError(ConfigError):
@@ -145,15 +147,20 @@ def encode_rows(rows, tokenizer, setting: UserSetting):
             [response(row["rejected"]) for row in rows])
 
 
+def split_rows(count: int, setting: UserSetting) -> dict[str, list[int]]:
+    """{"heldout": row indices, "train": row indices}: a seeded share of the `count` rows held out."""
+    order = list(range(count))
+    random.Random(setting.seed).shuffle(order)
+    n_heldout = min(count - 1, max(1, math.ceil(setting.heldout_fraction * count)))
+    return {"heldout": order[:n_heldout], "train": order[n_heldout:]}
+
+
 def build_user_artifact(setting: UserSetting, folder: Path, progress: ProgressFn) -> None:
     """Split, tokenize and save the pairs with their reference log-probs, and the model's parameters."""
     started = time.monotonic()
     model, tokenizer = load_pretrained(setting.model)
     rows = read_dataset(setting.dataset)
-    order = list(range(len(rows)))
-    random.Random(setting.seed).shuffle(order)
-    n_heldout = min(len(rows) - 1, max(1, math.ceil(setting.heldout_fraction * len(rows))))
-    splits = {"heldout": order[:n_heldout], "train": order[n_heldout:]}
+    splits = split_rows(len(rows), setting)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     tensors = {}
     for done, (split, indices) in enumerate(splits.items()):
@@ -186,9 +193,10 @@ def load_user_setting(setting: UserSetting, root: Path, progress: ProgressFn):
     if not setting.model.is_dir():
         raise SettingError(f"--model {setting.model}: no such folder")
     reward = load_reward_function(setting.reward) if setting.reward else None
-    read_dataset(setting.dataset)  # fail early, with the line number, before any model loads
+    rows = read_dataset(setting.dataset)  # fail early, with the line number, before any model loads
     name = f"user-{setting_key(setting)}"
     folder = cache.cached_artifact(root, name, lambda staging: build_user_artifact(setting, staging, progress))
+    scores_file = user_scores_file(rows, split_rows(len(rows), setting)["train"], name, root)
     meta = json.loads((folder / "meta.json").read_text())
     tensors = read_pairs(folder)
     tokenizer = AutoTokenizer.from_pretrained(setting.model)
@@ -208,4 +216,4 @@ def load_user_setting(setting: UserSetting, root: Path, progress: ProgressFn):
         eos_id=meta["eos_id"] if meta["eos_id"] is not None else -1, pad_id=meta["pad_id"],
         max_new_tokens=meta["max_new_tokens"], reward=reward_of_ids if reward else None,
         kl_budget=setting.kl_budget if reward else None, kl_penalty=setting.kl_penalty,
-        parameters=meta["parameters"], decode=decode)
+        parameters=meta["parameters"], decode=decode, scores_file=scores_file)
