@@ -282,3 +282,33 @@ def test_losses_that_cannot_train_fail_with_a_kind():
 def test_a_loss_reading_the_kl_inputs_trains_through_them():
     tdpo = evaluate_bandit(seed_loss("tdpo"), "sentiment", seed=0)
     assert tdpo["fitness"] > tdpo["reference_reward"] + 0.2
+
+
+@pytest.mark.parametrize("name", ["beta_dpo", "odpo"])
+def test_the_seeds_reading_scores_and_running_margins_train(name):
+    result = evaluate_bandit(seed_loss(name), "sentiment", seed=0)
+    assert result["fitness"] > result["reference_reward"] + 0.2
+
+
+def test_scores_are_the_labellers_rewards_and_each_beta_keeps_its_own_running_margin():
+    config = BanditConfig(n_prompts=8, steps=3, batch_size=16, betas=(0.1, 3.0))
+    task = make_training_task("length", seed=0, config=config)
+    full = make_bandit_task("length", seed=0, config=config)
+    seen: list[dict] = []
+
+    def spy(tensors, beta):  # DPO, recording what the trainer passes
+        seen.append({name: value.detach().clone() for name, value in tensors.items()})
+        return -F.logsigmoid(beta * implicit_margin(tensors))
+
+    train_bandit_grid(spy, task, seed=0, config=config)
+    assert [float(call["progress"]) for call in seen] == pytest.approx([0.0, 0.0, 1 / 3, 1 / 3, 2 / 3, 2 / 3])
+    # the first step sees its own batch's statistics; afterwards the two betas' policies differ
+    first = implicit_margin(seen[0])
+    assert float(seen[0]["running_margin_mean"]) == pytest.approx(float(first.mean()))
+    assert float(seen[0]["running_margin_std"]) == pytest.approx(float(first.std(correction=0)))
+    assert float(seen[4]["running_margin_mean"]) != pytest.approx(float(seen[5]["running_margin_mean"]))
+    # scores: the label reward (not the oracle's: in `length` they differ), which no child task lacks
+    assert task.rewards is None and not torch.equal(task.train_chosen_scores, full.rewards[full.train_prompts,
+                                                                                           full.train_chosen])
+    gaps = task.train_chosen_scores - task.train_rejected_scores
+    assert float((gaps > 0).float().mean()) > 0.6  # Bradley-Terry labels mostly follow their reward

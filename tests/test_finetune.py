@@ -357,6 +357,48 @@ def test_online_mode_samples_and_labels_fresh_pairs(sandbox, tiny_task, dpo_sour
     assert evaluation.metrics["finetune"]["data"] == "online"
 
 
+# progress and the running margin statistics must be plain 0-dim values in range, the scores (B,)
+STATE_READER = ("import torch\nimport torch.nn.functional as F\n"
+                "def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,\n"
+                "         reference_rejected_logps, chosen_scores, rejected_scores, progress, running_margin_mean,\n"
+                "         running_margin_std, beta: float = 0.1):\n"
+                "    margin = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps\n"
+                "                                                                - reference_rejected_logps)\n"
+                "    ok = (progress >= 0) & (progress < 1) & (running_margin_std >= 0) & (progress.dim() == 0)\n"
+                "    ok = ok & (chosen_scores.shape == margin.shape) & torch.isfinite(running_margin_mean)\n"
+                "    return -F.logsigmoid(beta * (1 + progress) * margin) / ok.float()\n")
+
+
+@pytest.mark.parametrize("data", ["offline", "online"])
+def test_losses_reading_scores_and_the_runs_state_train_in_the_sandbox(sandbox, tiny_task, data):
+    budget = Budget("tiny-state", steps=4, pairs=48, batch_size=4, trials=1, seeds=1, eval_prompts=16,
+                    online_every=2)
+    options = tiny_options(tiny_task, budget=budget, data=data)
+    for name, source in (("odpo", seed_path("odpo").read_text()), ("beta_dpo", seed_path("beta_dpo").read_text()),
+                         ("state_reader", STATE_READER)):
+        evaluation = evaluate(source, name, "finetune", sandbox=sandbox, finetune=options)
+        assert evaluation.ok, (name, evaluation.error)
+
+
+def test_a_loss_reading_scores_fails_in_one_line_on_user_data_without_them(sandbox, tmp_path):
+    from test_tasks import save_tiny_user_model, write_user_dataset
+
+    from lossearch.evaluation.tasks.user import UserSetting
+
+    save_tiny_user_model(tmp_path / "model")
+    odpo = seed_path("odpo").read_text()
+    for scored in (False, True):
+        write_user_dataset(tmp_path / f"pairs{scored}.jsonl", scored=scored)
+        options = FinetuneOptions(budget=TINY_BUDGET, device="cpu", cache_dir=str(tmp_path / "cache"),
+                                  setting=UserSetting(tmp_path / "model", tmp_path / f"pairs{scored}.jsonl"))
+        evaluation = evaluate(odpo, "odpo", "finetune", sandbox=sandbox, task="user", finetune=options)
+        if scored:
+            assert evaluation.ok, evaluation.error
+        else:
+            assert (evaluation.status, evaluation.tier, evaluation.error.kind) == ("failed", "finetune", "policy")
+            assert "chosen_score" in evaluation.error.message and "\n" not in evaluation.error.message
+
+
 def test_sandbox_outputs_are_plain_files_only(tmp_path):
     from lossearch.sandbox.local import _read_outputs
 

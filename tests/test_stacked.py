@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -12,6 +14,7 @@ from lossearch.evaluation.finetune.config import RunConfig
 from lossearch.evaluation.finetune.stacked import can_stack, run_parameters, train_stacked
 from lossearch.evaluation.finetune.tier import finetune_runner, run_config, train_in_sandbox, train_many_in_sandbox
 from lossearch.evaluation.finetune.train import train_policy
+from lossearch.evaluation.tasks.data import PairSet
 from lossearch.evaluation.tasks.lm import load_parameters, make_model
 from lossearch.evaluation.tuning import tune_beta
 from lossearch.failures import CandidateError
@@ -64,14 +67,22 @@ def sequential(task, loss_fn, runs: list[RunConfig]):
     return results
 
 
-@pytest.mark.parametrize("loss", ["dpo", "tdpo", "batch_weighted"])
+def scored_task(task):
+    """`task` with its training pairs' scores, as the child reads them (pairs and scores files merged)."""
+    tensors = {**load_file(str(task.pairs_file)), **load_file(str(task.scores_file))}
+    return replace(task, train=PairSet.from_tensors(tensors, "train"))
+
+
+# beta_dpo reads its run's running margin statistics, odpo the pairs' scores
+@pytest.mark.parametrize("loss", ["dpo", "tdpo", "batch_weighted", "beta_dpo", "odpo"])
 def test_stacked_runs_train_as_their_runs_one_after_another(tiny_task, loss):
     loss_fn = source_loss(BATCH_WEIGHTED) if loss == "batch_weighted" else trusted_loss(loss)[1]
-    runs = configs(tiny_task, [(0.1, 0), (0.3, 0), (0.1, 1)], uses_kl=loss == "tdpo")
-    policy = base_model(tiny_task)
-    reference = base_model(tiny_task).eval().requires_grad_(False) if loss == "tdpo" else None
-    stacked = train_stacked(loss_fn, policy, reference, tiny_task.train, runs)
-    for index, (run, (losses, parameters)) in enumerate(zip(stacked, sequential(tiny_task, loss_fn, runs))):
+    task = scored_task(tiny_task) if loss == "odpo" else tiny_task
+    runs = configs(task, [(0.1, 0), (0.3, 0), (0.1, 1)], uses_kl=loss == "tdpo")
+    policy = base_model(task)
+    reference = base_model(task).eval().requires_grad_(False) if loss == "tdpo" else None
+    stacked = train_stacked(loss_fn, policy, reference, task.train, runs)
+    for index, (run, (losses, parameters)) in enumerate(zip(stacked, sequential(task, loss_fn, runs))):
         assert run.failure is None
         assert run.losses == pytest.approx(losses, rel=1e-5, abs=1e-6)
         trained = run_parameters(policy, index)

@@ -2,7 +2,9 @@
 
 The exported DPO and hinge seeds must log, step for step, the losses TRL's own
 `sigmoid` and `hinge` give; a recorder shows the trainer's loss is the value our
-function returned; TDPO's KL inputs are computed (zero while policy = reference).
+function returned; TDPO's KL inputs are computed (zero while policy = reference); beta-DPO gets the
+trainer's progress and running margin statistics; ODPO's scores, which TRL's collator drops, fail
+in one line.
 """
 
 from __future__ import annotations
@@ -50,12 +52,12 @@ def setting(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The dpo, hinge and tdpo seeds exported from a campaign database, imported as modules."""
+    """The dpo, hinge, tdpo, beta_dpo and odpo seeds exported from a campaign database, imported as modules."""
     folder = tmp_path_factory.mktemp("exported")
     modules = {}
     with Store.for_campaign_dir(folder / "runs" / "x") as store:
         campaign = store.create_campaign("x", {"task": "sentiment"})
-        for name in ("dpo", "hinge", "tdpo"):
+        for name in ("dpo", "hinge", "tdpo", "beta_dpo", "odpo"):
             store.add_candidate(campaign.id, source=seed_path(name).read_text(), name=name, proposer="seed",
                                 generation=0)
         data = load_campaign_data(store, campaign)
@@ -120,3 +122,31 @@ def test_tdpo_gets_its_kl_inputs(setting, exported):
     assert len(calls) == 2 and all(math.isfinite(value) for value in logged)
     assert calls[0]["chosen_kl"].abs().max() < 1e-5 and calls[0]["rejected_kl"].abs().max() < 1e-5  # policy = reference
     assert calls[1]["rejected_kl"].min() > 0 and logged[0] == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_beta_dpo_gets_the_trainers_progress_and_running_margin(setting, exported):
+    calls: list = []
+    module = exported["beta_dpo"]
+
+    def recorder(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                 progress, running_margin_mean, running_margin_std, beta: float = 0.1):  # beta-DPO, reading progress
+        logps = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+        names = ("policy_chosen_logps", "policy_rejected_logps", "reference_chosen_logps", "reference_rejected_logps",
+                 "progress", "running_margin_mean", "running_margin_std")
+        values = (*logps, progress, running_margin_mean, running_margin_std)
+        calls.append({name: value.detach().clone() for name, value in zip(names, values)})
+        return module.loss(*logps, running_margin_mean, running_margin_std, beta=beta)
+
+    logged = train(setting, patch=lambda trainer: module.patch_dpo_trainer(trainer, recorder))
+    assert len(calls) == 2 and all(math.isfinite(value) for value in logged)
+    assert [float(call["progress"]) for call in calls] == [0.0, 0.5]  # global_step / max_steps
+    for call in calls:
+        assert call["running_margin_mean"].dim() == 0 and float(call["running_margin_std"]) >= 0
+    first = ((calls[0]["policy_chosen_logps"] - calls[0]["reference_chosen_logps"])
+             - (calls[0]["policy_rejected_logps"] - calls[0]["reference_rejected_logps"]))
+    assert float(calls[0]["running_margin_mean"]) == pytest.approx(float(first.mean()), abs=1e-6)
+
+
+def test_a_loss_reading_scores_says_trls_collator_drops_them(setting, exported):
+    with pytest.raises(ValueError, match="collator drops"):
+        train(setting, exported["odpo"].dpo_trainer_class())
