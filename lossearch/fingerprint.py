@@ -337,3 +337,58 @@ def rescaling_note(factor: float) -> str:
     """The words " at beta ×1.5" for a match away from the default beta; nothing at it."""
     shown = f"{factor:.3g}"
     return "" if shown == "1" else f" at beta ×{shown}"
+
+
+# -- the store's print index: which stored prints could be twins, without decoding their fingerprints --
+
+INDEX_SLACK = 0.005
+"""Added to SAME_LOSS_DISTANCE before a bound rules a print out: the index holds float32 directions (a
+distance moves by about 1e-6 with them), so nothing within the same-loss distance is ever ruled out."""
+INDEX_CHUNK = 8192
+
+
+def index_print(fingerprint: Sequence[float]) -> bytes:
+    """The print at the default beta, unit-normalized, as float32 bytes (the store's `print_index`): 1.9 KB
+    against a fingerprint's 4,356 floats of JSON. b"" for a loss without a print, zeros for a zero print."""
+    if not fingerprint:
+        return b""
+    values = default_print(fingerprint)
+    norm = values.norm()
+    unit = values / norm if norm > 0 else values
+    return unit.to(torch.float32).numpy().tobytes()
+
+
+def twin_bounds(first: Sequence[float], indexed: Sequence[bytes]) -> torch.Tensor:
+    """(N,) lower bounds of `fingerprint_distance(first, b)` for stored prints b known only by `index_print`.
+
+    Every print the comparison reads of the first loss, at its default beta, at a rescaled one or a
+    normalized blend of two neighbours, is a unit vector in the span of its unit prints. The distance
+    from a unit vector b to any unit v of that span is sqrt(2 - 2 <b, v>) >= sqrt(2 - 2 |P b|), P the
+    projection on the span; the distance at the beta rescalings is the worse of two, one of which is
+    that one, so it is bounded below as well. A zero print is 0 from another zero print and sqrt(2)
+    from the rest. An index of another grid's size bounds nothing (0)."""
+    a = default_print(first)
+    bounds = torch.zeros(len(indexed), dtype=torch.float64)
+    units = unit_prints(first)
+    span = (a / a.norm().clamp_min(1e-300))[None] if units is None else units  # (K, D)
+    basis = torch.linalg.qr(span.T).Q  # (D, K): orthonormal, spanning at least the prints
+    sized = [i for i, value in enumerate(indexed) if len(value) == 4 * a.shape[0]]
+    for start in range(0, len(sized), INDEX_CHUNK):
+        rows = sized[start:start + INDEX_CHUNK]
+        stored = torch.frombuffer(bytearray(b"".join(indexed[i] for i in rows)), dtype=torch.float32)
+        stored = stored.reshape(len(rows), a.shape[0]).to(torch.float64)  # (n, D) unit prints, or zero rows
+        norms = stored.norm(dim=1)
+        zero = norms == 0
+        if a.norm() == 0:
+            bound = torch.where(zero, 0.0, math.sqrt(2.0)).to(torch.float64)
+        else:  # renormalized: float32's rounding of a unit norm would move a bound near 0 by sqrt(1e-7)
+            projected = ((stored / norms.clamp_min(1e-300)[:, None]) @ basis).norm(dim=1).clamp(max=1.0)  # (n,)
+            bound = torch.where(zero, math.sqrt(2.0), (2 - 2 * projected).clamp_min(0).sqrt())
+        bounds[rows] = bound
+    return bounds
+
+
+def possible_twins(first: Sequence[float], indexed: Sequence[bytes]) -> list[bool]:
+    """Which of the indexed prints could be the same loss as `first` (`twin_bounds` under the same-loss
+    distance, with `INDEX_SLACK`): only these need their whole fingerprints read and compared."""
+    return (twin_bounds(first, indexed) < SAME_LOSS_DISTANCE + INDEX_SLACK).tolist()

@@ -434,7 +434,7 @@ def test_a_version_1_database_is_upgraded_on_open(store_url):
     engine.dispose()
 
     with Store(store_url) as upgraded:
-        assert upgraded.schema_version() == SCHEMA_VERSION == 5
+        assert upgraded.schema_version() == SCHEMA_VERSION == 6
         old = upgraded.get_campaign("old")
         assert (old.config, old.status, old.created_at.year) == ({"task": "sort"}, "finished", 2025)
         added = add(upgraded, old.id, 0)

@@ -45,6 +45,8 @@ from lossearch.fingerprint import (
     SAME_LOSS_DISTANCE,
     closest_rescaling,
     fingerprint_distances,
+    index_print,
+    possible_twins,
     rescaling_note,
     summarize,
 )
@@ -553,15 +555,27 @@ class CampaignRunner:
 
     def fingerprint_twin(self, candidate_id: int, fingerprint: Sequence[float]) -> Candidate | None:
         """An earlier candidate that is the same loss in other words, if any, its beta rescaling included
-        (`same_loss`); candidates stored before fingerprints held rescalings compare by the plain distance."""
-        for batch in self.store.fingerprint_batches(self.campaign_id, below=candidate_id,
-                                                    leave_out=("duplicate", "rejected")):
-            distances = fingerprint_distances(fingerprint, [values for _, values in batch])  # one pass a batch
-            twin = next((other for (other, _), distance in zip(batch, distances) if distance < SAME_LOSS_DISTANCE),
-                        None)
-            if twin is not None:  # the earliest twin, as before: batches come in id order
+        (`same_loss`); candidates stored before fingerprints held rescalings compare by the plain distance.
+        The store's print index rules most stored prints out from 1.9 KB each (`possible_twins`); only the
+        rest have their whole fingerprints read and compared."""
+        self.index_prints(below=candidate_id)
+        indexed = self.store.print_index(self.campaign_id, below=candidate_id, leave_out=("duplicate", "rejected"))
+        near = [i for (i, _), keep in zip(indexed, possible_twins(fingerprint, [value for _, value in indexed]))
+                if keep]
+        for start in range(0, len(near), TWIN_BATCH):  # ids ascend: the earliest twin is found first
+            printed = self.store.fingerprints_of(near[start:start + TWIN_BATCH])
+            ids = [i for i in near[start:start + TWIN_BATCH] if printed.get(i)]
+            distances = fingerprint_distances(fingerprint, [printed[i] or () for i in ids])  # one pass a batch
+            twin = next((other for other, distance in zip(ids, distances) if distance < SAME_LOSS_DISTANCE), None)
+            if twin is not None:
                 return self.store.get_candidate(twin)
         return None
+
+    def index_prints(self, below: int) -> None:
+        """Index the stored prints under id `below` that have no index row yet (a store from before the
+        index, the candidates stored since the last check, a print that changed)."""
+        for batch in self.store.unindexed_fingerprints(self.campaign_id, below=below):
+            self.store.add_print_index(self.campaign_id, {i: index_print(values) for i, values in batch})
 
     # -- promoting to finetune -------------------------------------------------------------
     def promoted(self, generation: int) -> list[tuple[Candidate, str]]:
@@ -716,6 +730,8 @@ class CampaignRunner:
 LEADER_EVERY = 1.0
 """Seconds between the display's re-rankings of the whole store while candidates are evaluated."""
 TWIN_PREFIX = "same loss as #"
+TWIN_BATCH = 1000
+"""Whole fingerprints read and compared at a time by the duplicate check, among those its index keeps."""
 """How a fingerprint duplicate's message starts; `twin_of` reads the twin's id back."""
 
 

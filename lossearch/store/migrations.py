@@ -187,8 +187,25 @@ def _add_scores(connection: Connection) -> None:
         connection.execute(scores.insert(), rows[start:start + 5000])
 
 
+def _add_print_index(connection: Connection) -> None:
+    """6: each candidate's unit print at its default beta, for the duplicate check. Left empty here: the
+    check indexes the stored prints it finds unindexed (computing them needs torch, which the store's
+    readers do not load)."""
+    metadata = sa.MetaData()
+    sa.Table("campaigns", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table("candidates", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table(
+        "print_index", metadata,
+        sa.Column("candidate_id", sa.Integer, sa.ForeignKey("candidates.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("campaign_id", sa.Integer, sa.ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("unit_print", sa.LargeBinary, nullable=False),
+        sa.Index("ix_print_index_campaign", "campaign_id", "candidate_id"),
+    )
+    metadata.tables["print_index"].create(connection)
+
+
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create_tables, _index_read_paths, _add_confirmations,
-                                                        _add_recipes_and_notes, _add_scores)
+                                                        _add_recipes_and_notes, _add_scores, _add_print_index)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -96,6 +96,19 @@ class ScoreModel(Base):
     root_seeds: Mapped[float] = mapped_column(sa.Float)
 
 
+class PrintIndexModel(Base):
+    """Each candidate's print at its default beta, unit-normalized, as float32 bytes: 1.9 KB against its
+    fingerprint's ~57 KB of JSON, so the duplicate check reads every stored print's index and decodes
+    only the fingerprints that could be twins (lossearch.fingerprint.twin_bounds)."""
+
+    __tablename__ = "print_index"
+    __table_args__ = (sa.Index("ix_print_index_campaign", "campaign_id", "candidate_id"),)
+
+    candidate_id: Mapped[int] = mapped_column(sa.ForeignKey("candidates.id", ondelete="CASCADE"), primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="CASCADE"))
+    unit_print: Mapped[bytes] = mapped_column(sa.LargeBinary)
+
+
 class LLMCallModel(Base):
     __tablename__ = "llm_calls"
     __table_args__ = (sa.Index("ix_llm_calls_campaign", "campaign_id"),)

@@ -44,6 +44,7 @@ from lossearch.store.models import (
     LineageEdgeModel,
     LLMCallModel,
     NoteModel,
+    PrintIndexModel,
     ScoreModel,
 )
 from lossearch.store.values import (
@@ -516,6 +517,8 @@ class Store:
             for key, value in fields.items():
                 setattr(row, key, value)
             row.updated_at = _now()
+            if "fingerprint" in fields:  # its index row described the print it had: the next check indexes anew
+                session.execute(sa.delete(PrintIndexModel).where(PrintIndexModel.candidate_id == candidate_id))
             session.flush()
             return _as_candidate(row)
 
@@ -587,6 +590,44 @@ class Store:
             batch = [(row.id, tuple(row.fingerprint)) for row in rows if row.fingerprint]
             if batch:
                 yield batch
+
+    def unindexed_fingerprints(self, campaign_id: int, *, below: int,
+                               size: int = 1000) -> Iterator[list[tuple[int, tuple[float, ...]]]]:
+        """The (id, fingerprint) of the campaign's candidates under `below` without a `print_index` row, in
+        id order, `size` at a time; a candidate without a print comes with an empty one (indexed as such,
+        so it is not read again)."""
+        last = 0
+        while True:
+            indexed = sa.select(PrintIndexModel.candidate_id).where(PrintIndexModel.candidate_id == CandidateModel.id)
+            query = (sa.select(CandidateModel.id, CandidateModel.fingerprint)
+                     .where(CandidateModel.campaign_id == campaign_id, CandidateModel.id > last,
+                            CandidateModel.id < below, ~indexed.exists())
+                     .order_by(CandidateModel.id).limit(size))
+            with self._session_scope() as session:
+                rows = session.execute(query).all()
+            if not rows:
+                return
+            last = rows[-1].id
+            yield [(row.id, tuple(row.fingerprint or ())) for row in rows]
+
+    def add_print_index(self, campaign_id: int, unit_prints: Mapping[int, bytes]) -> None:
+        """Keep the unit prints (lossearch.fingerprint.index_prints) of the campaign's candidates, by id."""
+        rows = [{"candidate_id": i, "campaign_id": campaign_id, "unit_print": value}
+                for i, value in unit_prints.items()]
+        if rows:
+            with self._session_scope(write=True) as session:
+                session.execute(sa.insert(PrintIndexModel), rows)
+
+    def print_index(self, campaign_id: int, *, below: int, leave_out: Collection[str] = ()) -> list[tuple[int, bytes]]:
+        """The (id, unit print) of the campaign's indexed candidates with a print, ids under `below` and a
+        status not in `leave_out`, in id order."""
+        query = (sa.select(PrintIndexModel.candidate_id, PrintIndexModel.unit_print)
+                 .join(CandidateModel, CandidateModel.id == PrintIndexModel.candidate_id)
+                 .where(PrintIndexModel.campaign_id == campaign_id, PrintIndexModel.candidate_id < below,
+                        sa.func.length(PrintIndexModel.unit_print) > 0, CandidateModel.status.not_in(list(leave_out)))
+                 .order_by(PrintIndexModel.candidate_id))
+        with self._session_scope() as session:
+            return [(row.candidate_id, row.unit_print) for row in session.execute(query)]
 
     def pending_candidates(self, campaign_id: int) -> list[Candidate]:
         """Candidates still to evaluate: `pending`, and `evaluating` ones a killed run left behind."""
