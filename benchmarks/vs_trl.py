@@ -59,7 +59,9 @@ def run_lossearch(task_name: str, precision: str) -> tuple[float, dict]:
     finetune = json.loads(output)["metrics"]["finetune"]
     run = finetune["runs"][0]
     return seconds, {"final_loss": run["final_loss"], "train_seconds": run["train_seconds"],
-                     "precision": finetune["precision"]}
+                     "precision": finetune["precision"],
+                     # the finetune tier's time less its training: scoring on held-out prompts, the jail's start
+                     "scoring_seconds": finetune["seconds"] - run["train_seconds"]}
 
 
 def run_trl(pairs_file: str, model_dir: str, precision: str) -> dict:
@@ -152,6 +154,11 @@ def report(ours: list[tuple[float, dict]], theirs: list[tuple[float, dict]], pre
               f"(runs: {', '.join(f'{s:.2f}' for s, _ in runs)}), "
               f"training {median([r['train_seconds'] for _, r in runs]):5.2f} s, "
               f"final loss {median([r['final_loss'] for _, r in runs]):.4f}")
+    total, training = median([s for s, _ in ours]), median([r["train_seconds"] for _, r in ours])
+    scoring = median([r["scoring_seconds"] for _, r in ours])
+    print(f"  where lossearch's time goes: training {training:.2f} s, scoring and the finetune child's start "
+          f"{scoring:.2f} s, the rest (the command's start, static, sanity and bandit tiers) "
+          f"{total - training - scoring:.2f} s")
     end_to_end = median([s for s, _ in theirs]) / median([s for s, _ in ours])
     training = median([r["train_seconds"] for _, r in theirs]) / median([r["train_seconds"] for _, r in ours])
     print(f"  speed-up end to end: {end_to_end:.2f}x (target >= 3x); training loop: {training:.2f}x")
