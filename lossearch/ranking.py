@@ -252,17 +252,17 @@ def rank(data: CampaignData, task: str | None = None, tier: str | None = None,
     return Ranking(tuple(ranked), tuple((c, s) for c, s in scored if c.id not in ranked_ids))
 
 
-def rank_top(store: Store, campaign: Campaign, limit: int, task: str | None = None
-             ) -> tuple[CampaignData, Ranking, int]:
+def rank_top(store: Store, campaign: Campaign, limit: int, task: str | None = None, *, count: bool = True
+             ) -> tuple[CampaignData, Ranking, int | None]:
     """The best `limit` candidates by `rank`'s rule, found through the scores the store keeps as
     evaluations are recorded: one ordered query instead of a snapshot of the whole campaign (the
     leaderboard's first page at 100,000 candidates: benchmarks/store_scale.py). Returns a snapshot of
     those candidates alone (with the baseline and the campaign's confirmations), their `Ranking`
-    (nothing unranked), and how many candidates rank in all."""
+    (nothing unranked), and how many candidates rank in all (with `count`, else None: a scan of its own)."""
     task = task or str(campaign.config.get("task") or DEFAULT_TASK)
     tiers = sorted(TIER_ORDER, key=TIER_ORDER.__getitem__)
-    total, spreads = store.scored_spreads(campaign.id, task, tiers=tiers, status=RANKED_STATUS,
-                                          seeds=POOLED_FROM_SEEDS)
+    spreads = store.scored_spreads(campaign.id, task, tiers=tiers, status=RANKED_STATUS, seeds=POOLED_FROM_SEEDS)
+    total = store.count_scored(campaign.id, task, tiers=tiers, status=RANKED_STATUS) if count else None
     pooled = medians(spreads)
     ids = store.best_scored(campaign.id, task, tiers=tiers, status=RANKED_STATUS, pooled=pooled,
                             own_spread_seeds=OWN_SPREAD_SEEDS, limit=limit)

@@ -378,6 +378,7 @@ def test_a_version_4_store_gains_its_kept_scores_from_the_evaluations_it_holds(s
         kept = connection.execute(sa.text("SELECT * FROM scores ORDER BY candidate_id, task, tier")).all()
         connection.execute(sa.text("DROP TABLE scores"))
         connection.execute(sa.text("DROP TABLE print_index"))  # version 6 came later
+        connection.execute(sa.text("DROP INDEX ix_candidates_campaign_name"))
         connection.execute(sa.text("UPDATE lossearch_schema_version SET version = 4"))
     engine.dispose()
     with Store(store_url) as upgraded:

@@ -166,7 +166,7 @@ def leaderboard(handle: CampaignHandle, *, task: str | None = None, top: int | N
     if task is not None:
         check_choice(task, TASK_NAMES, "task")
     if top is not None and not include_failed:  # the first page: read through the store's kept scores
-        data, ranking, _ = rank_top(handle.store, handle.campaign, max(top, 0), task)
+        data, ranking, _ = rank_top(handle.store, handle.campaign, max(top, 0), task, count=False)
         rows = tuple(leaderboard_row(data, candidate, score, place)
                      for place, (candidate, score) in enumerate(ranking.ranked, 1))
         if rows:

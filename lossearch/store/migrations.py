@@ -190,7 +190,9 @@ def _add_scores(connection: Connection) -> None:
 def _add_print_index(connection: Connection) -> None:
     """6: each candidate's unit print at its default beta, for the duplicate check. Left empty here: the
     check indexes the stored prints it finds unindexed (computing them needs torch, which the store's
-    readers do not load)."""
+    readers do not load). And candidates indexed by name: the leaderboard's first page finds DPO by it
+    (a scan of 100,000 candidates' rows took a third of that page's time)."""
+    connection.execute(sa.text("CREATE INDEX ix_candidates_campaign_name ON candidates (campaign_id, name)"))
     metadata = sa.MetaData()
     sa.Table("campaigns", metadata, sa.Column("id", sa.Integer, primary_key=True))
     sa.Table("candidates", metadata, sa.Column("id", sa.Integer, primary_key=True))

@@ -31,6 +31,7 @@ class CandidateModel(Base):
         sa.Index("ix_candidates_campaign_status", "campaign_id", "status"),
         sa.Index("ix_candidates_campaign_hash", "campaign_id", "code_hash"),
         sa.Index("ix_candidates_campaign_fitness", "campaign_id", "fitness"),
+        sa.Index("ix_candidates_campaign_name", "campaign_id", "name"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
