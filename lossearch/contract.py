@@ -21,7 +21,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from lossearch.failures import CandidateError
 
-# name -> meaning; a tensor input is shape (B,) unless its meaning says "()" (a 0-dim tensor)
+# name -> meaning; a tensor input is shape (B,) unless its meaning says "()" (a 0-dim tensor) or "(B, T)"
+# (one entry per response position: T is the batch's widest response, the same for all six token inputs)
 CONTRACT_INPUTS: Mapping[str, str] = MappingProxyType(
     {
         "policy_chosen_logps": "sum of the policy's token log-probs of the chosen response",
@@ -40,15 +41,29 @@ CONTRACT_INPUTS: Mapping[str, str] = MappingProxyType(
                                "rejected): an EMA (momentum 0.9) of its batch means, this batch's included, "
                                "kept by trusted code, detached (adaptive-beta losses: beta-DPO)",
         "running_margin_std": "() the same EMA of the margin's batch standard deviations",
+        "policy_chosen_token_logps": "(B, T) the policy's log-prob of each chosen response token, in order, "
+                                     "0 off the response (its row sums to policy_chosen_logps); token-level "
+                                     "losses (SamPO, LD-DPO)",
+        "policy_rejected_token_logps": "(B, T) the same for the rejected response",
+        "reference_chosen_token_logps": "(B, T) the reference model's, chosen",
+        "reference_rejected_token_logps": "(B, T) the reference model's, rejected",
+        "chosen_mask": "(B, T) float: 1 on the chosen response's tokens, 0 on padding (its row sums to "
+                       "chosen_lengths)",
+        "rejected_mask": "(B, T) the same for the rejected response",
         "beta": "the strength hyperparameter that every loss receives (float)",
     }
 )
 TENSOR_INPUTS = tuple(name for name in CONTRACT_INPUTS if name != "beta")
-"""Every contract input but beta: all of them are tensors, (B,) or 0-dim."""
+"""Every contract input but beta: all of them are tensors, (B,), (B, T) or 0-dim."""
 SCORE_INPUTS = ("chosen_scores", "rejected_scores")
 """Inputs only data with scores has: a tier without them fails a loss that asks (`missing_scores`)."""
 TRAINING_STATE_INPUTS = ("progress", "running_margin_mean", "running_margin_std")
 """0-dim inputs that trusted code keeps over a run (`TrainingState`); the same for every pair of a batch."""
+POLICY_TOKEN_INPUTS = ("policy_chosen_token_logps", "policy_rejected_token_logps")
+"""(B, T) policy-side token inputs: the training tiers carry their gradients back like the sequence log-probs'."""
+TOKEN_INPUTS = (*POLICY_TOKEN_INPUTS, "reference_chosen_token_logps", "reference_rejected_token_logps",
+                "chosen_mask", "rejected_mask")
+"""Every (B, T) input: the finetune tier runs the reference model over each batch for a loss that reads one."""
 LossFn = Callable[[Mapping[str, Any], float], Any]
 """loss_fn(tensors, beta) -> (B,) per-pair losses: trusted code's binding of `call_loss` to one candidate."""
 DEFAULT_BETA = 0.1
@@ -79,6 +94,10 @@ class LossSpec:
     @property
     def uses_scores(self) -> bool:
         return any(name in self.inputs for name in SCORE_INPUTS)
+
+    @property
+    def uses_tokens(self) -> bool:
+        return any(name in self.inputs for name in TOKEN_INPUTS)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -60,7 +60,8 @@ def grid_inputs() -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
     The inputs that do not depend on the policy are fixed values: lengths and scores cycle through
     CHOSEN_/REJECTED_LENGTHS and CHOSEN_/REJECTED_SCORES, `progress` is GRID_PROGRESS and the
     running margin statistics are GRID_MARGIN_MEAN and GRID_MARGIN_STD (a loss reading them is
-    printed as it pushes halfway through a run whose margins have grown to about 2 nats).
+    printed as it pushes halfway through a run whose margins have grown to about 2 nats). The token
+    inputs spread each response evenly over its tokens (`grid_token_inputs`).
     """
     chosen_ratio, rejected_ratio = torch.meshgrid(
         torch.tensor(GRID_VALUES, dtype=torch.float64), torch.tensor(GRID_VALUES, dtype=torch.float64), indexing="ij")
@@ -89,7 +90,25 @@ def grid_inputs() -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
             ("progress", GRID_PROGRESS), ("running_margin_mean", GRID_MARGIN_MEAN),
             ("running_margin_std", GRID_MARGIN_STD))},
     }
+    tensors.update(grid_token_inputs(tensors))
     return tensors, [chosen_ratio, rejected_ratio, chosen_kl, rejected_kl]
+
+
+def grid_token_inputs(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """(G*G, T) token inputs of the grid, T the longest grid length: every response token has the
+    reference log-prob TOKEN_LOGP and its share ρ / length of the response's log-ratio, so rows sum to
+    the sequence inputs and the policy's are functions of the ρ leaves. Only losses that read them see
+    them, so no other loss's print changes."""
+    width = int(max(CHOSEN_LENGTHS + REJECTED_LENGTHS))
+    token_inputs = {}
+    for side in ("chosen", "rejected"):
+        lengths = tensors[f"{side}_lengths"]  # (G*G,)
+        mask = (torch.arange(width, dtype=torch.float64)[None, :] < lengths[:, None]).to(torch.float64)  # (G*G, T)
+        ratio = tensors[f"policy_{side}_logps"] - tensors[f"reference_{side}_logps"]  # (G*G,) ρ, with graph
+        token_inputs[f"reference_{side}_token_logps"] = TOKEN_LOGP * mask
+        token_inputs[f"policy_{side}_token_logps"] = (TOKEN_LOGP + ratio / lengths)[:, None] * mask
+        token_inputs[f"{side}_mask"] = mask
+    return token_inputs
 
 
 def gradient_print(loss_of: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> torch.Tensor:

@@ -284,8 +284,8 @@ def test_a_loss_reading_the_kl_inputs_trains_through_them():
     assert tdpo["fitness"] > tdpo["reference_reward"] + 0.2
 
 
-@pytest.mark.parametrize("name", ["beta_dpo", "odpo"])
-def test_the_seeds_reading_scores_and_running_margins_train(name):
+@pytest.mark.parametrize("name", ["beta_dpo", "odpo", "ld_dpo", "sampo"])
+def test_the_seeds_reading_scores_running_margins_and_tokens_train(name):
     result = evaluate_bandit(seed_loss(name), "sentiment", seed=0)
     assert result["fitness"] > result["reference_reward"] + 0.2
 
@@ -312,3 +312,27 @@ def test_scores_are_the_labellers_rewards_and_each_beta_keeps_its_own_running_ma
                                                                                            full.train_chosen])
     gaps = task.train_chosen_scores - task.train_rejected_scores
     assert float((gaps > 0).float().mean()) > 0.6  # Bradley-Terry labels mostly follow their reward
+
+
+def test_token_inputs_are_one_token_a_response():
+    # the bandit's responses are single actions: T = 1, the token log-prob is the sequence's, the mask 1
+    config = BanditConfig(n_prompts=8, steps=2, batch_size=16, betas=(0.1, 3.0))
+    task = make_training_task("sentiment", seed=0, config=config)
+    seen: list[dict] = []
+
+    def spy(tensors, beta):  # DPO on the token inputs
+        seen.append({name: value.detach().clone() for name, value in tensors.items()})
+        chosen = (tensors["policy_chosen_token_logps"] - tensors["reference_chosen_token_logps"]).sum(-1)
+        rejected = (tensors["policy_rejected_token_logps"] - tensors["reference_rejected_token_logps"]).sum(-1)
+        return -F.logsigmoid(beta * (chosen - rejected))
+
+    trained = train_bandit_grid(spy, task, seed=0, config=config)
+    for call in seen:
+        for side in ("chosen", "rejected"):
+            assert call[f"policy_{side}_token_logps"].shape == (16, 1)
+            assert torch.equal(call[f"policy_{side}_token_logps"][:, 0], call[f"policy_{side}_logps"])
+            assert torch.equal(call[f"reference_{side}_token_logps"][:, 0], call[f"reference_{side}_logps"])
+            assert torch.equal(call[f"{side}_mask"], torch.ones(16, 1))
+    dpo = train_bandit_grid(lambda tensors, beta: -F.logsigmoid(beta * implicit_margin(tensors)), task, seed=0,
+                            config=config)
+    assert all(torch.allclose(trained[beta], dpo[beta], atol=1e-6) for beta in config.betas)  # the same loss

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lossearch.contract import (
+    CONTRACT_INPUTS,
     DEFAULT_BETA,
     SCORE_INPUTS,
     TENSOR_INPUTS,
@@ -121,3 +122,29 @@ def test_training_state_starts_at_the_first_batch_and_keeps_an_ema():
     assert float(seen[1]["running_margin_mean"]) == pytest.approx(0.9 * 2.0 + 0.1 * 5.0)
     assert float(seen[1]["running_margin_std"]) == pytest.approx(0.9 * std)
     assert all(value.dim() == 0 and not value.requires_grad for values in seen for value in values.values())
+
+
+def test_token_inputs_are_contract_inputs_and_the_sanity_inputs_hold_them_consistently():
+    import torch
+
+    from lossearch.contract import TOKEN_INPUTS, call_loss, load_loss, read_spec
+    from lossearch.sandbox.jobs import SANITY_BATCH, check_gradients, synthetic_inputs
+    from lossearch.search.seeds import seed_path
+
+    assert set(TOKEN_INPUTS) <= set(TENSOR_INPUTS) and all("(B, T)" in CONTRACT_INPUTS[name] for name in TOKEN_INPUTS)
+    tensors = synthetic_inputs(SANITY_BATCH)
+    for side in ("chosen", "rejected"):
+        mask = tensors[f"{side}_mask"]  # (B, T), 0/1
+        assert mask.shape == tensors[f"policy_{side}_token_logps"].shape and mask.shape[0] == SANITY_BATCH
+        assert torch.equal(mask.sum(-1), tensors[f"{side}_lengths"])
+        for model in ("policy", "reference"):
+            tokens = tensors[f"{model}_{side}_token_logps"]
+            torch.testing.assert_close(tokens.sum(-1), tensors[f"{model}_{side}_logps"], atol=1e-4, rtol=1e-5)
+            assert bool((tokens[mask == 0] == 0).all())
+    for name in ("ld_dpo", "sampo"):
+        spec = read_spec(seed_path(name))
+        function = load_loss(spec.source, spec.name)
+        assert spec.uses_tokens and not read_spec(seed_path("dpo")).uses_tokens
+        metrics = check_gradients(lambda inputs, beta=None, function=function, spec=spec:
+                                  call_loss(function, spec, inputs, beta=beta))
+        assert metrics["grad_chosen_mean"] < 0 < metrics["grad_rejected_mean"]

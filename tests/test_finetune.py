@@ -230,6 +230,37 @@ def test_kl_inputs_vanish_at_the_reference_and_only_kl_losses_pay_for_them(tiny_
     assert "chosen_kl" not in outputs
 
 
+def test_token_inputs_sum_to_the_sequence_inputs_and_only_token_losses_pay_for_them(tiny_task):
+    policy, reference = base_models(tiny_task)
+    index = torch.arange(6)
+    outputs, fixed = policy_inputs(policy, reference, tiny_task.train, index, uses_kl=False, uses_tokens=True)
+    for side in ("chosen", "rejected"):
+        tokens, mask = outputs[f"policy_{side}_token_logps"], fixed[f"{side}_mask"]  # (B, T) each
+        assert tokens.requires_grad and tokens.shape == mask.shape == fixed[f"reference_{side}_token_logps"].shape
+        torch.testing.assert_close(tokens.sum(-1), outputs[f"policy_{side}_logps"])
+        assert torch.equal(mask.sum(-1), fixed[f"{side}_lengths"]) and bool((tokens[mask == 0] == 0).all())
+        # the reference's, run over the batch, are its cached log-probs token by token (policy = reference here)
+        torch.testing.assert_close(fixed[f"reference_{side}_token_logps"].sum(-1), fixed[f"reference_{side}_logps"],
+                                   atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(tokens.detach(), fixed[f"reference_{side}_token_logps"], atol=1e-5, rtol=1e-5)
+    outputs, fixed = policy_inputs(policy, None, tiny_task.train, index, uses_kl=False)
+    assert "policy_chosen_token_logps" not in outputs and "chosen_mask" not in fixed
+
+
+def test_a_loss_reading_tokens_trains_a_users_transformers_model(sandbox, tmp_path):
+    from test_tasks import save_tiny_user_model, write_user_dataset
+
+    from lossearch.evaluation.tasks.user import UserSetting
+
+    save_tiny_user_model(tmp_path / "model")
+    write_user_dataset(tmp_path / "pairs.jsonl")
+    options = FinetuneOptions(budget=TINY_BUDGET, device="cpu", cache_dir=str(tmp_path / "cache"),
+                              setting=UserSetting(tmp_path / "model", tmp_path / "pairs.jsonl"))
+    evaluation = evaluate(seed_path("ld_dpo").read_text(), "ld_dpo", "finetune", sandbox=sandbox, task="user",
+                          finetune=options)
+    assert evaluation.ok, evaluation.error
+
+
 def test_a_loss_that_ignores_the_policy_is_refused(tiny_task):
     policy, reference = base_models(tiny_task)
     outputs, fixed = policy_inputs(policy, reference, tiny_task.train, torch.arange(4), uses_kl=False)
@@ -370,12 +401,13 @@ STATE_READER = ("import torch\nimport torch.nn.functional as F\n"
 
 
 @pytest.mark.parametrize("data", ["offline", "online"])
-def test_losses_reading_scores_and_the_runs_state_train_in_the_sandbox(sandbox, tiny_task, data):
+def test_losses_reading_scores_the_runs_state_and_tokens_train_in_the_sandbox(sandbox, tiny_task, data):
     budget = Budget("tiny-state", steps=4, pairs=48, batch_size=4, trials=1, seeds=1, eval_prompts=16,
                     online_every=2)
     options = tiny_options(tiny_task, budget=budget, data=data)
     for name, source in (("odpo", seed_path("odpo").read_text()), ("beta_dpo", seed_path("beta_dpo").read_text()),
-                         ("state_reader", STATE_READER)):
+                         ("state_reader", STATE_READER), ("ld_dpo", seed_path("ld_dpo").read_text()),
+                         ("sampo", seed_path("sampo").read_text())):
         evaluation = evaluate(source, name, "finetune", sandbox=sandbox, finetune=options)
         assert evaluation.ok, (name, evaluation.error)
 

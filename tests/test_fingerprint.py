@@ -221,3 +221,43 @@ def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, ref
         function = load_loss(spec.source, spec.name)
         prints.append(gradient_print(lambda grid, function=function, spec=spec: call_loss(function, spec, grid)))
     torch.testing.assert_close(prints[0], prints[1])
+
+
+def test_the_grid_spreads_each_log_ratio_evenly_over_its_tokens():
+    import torch
+
+    from lossearch.contract import call_loss, load_loss, parse_spec, read_spec
+    from lossearch.fingerprint import TOKEN_LOGP, gradient_print, grid_inputs
+
+    tensors, _ = grid_inputs()
+    for side in ("chosen", "rejected"):
+        mask = tensors[f"{side}_mask"]
+        assert torch.equal(mask.sum(-1), tensors[f"{side}_lengths"])
+        torch.testing.assert_close(tensors[f"policy_{side}_token_logps"].sum(-1), tensors[f"policy_{side}_logps"])
+        assert torch.equal(tensors[f"reference_{side}_token_logps"], TOKEN_LOGP * mask)
+
+    def print_of(source: str):
+        spec = parse_spec(source)
+        function = load_loss(spec.source, spec.name)
+        return gradient_print(lambda grid: call_loss(function, spec, grid))
+
+    # DPO written on the token inputs pushes as DPO does; SamPO (in expectation) as its length scaling does
+    token_dpo = """import torch.nn.functional as F
+def loss(policy_chosen_token_logps, policy_rejected_token_logps, reference_chosen_token_logps,
+         reference_rejected_token_logps, beta: float = 0.1):
+    chosen = (policy_chosen_token_logps - reference_chosen_token_logps).sum(-1)
+    return -F.logsigmoid(beta * (chosen - (policy_rejected_token_logps - reference_rejected_token_logps).sum(-1)))
+"""
+    scaled = """import torch
+import torch.nn.functional as F
+def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+         chosen_lengths, rejected_lengths, beta: float = 0.1):
+    sampled = torch.minimum(chosen_lengths, rejected_lengths)
+    chosen = sampled / chosen_lengths * (policy_chosen_logps - reference_chosen_logps)
+    rejected = sampled / rejected_lengths * (policy_rejected_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * (chosen - rejected))
+"""
+    torch.testing.assert_close(print_of(token_dpo), print_of(seed_path("dpo").read_text()))
+    torch.testing.assert_close(print_of(seed_path("sampo").read_text()), print_of(scaled))
+    assert not torch.allclose(print_of(seed_path("ld_dpo").read_text()), print_of(seed_path("dpo").read_text()))
+    assert read_spec(seed_path("ld_dpo")).uses_tokens

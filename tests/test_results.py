@@ -135,6 +135,12 @@ def random_inputs(batch: int = 16) -> dict[str, torch.Tensor]:
         tensors[name] = torch.randint(1, 40, (batch,), generator=generator).double()
     for name in ("chosen_kl", "rejected_kl"):
         tensors[name] = torch.rand(batch, generator=generator, dtype=torch.float64) * 3
+    for side in ("chosen", "rejected"):  # (B, 40) token inputs, drawn last so the others keep their values
+        mask = (torch.arange(40)[None, :] < tensors[f"{side}_lengths"][:, None]).double()
+        tensors[f"{side}_mask"] = mask
+        for model in ("policy", "reference"):
+            draw = torch.rand(batch, 40, generator=generator, dtype=torch.float64)
+            tensors[f"{model}_{side}_token_logps"] = -draw * mask
     return tensors
 
 

@@ -1,4 +1,4 @@
-"""The seed library: 43 known losses, each checked against a trusted reference.
+"""The seed library: 45 known losses, each checked against a trusted reference.
 
 Where TRL 1.16 computes a loss (DPOTrainer._compute_loss, CPOTrainer.cpo_loss,
 ORPOTrainer.odds_ratio_loss) the reference is TRL's own code, run on the same
@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lossearch.contract import call_loss, load_loss, read_spec
+from lossearch.contract import TOKEN_INPUTS, call_loss, load_loss, read_spec
 from lossearch.search.seeds import seed_paths
 
 EXPECTED_HYPERPARAMETERS = {
@@ -51,6 +51,7 @@ EXPECTED_HYPERPARAMETERS = {
     "hinge": {"beta": 0.1},
     "ipo": {"beta": 0.1},
     "kto_pair": {"beta": 0.1},
+    "ld_dpo": {"beta": 0.1, "alpha": 0.5},
     "minor_dpo": {"beta": 0.1},
     "nca_pair": {"beta": 0.1},
     "odpo": {"beta": 0.1, "alpha": 1.0, "min_gap": 0.01},
@@ -58,6 +59,7 @@ EXPECTED_HYPERPARAMETERS = {
     "rdpo": {"beta": 0.1, "alpha": 0.01},
     "robust": {"beta": 0.1, "epsilon": 0.1},
     "rpo": {"beta": 0.1, "alpha": 1.0},
+    "sampo": {"beta": 0.1},
     "sft": {"beta": 0.1},  # takes no beta; the contract still records the default
     "sigmoid_norm": {"beta": 0.1},
     "simper": {"beta": 0.1},  # takes no beta either: SimPER has no hyperparameter
@@ -128,7 +130,25 @@ def make_batch(seed: int, batch_size: int = BATCH_SIZE) -> dict[str, torch.Tenso
     batch["progress"] = torch.tensor(0.3, dtype=torch.float64)
     batch["running_margin_mean"] = torch.tensor(0.5, dtype=torch.float64)
     batch["running_margin_std"] = torch.tensor(3.0, dtype=torch.float64)
+    batch.update(token_inputs(batch, generator))
     return batch
+
+
+def token_inputs(batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """(B, 30) token inputs whose rows sum to the batch's sequence log-probs: each response's log-prob
+    spread evenly over its first `length` positions plus noise summing to zero there; the policy's are
+    functions of the policy's sequence log-probs, so gradients reach them."""
+    token_batch = {}
+    for side in ("chosen", "rejected"):
+        lengths = batch[f"{side}_lengths"]  # (B,)
+        mask = (torch.arange(30)[None, :] < lengths[:, None]).double()  # (B, 30)
+        for model in ("reference", "policy"):
+            noise = torch.randn(mask.shape, generator=generator, dtype=torch.float64) * mask
+            noise = noise - (noise.sum(-1) / lengths)[:, None] * mask  # rows sum to 0
+            spread = (batch[f"{model}_{side}_logps"] / lengths)[:, None] * mask  # (B, 30)
+            token_batch[f"{model}_{side}_token_logps"] = spread + noise
+        token_batch[f"{side}_mask"] = mask
+    return token_batch
 
 
 def pair_of(batch: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
@@ -217,8 +237,8 @@ def trl_orpo_odds_ratio_term(chosen_mean_logps, rejected_mean_logps, beta: float
 # -- the library as a whole ---------------------------------------------------------------
 
 
-def test_library_has_the_43_seeds():
-    assert len(EXPECTED_HYPERPARAMETERS) == 43
+def test_library_has_the_45_seeds():
+    assert len(EXPECTED_HYPERPARAMETERS) == 45
     assert sorted(path.stem for path in seed_paths()) == sorted(EXPECTED_HYPERPARAMETERS)
 
 
@@ -244,6 +264,7 @@ def test_seed_is_differentiable(seeds, name):
     for side in ("chosen", "rejected"):
         noise = torch.randn(BATCH_SIZE, generator=generator, dtype=torch.float64)
         batch[f"policy_{side}_logps"] = (batch[f"reference_{side}_logps"] + noise).detach().requires_grad_(True)
+    batch.update(token_inputs(batch, generator))  # the token log-probs of these policy log-probs
     (grad,) = torch.autograd.grad(run_seed(seeds, name, batch).mean(), [batch["policy_chosen_logps"]])
     assert torch.isfinite(grad).all()
     assert grad.abs().sum() > 0
@@ -594,7 +615,7 @@ def test_tdpo1_matches_tdpo1_formula_with_gradients_through_both_kls(seeds, beta
 def test_every_new_input_but_progress_is_read_by_some_seed(seeds):
     # `progress` has no seed yet: no schedule-aware loss with a formula we could check was found
     read = {name for spec, _ in seeds.values() for name in spec.inputs}
-    assert {"chosen_scores", "rejected_scores", "running_margin_mean", "running_margin_std"} <= read
+    assert {"chosen_scores", "rejected_scores", "running_margin_mean", "running_margin_std", *TOKEN_INPUTS} <= read
 
 
 @pytest.mark.parametrize(("beta", "alpha", "min_gap"), [(0.1, 1.0, 0.01), (0.5, 0.5, 0.1), (2.0, 2.0, 1e-3)])
@@ -648,3 +669,116 @@ def test_beta_dpo_without_its_filter_is_the_authors_dynamic_beta_dpo(seeds):
     table = rows(batch)
     beta_used = max(1e-3, 0.1 * (1 + 0.6 * (sum(implicit_margin(row) for row in table) / BATCH_SIZE - 0.5)))
     assert_matches(run_seed(seeds, "beta_dpo", batch), [softplus(-beta_used * implicit_margin(row)) for row in table])
+
+
+# -- seeds that read the token inputs --------------------------------------------------------------
+
+
+def token_ratios(row: dict, side: str) -> list[float]:
+    """The per-token log-ratios (policy - reference) of one pair's response `side`, in order, on its mask."""
+    return [p - r for p, r, m in zip(row[f"policy_{side}_token_logps"], row[f"reference_{side}_token_logps"],
+                                     row[f"{side}_mask"]) if m]
+
+
+def token_gradient_check(ours: torch.Tensor, batch, chosen_weights, rejected_weights, beta: float, logits) -> None:
+    """d sum(loss) / d policy token log-probs is -beta sig(-z) w_t (chosen), +beta sig(-z) w_t (rejected)."""
+    grads = torch.autograd.grad(ours.sum(), [batch["policy_chosen_token_logps"], batch["policy_rejected_token_logps"]])
+    for grad, weights, sign in zip(grads, (chosen_weights, rejected_weights), (-1.0, 1.0)):
+        expected = [[sign * beta * sigmoid(-z) * w for w in row] for z, row in zip(logits, weights)]
+        torch.testing.assert_close(grad, torch.tensor(expected, dtype=torch.float64), **TOLERANCE)
+
+
+def ld_dpo_weights(row: dict, side: str, alpha: float) -> list[float]:
+    """LD-DPO's weight of each of the 30 positions: 1 up to the public length min(l_c, l_r), alpha past it."""
+    public = min(sum(row["chosen_mask"]), sum(row["rejected_mask"]))
+    weights, seen = [], 0
+    for m in row[f"{side}_mask"]:
+        seen += int(m)
+        weights.append(0.0 if not m else 1.0 if seen <= public else alpha)
+    return weights
+
+
+@pytest.mark.parametrize(("beta", "alpha"), [(0.1, 0.5), (0.5, 0.0), (2.0, 1.0)])
+def test_ld_dpo_matches_the_papers_desensitized_likelihood(seeds, beta, alpha):
+    # LD-DPO (Liu et al., 2024): log-likelihoods sum_{i <= l_p} + alpha * sum_{i > l_p}, l_p = min(l_c, l_r),
+    # for the policy and the reference alike; then DPO's -log sig(beta * margin)
+    batch = make_batch(40)
+    table = rows(batch)
+    assert any(row["chosen_lengths"] != row["rejected_lengths"] for row in table)  # alpha is exercised
+    weights = {side: [ld_dpo_weights(row, side, alpha) for row in table] for side in ("chosen", "rejected")}
+
+    def desensitized(row, index, side):
+        ratios = [p - r for p, r in zip(row[f"policy_{side}_token_logps"], row[f"reference_{side}_token_logps"])]
+        return sum(w * x for w, x in zip(weights[side][index], ratios))
+
+    logits = [beta * (desensitized(row, i, "chosen") - desensitized(row, i, "rejected")) for i, row in enumerate(table)]
+    ours = run_seed(seeds, "ld_dpo", batch, beta=beta, alpha=alpha)
+    assert_matches(ours, [softplus(-z) for z in logits])
+    token_gradient_check(ours, batch, weights["chosen"], weights["rejected"], beta, logits)
+
+
+def test_ld_dpo_at_alpha_one_is_dpo(seeds):
+    batch = make_batch(41)
+    torch.testing.assert_close(run_seed(seeds, "ld_dpo", batch, alpha=1.0), run_seed(seeds, "dpo", batch), **TOLERANCE)
+
+
+@pytest.mark.parametrize(("beta", "alpha"), [(0.1, 0.5), (0.5, 0.2)])
+def test_ld_dpo_equals_trl_dpo_trainer_with_ld_alpha(seeds, beta, alpha):
+    # TRL 1.16's DPOTrainer._compute_loss with DPOConfig.ld_alpha, its reference model run (not precomputed)
+    batch = make_batch(42)
+    dpo_trainer = pytest.importorskip("trl.trainer.dpo_trainer")
+    completion_mask = torch.cat([batch["chosen_mask"], batch["rejected_mask"]]).long()  # (2B, 30)
+    completion_mask = torch.nn.functional.pad(completion_mask, (1, 0))  # (2B, 31): a one-token prompt first
+    zeros = torch.zeros(completion_mask.shape[0], 30, dtype=torch.float64)
+
+    def stub(prefix):
+        log_probs = torch.cat([batch[f"{prefix}_chosen_token_logps"], batch[f"{prefix}_rejected_token_logps"]])
+        outputs = SimpleNamespace(log_probs=log_probs, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool(),
+                                  log_sum_sq_probs=zeros)
+        return lambda **kwargs: outputs
+
+    trainer = SimpleNamespace(
+        model=SimpleNamespace(training=False, is_gradient_checkpointing=False), ref_model=stub("reference"),
+        accelerator=SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x),
+        aux_loss_enabled=False, ld_alpha=alpha, precompute_ref_logps=False, use_weighting=False,
+        f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0, loss_types=["sigmoid"], loss_weights=[1.0],
+        beta=beta, label_smoothing=0.0, args=SimpleNamespace(discopop_tau=0.05, gradient_checkpointing_kwargs=None),
+        _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1,
+    )
+    inputs = {"input_ids": torch.zeros_like(completion_mask), "attention_mask": torch.ones_like(completion_mask),
+              "completion_mask": completion_mask}
+    theirs = dpo_trainer.DPOTrainer._compute_loss(trainer, stub("policy"), inputs, return_outputs=False)
+    torch.testing.assert_close(run_seed(seeds, "ld_dpo", batch, beta=beta, alpha=alpha).mean(), theirs, **TOLERANCE)
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_sampo_matches_the_papers_down_sampled_reward_in_expectation(seeds, beta):
+    # SamPO (Lu et al., 2024): each reward sums T_m = min(T_c, T_r) of its tokens' log-ratios drawn at random;
+    # in expectation T_m / T of all of them: -log sig(beta (T_m / T_c sum_c - T_m / T_r sum_r))
+    batch = make_batch(43)
+    table = rows(batch)
+    scales = {side: [min(sum(row["chosen_mask"]), sum(row["rejected_mask"])) / sum(row[f"{side}_mask"])
+                     for row in table] for side in ("chosen", "rejected")}
+    logits = [beta * (scales["chosen"][i] * sum(token_ratios(row, "chosen"))
+                      - scales["rejected"][i] * sum(token_ratios(row, "rejected"))) for i, row in enumerate(table)]
+    ours = run_seed(seeds, "sampo", batch, beta=beta)
+    assert_matches(ours, [softplus(-z) for z in logits])
+    weights = {side: [[scales[side][i] * m for m in row[f"{side}_mask"]] for i, row in enumerate(table)]
+               for side in ("chosen", "rejected")}
+    token_gradient_check(ours, batch, weights["chosen"], weights["rejected"], beta, logits)
+
+
+def test_sampo_draws_average_to_the_seed(seeds):
+    # the expectation the seed keeps: the mean over many uniform draws of T_m tokens without replacement
+    batch = make_batch(44)
+    row = rows(batch)[0]
+    chosen, rejected = token_ratios(row, "chosen"), token_ratios(row, "rejected")
+    sampled = min(len(chosen), len(rejected))
+    generator = torch.Generator().manual_seed(0)
+    draws = 20000
+    totals = {}
+    for side, ratios in (("chosen", chosen), ("rejected", rejected)):
+        picks = torch.stack([torch.randperm(len(ratios), generator=generator)[:sampled] for _ in range(draws)])
+        totals[side] = float(torch.tensor(ratios, dtype=torch.float64)[picks].sum(-1).mean())
+    expected = sampled / len(chosen) * sum(chosen) - sampled / len(rejected) * sum(rejected)
+    assert abs((totals["chosen"] - totals["rejected"]) - expected) < 0.05 * max(1.0, abs(expected))

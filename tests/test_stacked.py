@@ -47,9 +47,9 @@ def base_model(task):
     return model
 
 
-def configs(task, betas_seeds, uses_kl=False) -> list[RunConfig]:
-    return [RunConfig(beta=beta, seed=seed, steps=6, pairs=48, batch_size=4, lr=3e-3, uses_kl=uses_kl)
-            for beta, seed in betas_seeds]
+def configs(task, betas_seeds, uses_kl=False, uses_tokens=False) -> list[RunConfig]:
+    return [RunConfig(beta=beta, seed=seed, steps=6, pairs=48, batch_size=4, lr=3e-3, uses_kl=uses_kl,
+                      uses_tokens=uses_tokens) for beta, seed in betas_seeds]
 
 
 def sequential(task, loss_fn, runs: list[RunConfig]):
@@ -59,7 +59,8 @@ def sequential(task, loss_fn, runs: list[RunConfig]):
     for config in runs:
         policy = base_model(task)
         try:
-            losses = train_policy(loss_fn, policy, reference if config.uses_kl else None, task.train, config)
+            losses = train_policy(loss_fn, policy, reference if config.uses_kl or config.uses_tokens else None,
+                                  task.train, config)
         except CandidateError as error:
             results.append(error)
             continue
@@ -73,14 +74,15 @@ def scored_task(task):
     return replace(task, train=PairSet.from_tensors(tensors, "train"))
 
 
-# beta_dpo reads its run's running margin statistics, odpo the pairs' scores
-@pytest.mark.parametrize("loss", ["dpo", "tdpo", "batch_weighted", "beta_dpo", "odpo"])
+# beta_dpo reads its run's running margin statistics, odpo the pairs' scores, ld_dpo and sampo the token inputs
+@pytest.mark.parametrize("loss", ["dpo", "tdpo", "batch_weighted", "beta_dpo", "odpo", "ld_dpo", "sampo"])
 def test_stacked_runs_train_as_their_runs_one_after_another(tiny_task, loss):
     loss_fn = source_loss(BATCH_WEIGHTED) if loss == "batch_weighted" else trusted_loss(loss)[1]
     task = scored_task(tiny_task) if loss == "odpo" else tiny_task
-    runs = configs(task, [(0.1, 0), (0.3, 0), (0.1, 1)], uses_kl=loss == "tdpo")
+    uses_tokens = loss in ("ld_dpo", "sampo")
+    runs = configs(task, [(0.1, 0), (0.3, 0), (0.1, 1)], uses_kl=loss == "tdpo", uses_tokens=uses_tokens)
     policy = base_model(task)
-    reference = base_model(task).eval().requires_grad_(False) if loss == "tdpo" else None
+    reference = base_model(task).eval().requires_grad_(False) if loss == "tdpo" or uses_tokens else None
     stacked = train_stacked(loss_fn, policy, reference, task.train, runs)
     for index, (run, (losses, parameters)) in enumerate(zip(stacked, sequential(task, loss_fn, runs))):
         assert run.failure is None

@@ -4,7 +4,7 @@ The exported DPO and hinge seeds must log, step for step, the losses TRL's own
 `sigmoid` and `hinge` give; a recorder shows the trainer's loss is the value our
 function returned; TDPO's KL inputs are computed (zero while policy = reference); beta-DPO gets the
 trainer's progress and running margin statistics; ODPO's scores, which TRL's collator drops, fail
-in one line.
+in one line; LD-DPO on the token inputs logs TRL's own `ld_alpha` losses.
 """
 
 from __future__ import annotations
@@ -52,12 +52,13 @@ def setting(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The dpo, hinge, tdpo, beta_dpo and odpo seeds exported from a campaign database, imported as modules."""
+    """The dpo, hinge, tdpo, beta_dpo, odpo, ld_dpo and sampo seeds exported from a campaign database, imported as
+    modules."""
     folder = tmp_path_factory.mktemp("exported")
     modules = {}
     with Store.for_campaign_dir(folder / "runs" / "x") as store:
         campaign = store.create_campaign("x", {"task": "sentiment"})
-        for name in ("dpo", "hinge", "tdpo", "beta_dpo", "odpo"):
+        for name in ("dpo", "hinge", "tdpo", "beta_dpo", "odpo", "ld_dpo", "sampo"):
             store.add_candidate(campaign.id, source=seed_path(name).read_text(), name=name, proposer="seed",
                                 generation=0)
         data = load_campaign_data(store, campaign)
@@ -150,3 +151,31 @@ def test_beta_dpo_gets_the_trainers_progress_and_running_margin(setting, exporte
 def test_a_loss_reading_scores_says_trls_collator_drops_them(setting, exported):
     with pytest.raises(ValueError, match="collator drops"):
         train(setting, exported["odpo"].dpo_trainer_class())
+
+
+def test_exported_ld_dpo_trains_like_trls_ld_alpha_and_sampo_gets_token_inputs(setting, exported):
+    # TRL 1.16's own LD-DPO (DPOConfig.ld_alpha) against the seed reading the adapter's token inputs
+    folder, tokenizer, pairs = setting
+    uneven = (folder, tokenizer, datasets.Dataset.from_dict({  # responses of different lengths: alpha matters
+        "prompt": ["the movie was", "the plot is"] * 4,
+        "chosen": [" good", " a great film", " fine acting", " great"] * 2,
+        "rejected": [" a bad boring film", " bad", " awful", " the acting was awful"] * 2}))
+    theirs = train(uneven, loss_type=["sigmoid"], ld_alpha=0.5)
+    ours = train(uneven, exported["ld_dpo"].dpo_trainer_class())
+    assert len(ours) == 2 and ours == pytest.approx(theirs, abs=1e-6)
+    assert ours[1] != pytest.approx(train(uneven, loss_type=["sigmoid"])[1], abs=1e-4)  # not DPO
+    calls: list = []
+    module = exported["sampo"]
+
+    def keep(**kwargs):
+        calls.append(kwargs)
+        return module.loss(**kwargs)
+
+    logged = train(setting, patch=lambda trainer: module.patch_dpo_trainer(trainer, functools.wraps(module.loss)(keep)))
+    first = calls[0]
+    assert first["policy_chosen_token_logps"].shape == first["chosen_mask"].shape == first["rejected_mask"].shape
+    # policy = reference at the first step; the masks count the completion tokens, and padding holds 0
+    torch.testing.assert_close(first["policy_chosen_token_logps"].detach(), first["reference_chosen_token_logps"],
+                               atol=1e-5, rtol=0)
+    assert bool(((first["policy_rejected_token_logps"] != 0) <= (first["rejected_mask"] == 1)).all())
+    assert logged[0] == pytest.approx(math.log(2), abs=1e-5) and math.isfinite(logged[1])

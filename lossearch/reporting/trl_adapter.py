@@ -21,6 +21,11 @@ included; evaluation batches read them without changing them). Scores come from
 the batch's `chosen_scores` and `rejected_scores` tensors: TRL 1.16's preference
 collator keeps only token ids and reference log-probs, so a loss that reads
 scores needs a collator of yours that adds them, and fails with a ValueError without one.
+The token inputs (`*_token_logps`, `chosen_mask`, `rejected_mask`) are TRL's
+completion positions of the batch, (B, T-1) for its padded length T, computed as
+TRL computes its own per-token log-probs (the fused LM head; the reference model
+run over the batch, as for `ld_alpha`), so they need the reference model in
+memory: not `precompute_ref_log_probs`, nor PEFT's adapter-off reference.
 
 Everything below the marker is copied verbatim into every module that
 `lossearch export` writes, so it imports nothing at module level: TRL and
@@ -70,12 +75,15 @@ def _contract_dpo_loss(trainer, model, inputs, return_outputs, loss_fn, hyperpar
     model_kwargs = {key: value for key, value in inputs.items()
                     if key not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps", *_SCORE_KEYS)}
     model_kwargs["use_cache"] = False
+    ref_per_token = kl = None
     if wanted & {"chosen_kl", "rejected_kl"}:
-        logps, ref_logps, kl = _logps_with_kl(trainer, model, model_kwargs, labels, shift_mask)
+        per_token, ref_per_token, kl = _logps_from_full_logits(trainer, model, model_kwargs, labels, shift_mask)
     else:
         per_token = model(**model_kwargs, labels=labels, fused_lm_head=True).log_probs[:, -shift_mask.size(1):]
-        logps = per_token.sum(dim=1)  # (2B,) masked positions are zero
-        ref_logps, kl = _reference_logps(trainer, inputs), None
+        if wanted & set(_TOKEN_KEYS):
+            ref_per_token = _reference_token_logps(trainer, model_kwargs, labels, shift_mask.size(1))
+    logps = per_token.sum(dim=1)  # (2B,) masked positions are zero
+    ref_logps = _reference_logps(trainer, inputs) if ref_per_token is None else ref_per_token.sum(dim=1).chunk(2)
     chosen_logps, rejected_logps = logps.chunk(2, dim=0)  # (B,) each
     ref_chosen_logps, ref_rejected_logps = ref_logps
     lengths = shift_mask.sum(dim=1).to(logps.dtype)  # (2B,) response tokens
@@ -87,6 +95,11 @@ def _contract_dpo_loss(trainer, model, inputs, return_outputs, loss_fn, hyperpar
     }
     if kl is not None:
         tensors["chosen_kl"], tensors["rejected_kl"] = kl.chunk(2, dim=0)
+    if ref_per_token is not None:  # (B, T-1) each: TRL's completion positions of the batch
+        mask = shift_mask.to(logps.dtype)
+        token_tensors = (per_token * mask, ref_per_token.to(logps.dtype) * mask, mask)
+        for key, values in zip(_TOKEN_KEYS, (half for tensor in token_tensors for half in tensor.chunk(2, dim=0))):
+            tensors[key] = values
     tensors.update(_training_state(trainer, tensors))
     if wanted & set(_SCORE_KEYS):
         if not all(key in inputs for key in _SCORE_KEYS):
@@ -110,6 +123,8 @@ def _contract_dpo_loss(trainer, model, inputs, return_outputs, loss_fn, hyperpar
 
 
 _SCORE_KEYS = ("chosen_scores", "rejected_scores")
+_TOKEN_KEYS = ("policy_chosen_token_logps", "policy_rejected_token_logps", "reference_chosen_token_logps",
+               "reference_rejected_token_logps", "chosen_mask", "rejected_mask")  # lossearch.contract.TOKEN_INPUTS
 _MARGIN_MOMENTUM = 0.9  # lossearch.contract.MARGIN_MOMENTUM
 
 
@@ -140,8 +155,21 @@ def _reference_logps(trainer, inputs):
     return trainer.compute_ref_log_probs(reference, inputs)
 
 
-def _logps_with_kl(trainer, model, model_kwargs, labels, shift_mask):
-    """Policy and reference sequence log-probs and per-sequence KL(reference || policy), from full logits."""
+def _reference_token_logps(trainer, model_kwargs, labels, width):
+    """(2B, width) the reference model's token log-probs of the completions, as TRL's `_compute_loss` runs it."""
+    import torch
+
+    if trainer.ref_model is None:
+        raise ValueError("a loss reading token log-probs needs the reference model in memory: pass ref_model= and "
+                         "keep precompute_ref_log_probs=False (a PEFT model's adapter-off reference is not supported)")
+    with torch.no_grad():
+        return trainer.ref_model(**model_kwargs, labels=labels, fused_lm_head=True).log_probs[:, -width:]
+
+
+def _logps_from_full_logits(trainer, model, model_kwargs, labels, shift_mask):
+    """(2B, T-1) policy and reference token log-probs (0 off the completion) and the (2B,) per-sequence
+    KL(reference || policy), from both models' full logits (a loss reading the KL inputs gets its token
+    inputs from these too)."""
     import torch
 
     if trainer.ref_model is None:
@@ -152,10 +180,10 @@ def _logps_with_kl(trainer, model, model_kwargs, labels, shift_mask):
     with torch.no_grad():
         reference = torch.log_softmax(trainer.ref_model(**model_kwargs).logits[:, :-1].float(), dim=-1)
     mask = shift_mask.to(policy.dtype)
-    logps = (policy.gather(-1, targets).squeeze(-1) * mask).sum(dim=1)  # (2B,)
-    ref_logps = (reference.gather(-1, targets).squeeze(-1) * mask).sum(dim=1)
+    per_token = policy.gather(-1, targets).squeeze(-1) * mask  # (2B, T-1)
+    ref_per_token = reference.gather(-1, targets).squeeze(-1) * mask
     token_kl = (reference.exp() * (reference - policy)).sum(dim=-1)  # (2B, T-1) KL of next-token distributions
-    return logps, ref_logps.chunk(2, dim=0), (token_kl * mask).sum(dim=1)
+    return per_token, ref_per_token, (token_kl * mask).sum(dim=1)
 
 
 def _log_reward_metrics(trainer, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps):

@@ -57,8 +57,9 @@ def load_candidate(payload: dict) -> tuple[Any, Callable[..., torch.Tensor]]:
 
 def synthetic_inputs(batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Plausible contract inputs: sums of per-token log-probs over 4..30 tokens, small log-ratios; scores
-    in [0, 1.5), a run halfway through with running margin mean 1 and std 2 (every tier's inputs, so a
-    loss that reads any of them is checked here)."""
+    in [0, 1.5), a run halfway through with running margin mean 1 and std 2, and the (B, 30) token
+    log-probs whose rows sum to the sequence log-probs (every tier's inputs, so a loss that reads any
+    of them is checked here)."""
     generator = torch.Generator().manual_seed(seed)
     chosen_lengths = torch.randint(4, 31, (batch_size,), generator=generator).float()
     rejected_lengths = torch.randint(4, 31, (batch_size,), generator=generator).float()
@@ -66,7 +67,7 @@ def synthetic_inputs(batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     reference_rejected = -2.0 * rejected_lengths + torch.randn(batch_size, generator=generator)
     policy_chosen = (reference_chosen + 2.0 * torch.randn(batch_size, generator=generator)).requires_grad_(True)
     policy_rejected = (reference_rejected + 2.0 * torch.randn(batch_size, generator=generator)).requires_grad_(True)
-    return {
+    tensors = {
         "policy_chosen_logps": policy_chosen,
         "policy_rejected_logps": policy_rejected,
         "reference_chosen_logps": reference_chosen,
@@ -82,6 +83,34 @@ def synthetic_inputs(batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
         "running_margin_mean": torch.tensor(1.0),
         "running_margin_std": torch.tensor(2.0),
     }
+    tensors.update(synthetic_token_inputs(tensors, generator))
+    return tensors
+
+
+def synthetic_token_inputs(tensors: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """(B, T) token inputs consistent with the sequence inputs: each response's log-prob (and log-ratio)
+    spread evenly over its tokens, plus noise that sums to zero over them, so rows sum to the sequence
+    values; the policy's are functions of its sequence log-probs, so their gradients reach the leaves
+    the sanity check differentiates. Drawn last, so the older inputs stay what they were."""
+    width = int(max(tensors["chosen_lengths"].max(), tensors["rejected_lengths"].max()))
+    token_inputs = {}
+    for side in ("chosen", "rejected"):
+        lengths = tensors[f"{side}_lengths"]  # (B,)
+        mask = (torch.arange(width)[None, :] < lengths[:, None]).float()  # (B, T)
+        reference = tensors[f"reference_{side}_logps"]
+        ratio = tensors[f"policy_{side}_logps"] - reference  # (B,), with graph
+        reference_tokens = (reference / lengths)[:, None] * mask + zero_sum_noise(mask, 0.5, generator)
+        token_inputs[f"reference_{side}_token_logps"] = reference_tokens
+        token_inputs[f"policy_{side}_token_logps"] = (reference_tokens + (ratio / lengths)[:, None] * mask
+                                                      + zero_sum_noise(mask, 0.3, generator))
+        token_inputs[f"{side}_mask"] = mask
+    return token_inputs
+
+
+def zero_sum_noise(mask: torch.Tensor, scale: float, generator: torch.Generator) -> torch.Tensor:
+    """(B, T) Gaussian noise on the mask's positions, each row shifted to sum to zero there."""
+    noise = scale * torch.randn(mask.shape, generator=generator) * mask
+    return noise - (noise.sum(-1) / mask.sum(-1))[:, None] * mask
 
 
 def check_gradients(loss_of: Callable[..., torch.Tensor]) -> dict[str, float]:
@@ -194,9 +223,9 @@ def finetune_models(payload: dict, config: RunConfig):
         tensors.update(load_file("scores.safetensors"))  # come with their labeller's rewards
     pairs = PairSet.from_tensors(tensors, "train", config.pairs)
     prompts = (tensors["train_prompt_ids"], tensors["train_prompt_attention"].bool()) if config.online else None
-    # the reference's log-probs of the pairs come cached; its model is needed only for a KL input
-    # or to label online pairs
-    needs_reference = config.uses_kl or config.online is not None
+    # the reference's log-probs of the pairs come cached; its model is needed only for a KL input,
+    # token inputs (its per-token log-probs of each batch) or to label online pairs
+    needs_reference = config.uses_kl or config.uses_tokens or config.online is not None
     policy = make_model(payload["model_config"])
     reference = make_model(payload["model_config"]) if needs_reference else None
     for model in filter(None, (policy, reference)):

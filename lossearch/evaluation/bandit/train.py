@@ -49,7 +49,7 @@ def train_stacked(loss_fn: LossFn, task: BanditTask, seed: int, config: BanditCo
         fixed.update(chosen_scores=task.train_chosen_scores[batch], rejected_scores=task.train_rejected_scores[batch])
         grads = []
         for k, beta in enumerate(config.betas):
-            run_policy = {name: value[k] for name, value in policy.items()}  # (B,) each
+            run_policy = {name: value[k] for name, value in policy.items()}  # (B,) each, (B, 1) token inputs
             run_fixed = {**fixed, **states[k].inputs(step, run_policy, fixed)}
             grads.append(loss_input_gradients(loss_fn, run_policy, run_fixed, beta)[1])
         logits.grad = None
@@ -60,7 +60,8 @@ def train_stacked(loss_fn: LossFn, task: BanditTask, seed: int, config: BanditCo
 
 def pair_inputs(logits: torch.Tensor, reference_logps: torch.Tensor, lengths: torch.Tensor,
                 prompts: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor):
-    """The batch's policy-side inputs (K, B), with graph, and reference-side inputs (B,)."""
+    """The batch's policy-side inputs (K, B) (token inputs (K, B, 1)), with graph, and reference-side
+    inputs (B,) (token inputs and masks (B, 1))."""
     K = logits.shape[0]
     logps = F.log_softmax(logits[:, prompts], dim=-1)  # (K, B, R): each policy at each pair's prompt
     ref = reference_logps[prompts]  # (B, R)
@@ -78,6 +79,13 @@ def pair_inputs(logits: torch.Tensor, reference_logps: torch.Tensor, lengths: to
         "chosen_lengths": lengths[prompts, chosen],  # (B,) float
         "rejected_lengths": lengths[prompts, rejected],  # (B,) float
     }
+    # each response is a single action, so a single "token" (T = 1): its log-prob is the sequence's
+    policy.update(policy_chosen_token_logps=policy["policy_chosen_logps"][..., None],  # (K, B, 1)
+                  policy_rejected_token_logps=policy["policy_rejected_logps"][..., None])
+    ones = torch.ones_like(fixed["reference_chosen_logps"])[:, None]  # (B, 1)
+    fixed.update(reference_chosen_token_logps=fixed["reference_chosen_logps"][:, None],
+                 reference_rejected_token_logps=fixed["reference_rejected_logps"][:, None],
+                 chosen_mask=ones, rejected_mask=ones.clone())
     return policy, fixed
 
 
@@ -88,9 +96,9 @@ def backward_through_policy(policy: dict, grads_per_beta: list[dict]) -> None:
         per_beta = [grads[name] for grads in grads_per_beta]
         if all(grad is None for grad in per_beta):
             continue  # no beta's loss reads this input
-        zeros = torch.zeros_like(output[0])  # (B,)
+        zeros = torch.zeros_like(output[0])  # (B,), or (B, 1) for a token input
         outputs.append(output)
-        grads.append(torch.stack([zeros if grad is None else grad for grad in per_beta]))  # (K, B)
+        grads.append(torch.stack([zeros if grad is None else grad for grad in per_beta]))  # (K, B) or (K, B, 1)
     backpropagate(outputs, grads)
 
 

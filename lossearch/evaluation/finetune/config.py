@@ -134,5 +134,7 @@ class RunConfig:
     """`fp32` or `bf16` (autocast around the policy's and reference's forward passes)."""
     uses_scores: bool = False
     """The loss reads the pairs' scores: the child reads them from scores.safetensors."""
+    uses_tokens: bool = False
+    """The loss reads token inputs: the child runs the reference model over every batch for its token log-probs."""
 
 

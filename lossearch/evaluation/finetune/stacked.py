@@ -35,7 +35,8 @@ from lossearch.evaluation.tasks.llama import CompactLlama, stack_runs
 from lossearch.evaluation.tasks.lm import Sequences, concat_sequences
 from lossearch.failures import CandidateError
 
-SHARED_FIELDS = ("steps", "pairs", "batch_size", "lr", "uses_kl", "online", "device", "precision", "uses_scores")
+SHARED_FIELDS = ("steps", "pairs", "batch_size", "lr", "uses_kl", "online", "device", "precision", "uses_scores",
+                 "uses_tokens")
 """What the stacked runs must share: they may differ in beta and seed only."""
 
 
@@ -96,13 +97,15 @@ def stacked_step(policy, reference, optimizer: AdamW, loss_fn: LossFn, pairs: Pa
     config = runs[0].config
     device = next(policy.parameters()).device
     both = stacked_rows(pairs, indexes).to(device)  # (R * 2B, T): run r's chosen rows, then its rejected
-    outputs = sequence_outputs(policy, reference, both, config.uses_kl, config.precision, runs=len(runs))  # (R, B)
+    outputs, reference_side = sequence_outputs(policy, reference, both, config.uses_kl, config.precision,
+                                               runs=len(runs), uses_tokens=config.uses_tokens)  # (R, B), (R, B, K)
     input_grads = {name: torch.zeros_like(value) for name, value in outputs.items()}
     for r, (run, index) in enumerate(zip(runs, indexes)):
         if run.failure is not None:
             continue
-        run_outputs = {name: value[r] for name, value in outputs.items()}  # (B,) each
+        run_outputs = {name: value[r] for name, value in outputs.items()}  # (B,) each, (B, K) token inputs
         fixed = fixed_inputs(pairs, index, device)
+        fixed.update({name: value[r] for name, value in reference_side.items()})
         fixed.update(run.state.inputs(step, run_outputs, fixed))
         try:
             loss, all_grads = loss_input_gradients(loss_fn, run_outputs, fixed, run.config.beta)

@@ -58,7 +58,8 @@ def run_config(task: TaskData, spec: LossSpec, budget: Budget, options: Finetune
                   "eos_id": task.eos_id, "pad_id": task.pad_id}
     return RunConfig(beta=beta, seed=seed, steps=budget.steps, pairs=min(budget.pairs, len(task.train)),
                      batch_size=budget.batch_size, lr=budget.lr, uses_kl=spec.uses_kl, online=online, device=device,
-                     precision=precision, uses_scores=spec.uses_scores)
+                     precision=precision, uses_scores=spec.uses_scores,
+                     uses_tokens=spec.uses_tokens)
 
 
 def job_inputs(task: TaskData, config: RunConfig) -> dict[str, Any]:

@@ -35,15 +35,18 @@ from lossearch.evaluation.tasks.lm import (
 from lossearch.failures import CandidateError
 
 
-def policy_inputs(policy, reference, pairs: PairSet, index: torch.Tensor, uses_kl: bool, precision: str = "fp32"):
-    """Contract inputs of a batch: policy-side (B,) tensors with graph, and the fixed ones."""
+def policy_inputs(policy, reference, pairs: PairSet, index: torch.Tensor, uses_kl: bool, precision: str = "fp32",
+                  uses_tokens: bool = False):
+    """Contract inputs of a batch: policy-side (B,) tensors (token inputs (B, T)) with graph, and the fixed ones."""
     device = next(policy.parameters()).device
     chosen, rejected = pairs.chosen.select(index), pairs.rejected.select(index)
     # both responses of every pair share the prompt columns, so one forward pass serves both
     both = concat_sequences(chosen, rejected).to(device)  # (2B, T)
-    outputs = {name: value[0] for name, value in sequence_outputs(policy, reference, both, uses_kl, precision,
-                                                                  runs=1).items()}
-    return outputs, fixed_inputs(pairs, index, device)
+    outputs, reference_side = sequence_outputs(policy, reference, both, uses_kl, precision, runs=1,
+                                               uses_tokens=uses_tokens)
+    fixed = fixed_inputs(pairs, index, device)
+    fixed.update({name: value[0] for name, value in reference_side.items()})
+    return {name: value[0] for name, value in outputs.items()}, fixed
 
 
 def fixed_inputs(pairs: PairSet, index: torch.Tensor, device) -> dict[str, torch.Tensor]:
@@ -69,21 +72,39 @@ def checked_grads(all_grads: dict, beta: float) -> dict[str, torch.Tensor]:
     return grads
 
 
-def sequence_outputs(policy, reference, both: Sequences, uses_kl: bool, precision: str,
-                     runs: int) -> dict[str, torch.Tensor]:
-    """The policy-side contract inputs of the rows `both`, with graph, as (runs, B) tensors: the rows
-    are `runs` groups (one per stacked run), each its B chosen responses, then their B rejected ones."""
+def sequence_outputs(policy, reference, both: Sequences, uses_kl: bool, precision: str, runs: int,
+                     uses_tokens: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The policy-side contract inputs of the rows `both`, with graph, as (runs, B) tensors (token inputs
+    (runs, B, K)), and the reference-side token inputs (none unless `uses_tokens`): the rows are `runs`
+    groups (one per stacked run), each its B chosen responses, then their B rejected ones."""
     first = first_response_column(both)  # logits from the last prompt column on: all the loss reads
     with arithmetic(both.ids.device, precision):
-        logits = forward_logits(policy, both, first).float()  # (N, T - first, V)
-    logps = token_logps(logits, both).sum(-1).view(runs, 2, -1)  # (runs, 2, B)
+        logits = forward_logits(policy, both, first).float()  # (N, K, V), K = T - first
+    tokens = token_logps(logits, both).view(runs, 2, -1, logits.shape[1])  # (runs, 2, B, K)
+    logps = tokens.sum(-1)  # (runs, 2, B)
     outputs = {"policy_chosen_logps": logps[:, 0], "policy_rejected_logps": logps[:, 1]}
-    if uses_kl:  # TDPO's inputs: sum over response positions of KL(reference || policy)
+    reference_side: dict[str, torch.Tensor] = {}
+    if uses_kl or uses_tokens:
         with torch.no_grad(), arithmetic(both.ids.device, precision):
             reference_logits = forward_logits(reference, both, first).float()
+    if uses_kl:  # TDPO's inputs: sum over response positions of KL(reference || policy)
         kl = sequence_kl(reference_logits, logits, both).view(runs, 2, -1)
         outputs.update(chosen_kl=kl[:, 0], rejected_kl=kl[:, 1])
-    return outputs
+    if uses_tokens:  # token-level losses' inputs: each response position's log-probs, and the mask
+        outputs.update(policy_chosen_token_logps=tokens[:, 0], policy_rejected_token_logps=tokens[:, 1])
+        reference_side = reference_token_inputs(reference_logits, both, runs)
+    return outputs, reference_side
+
+
+def reference_token_inputs(reference_logits: torch.Tensor, both: Sequences, runs: int) -> dict[str, torch.Tensor]:
+    """(runs, B, K) the reference's token log-probs of the rows `both` and their response masks (float),
+    from its logits as forward_logits gives them (K wide)."""
+    width = reference_logits.shape[1]
+    shape = (runs, 2, -1, width)
+    tokens = token_logps(reference_logits, both).view(shape)  # (runs, 2, B, K), 0 off the response
+    mask = both.response[:, both.ids.shape[1] - width:].float().view(shape)
+    return {"reference_chosen_token_logps": tokens[:, 0], "reference_rejected_token_logps": tokens[:, 1],
+            "chosen_mask": mask[:, 0], "rejected_mask": mask[:, 1]}
 
 
 def arithmetic(device: torch.device, precision: str):
@@ -93,10 +114,10 @@ def arithmetic(device: torch.device, precision: str):
 
 def training_step(policy, reference, optimizer, loss_fn: LossFn, pairs: PairSet, index: torch.Tensor,
                   beta: float, uses_kl: bool, precision: str = "fp32",
-                  state: Optional[TrainingState] = None, step: int = 0) -> float:
+                  state: Optional[TrainingState] = None, step: int = 0, uses_tokens: bool = False) -> float:
     """One AdamW step of the policy on the pairs `index` (step `step` of the run whose `state` it is:
     a fresh one-step run's without one); returns the batch's mean loss."""
-    outputs, fixed = policy_inputs(policy, reference, pairs, index, uses_kl, precision)
+    outputs, fixed = policy_inputs(policy, reference, pairs, index, uses_kl, precision, uses_tokens)
     fixed.update((state or TrainingState(steps=1)).inputs(step, outputs, fixed))
     loss, all_grads = loss_input_gradients(loss_fn, outputs, fixed, beta)
     grads = checked_grads(all_grads, beta)
@@ -157,7 +178,7 @@ def train_policy(loss_fn: LossFn, policy, reference, pairs: PairSet, config: Run
                  prompts: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> list[float]:
     """Train `policy` in place for `config.steps` steps; returns the loss of every step.
 
-    `reference` (the frozen base model) is read only for KL inputs and online pairs; None otherwise.
+    `reference` (the frozen base model) is read only for KL inputs, token inputs and online pairs; None otherwise.
     """
     optimizer = AdamW(policy.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
@@ -171,7 +192,7 @@ def train_policy(loss_fn: LossFn, policy, reference, pairs: PairSet, config: Run
             pairs = draw_online_pairs(policy, reference, prompts, config, generator)
         index = torch.randint(0, len(pairs), (config.batch_size,), generator=generator)  # (B,)
         losses.append(training_step(policy, reference, optimizer, loss_fn, pairs, index, config.beta,
-                                    config.uses_kl, config.precision, state, step))
+                                    config.uses_kl, config.precision, state, step, config.uses_tokens))
     policy.eval()
     if not all(bool(torch.isfinite(param).all()) for param in policy.parameters()):
         raise CandidateError("nan", f"training diverged at beta={config.beta:g}: the parameters are not finite")

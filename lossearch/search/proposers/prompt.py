@@ -37,7 +37,9 @@ language model on preference pairs and scored by an oracle reward at a KL budget
 ## The loss contract
 `loss` takes any of these parameters, by exactly these names; the trainer passes only those it asks for.
 Every tensor has shape (B,), one entry per preference pair, except those marked "()": 0-dim tensors,
-one value for the whole batch, kept by the trainer (the loss itself keeps no state between calls).
+one value for the whole batch, kept by the trainer (the loss itself keeps no state between calls),
+and those marked "(B, T)": one entry per response token, in order, T the batch's widest response,
+0 where the mask is 0 (find a response's first k tokens with `mask.cumsum(-1) <= k`).
 Scores exist only where the data has them: on data without scores a loss that reads them fails.
 
 {inputs}

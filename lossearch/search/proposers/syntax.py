@@ -18,10 +18,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence, overload
 
-from lossearch.contract import TENSOR_INPUTS, find_loss_function, parse_module, read_signature
+from lossearch.contract import POLICY_TOKEN_INPUTS, TENSOR_INPUTS, find_loss_function, parse_module, read_signature
 from lossearch.policy import dotted_name
 
 POLICY_INPUTS = ("policy_chosen_logps", "policy_rejected_logps")
+POLICY_SOURCES = POLICY_INPUTS + POLICY_TOKEN_INPUTS
+"""Every input that carries the policy's gradient: what a site must read for an operator to edit it."""
 LENGTH_INPUTS = ("chosen_lengths", "rejected_lengths")
 KL_INPUTS = ("chosen_kl", "rejected_kl")
 IMPORT_LINES = {"math": "import math", "torch": "import torch", "F": "import torch.nn.functional as F"}
@@ -185,7 +187,7 @@ def loaded_names(node: ast.AST) -> set[str]:
     return {sub.id for sub in ast.walk(node) if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load)}
 
 
-def tainted_names(function: ast.FunctionDef, sources: tuple[str, ...] = POLICY_INPUTS) -> set[str]:
+def tainted_names(function: ast.FunctionDef, sources: tuple[str, ...] = POLICY_SOURCES) -> set[str]:
     """Names whose value may depend on `sources` (flow-insensitive, to a fixed point)."""
     tainted = set(sources)
     assignments = [node for node in ast.walk(function) if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))]
