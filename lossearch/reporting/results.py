@@ -97,9 +97,9 @@ def campaign_overviews(*, db: str | None = None, runs_dir: str | Path = DEFAULT_
     """Every campaign (see lossearch.store.locate), the most recently active first, with its leader."""
     overviews = []
     for listing in list_campaigns(db=db, runs_dir=runs_dir):
-        with Store(listing.url) as store:
-            data = load_campaign_data(store, listing.summary.campaign)
-        ranked = rank(data).ranked
+        with Store(listing.url) as store:  # the leader through the kept scores: no snapshot of the campaign
+            data, ranking, _ = rank_top(store, listing.summary.campaign, 1, count=False)
+        ranked = ranking.ranked
         leader = ranked[0] if ranked else None
         confirmed = sum(1 for record in data.confirmations.values() if record.confirmed)
         overviews.append(CampaignOverview(listing, f"#{leader[0].id} {leader[0].name}" if leader else None,
