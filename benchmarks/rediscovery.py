@@ -6,7 +6,8 @@ generation, the bandit tier only (the question is what the proposer reaches, not
 scores), until a child's fingerprint is the same loss as LRML's (lossearch.fingerprint.same_loss:
 within the same-loss distance at some rescaling of beta) or `--max-proposals` children were made.
 Prints, per campaign seed, the children proposed until the first match (or that none matched),
-the match's name and distance. Target: every seed, within 300 proposals.
+the match's name and distance, and how many of those children each operator made. Target: every
+seed, within 300 proposals.
 
     python benchmarks/rediscovery.py --seeds 5 --max-proposals 300
 """
@@ -17,6 +18,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -52,8 +54,14 @@ def search(seed: int, args: argparse.Namespace, target: list[float], runs: Path)
             if child.fingerprint and same_loss(child.fingerprint, target):
                 return {"seed": seed, "found": True, "proposals": position, "name": child.name,
                         "operator": child.model, "distance": fingerprint_distance(child.fingerprint, target),
-                        "seconds": time.perf_counter() - started}
-    return {"seed": seed, "found": False, "proposals": len(children), "seconds": time.perf_counter() - started}
+                        "seconds": time.perf_counter() - started, "operators": operator_counts(children[:position])}
+    return {"seed": seed, "found": False, "proposals": len(children), "seconds": time.perf_counter() - started,
+            "operators": operator_counts(children)}
+
+
+def operator_counts(children: list) -> dict[str, int]:
+    """How many of `children` each operator made (a mutation child's model is its operator), most first."""
+    return dict(Counter(child.model for child in children).most_common())
 
 
 def main() -> None:
