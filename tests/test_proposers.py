@@ -493,6 +493,31 @@ def test_each_term_adder_writes_its_term(adder, marker):
         assert marker in source
 
 
+TOKENS_AND_SUMS = '''"""DPO plus a small pull on the chosen response's first token: reads sums and token inputs."""
+import torch.nn.functional as F
+
+
+def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+         policy_chosen_token_logps, chosen_mask, beta: float = 0.1):
+    margin = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * margin) - 0.01 * (policy_chosen_token_logps * chosen_mask)[:, 0]
+'''
+
+
+def test_length_normalization_divides_the_sequence_sums_and_leaves_the_token_inputs(sandbox):
+    """Only the (B,) sums are divided by the (B,) lengths: dividing a (B, T) token input by them was a
+    shape error (a wasted proposal), and a loss that reads token inputs alone (ld_dpo) is left as it is."""
+    assert evaluate(TOKENS_AND_SUMS, "both", "sanity", sandbox=sandbox).ok
+    module = syntax.read_module(TOKENS_AND_SUMS, "both")
+    assert mutation.add_length_normalization(module, random.Random(0))
+    source = syntax.write_module(module, "test")
+    assert "policy_chosen_logps = policy_chosen_logps / chosen_lengths" in source
+    assert "policy_chosen_token_logps = " not in source
+    assert evaluate(source, "both_normalized", "sanity", sandbox=sandbox).ok, source
+    ld_dpo = syntax.read_module(seed_path("ld_dpo").read_text(), "ld_dpo")
+    assert mutation.add_length_normalization(ld_dpo, random.Random(0)) is None
+
+
 def test_added_names_reach_a_helper_that_needs_them(sandbox):
     """A margin or KL term added inside a blend's helper becomes that helper's parameter, passed down from `loss`."""
     blender = MutationProposer(operators=("blend",))

@@ -212,7 +212,9 @@ def add_nll(module: LossModule, rng: random.Random) -> str | None:
 def add_length_normalization(module: LossModule, rng: random.Random) -> str | None:
     """Divide every log-prob by its response length first (SimPO, IPO, Tulu 3's sigmoid_norm)."""
     used = syntax.loaded_names(module.function)
-    logps = [item for item in TENSOR_INPUTS if item.endswith("_logps") and item in module.inputs]
+    # the sequences' sums only: a (B, T) token input divided by (B,) lengths is a shape error, not a loss
+    logps = [item for item in TENSOR_INPUTS if item.endswith("_logps") and "_token_" not in item
+             and item in module.inputs]
     if used & set(syntax.LENGTH_INPUTS) or not logps:
         return None
     lines = []
