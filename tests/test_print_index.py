@@ -97,3 +97,14 @@ def test_the_campaign_finds_the_same_earliest_twin_as_comparing_every_stored_pri
         store.update_candidate(ids["dpo"], fingerprint=prints["ipo"])
         twin = runner.fingerprint_twin(newest, prints["ipo"])
         assert twin is not None and twin.id == ids["dpo"]
+
+
+def test_two_checks_indexing_the_same_prints_at_once_keep_one_row(store_url):
+    """With several workers two duplicate checks can read the same prints unindexed and both index them:
+    the second write leaves the first row as it is instead of failing the evaluation (a Ray campaign did)."""
+    with Store(store_url) as store:
+        campaign = store.create_campaign("twice", {})
+        candidate = store.add_candidate(campaign.id, source="# x\n", name="x", proposer="seed", generation=0)
+        store.add_print_index(campaign.id, {candidate.id: b"first"})
+        store.add_print_index(campaign.id, {candidate.id: b"again"})
+        assert store.print_index(campaign.id, below=candidate.id + 1) == [(candidate.id, b"first")]

@@ -611,12 +611,16 @@ class Store:
             yield [(row.id, tuple(row.fingerprint or ())) for row in rows]
 
     def add_print_index(self, campaign_id: int, unit_prints: Mapping[int, bytes]) -> None:
-        """Keep the unit prints (lossearch.fingerprint.index_prints) of the campaign's candidates, by id."""
-        rows = [{"candidate_id": i, "campaign_id": campaign_id, "unit_print": value}
-                for i, value in unit_prints.items()]
-        if rows:
-            with self._session_scope(write=True) as session:
-                session.execute(sa.insert(PrintIndexModel), rows)
+        """Keep the unit prints (lossearch.fingerprint.index_print) of the campaign's candidates, by id. A row
+        another worker's check wrote first stays: two checks index the same unindexed prints at once."""
+        with self._session_scope(write=True) as session:
+            for candidate_id, value in unit_prints.items():
+                try:
+                    with session.begin_nested():
+                        session.add(PrintIndexModel(candidate_id=candidate_id, campaign_id=campaign_id,
+                                                    unit_print=value))
+                except IntegrityError:  # indexed by the other check since it was read unindexed
+                    pass
 
     def print_index(self, campaign_id: int, *, below: int, leave_out: Collection[str] = ()) -> list[tuple[int, bytes]]:
         """The (id, unit print) of the campaign's indexed candidates with a print, ids under `below` and a
