@@ -108,3 +108,21 @@ def test_two_checks_indexing_the_same_prints_at_once_keep_one_row(store_url):
         store.add_print_index(campaign.id, {candidate.id: b"first"})
         store.add_print_index(campaign.id, {candidate.id: b"again"})
         assert store.print_index(campaign.id, below=candidate.id + 1) == [(candidate.id, b"first")]
+
+
+def test_a_candidate_still_evaluating_without_a_print_is_indexed_once_it_has_one(tmp_path, sandbox, prints):
+    """Indexed as print-less while it was still being evaluated, a candidate would never be compared once
+    its print came: unfinished candidates without a print wait for a later check; finished ones do not."""
+    with Store.for_campaign_dir(tmp_path / "later") as store:
+        runner = CampaignRunner(CampaignConfig(name="later", finetune=False), store, sandbox)
+        runner.campaign_id = runner.open_campaign()
+        failed, running = (store.add_candidate(runner.campaign_id, source=f"# {name}\n", name=name, proposer="seed",
+                                               generation=0, status=status)
+                           for name, status in (("failed", "failed"), ("running", "evaluating")))
+        assert runner.fingerprint_twin(running.id + 1, prints["dpo"]) is None
+        assert store.print_index(runner.campaign_id, below=running.id + 1) == []
+        store.update_candidate(running.id, fingerprint=prints["dpo"])
+        twin = runner.fingerprint_twin(running.id + 1, prints["dpo_x1.5"])
+        assert twin is not None and twin.id == running.id
+        indexed = {candidate_id for candidate_id, _ in store.print_index(runner.campaign_id, below=running.id + 1)}
+        assert indexed == {running.id} and failed.id not in indexed  # the failed one: an empty row, left out

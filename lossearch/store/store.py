@@ -594,12 +594,13 @@ class Store:
     def unindexed_fingerprints(self, campaign_id: int, *, below: int,
                                size: int = 1000) -> Iterator[list[tuple[int, tuple[float, ...]]]]:
         """The (id, fingerprint) of the campaign's candidates under `below` without a `print_index` row, in
-        id order, `size` at a time; a candidate without a print comes with an empty one (indexed as such,
-        so it is not read again)."""
+        id order, `size` at a time. A finished candidate without a print comes with an empty one (indexed as
+        such, so it is not read again); an unfinished one without a print yet is left for a later check (its
+        print may come while this check runs: indexed empty, it would never be compared)."""
         last = 0
         while True:
             indexed = sa.select(PrintIndexModel.candidate_id).where(PrintIndexModel.candidate_id == CandidateModel.id)
-            query = (sa.select(CandidateModel.id, CandidateModel.fingerprint)
+            query = (sa.select(CandidateModel.id, CandidateModel.fingerprint, CandidateModel.status)
                      .where(CandidateModel.campaign_id == campaign_id, CandidateModel.id > last,
                             CandidateModel.id < below, ~indexed.exists())
                      .order_by(CandidateModel.id).limit(size))
@@ -608,7 +609,10 @@ class Store:
             if not rows:
                 return
             last = rows[-1].id
-            yield [(row.id, tuple(row.fingerprint or ())) for row in rows]
+            batch = [(row.id, tuple(row.fingerprint or ())) for row in rows
+                     if row.fingerprint or row.status not in UNFINISHED_STATUSES]
+            if batch:
+                yield batch
 
     def add_print_index(self, campaign_id: int, unit_prints: Mapping[int, bytes]) -> None:
         """Keep the unit prints (lossearch.fingerprint.index_print) of the campaign's candidates, by id. A row
