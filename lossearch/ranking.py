@@ -278,6 +278,35 @@ def rank_top(store: Store, campaign: Campaign, limit: int, task: str | None = No
     return data, Ranking(tuple(ranked), ()), total
 
 
+def place_of(store: Store, campaign: Campaign, candidate_id: int, task: str | None = None) -> int | None:
+    """The candidate's place in `rank`'s order (1 = best), counted through the store's kept scores; None
+    when it does not rank."""
+    task = task or str(campaign.config.get("task") or DEFAULT_TASK)
+    tiers = sorted(TIER_ORDER, key=TIER_ORDER.__getitem__)
+    pooled = medians(store.scored_spreads(campaign.id, task, tiers=tiers, status=RANKED_STATUS,
+                                          seeds=POOLED_FROM_SEEDS))
+    return store.place_of(campaign.id, candidate_id, task, tiers=tiers, status=RANKED_STATUS, pooled=pooled,
+                          own_spread_seeds=OWN_SPREAD_SEEDS)
+
+
+def operator_record(store: Store, campaign: Campaign, operator: str) -> OperatorStats | None:
+    """`operator_stats(...)[operator]` read through the store's kept scores, without a snapshot."""
+    task = str(campaign.config.get("task") or DEFAULT_TASK)
+    outcomes = store.child_outcomes(campaign.id, task, proposer="mutation", model=operator)
+    if not outcomes:
+        return None
+    gains = []
+    scored = 0
+    for failure_kind, status, fitness, best_parent in outcomes:
+        gain = None if fitness is None else fitness - (fitness if best_parent is None else best_parent)
+        if gain is not None or failure_kind is not None or status in ("rejected", "duplicate"):
+            scored += 1
+        if gain is not None:
+            gains.append(gain)
+    return OperatorStats(operator, len(outcomes), scored, len(gains), sum(1 for g in gains if g > 0),
+                         sum(max(0.0, g) for g in gains))
+
+
 def load_campaign_part(store: Store, campaign: Campaign, candidate_ids: Iterable[int]) -> CampaignData:
     """A snapshot of the candidates `candidate_ids` alone: the edges to their parents (a parent may be
     outside the snapshot), the edges to their children among them, their evaluations, and the

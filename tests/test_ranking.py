@@ -364,6 +364,20 @@ def test_the_first_page_through_the_stores_kept_scores_is_the_rankings_first_pag
             assert board.rows[0].dpo_delta is not None  # the baseline's score read beside the page
 
 
+def test_a_candidates_place_counted_in_the_store_is_its_rank(store_url):
+    from lossearch.ranking import place_of
+
+    store, campaign_id = random_store(store_url, 3)
+    with store:
+        campaign = store.get_campaign_by_id(campaign_id)
+        data = load_campaign_data(store, campaign)
+        for task in ("sentiment", "sort"):
+            places = {c.id: place for place, c in enumerate(rank(data, task).candidates, 1)}
+            assert len(places) > 5
+            for candidate_id in data.candidates:
+                assert place_of(store, campaign, candidate_id, task) == places.get(candidate_id), candidate_id
+
+
 def test_a_version_4_store_gains_its_kept_scores_from_the_evaluations_it_holds(store_url):
     import sqlalchemy as sa
 

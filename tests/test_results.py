@@ -225,6 +225,32 @@ def test_show_prints_code_idea_metrics_and_relatives(home, data):
     assert first_parent["is_seed"] and any(relative["id"] == child for relative in first_parent["children"])
 
 
+def test_show_read_through_the_store_equals_show_on_the_whole_snapshot(home, data):
+    """show_candidate loads the candidate and its relatives alone and counts its place and its operator's
+    record in the store: for every candidate of the campaign, what the whole snapshot says."""
+    from lossearch.reporting.results import candidate_report, show_candidate
+
+    board = build_leaderboard(data)
+    with open_campaign(runs_dir=home / "runs") as handle:
+        for candidate in data.candidates.values():
+            expected = candidate_report(data, candidate, board).to_dict()
+            assert show_candidate(handle, candidate.id).to_dict() == expected, candidate.name
+        assert show_candidate(handle, "dpo").to_dict()["name"] == "dpo"
+
+
+def test_lineage_read_through_the_store_equals_lineage_on_the_whole_snapshot(home, data):
+    """lineage() walks the edges in the store and loads only the candidates it reaches: the tree the whole
+    snapshot draws, for every candidate."""
+    from lossearch.reporting.results import Lineage, _branches, _node, lineage
+
+    with open_campaign(runs_dir=home / "runs") as handle:
+        for candidate in data.candidates.values():
+            up = _branches(data, candidate.id, upward=True, seen={candidate.id})
+            down = _branches(data, candidate.id, upward=False, seen={candidate.id})
+            expected = Lineage(data.campaign.name, _node(data, candidate.id), up, down)
+            assert lineage(handle, candidate.id) == expected, candidate.name
+
+
 def test_lineage_draws_ancestry_with_fitness_changes(home, data):
     child = child_of(data)
     tree = json.loads(ok(lossearch("lineage", str(child), "--json", cwd=home)))

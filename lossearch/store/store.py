@@ -657,6 +657,12 @@ class Store:
                        for edge in self._edges(LineageEdgeModel.child_id.in_(chunk))),
                       key=lambda edge: (edge.child_id, edge.parent_id, edge.relation))
 
+    def children_of(self, candidate_ids: Collection[int]) -> list[LineageEdge]:
+        """The edges from `candidate_ids` to the candidates made from them."""
+        return sorted((edge for chunk in _id_chunks(candidate_ids)
+                       for edge in self._edges(LineageEdgeModel.parent_id.in_(chunk))),
+                      key=lambda edge: (edge.child_id, edge.parent_id, edge.relation))
+
     def lineage(self, campaign_id: int) -> list[LineageEdge]:
         """Every lineage edge whose child belongs to the campaign."""
         children = sa.select(CandidateModel.id).where(CandidateModel.campaign_id == campaign_id)
@@ -748,16 +754,56 @@ class Store:
         standard error (sigma / sqrt(seeds); sigma its own spread from `own_spread_seeds` seeds on, before
         that `pooled[tier]`, else its own spread, else 0), ties to the lower id: lossearch.ranking's rule."""
         score, position, conditions = self._top_scores(campaign_id, task, tiers, status)
+        bound = self._bound(score, pooled, own_spread_seeds)
+        query = (sa.select(score.candidate_id).join(CandidateModel, CandidateModel.id == score.candidate_id)
+                 .where(*conditions).order_by(position.desc(), bound.desc(), score.candidate_id).limit(limit))
+        with self._session_scope() as session:
+            return list(session.scalars(query))
+
+    @staticmethod
+    def _bound(score: Any, pooled: Mapping[str, float], own_spread_seeds: int) -> Any:
+        """`best_scored`'s key after the tier: the mean less one standard error."""
         pooled_sigma = sa.case({tier: sa.literal(value, sa.Float) for tier, value in pooled.items()},
                                value=score.tier, else_=sa.null()) if pooled else sa.null()
         sigma = sa.func.coalesce(sa.case((score.seeds >= own_spread_seeds, score.spread), else_=sa.null()),
                                  pooled_sigma, score.spread, sa.literal(0.0, sa.Float))
-        query = (sa.select(score.candidate_id).join(CandidateModel, CandidateModel.id == score.candidate_id)
-                 .where(*conditions)
-                 .order_by(position.desc(), (score.fitness - sigma / score.root_seeds).desc(), score.candidate_id)
-                 .limit(limit))
+        return score.fitness - sigma / score.root_seeds
+
+    def place_of(self, campaign_id: int, candidate_id: int, task: str, *, tiers: Sequence[str], status: str,
+                 pooled: Mapping[str, float], own_spread_seeds: int) -> int | None:
+        """The candidate's place (1 = best) in `best_scored`'s order, counted in the store; None when it does
+        not rank."""
+        score, position, conditions = self._top_scores(campaign_id, task, tiers, status)
+        bound = self._bound(score, pooled, own_spread_seeds)
+        own = (sa.select(position.label("position"), bound.label("bound"))
+               .join(CandidateModel, CandidateModel.id == score.candidate_id)
+               .where(*conditions, score.candidate_id == candidate_id))
         with self._session_scope() as session:
-            return list(session.scalars(query))
+            found = session.execute(own).one_or_none()
+            if found is None:
+                return None
+            ahead = sa.or_(position > found.position, sa.and_(position == found.position, sa.or_(
+                bound > found.bound, sa.and_(bound == found.bound, score.candidate_id < candidate_id))))
+            count = sa.select(sa.func.count()).select_from(score).join(
+                CandidateModel, CandidateModel.id == score.candidate_id).where(*conditions, ahead)
+            return 1 + int(session.scalar(count) or 0)
+
+    def child_outcomes(self, campaign_id: int, task: str, *, proposer: str, model: str
+                       ) -> list[tuple[str | None, str, float | None, float | None]]:
+        """(failure kind, status, bandit-tier score, best parent's bandit-tier score) of each candidate the
+        campaign's `proposer` made with `model` (an operator): its record, read through the kept scores."""
+        own, parent = aliased(ScoreModel), aliased(ScoreModel)
+        best_parent = (sa.select(sa.func.max(parent.fitness))
+                       .join(LineageEdgeModel, LineageEdgeModel.parent_id == parent.candidate_id)
+                       .where(LineageEdgeModel.child_id == CandidateModel.id, parent.task == task,
+                              parent.tier == "bandit").scalar_subquery())
+        query = (sa.select(CandidateModel.failure_kind, CandidateModel.status, own.fitness, best_parent)
+                 .outerjoin(own, sa.and_(own.candidate_id == CandidateModel.id, own.task == task,
+                                         own.tier == "bandit"))
+                 .where(CandidateModel.campaign_id == campaign_id, CandidateModel.proposer == proposer,
+                        CandidateModel.model == model))
+        with self._session_scope() as session:
+            return [tuple(row) for row in session.execute(query)]
 
     def scored_spreads(self, campaign_id: int, task: str, *, tiers: Sequence[str], status: str,
                        seeds: int) -> list[tuple[str, float]]:
