@@ -308,6 +308,21 @@ def test_export_writes_standalone_modules(home, data, tmp_path):
     assert done.returncode == 0 and done.stdout.split()[1:] == ["True", "True"], done.stderr
 
 
+def test_export_read_through_the_store_equals_export_on_the_whole_snapshot(home, data, tmp_path):
+    """export reads the candidates, their parents and DPO alone (and the leaders through the kept scores):
+    the modules the whole snapshot writes, for every candidate and for the top five."""
+    from lossearch.reporting.export import export_candidate, export_top, module_name, module_source
+
+    board = build_leaderboard(data, top=5)
+    with open_campaign(runs_dir=home / "runs") as handle:
+        for candidate in data.candidates.values():
+            assert export_candidate(handle, candidate.id).source == module_source(data, candidate), candidate.name
+        written = export_top(handle, 5, tmp_path / "top")
+    assert [(m.candidate_id, m.name, m.source) for m in written] == [
+        (row.id, module_name(data.candidates[row.id], row.rank), module_source(data, data.candidates[row.id]))
+        for row in board.rows]
+
+
 def test_an_exported_module_is_itself_a_candidate(home, data, tmp_path):
     """`lossearch eval` takes what `export` writes: the same loss, fingerprint for fingerprint."""
     child = child_of(data)

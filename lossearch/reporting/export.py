@@ -24,15 +24,16 @@ from lossearch import __version__
 from lossearch.contract import EXPORTED_ADAPTER_MARKER, parse_spec
 from lossearch.errors import ConfigError
 from lossearch.failures import CandidateError
-from lossearch.ranking import CampaignData, load_campaign_data
+from lossearch.ranking import CampaignData, load_campaign_part, rank_top
 from lossearch.reporting.results import (
+    Leaderboard,
     NoResults,
-    build_leaderboard,
     confirmation_summary,
-    resolve_candidate,
+    find_candidate,
+    leaderboard_row,
     verdict_of,
 )
-from lossearch.store import Candidate
+from lossearch.store import BASELINE_SEED, Candidate
 from lossearch.store.locate import CampaignHandle
 
 ENTRY_POINTS = '''
@@ -71,9 +72,10 @@ def module_name(candidate: Candidate, rank: int | None = None) -> str:
 
 
 def export_candidate(handle: CampaignHandle, ident: str | int, out: str | Path | None = None) -> ExportedModule:
-    """The module for one candidate, written to `out` when given."""
-    data = load_campaign_data(handle.store, handle.campaign)
-    candidate = resolve_candidate(data, ident)
+    """The module for one candidate, written to `out` when given (from a snapshot of it and its parents)."""
+    found = find_candidate(handle.store, handle.campaign, ident)
+    data = _with_parents(handle, [found.id])
+    candidate = data.candidates[found.id]
     exported = ExportedModule(candidate.id, module_name(candidate), module_source(data, candidate))
     return _write(exported, Path(out)) if out is not None else exported
 
@@ -84,10 +86,13 @@ def export_top(handle: CampaignHandle, top: int, out_dir: str | Path) -> list[Ex
 
     if top < 1:
         raise ConfigError("--top must be at least 1")
-    data = load_campaign_data(handle.store, handle.campaign)
-    board = build_leaderboard(data, top=top)
+    top_part, ranking, _ = rank_top(handle.store, handle.campaign, top, count=False)
+    board = Leaderboard(handle.campaign.name, top_part.task, tuple(
+        leaderboard_row(top_part, candidate, score, place)
+        for place, (candidate, score) in enumerate(ranking.ranked, 1)))
     if not board.rows:
-        raise NoResults(f"campaign {data.campaign.name!r} has no ranked candidate to export yet")
+        raise NoResults(f"campaign {handle.campaign.name!r} has no ranked candidate to export yet")
+    data = _with_parents(handle, [row.id for row in board.rows])
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     written: list[ExportedModule] = []
@@ -102,6 +107,14 @@ def export_top(handle: CampaignHandle, top: int, out_dir: str | Path) -> list[Ex
     (folder / "README.md").write_text(f"{leaderboard_markdown(board)}\n## Modules\n\n{files}\n\n"
                                       f"Exported by lossearch {__version__} on {_today()}.\n", encoding="utf-8")
     return written
+
+
+def _with_parents(handle: CampaignHandle, candidate_ids: list[int]) -> CampaignData:
+    """A snapshot of the candidates, their parents (named in the provenance) and DPO (the baseline)."""
+    store, campaign = handle.store, handle.campaign
+    parents = [edge.parent_id for edge in store.parents_of(candidate_ids)]
+    baseline = [c.id for c in store.candidates(campaign.id, name=BASELINE_SEED, fingerprints=False)]
+    return load_campaign_part(store, campaign, [*candidate_ids, *parents, *baseline])
 
 
 def _write(exported: ExportedModule, path: Path) -> ExportedModule:

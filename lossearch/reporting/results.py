@@ -296,18 +296,6 @@ class CandidateReport:
                 | {"success_rate": self.operator.success_rate}}
 
 
-def resolve_candidate(data: CampaignData, ident: str | int) -> Candidate:
-    """A candidate of the campaign by id (`12`, `#12`) or by exact name; `NotFoundError` otherwise."""
-    text = str(ident).strip().lstrip("#")
-    if text.isdigit() and int(text) in data.candidates:
-        return data.candidates[int(text)]
-    named = [candidate for candidate in data.candidates.values() if candidate.name == text]
-    if named:
-        return named[0]
-    raise NotFoundError(f"no candidate {ident!r} in campaign {data.campaign.name!r} "
-                        "(give an id or a name from `lossearch leaderboard --include-failed`)")
-
-
 def show_candidate(handle: CampaignHandle, ident: str | int) -> CandidateReport:
     """The candidate's code, idea, every evaluation, fingerprint summary, parents and children: a snapshot of
     it and its relatives alone, its place and its operator's record counted in the store (a snapshot of the
@@ -323,7 +311,8 @@ def show_candidate(handle: CampaignHandle, ident: str | int) -> CandidateReport:
 
 
 def find_candidate(store: Store, campaign: Campaign, ident: str | int) -> Candidate:
-    """`resolve_candidate` asked of the store: by id (`12`, `#12`) or by exact name, one indexed read."""
+    """A candidate of the campaign by id (`12`, `#12`) or by exact name (one indexed read); `NotFoundError`
+    otherwise."""
     text = str(ident).strip().lstrip("#")
     if text.isdigit():
         try:
