@@ -23,6 +23,7 @@ API, as a campaign would write them. Then times, each once:
 Prints each figure with its ratio to the smallest store's, so growth reads as a number.
 
 Usage: python benchmarks/store_scale.py [--sizes 1000,10000] [--folder /tmp/lossearch-scale] [--reuse]
+                                       [--postgres postgresql+psycopg://USER@HOST:PORT/postgres]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import argparse
 import random
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lossearch.evaluation.cascade import sanity_tier, static_tier
@@ -61,11 +62,18 @@ def seed_fingerprints() -> list[list[float]]:
                 for name in PRINTED_SEEDS]
 
 
-def build_store(path: Path, candidates: int, seed: int = 0, fingerprints: Sequence[Sequence[float]] = ()) -> Store:
-    """A fresh SQLite store at `path` holding campaign `big` with `candidates` scored candidates (each with
-    one of `fingerprints`, rescaled, when given)."""
-    path.unlink(missing_ok=True)
-    store = Store(f"sqlite:///{path}")
+def url_of(location: Path | str) -> str:
+    """A SQLite file's URL, or `location` itself when it is a URL already (PostgreSQL)."""
+    return location if isinstance(location, str) else f"sqlite:///{location}"
+
+
+def build_store(location: Path | str, candidates: int, seed: int = 0,
+                fingerprints: Sequence[Sequence[float]] = ()) -> Store:
+    """A fresh store at `location` (a SQLite file, replaced; or an empty database's URL) holding campaign
+    `big` with `candidates` scored candidates (each with one of `fingerprints`, rescaled, when given)."""
+    if isinstance(location, Path):
+        location.unlink(missing_ok=True)
+    store = Store(url_of(location))
     campaign = store.create_campaign("big", {"task": "sentiment", "proposer": "mutation", "finetune": False,
                                              "population": PER_GENERATION})
     source, draw, ids = seed_path("dpo").read_text(), random.Random(seed), []
@@ -88,10 +96,10 @@ def build_store(path: Path, candidates: int, seed: int = 0, fingerprints: Sequen
     return store
 
 
-def built_size(path: Path) -> int:
-    """How many candidates the store this script built at `path` holds (0 when it is not one)."""
+def built_size(location: Path | str) -> int:
+    """How many candidates the store this script built at `location` holds (0 when it is not one)."""
     try:
-        with Store(f"sqlite:///{path}") as store:
+        with Store(url_of(location)) as store:
             return store.candidate_counts(store.get_campaign("big").id).get("evaluated", 0)  # not the probes
     except Exception:  # another file, or a build cut short
         return 0
@@ -164,20 +172,47 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=Path("/tmp/lossearch-scale"))
     parser.add_argument("--reuse", action="store_true", help="measure a store this script built before, if "
                         "it holds the size asked for (a 100,000-candidate store takes about half an hour)")
+    parser.add_argument("--postgres", metavar="ADMIN_URL", help="measure PostgreSQL stores too: a database "
+                        "lossearch_scale_SIZE on this server for each size (made anew unless --reuse finds it built)")
     args = parser.parse_args()
     args.folder.mkdir(parents=True, exist_ok=True)
-    rows: list[tuple[int, float, dict[str, float]]] = []
     prints = seed_fingerprints()
-    for size in (int(text) for text in args.sizes.split(",")):
-        start = time.perf_counter()
-        path = args.folder / f"store-{size}.db"
-        reusable = args.reuse and path.exists() and built_size(path) == size
-        with (Store(f"sqlite:///{path}") if reusable else build_store(path, size, fingerprints=prints)) as store:
-            built = 0.0 if reusable else time.perf_counter() - start
-            rows.append((size, built, measure(store, args.folder, size)))
+    backends: list[tuple[str, Callable[[int], Path | str]]] = [
+        ("sqlite", lambda size: args.folder / f"store-{size}.db")]
+    if args.postgres:
+        backends.append(("postgresql", lambda size: postgres_database(args.postgres, size, args.reuse)))
+    for backend, location_of in backends:
+        rows: list[tuple[int, float, dict[str, float]]] = []
+        for size in (int(text) for text in args.sizes.split(",")):
+            start = time.perf_counter()
+            location = location_of(size)
+            reusable = args.reuse and built_size(location) == size
+            with (Store(url_of(location)) if reusable else build_store(location, size, fingerprints=prints)) as store:
+                built = 0.0 if reusable else time.perf_counter() - start
+                rows.append((size, built, measure(store, args.folder, size)))
+        print_rows(backend, rows)
+
+
+def postgres_database(admin_url: str, size: int, reuse: bool) -> str:
+    """The URL of database lossearch_scale_SIZE on the server of `admin_url`, made empty unless `reuse`."""
+    import sqlalchemy as sa
+
+    name = f"lossearch_scale_{size}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        exists = connection.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}).first()
+        if exists and not reuse:
+            connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        if not exists or not reuse:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def print_rows(backend: str, rows: list[tuple[int, float, dict[str, float]]]) -> None:
     first = rows[0][2]
-    print(f"{'candidates':>10} {'build s':>8} " + " ".join(f"{name:>14}" for name in first) + "   (x: ratio to "
-          f"{rows[0][0]} candidates)")
+    print(f"{backend}\n{'candidates':>10} {'build s':>8} " + " ".join(f"{name:>14}" for name in first)
+          + f"   (x: ratio to {rows[0][0]} candidates)")
     for size, built, figures in rows:
         print(f"{size:>10} {built:>8.1f} " + " ".join(
             f"{value:>7.3g} x{value / first[name]:>5.1f}" if first[name] else f"{value:>14.3g}"
