@@ -571,26 +571,6 @@ class Store:
                              for row in session.execute(query))
         return found
 
-    def fingerprint_batches(self, campaign_id: int, *, below: int, leave_out: Collection[str] = (),
-                            size: int = 1000) -> Iterator[list[tuple[int, tuple[float, ...]]]]:
-        """The (id, fingerprint) of the campaign's candidates with a fingerprint, ids under `below` and a
-        status not in `leave_out`, in id order, `size` at a time: a check against every stored print holds
-        one batch in memory, not the store's (at 100,000 candidates its prints as floats are over 10 GB)."""
-        last = 0
-        while True:
-            query = (sa.select(CandidateModel.id, CandidateModel.fingerprint)
-                     .where(CandidateModel.campaign_id == campaign_id, CandidateModel.id > last,
-                            CandidateModel.id < below, CandidateModel.status.not_in(list(leave_out)))
-                     .order_by(CandidateModel.id).limit(size))
-            with self._session_scope() as session:
-                rows = session.execute(query).all()
-            if not rows:
-                return
-            last = rows[-1].id
-            batch = [(row.id, tuple(row.fingerprint)) for row in rows if row.fingerprint]
-            if batch:
-                yield batch
-
     def unindexed_fingerprints(self, campaign_id: int, *, below: int,
                                size: int = 1000) -> Iterator[list[tuple[int, tuple[float, ...]]]]:
         """The (id, fingerprint) of the campaign's candidates under `below` without a `print_index` row, in
