@@ -225,25 +225,27 @@ def test_show_prints_code_idea_metrics_and_relatives(home, data):
     assert first_parent["is_seed"] and any(relative["id"] == child for relative in first_parent["children"])
 
 
-def test_show_read_through_the_store_equals_show_on_the_whole_snapshot(home, data):
+def test_show_read_through_the_store_equals_show_on_the_whole_snapshot(home):
     """show_candidate loads the candidate and its relatives alone and counts its place and its operator's
     record in the store: for every candidate of the campaign, what the whole snapshot says."""
     from lossearch.reporting.results import candidate_report, show_candidate
 
-    board = build_leaderboard(data)
     with open_campaign(runs_dir=home / "runs") as handle:
+        data = load_campaign_data(handle.store, handle.campaign)  # as it is now: earlier tests write to it
+        board = build_leaderboard(data)
         for candidate in data.candidates.values():
             expected = candidate_report(data, candidate, board).to_dict()
             assert show_candidate(handle, candidate.id).to_dict() == expected, candidate.name
         assert show_candidate(handle, "dpo").to_dict()["name"] == "dpo"
 
 
-def test_lineage_read_through_the_store_equals_lineage_on_the_whole_snapshot(home, data):
+def test_lineage_read_through_the_store_equals_lineage_on_the_whole_snapshot(home):
     """lineage() walks the edges in the store and loads only the candidates it reaches: the tree the whole
     snapshot draws, for every candidate."""
     from lossearch.reporting.results import Lineage, _branches, _node, lineage
 
     with open_campaign(runs_dir=home / "runs") as handle:
+        data = load_campaign_data(handle.store, handle.campaign)  # as it is now: earlier tests write to it
         for candidate in data.candidates.values():
             up = _branches(data, candidate.id, upward=True, seen={candidate.id})
             down = _branches(data, candidate.id, upward=False, seen={candidate.id})
@@ -308,13 +310,14 @@ def test_export_writes_standalone_modules(home, data, tmp_path):
     assert done.returncode == 0 and done.stdout.split()[1:] == ["True", "True"], done.stderr
 
 
-def test_export_read_through_the_store_equals_export_on_the_whole_snapshot(home, data, tmp_path):
+def test_export_read_through_the_store_equals_export_on_the_whole_snapshot(home, tmp_path):
     """export reads the candidates, their parents and DPO alone (and the leaders through the kept scores):
     the modules the whole snapshot writes, for every candidate and for the top five."""
     from lossearch.reporting.export import export_candidate, export_top, module_name, module_source
 
-    board = build_leaderboard(data, top=5)
     with open_campaign(runs_dir=home / "runs") as handle:
+        data = load_campaign_data(handle.store, handle.campaign)  # as it is now: earlier tests write to it
+        board = build_leaderboard(data, top=5)
         for candidate in data.candidates.values():
             assert export_candidate(handle, candidate.id).source == module_source(data, candidate), candidate.name
         written = export_top(handle, 5, tmp_path / "top")
