@@ -39,8 +39,9 @@ HOSTILE_DIR = Path(__file__).resolve().parent / "hostile"
 HOSTILE_FILES = sorted(HOSTILE_DIR.glob("*.py"))
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM_TMP = Path(tempfile.gettempdir())
-# small limits keep the suite fast; the cascade's sanity tier gets the same ones
-LIMITS = SandboxLimits(wall_seconds=3.0, cpu_seconds=3, memory_bytes=1 << 30)
+# small limits keep the suite fast; the cascade's sanity tier gets the same ones. The wall clock has room over the
+# CPU limit: a memory-hungry loss reached its 1 GiB limit in 1.6-3.3 s here, and at 3 s it was once a timeout
+LIMITS = SandboxLimits(wall_seconds=5.0, cpu_seconds=3, memory_bytes=1 << 30)
 SECRETS = {"OPENAI_API_KEY": "sk-lossearch-canary-5f1c9e", "MY_SECRET_TOKEN": "tok-lossearch-canary-77ad03"}
 VICTIM_TEXT = "the test's file: a hostile loss must not delete or change it\n"
 SECRET_TEXT = "canary-file-contents-4b2e91\n"
