@@ -259,11 +259,8 @@ def rank_top(store: Store, campaign: Campaign, limit: int, task: str | None = No
     leaderboard's first page at 100,000 candidates: benchmarks/store_scale.py). Returns a snapshot of
     those candidates alone (with the baseline and the campaign's confirmations), their `Ranking`
     (nothing unranked), and how many candidates rank in all (with `count`, else None: a scan of its own)."""
-    task = task or str(campaign.config.get("task") or DEFAULT_TASK)
-    tiers = sorted(TIER_ORDER, key=TIER_ORDER.__getitem__)
-    spreads = store.scored_spreads(campaign.id, task, tiers=tiers, status=RANKED_STATUS, seeds=POOLED_FROM_SEEDS)
+    task, tiers, pooled = kept_rule(store, campaign, task)
     total = store.count_scored(campaign.id, task, tiers=tiers, status=RANKED_STATUS) if count else None
-    pooled = medians(spreads)
     ids = store.best_scored(campaign.id, task, tiers=tiers, status=RANKED_STATUS, pooled=pooled,
                             own_spread_seeds=OWN_SPREAD_SEEDS, limit=limit)
     baseline = [c.id for c in store.candidates(campaign.id, name=BASELINE_SEED, fingerprints=False)
@@ -278,13 +275,19 @@ def rank_top(store: Store, campaign: Campaign, limit: int, task: str | None = No
     return data, Ranking(tuple(ranked), ()), total
 
 
+def kept_rule(store: Store, campaign: Campaign, task: str | None) -> tuple[str, list[str], dict[str, float]]:
+    """(task, tiers cheapest first, pooled spread per tier): what `rank`'s rule needs to be asked of the
+    store's kept scores (`rank_top`, `place_of`)."""
+    task = task or str(campaign.config.get("task") or DEFAULT_TASK)
+    tiers = sorted(TIER_ORDER, key=TIER_ORDER.__getitem__)
+    spreads = store.scored_spreads(campaign.id, task, tiers=tiers, status=RANKED_STATUS, seeds=POOLED_FROM_SEEDS)
+    return task, tiers, medians(spreads)
+
+
 def place_of(store: Store, campaign: Campaign, candidate_id: int, task: str | None = None) -> int | None:
     """The candidate's place in `rank`'s order (1 = best), counted through the store's kept scores; None
     when it does not rank."""
-    task = task or str(campaign.config.get("task") or DEFAULT_TASK)
-    tiers = sorted(TIER_ORDER, key=TIER_ORDER.__getitem__)
-    pooled = medians(store.scored_spreads(campaign.id, task, tiers=tiers, status=RANKED_STATUS,
-                                          seeds=POOLED_FROM_SEEDS))
+    task, tiers, pooled = kept_rule(store, campaign, task)
     return store.place_of(campaign.id, candidate_id, task, tiers=tiers, status=RANKED_STATUS, pooled=pooled,
                           own_spread_seeds=OWN_SPREAD_SEEDS)
 
@@ -295,16 +298,12 @@ def operator_record(store: Store, campaign: Campaign, operator: str) -> Operator
     outcomes = store.child_outcomes(campaign.id, task, proposer="mutation", model=operator)
     if not outcomes:
         return None
-    gains = []
-    scored = 0
+    verdicts = []
     for failure_kind, status, fitness, best_parent in outcomes:
         gain = None if fitness is None else fitness - (fitness if best_parent is None else best_parent)
-        if gain is not None or failure_kind is not None or status in ("rejected", "duplicate"):
-            scored += 1
-        if gain is not None:
-            gains.append(gain)
-    return OperatorStats(operator, len(outcomes), scored, len(gains), sum(1 for g in gains if g > 0),
-                         sum(max(0.0, g) for g in gains))
+        if has_verdict(gain, failure_kind, status):
+            verdicts.append(gain)
+    return arm_stats(operator, len(outcomes), verdicts)
 
 
 def load_campaign_part(store: Store, campaign: Campaign, candidate_ids: Iterable[int]) -> CampaignData:
@@ -455,14 +454,21 @@ def child_record(data: CampaignData, arm_of: Callable[[Candidate], str | None]) 
             continue
         children[arm] += 1
         gain = child_gain(data, candidate)
-        if gain is not None or candidate.failure_kind is not None or candidate.status in ("rejected", "duplicate"):
+        if has_verdict(gain, candidate.failure_kind, candidate.status):
             outcomes[arm].append(gain)
-    stats = {}
-    for name, count in children.items():
-        gains = [gain for gain in outcomes[name] if gain is not None]
-        stats[name] = OperatorStats(name, count, len(outcomes[name]), len(gains), sum(1 for g in gains if g > 0),
-                                    sum(max(0.0, g) for g in gains))
-    return stats
+    return {name: arm_stats(name, count, outcomes[name]) for name, count in children.items()}
+
+
+def has_verdict(gain: float | None, failure_kind: str | None, status: str) -> bool:
+    """Whether a child has been judged: a bandit-tier gain over its parents, or a failure."""
+    return gain is not None or failure_kind is not None or status in ("rejected", "duplicate")
+
+
+def arm_stats(name: str, children: int, verdicts: Sequence[float | None]) -> OperatorStats:
+    """An arm's record from its children's count and their verdicts (a gain, or None for a failure)."""
+    gains = [gain for gain in verdicts if gain is not None]
+    return OperatorStats(name, children, len(verdicts), len(gains), sum(1 for g in gains if g > 0),
+                         sum(max(0.0, g) for g in gains))
 
 
 def child_gain(data: CampaignData, candidate: Candidate) -> float | None:
