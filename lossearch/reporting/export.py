@@ -24,13 +24,12 @@ from lossearch import __version__
 from lossearch.contract import EXPORTED_ADAPTER_MARKER, parse_spec
 from lossearch.errors import ConfigError
 from lossearch.failures import CandidateError
-from lossearch.ranking import CampaignData, load_campaign_part, rank_top
+from lossearch.ranking import CampaignData, load_campaign_part
 from lossearch.reporting.results import (
-    Leaderboard,
     NoResults,
     confirmation_summary,
     find_candidate,
-    leaderboard_row,
+    first_page,
     verdict_of,
 )
 from lossearch.store import BASELINE_SEED, Candidate
@@ -86,10 +85,7 @@ def export_top(handle: CampaignHandle, top: int, out_dir: str | Path) -> list[Ex
 
     if top < 1:
         raise ConfigError("--top must be at least 1")
-    top_part, ranking, _ = rank_top(handle.store, handle.campaign, top, count=False)
-    board = Leaderboard(handle.campaign.name, top_part.task, tuple(
-        leaderboard_row(top_part, candidate, score, place)
-        for place, (candidate, score) in enumerate(ranking.ranked, 1)))
+    board, _ = first_page(handle.store, handle.campaign, top, count=False)
     if not board.rows:
         raise NoResults(f"campaign {handle.campaign.name!r} has no ranked candidate to export yet")
     data = _with_parents(handle, [row.id for row in board.rows])

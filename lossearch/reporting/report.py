@@ -29,7 +29,6 @@ from lossearch.ranking import (
     load_campaign_sample,
     model_stats,
     operator_stats,
-    rank_top,
 )
 from lossearch.reporting import charts
 from lossearch.reporting.results import (
@@ -39,8 +38,8 @@ from lossearch.reporting.results import (
     NoResults,
     TransferTable,
     build_leaderboard,
+    first_page,
     held_out_results,
-    leaderboard_row,
 )
 from lossearch.reporting.views import collapse, interval, p_value, rate, signed_3, verdict_p
 from lossearch.store import Campaign, Store
@@ -102,12 +101,9 @@ def report_inputs(store: Store, campaign: Campaign) -> ReportInputs:
     if size <= SAMPLED_ABOVE:
         data = load_campaign_data(store, campaign)
         return ReportInputs(data, build_leaderboard(data), statuses)
-    top, ranking, ranked = rank_top(store, campaign, REPORT_ROWS)
-    rows = tuple(leaderboard_row(top, candidate, score, place) for place, (candidate, score) in
-                 enumerate(ranking.ranked, 1))
-    data = load_campaign_sample(store, campaign, SAMPLED_ABOVE, keep=[row.id for row in rows])
-    return ReportInputs(data, Leaderboard(campaign.name, data.task, rows), statuses, sampled_from=size,
-                        ranked=ranked)
+    board, ranked = first_page(store, campaign, REPORT_ROWS)
+    data = load_campaign_sample(store, campaign, SAMPLED_ABOVE, keep=[row.id for row in board.rows])
+    return ReportInputs(data, board, statuses, sampled_from=size, ranked=ranked)
 
 
 def write_report(handle: CampaignHandle, out: str | Path | None = None, *, leaders: int = 6) -> Path:

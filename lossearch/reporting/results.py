@@ -169,16 +169,24 @@ def leaderboard(handle: CampaignHandle, *, task: str | None = None, top: int | N
     if task is not None:
         check_choice(task, TASK_NAMES, "task")
     if top is not None and not include_failed:  # the first page: read through the store's kept scores
-        data, ranking, _ = rank_top(handle.store, handle.campaign, max(top, 0), task, count=False)
-        rows = tuple(leaderboard_row(data, candidate, score, place)
-                     for place, (candidate, score) in enumerate(ranking.ranked, 1))
-        if rows:
-            return Leaderboard(data.campaign.name, task or data.task, rows)
+        page, _ = first_page(handle.store, handle.campaign, max(top, 0), task, count=False)
+        if page.rows:
+            return page
     data = load_campaign_data(handle.store, handle.campaign)
     board = build_leaderboard(data, task=task, top=top, include_failed=include_failed)
     if not board.rows:
         raise NoResults(empty_message(data, task or data.task))
     return board
+
+
+def first_page(store: Store, campaign: Campaign, top: int, task: str | None = None, *, count: bool = True
+               ) -> tuple[Leaderboard, int | None]:
+    """The leaderboard's first `top` rows through the store's kept scores (lossearch.ranking.rank_top), and
+    how many candidates rank in all (with `count`, else None)."""
+    data, ranking, total = rank_top(store, campaign, top, task, count=count)
+    rows = tuple(leaderboard_row(data, candidate, score, place)
+                 for place, (candidate, score) in enumerate(ranking.ranked, 1))
+    return Leaderboard(campaign.name, task or data.task, rows), total
 
 
 def build_leaderboard(data: CampaignData, *, task: str | None = None, top: int | None = None,
