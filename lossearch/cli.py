@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass
+from dataclasses import asdict, astuple, dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -230,6 +230,21 @@ class SettingFlags:
         return fields
 
 
+@dataclass(frozen=True)
+class TrainingFlags:
+    """--grad-accum and --group-by-length: how each finetune step runs, on any task, as given."""
+
+    grad_accum: Optional[int] = None
+    group_by_length: Optional[bool] = None
+
+    def given(self) -> bool:
+        return self.grad_accum is not None or bool(self.group_by_length)
+
+    def fields(self) -> dict[str, Any]:
+        """The flags given, by FinetuneOptions' and CampaignConfig's field names."""
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
+
 def checked_device(device: Optional[str]) -> str:
     """The torch device --device names (CUDA when present by default); one that is not here is a UsageProblem."""
     from lossearch.evaluation.finetune.device import resolve_device
@@ -240,7 +255,8 @@ def checked_device(device: Optional[str]) -> str:
         raise UsageProblem(f"--device: {error}") from None
 
 
-def finetune_options(budget, trials, data, device, precision, flags: SettingFlags, progress):
+def finetune_options(budget, trials, data, device, precision, flags: SettingFlags, training: TrainingFlags,
+                     progress):
     """FinetuneOptions from eval's flags; a flag combination that cannot work is a UsageProblem."""
     flags.check(data)
     from lossearch.evaluation.finetune.config import FinetuneOptions
@@ -256,7 +272,7 @@ def finetune_options(budget, trials, data, device, precision, flags: SettingFlag
         chosen = replace(Budget.named(chosen), trials=trials)
     return FinetuneOptions(budget=chosen, data=data or "offline",
                            device=device, precision=precision or "auto", setting=setting,
-                           progress=progress)
+                           progress=progress, **training.fields())
 
 
 def model_option(purpose: str) -> Any:
@@ -275,6 +291,14 @@ PROMPT_TOKENS_OPTION: Any = typer.Option(None, "--max-prompt-tokens", min=1,
 RESPONSE_TOKENS_OPTION: Any = typer.Option(None, "--max-response-tokens", min=2,
                                            help="With --model: responses cut to N tokens, end of sequence "
                                                 "included [default: 128].")
+GRAD_ACCUM_OPTION: Any = typer.Option(None, "--grad-accum", min=1,
+                                      help="Run each finetune step's batch as N micro-batches, their gradients "
+                                           "summed: less memory, the same batch for the optimizer (a loss that "
+                                           "reads its batch sees micro-batches, as under TRL's) [default: 1].")
+GROUP_BY_LENGTH_OPTION: Any = typer.Option(None, "--group-by-length",
+                                           help="Batch finetune pairs of similar length (drawn 16 steps' worth at "
+                                                "a time), so batches pad less: faster where lengths vary, with "
+                                                "other batches than a random draw [default: off].")
 DEVICE_OPTION: Any = typer.Option(None, "--device", help="Torch device of the finetune tier [default: cuda if "
                                                          "present, else cpu].")
 
@@ -302,6 +326,8 @@ def eval_command(
     reward: Optional[str] = REWARD_OPTION,
     max_prompt_tokens: Optional[int] = PROMPT_TOKENS_OPTION,
     max_response_tokens: Optional[int] = RESPONSE_TOKENS_OPTION,
+    grad_accum: Optional[int] = GRAD_ACCUM_OPTION,
+    group_by_length: Optional[bool] = GROUP_BY_LENGTH_OPTION,
 ) -> None:
     """Evaluate one loss file up the cascade: static, sanity, bandit, finetune.
 
@@ -316,16 +342,17 @@ def eval_command(
 
     source = read_source(file)
     setting = SettingFlags(model, dataset, reward, max_prompt_tokens, max_response_tokens)
-    finetune_flags = (budget, trials, data, device, precision, setting)
-    if tier != "finetune" and (setting.given() or any(flag is not None for flag in finetune_flags[:5])):
-        raise UsageProblem("--budget, --trials, --data, --device, --precision, --model, --dataset, --reward and "
-                           "the --max-*-tokens limits need --tier finetune")
+    training = TrainingFlags(grad_accum, group_by_length)
+    run_flags = (budget, trials, data, device, precision)
+    if tier != "finetune" and (setting.given() or training.given() or any(flag is not None for flag in run_flags)):
+        raise UsageProblem("--budget, --trials, --data, --device, --precision, --grad-accum, --group-by-length, "
+                           "--model, --dataset, --reward and the --max-*-tokens limits need --tier finetune")
     with Sandbox() as sandbox, progress_bar(tier == "finetune" and errors.is_terminal) as progress:
         if tier != "static":
             sandbox.start()  # its zygote imports torch while this process does the same
         from lossearch.evaluation.cascade import evaluate
 
-        options = finetune_options(*finetune_flags, progress) if tier == "finetune" else None
+        options = finetune_options(*run_flags, setting, training, progress) if tier == "finetune" else None
         evaluation = evaluate(source, file.stem, tier, task=USER_TASK if model is not None else task, seed=seed,
                               finetune=options, sandbox=sandbox)
     if as_json:
@@ -427,6 +454,8 @@ def run_command(
                                                                     "on fresh ones labelled by its oracle "
                                                                     "[default: offline]."),
     device: Optional[str] = DEVICE_OPTION,
+    grad_accum: Optional[int] = GRAD_ACCUM_OPTION,
+    group_by_length: Optional[bool] = GROUP_BY_LENGTH_OPTION,
     proposer: Optional[str] = choice_option(None, "--proposer", PROPOSERS, "mutation (offline), llm, or none: the "
                                                                            "seeds only [default: mutation]."),
     generations: Optional[int] = typer.Option(None, "--generations", help="Generations after the seeds [default: 2]."),
@@ -506,7 +535,8 @@ def run_command(
         checked_device(device)
     flags: dict[str, Any] = {
         "task": task if task is not None or model is None else USER_TASK, "budget": budget,
-        **setting.campaign_fields(), "data": data, "device": device, "proposer": proposer,
+        **setting.campaign_fields(), "data": data, "device": device,
+        **TrainingFlags(grad_accum, group_by_length).fields(), "proposer": proposer,
         "generations": generations, "population": population,
         "islands": islands, "seed": seed, "finetune": finetune, "max_evals": max_evals, "time_limit": time_limit,
         "max_cost": max_cost, "max_tokens": max_tokens, "llm_base_url": llm_base_url,
@@ -729,6 +759,8 @@ def confirm_command(
     max_prompt_tokens: Optional[int] = PROMPT_TOKENS_OPTION,
     max_response_tokens: Optional[int] = RESPONSE_TOKENS_OPTION,
     device: Optional[str] = DEVICE_OPTION,
+    grad_accum: Optional[int] = GRAD_ACCUM_OPTION,
+    group_by_length: Optional[bool] = GROUP_BY_LENGTH_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list: one object per (candidate, baseline, "
                                                        "task)."),
     run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
@@ -753,6 +785,7 @@ def confirm_command(
     from lossearch.search.confirm import ConfirmConfig, confirm_campaign, confirm_files
 
     held_out = tuple(name.strip() for name in (tasks or "").split(",") if name.strip())
+    training = TrainingFlags(grad_accum, group_by_length)
     with progress_bar(errors.is_terminal and not as_json) as progress:
         if files:
             if run is not None or db is not None or held_out:
@@ -760,7 +793,7 @@ def confirm_command(
             if model is not None and task is not None:
                 raise UsageProblem("--task and --model are two places to confirm on: give one")
             setting = SettingFlags(model, dataset, reward, max_prompt_tokens, max_response_tokens)
-            options = finetune_options(None, None, None, device, None, setting, progress)
+            options = finetune_options(None, None, None, device, None, setting, training, progress)
             report = confirm_files([(path.stem, read_source(path)) for path in files],
                                    task=USER_TASK if model is not None else task or "sentiment",
                                    seeds=seeds, budget=budget or "quick", progress=progress, options=options)
@@ -773,7 +806,7 @@ def confirm_command(
             with campaign_results(run, db) as handle:
                 options = CampaignConfig.from_dict(handle.campaign.config).finetune_options()
                 options = replace(options, device=checked_device(device) if device else options.device,
-                                  progress=progress)
+                                  progress=progress, **training.fields())
                 report = confirm_campaign(handle, config, progress=progress, options=options)
     if as_json:
         print_json(report.to_dicts())

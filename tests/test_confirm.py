@@ -113,6 +113,9 @@ def test_runs_of_another_protocol_are_not_reused_as_if_they_were_alike(campaign_
         with pytest.raises(ConfigError, match="trained at betas .*, not at .*confirm a copy"):
             confirm_campaign(handle, ConfirmConfig(top=1, seeds=2), sandbox=sandbox,
                              options=tiny(tiny_task, budget=two_betas))
+        with pytest.raises(ConfigError, match="trained with --grad-accum 1: confirm with the same training flags"):
+            confirm_campaign(handle, ConfirmConfig(top=1, seeds=2), sandbox=sandbox,
+                             options=tiny(tiny_task, grad_accum=2))
         other = Budget("other", steps=6, pairs=48, batch_size=4, trials=1, seeds=1, eval_prompts=16)
         with pytest.raises(ConfigError, match="are at budget tiny, not other: confirm with --budget tiny"):
             confirm_campaign(handle, ConfirmConfig(top=1, seeds=2), sandbox=sandbox,

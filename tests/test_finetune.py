@@ -140,6 +140,83 @@ def test_training_with_our_adamw_gives_torchs_fused_kernels_losses(tiny_task, mo
         assert torch.allclose(ours, fused, rtol=1e-4, atol=1e-6)
 
 
+BATCH_MEAN_CENTRED_DPO = """
+import torch.nn.functional as F
+
+
+def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta=0.1):
+    margin = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * (margin - margin.mean()))
+"""
+
+
+def test_gradient_accumulation_trains_a_per_pair_loss_as_whole_batches_do(tiny_task):
+    """Micro-batches whose gradients are summed give the whole batch's step (up to rounding), for any
+    split, an uneven one included; a loss that reads its batch sees the micro-batches instead."""
+    from lossearch.contract import parse_spec
+    from lossearch.evaluation.finetune.config import RunConfig
+
+    _, dpo = trusted_loss("dpo")
+    centred_spec = parse_spec(BATCH_MEAN_CENTRED_DPO, "centred")
+    centred_fn = load_loss(BATCH_MEAN_CENTRED_DPO, "centred")
+
+    def centred(tensors, beta):
+        return call_loss(centred_fn, centred_spec, tensors, beta=beta)
+
+    trained = {}
+    for name, loss_fn in (("dpo", dpo), ("centred", centred)):
+        for accum in (1, 2, 3):
+            config = RunConfig(beta=0.5, seed=0, steps=8, pairs=48, batch_size=8, lr=3e-3, uses_kl=False,
+                               grad_accum=accum)
+            policy, _ = base_models(tiny_task)
+            losses = train_policy(loss_fn, policy, None, tiny_task.train, config)
+            trained[name, accum] = (losses, [param.detach().clone() for param in policy.parameters()])
+    for accum in (2, 3):
+        assert trained["dpo", accum][0] == pytest.approx(trained["dpo", 1][0], rel=1e-4, abs=1e-6)
+        for whole, split in zip(trained["dpo", 1][1], trained["dpo", accum][1]):
+            assert torch.allclose(whole, split, rtol=1e-3, atol=1e-5)
+    # centring on the micro-batch's mean is another loss than centring on the batch's
+    moved = [(whole - split).abs().max() for whole, split in zip(trained["centred", 1][1], trained["centred", 2][1])]
+    assert max(moved) > 1e-3
+
+
+def test_grouping_by_length_batches_neighbours_in_a_seeded_random_order(tiny_task):
+    from lossearch.evaluation.finetune.train import length_grouped_batches
+
+    pairs = tiny_task.train
+    lengths = torch.maximum(pairs.chosen.attention.sum(-1), pairs.rejected.attention.sum(-1))
+    assert int(lengths.max() - lengths.min()) > 2  # the pairs' lengths vary, or there is nothing to group
+
+    def spread(batches):  # the mean within-batch range of lengths
+        return float(torch.stack([lengths[batch].max() - lengths[batch].min() for batch in batches]).float().mean())
+
+    grouped = length_grouped_batches(pairs, 8, 16, torch.Generator().manual_seed(0))
+    again = length_grouped_batches(pairs, 8, 16, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(grouped, again)) and len(grouped) == 16
+    assert all(batch.shape == (8,) and 0 <= int(batch.min()) and int(batch.max()) < len(pairs) for batch in grouped)
+    random_batches = [torch.randint(0, len(pairs), (8,), generator=torch.Generator().manual_seed(seed))
+                      for seed in range(16)]
+    assert spread(grouped) < 0.5 * spread(random_batches)
+    # the batches come in a random order, not shortest first
+    firsts = [float(lengths[batch].float().mean()) for batch in grouped]
+    assert firsts != sorted(firsts)
+
+
+def test_a_grouped_run_trains_and_its_flags_are_checked(tiny_task):
+    from lossearch.evaluation.finetune.config import RunConfig
+
+    _, loss_fn = trusted_loss("dpo")
+    config = RunConfig(beta=0.5, seed=0, steps=20, pairs=48, batch_size=8, lr=3e-3, uses_kl=False,
+                       group_by_length=True, grad_accum=2)
+    policy, _ = base_models(tiny_task)
+    losses = train_policy(loss_fn, policy, None, tiny_task.train, config)
+    assert len(losses) == 20 and losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="grad-accum"):
+        FinetuneOptions(grad_accum=0)
+    with pytest.raises(ValueError, match="online"):
+        FinetuneOptions(group_by_length=True, data="online")
+
+
 def set_lr(optimizer, lr: float) -> None:
     """A schedule's step, set the way each optimizer takes it: our .lr, torch's param_groups."""
     if isinstance(optimizer, AdamW):
@@ -348,6 +425,23 @@ def test_the_finetune_tier_trains_in_the_sandbox_and_scores_in_the_parent(sandbo
     assert metrics["runs"][0]["isolation"] == evaluation.metrics["sanity"]["isolation"]
 
 
+def test_the_tier_trains_with_accumulation_and_grouping_in_the_sandbox_and_records_them(sandbox, tiny_task,
+                                                                                        dpo_source):
+    options = tiny_options(tiny_task, grad_accum=2, group_by_length=True)
+    evaluation = evaluate(dpo_source, "dpo", "finetune", sandbox=sandbox, finetune=options)
+    assert evaluation.ok, evaluation.error
+    metrics = evaluation.metrics["finetune"]
+    assert metrics["grad_accum"] == 2 and metrics["group_by_length"] is True
+    assert metrics["runs"][0]["final_loss"] > 0
+    plain = evaluate(dpo_source, "dpo", "finetune", sandbox=sandbox, finetune=tiny_options(tiny_task))
+    assert plain.metrics["finetune"]["grad_accum"] == 1 and plain.metrics["finetune"]["group_by_length"] is False
+    # grouping draws other batches: another run than the plain one, from the same seed
+    assert plain.metrics["finetune"]["runs"][0]["final_loss"] != metrics["runs"][0]["final_loss"]
+    too_many = tiny_options(tiny_task, grad_accum=TINY_BUDGET.batch_size + 1)
+    with pytest.raises(ValueError, match="more micro-batches than pairs: use at most 4"):  # ours, one line
+        evaluate(dpo_source, "dpo", "finetune", sandbox=sandbox, finetune=too_many)
+
+
 def test_a_kl_loss_trains_and_a_loss_that_breaks_only_in_training_fails_there(sandbox, tiny_task, tmp_path):
     tdpo = seed_path("tdpo").read_text()
     assert evaluate(tdpo, "tdpo", "finetune", sandbox=sandbox, finetune=tiny_options(tiny_task)).ok
@@ -519,6 +613,8 @@ def test_eval_finetune_from_the_command_line(sentiment_task, real_cache, tmp_pat
     ("--tier", "finetune", "--budget", "huge"),
     ("--precision", "bf16"),  # without --tier finetune
     ("--tier", "finetune", "--precision", "fp8"),
+    ("--grad-accum", "2"),  # without --tier finetune
+    ("--tier", "finetune", "--group-by-length", "--data", "online"),
 ])
 def test_finetune_usage_errors_are_one_line_and_exit_2(tmp_path, args):
     done = lossearch("eval", str(seed_path("dpo")), *args, cwd=tmp_path)

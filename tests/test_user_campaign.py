@@ -88,13 +88,16 @@ def test_a_campaign_runs_on_a_saved_gpt2_without_a_reward(tmp_path, monkeypatch,
     save_tiny_user_model(tmp_path / "model")  # a GPT-2 through transformers, scored by held-out preferences
     write_user_dataset(tmp_path / "pairs.jsonl", count=40)
     monkeypatch.chdir(tmp_path)
+    # a GPU user's training flags too: micro-batches and batches of like lengths
     assert main(["run", "--name", "mine", "--model", "model", "--dataset", "pairs.jsonl", "--max-response-tokens", "3",
-                 *CAMPAIGN_FLAGS]) == 0
+                 "--grad-accum", "2", "--group-by-length", *CAMPAIGN_FLAGS]) == 0
     assert "selected on user" in capfd.readouterr().out
     check_campaign(tmp_path, rewarded=False)
     campaign, _, evaluations = stored_campaign(tmp_path)
-    assert CampaignConfig.from_dict(campaign.config).max_response_tokens == 3
+    config = CampaignConfig.from_dict(campaign.config)
+    assert config.max_response_tokens == 3 and config.grad_accum == 2 and config.group_by_length
     finetuned = next(e for e in evaluations if e.tier == "finetune")
+    assert finetuned.metrics["grad_accum"] == 2 and finetuned.metrics["group_by_length"] is True
     assert finetuned.metrics["artifact"] != load_user_task(UserSetting(tmp_path / "model", tmp_path / "pairs.jsonl"),
                                                            os.environ["LOSSEARCH_CACHE"]).key  # cut: another build
 
@@ -105,6 +108,8 @@ def test_a_campaign_runs_on_a_saved_gpt2_without_a_reward(tmp_path, monkeypatch,
     ({"model": "m", "dataset": "d.jsonl", "task": "user", "data": "online"}, "--data online needs a task's oracle"),
     ({"task": "user"}, "--model and --dataset go together"),
     ({"data": "sideways"}, "data mode"),
+    ({"grad_accum": 0}, "--grad-accum must be at least 1"),
+    ({"group_by_length": True, "data": "online"}, "--group-by-length groups a fixed set of pairs"),
 ])
 def test_a_campaign_setting_that_cannot_work_is_refused_in_one_line(fields, message):
     with pytest.raises(ConfigError, match=message):

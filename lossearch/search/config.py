@@ -9,7 +9,7 @@ from typing import Any
 
 from lossearch.choices import BUDGET_NAMES, DATA_MODES, EXECUTORS, PROPOSERS, TASK_NAMES, USER_TASK, check_choice
 from lossearch.errors import ConfigError
-from lossearch.evaluation.finetune.config import FinetuneOptions
+from lossearch.evaluation.finetune.config import FinetuneOptions, check_training
 from lossearch.search.seeds import seed_paths
 from lossearch.store.values import BASELINE_SEED
 
@@ -41,6 +41,11 @@ class CampaignConfig:
     oracle (catalog tasks only)."""
     device: str | None = None
     """Torch device of the finetune tier; None picks CUDA when present, else the CPU."""
+    grad_accum: int = 1
+    """Micro-batches each finetune step's batch runs as, gradients summed (less memory, the same
+    optimizer batch; FinetuneOptions.grad_accum)."""
+    group_by_length: bool = False
+    """Finetune batches of pairs of similar length, for less padding (FinetuneOptions.group_by_length)."""
     proposer: str = "mutation"
     """`mutation` (offline, the default), `llm`, or `none` (evaluate the seed library only)."""
     generations: int = 2
@@ -123,6 +128,7 @@ class CampaignConfig:
             raise ConfigError("racing needs --race-top >= 1 and --race-seeds >= 1 (1 turns it off)")
         if self.confirm_top < 1 or self.confirm_seeds < 2:
             raise ConfigError("the confirmation stage needs --confirm-top >= 1 and --confirm-seeds >= 2")
+        check_training(self.grad_accum, self.group_by_length, self.data)
         if not 0 < self.promote_share <= 1:
             raise ConfigError("--promote-share must be in (0, 1]")
         if self.notes_every < 0:
@@ -161,7 +167,8 @@ class CampaignConfig:
         setting = None if self.model is None else UserSetting(
             Path(self.model), Path(self.dataset or ""), self.reward, max_prompt_tokens=self.max_prompt_tokens,
             max_response_tokens=self.max_response_tokens)
-        return FinetuneOptions(budget=self.budget, data=self.data, device=self.device, setting=setting)
+        return FinetuneOptions(budget=self.budget, data=self.data, device=self.device, setting=setting,
+                               grad_accum=self.grad_accum, group_by_length=self.group_by_length)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "llm_models": list(self.llm_models), "without_seeds": list(self.without_seeds)}

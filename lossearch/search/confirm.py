@@ -331,6 +331,12 @@ def check_reusable(metrics: dict[str, Any], runner: FinetuneRunner, contender: C
     if budget is not None and budget != runner.budget.name:
         raise ConfigError(f"{contender.name}'s stored confirmation runs are at budget {budget}, not "
                           f"{runner.budget.name}: confirm with --budget {budget}, or confirm a copy of the campaign")
+    stored_training = (metrics.get("grad_accum", 1), bool(metrics.get("group_by_length", False)))
+    if stored_training != (runner.options.grad_accum, runner.options.group_by_length):
+        accum, grouped = stored_training
+        raise ConfigError(f"{name}'s stored confirmation runs were trained with --grad-accum {accum}"
+                          f"{' and --group-by-length' if grouped else ''}: confirm with the same training flags, "
+                          "or confirm a copy of the campaign")
     artifact = metrics.get("artifact")
     if artifact is not None and artifact != runner.task.key:
         raise ConfigError(f"{contender.name}'s stored confirmation runs were trained on another build of task "

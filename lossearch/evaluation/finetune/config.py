@@ -76,6 +76,15 @@ BUDGETS = {
 }
 
 
+def check_training(grad_accum: int, group_by_length: bool, data: str) -> None:
+    """grad_accum and group_by_length that cannot work (with the data mode) are a ConfigError."""
+    if grad_accum < 1:
+        raise ConfigError("--grad-accum must be at least 1")
+    if group_by_length and data == "online":
+        raise ConfigError("--group-by-length groups a fixed set of pairs; online pairs are drawn fresh every few "
+                          "steps: drop one of the two")
+
+
 @dataclass(frozen=True)
 class FinetuneOptions:
     """How the finetune tier evaluates a candidate; the task itself is `evaluate`'s `task`."""
@@ -102,6 +111,15 @@ class FinetuneOptions:
     threads: int = 1
     """Torch threads of the training child. One: on a busy two-core machine two threads made a
     training step seven times slower in our measurements (OpenMP threads wait on each other)."""
+    grad_accum: int = 1
+    """Each step's batch runs as this many micro-batches, one after another, their gradients summed
+    before the one AdamW step: the memory of a micro-batch, the budget's batch for the optimizer. A
+    loss that reads its batch (batch statistics, the running margin statistics) sees micro-batches,
+    as under TRL's gradient accumulation; a per-pair loss trains as without it, up to rounding."""
+    group_by_length: bool = False
+    """Draw the pairs of GROUP_STEPS steps at once and batch them by length (then shuffle the
+    batches), so a batch holds pairs of similar length and pads less: faster on data whose lengths
+    vary, with other batches than the random draw (offline pairs only)."""
     task_data: Optional[TaskData] = field(default=None, compare=False, repr=False)
     """An already loaded task (or user setting), used for the task of its name instead of loading it."""
     progress: ProgressFn = field(default=no_progress, compare=False, repr=False)
@@ -114,6 +132,11 @@ class FinetuneOptions:
         check_choice(self.precision, PRECISIONS, "precision")
         if self.threads < 1:
             raise ConfigError("FinetuneOptions.threads must be at least 1")
+        check_training(self.grad_accum, self.group_by_length, self.data)
+
+    def training_key(self) -> str:
+        """What grad_accum and group_by_length add to a study's name: nothing at their defaults."""
+        return (f"-ga{self.grad_accum}" if self.grad_accum > 1 else "") + ("-gl" if self.group_by_length else "")
 
 
 @dataclass(frozen=True)
@@ -136,5 +159,9 @@ class RunConfig:
     """The loss reads the pairs' scores: the child reads them from scores.safetensors."""
     uses_tokens: bool = False
     """The loss reads token inputs: the child runs the reference model over every batch for its token log-probs."""
+    grad_accum: int = 1
+    """Micro-batches per step (FinetuneOptions.grad_accum)."""
+    group_by_length: bool = False
+    """Batches of pairs of similar length (FinetuneOptions.group_by_length)."""
 
 

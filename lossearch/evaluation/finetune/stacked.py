@@ -36,7 +36,7 @@ from lossearch.evaluation.tasks.lm import Sequences, concat_sequences
 from lossearch.failures import CandidateError
 
 SHARED_FIELDS = ("steps", "pairs", "batch_size", "lr", "uses_kl", "online", "device", "precision", "uses_scores",
-                 "uses_tokens")
+                 "uses_tokens", "grad_accum", "group_by_length")
 """What the stacked runs must share: they may differ in beta and seed only."""
 
 
@@ -55,10 +55,11 @@ class StackedRun:
 
 
 def can_stack(model, configs: Sequence[RunConfig]) -> bool:
-    """Whether `configs` can train as one stacked pass of `model`: a compact Llama, offline pairs, and
-    runs that differ in beta and seed only."""
+    """Whether `configs` can train as one stacked pass of `model`: a compact Llama, offline pairs drawn
+    at random in whole batches, and runs that differ in beta and seed only."""
     first = configs[0]
-    return (isinstance(model, CompactLlama) and first.online is None
+    return (isinstance(model, CompactLlama) and first.online is None and first.grad_accum == 1
+            and not first.group_by_length
             and all(getattr(config, name) == getattr(first, name) for config in configs for name in SHARED_FIELDS))
 
 
@@ -67,8 +68,8 @@ def train_stacked(loss_fn: LossFn, policy: CompactLlama, reference, pairs: PairS
     """Train len(configs) copies of `policy` in place, run r as `configs[r]` says; afterwards `policy`'s
     parameters are stacked, run r's at index r (`run_parameters`). `reference` as in train_policy."""
     if not can_stack(policy, configs):
-        raise ValueError("stacked runs need a compact Llama, offline pairs, and configs that differ in beta and "
-                         "seed only")
+        raise ValueError("stacked runs need a compact Llama, offline pairs in whole random batches, and configs "
+                         "that differ in beta and seed only")
     first = configs[0]
     runs = [StackedRun(config) for config in configs]
     stack_runs(policy, len(runs))

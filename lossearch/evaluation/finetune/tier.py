@@ -59,7 +59,8 @@ def run_config(task: TaskData, spec: LossSpec, budget: Budget, options: Finetune
     return RunConfig(beta=beta, seed=seed, steps=budget.steps, pairs=min(budget.pairs, len(task.train)),
                      batch_size=budget.batch_size, lr=budget.lr, uses_kl=spec.uses_kl, online=online, device=device,
                      precision=precision, uses_scores=spec.uses_scores,
-                     uses_tokens=spec.uses_tokens)
+                     uses_tokens=spec.uses_tokens, grad_accum=options.grad_accum,
+                     group_by_length=options.group_by_length)
 
 
 def job_inputs(task: TaskData, config: RunConfig) -> dict[str, Any]:
@@ -144,7 +145,8 @@ def stacks_runs(task: TaskData, options: FinetuneOptions, device: str, precision
     from lossearch.evaluation.tasks.llama import supports
 
     fast = device.startswith("cuda") or precision == "bf16"
-    return fast and options.data == "offline" and supports(task.model_config)
+    whole_random_batches = options.grad_accum == 1 and not options.group_by_length
+    return fast and options.data == "offline" and whole_random_batches and supports(task.model_config)
 
 
 # what run_many returns per run: its metrics, or the divergence that failed it
@@ -225,7 +227,8 @@ class FinetuneRunner:
     def describe(self) -> dict[str, Any]:
         """What every run's score depends on beside its beta and seed."""
         return {"task": self.task.name, "budget": asdict(self.budget), "data": self.options.data,
-                "device": self.device, "precision": self.precision, "artifact": self.task.key,
+                "device": self.device, "precision": self.precision, "grad_accum": self.options.grad_accum,
+                "group_by_length": self.options.group_by_length, "artifact": self.task.key,
                 "base_parameters": self.task.parameters, "kl_budget": self.task.kl_budget,
                 "kl_penalty": self.task.kl_penalty,
                 "fitness_floor": self.task.fitness_floor if math.isfinite(self.task.fitness_floor) else None}
@@ -240,6 +243,9 @@ def finetune_runner(sandbox: SandboxLike, spec: LossSpec, task_name: str, option
     check_fits(task.parameters, device)
     if options.data == "online" and not task.online:
         raise ConfigError("online mode needs a task's oracle to label fresh pairs: use --task, not --model")
+    if options.grad_accum > budget.batch_size:
+        raise ConfigError(f"--grad-accum {options.grad_accum} splits a batch of {budget.batch_size} pairs into "
+                          f"more micro-batches than pairs: use at most {budget.batch_size}")
     return FinetuneRunner(sandbox, spec, task, budget, options, device, resolve_precision(options.precision, device),
                           sandbox_limits(task, budget, options, device),
                           Scorer(task, budget.eval_prompts, device, budget.heldout_pairs))
@@ -265,6 +271,7 @@ def finetune_candidate(sandbox: SandboxLike, spec: LossSpec, task_name: str, see
 def study_name(spec: LossSpec, task: TaskData, budget: Budget, options: FinetuneOptions, precision: str,
                seed: int) -> str:
     """One Optuna study per candidate code, task artifact, budget, data mode, precision and seed set."""
-    return f"finetune-{spec.code_hash[:16]}-{task.key}-{budget.name}-{options.data}-{precision}-s{seed}"
+    return (f"finetune-{spec.code_hash[:16]}-{task.key}-{budget.name}-{options.data}-{precision}"
+            f"{options.training_key()}-s{seed}")
 
 
