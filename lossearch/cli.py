@@ -716,25 +716,39 @@ def lineage_command(
 @app.command("transfer")
 def transfer_command(
     top: int = typer.Option(3, "--top", min=1, help="How many leaders to evaluate (DPO is always added)."),
-    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated held-out tasks [default: every task "
-                                                              "but the campaign's]."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated held-out built-in tasks [default: "
+                                                              "every task but the campaign's, unless --dataset]."),
+    dataset: Optional[list[Path]] = typer.Option(None, "--dataset", help="A JSONL file of your own pairs to transfer "
+                                                                          "to, as task data:STEM (finetune tier); "
+                                                                          "repeat for several."),
+    model: Optional[Path] = model_option("to train on the --dataset splits [default: the campaign's]"),
+    reward: Optional[str] = typer.Option(None, "--reward", help="module.py:function(prompt, response) -> float "
+                                                               "scoring the --dataset splits: your code, run in this "
+                                                               "process [default: the campaign's reward, if any]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     run: Optional[str] = typer.Option(None, "--run", help=RUN_HELP),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Evaluate the leaders on tasks they were not selected on, store the results, print the table.
 
-    Uses the campaign's top tier: finetune if the campaign ran it, else bandit. Results
-    already stored are reused, so running it again is instant.
+    Uses the campaign's top tier: finetune if the campaign ran it, else bandit. The held-out
+    tasks are built-in ones, or your own data splits (--dataset, trained on the campaign's
+    model as it trained). Results already stored are reused, so running it again is instant.
 
     Example: lossearch transfer --run demo --top 3 --tasks sort,length,noisy
     """
     from lossearch.reporting.views import transfer_view
     from lossearch.search.transfer import transfer
 
+    for path in dataset or ():
+        if not path.is_file():
+            raise UsageProblem(f"--dataset {path}: no such file (give a JSONL file of prompt/chosen/rejected)")
+    if model is not None and not model.is_dir():
+        raise UsageProblem(f"--model {model}: no such folder (give a folder written by save_pretrained)")
     names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks is not None else None
     with campaign_results(run, db) as handle, progress_bar(errors.is_terminal and not as_json) as progress:
-        table = transfer(handle, tasks=names, top=top, progress=progress)
+        table = transfer(handle, tasks=names, top=top, progress=progress, datasets=dataset or (), model=model,
+                         reward=reward)
     if as_json:
         print_json(table.to_dict())
     else:

@@ -98,6 +98,24 @@ def test_a_campaign_runs_on_a_saved_gpt2_without_a_reward(tmp_path, monkeypatch,
     assert config.max_response_tokens == 3 and config.grad_accum == 2 and config.group_by_length
     finetuned = next(e for e in evaluations if e.tier == "finetune")
     assert finetuned.metrics["grad_accum"] == 2 and finetuned.metrics["group_by_length"] is True
+    # the leader and DPO transferred to another split of the user's data, trained as the campaign trained
+    write_user_dataset(tmp_path / "other.jsonl", count=30)
+    capfd.readouterr()
+    assert main(["transfer", "--run", "mine", "--top", "1", "--dataset", "other.jsonl", "--json"]) == 0
+    table = json.loads(capfd.readouterr().out)
+    assert table["tasks"] == ["data:other"] and table["ran"] == len(table["rows"]) >= 1
+    cells = [row["cells"]["data:other"] for row in table["rows"]]
+    assert all(cell["fitness"] is not None and 0 <= cell["fitness"] <= 1 for cell in cells)
+    transferred = [e for e in stored_campaign(tmp_path)[2] if e.task == "data:other"]
+    assert {e.metrics["dataset"] for e in transferred} == {str(tmp_path / "other.jsonl")}
+    assert all(e.metrics["grad_accum"] == 2 and e.metrics["artifact"] != finetuned.metrics["artifact"]
+               for e in transferred)
+    assert main(["transfer", "--run", "mine", "--top", "1", "--dataset", "other.jsonl", "--json"]) == 0
+    assert json.loads(capfd.readouterr().out)["ran"] == 0  # stored: asking again runs nothing
+    (tmp_path / "elsewhere").mkdir()
+    write_user_dataset(tmp_path / "elsewhere" / "other.jsonl", count=30, scored=True)
+    assert main(["transfer", "--run", "mine", "--top", "1", "--dataset", "elsewhere/other.jsonl"]) == 2
+    assert "give the file another name" in capfd.readouterr().err
     assert finetuned.metrics["artifact"] != load_user_task(UserSetting(tmp_path / "model", tmp_path / "pairs.jsonl"),
                                                            os.environ["LOSSEARCH_CACHE"]).key  # cut: another build
 
@@ -114,6 +132,21 @@ def test_a_campaign_runs_on_a_saved_gpt2_without_a_reward(tmp_path, monkeypatch,
 def test_a_campaign_setting_that_cannot_work_is_refused_in_one_line(fields, message):
     with pytest.raises(ConfigError, match=message):
         CampaignConfig(**fields)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"datasets": ["other.jsonl"]}, "the campaign ran on task sentiment, not on a model of yours: give --model"),
+    ({"model": "model"}, "give the splits with --dataset"),
+    ({"datasets": ["a/x.jsonl", "b/x.jsonl"], "model": "model"}, "two data splits are named data:x"),
+])
+def test_a_transfer_to_data_splits_that_cannot_work_is_refused_in_one_line(fields, message):
+    from pathlib import Path
+
+    from lossearch.search.transfer import data_splits
+
+    with pytest.raises(ConfigError, match=message):
+        data_splits(CampaignConfig(), [Path(path) for path in fields.get("datasets", ())],
+                    Path(fields["model"]) if "model" in fields else None, None)
 
 
 def test_the_run_command_refuses_a_missing_model_folder_in_one_line(tmp_path):

@@ -580,4 +580,6 @@ def held_out_results(data: CampaignData) -> TransferTable | None:
            if any(e.task in tasks and e.tier == tier for e in evaluations)]
     ranked = {row.id: index for index, row in enumerate(build_leaderboard(data, include_failed=True).rows)}
     ids.sort(key=lambda candidate_id: ranked.get(candidate_id, len(ranked)))
-    return build_transfer_table(data, ids, [task for task in TASK_NAMES if task in tasks], tier)
+    # the built-in tasks in their order, then a user's data splits (data:STEM) by name
+    ordered = [task for task in TASK_NAMES if task in tasks] + sorted(set(tasks) - set(TASK_NAMES))
+    return build_transfer_table(data, ids, ordered, tier)
