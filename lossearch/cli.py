@@ -291,6 +291,10 @@ PROMPT_TOKENS_OPTION: Any = typer.Option(None, "--max-prompt-tokens", min=1,
 RESPONSE_TOKENS_OPTION: Any = typer.Option(None, "--max-response-tokens", min=2,
                                            help="With --model: responses cut to N tokens, end of sequence "
                                                 "included [default: 128].")
+PRECISION_OPTION: Any = choice_option(None, "--precision", PRECISIONS, "Training arithmetic: bf16 (mixed), fp16 "
+                                                                      "(mixed, loss-scaled: GPUs without bf16), "
+                                                                      "fp32, or auto: bf16 where the device computes "
+                                                                      "it natively, else fp32 [default: auto].")
 GRAD_ACCUM_OPTION: Any = typer.Option(None, "--grad-accum", min=1,
                                       help="Run each finetune step's batch as N micro-batches, their gradients "
                                            "summed: less memory, the same batch for the optimizer (a loss that "
@@ -318,9 +322,7 @@ def eval_command(
     data: Optional[str] = choice_option(None, "--data", DATA_MODES, "Finetune on the task's fixed pairs, or online on "
                                                                     "fresh ones [default: offline]."),
     device: Optional[str] = DEVICE_OPTION,
-    precision: Optional[str] = choice_option(None, "--precision", PRECISIONS, "Training arithmetic: bf16 (mixed), "
-                                                                              "fp32, or auto: bf16 where the device "
-                                                                              "computes it natively [default: auto]."),
+    precision: Optional[str] = PRECISION_OPTION,
     model: Optional[Path] = model_option("instead of a task's"),
     dataset: Optional[Path] = DATASET_OPTION,
     reward: Optional[str] = REWARD_OPTION,
@@ -454,6 +456,7 @@ def run_command(
                                                                     "on fresh ones labelled by its oracle "
                                                                     "[default: offline]."),
     device: Optional[str] = DEVICE_OPTION,
+    precision: Optional[str] = PRECISION_OPTION,
     grad_accum: Optional[int] = GRAD_ACCUM_OPTION,
     group_by_length: Optional[bool] = GROUP_BY_LENGTH_OPTION,
     proposer: Optional[str] = choice_option(None, "--proposer", PROPOSERS, "mutation (offline), llm, or none: the "
@@ -535,7 +538,7 @@ def run_command(
         checked_device(device)
     flags: dict[str, Any] = {
         "task": task if task is not None or model is None else USER_TASK, "budget": budget,
-        **setting.campaign_fields(), "data": data, "device": device,
+        **setting.campaign_fields(), "data": data, "device": device, "precision": precision,
         **TrainingFlags(grad_accum, group_by_length).fields(), "proposer": proposer,
         "generations": generations, "population": population,
         "islands": islands, "seed": seed, "finetune": finetune, "max_evals": max_evals, "time_limit": time_limit,
@@ -773,6 +776,7 @@ def confirm_command(
     max_prompt_tokens: Optional[int] = PROMPT_TOKENS_OPTION,
     max_response_tokens: Optional[int] = RESPONSE_TOKENS_OPTION,
     device: Optional[str] = DEVICE_OPTION,
+    precision: Optional[str] = PRECISION_OPTION,
     grad_accum: Optional[int] = GRAD_ACCUM_OPTION,
     group_by_length: Optional[bool] = GROUP_BY_LENGTH_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list: one object per (candidate, baseline, "
@@ -807,7 +811,7 @@ def confirm_command(
             if model is not None and task is not None:
                 raise UsageProblem("--task and --model are two places to confirm on: give one")
             setting = SettingFlags(model, dataset, reward, max_prompt_tokens, max_response_tokens)
-            options = finetune_options(None, None, None, device, None, setting, training, progress)
+            options = finetune_options(None, None, None, device, precision, setting, training, progress)
             report = confirm_files([(path.stem, read_source(path)) for path in files],
                                    task=USER_TASK if model is not None else task or "sentiment",
                                    seeds=seeds, budget=budget or "quick", progress=progress, options=options)
@@ -820,7 +824,7 @@ def confirm_command(
             with campaign_results(run, db) as handle:
                 options = CampaignConfig.from_dict(handle.campaign.config).finetune_options()
                 options = replace(options, device=checked_device(device) if device else options.device,
-                                  progress=progress, **training.fields())
+                                  precision=precision or options.precision, progress=progress, **training.fields())
                 report = confirm_campaign(handle, config, progress=progress, options=options)
     if as_json:
         print_json(report.to_dicts())

@@ -259,6 +259,41 @@ def test_bf16_training_follows_fp32_training_where_the_cpu_has_bf16(tiny_task, m
     assert losses["bf16"][-1] < losses["bf16"][0]
 
 
+def test_fp16_training_is_loss_scaled_and_follows_fp32_training(tiny_task):
+    """fp16 (for GPUs without bf16) trains here too, as CPU autocast computes it: loss-scaled, it follows
+    fp32 training as bf16 does; `auto` never picks it."""
+    from lossearch.evaluation.finetune.config import RunConfig
+
+    assert resolve_precision("auto", "cpu") in ("fp32", "bf16") and resolve_precision("fp16", "cpu") == "fp16"
+    _, loss_fn = trusted_loss("dpo")
+    losses = {}
+    for precision in ("fp32", "fp16"):
+        policy, reference = base_models(tiny_task)
+        config = RunConfig(beta=0.1, seed=0, steps=20, pairs=48, batch_size=8, lr=3e-3, uses_kl=False,
+                           precision=precision)
+        losses[precision] = train_policy(loss_fn, policy, reference, tiny_task.train, config)
+        assert all(param.dtype == torch.float32 for param in policy.parameters())  # float32 master weights
+    assert losses["fp16"][0] == pytest.approx(losses["fp32"][0], abs=5e-3)
+    assert sum(losses["fp16"][-5:]) / 5 == pytest.approx(sum(losses["fp32"][-5:]) / 5, abs=0.02)
+    assert losses["fp16"][-1] < losses["fp16"][0]
+
+
+def test_the_loss_scale_skips_an_overflowed_step_halves_and_grows_back():
+    from lossearch.evaluation.finetune.train import LossScale
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    scale = LossScale(True, factor=8.0, growth_interval=2)
+    weight.grad = torch.tensor([8.0, 16.0, float("inf")])
+    assert not scale.unscale([weight]) and scale.factor == 4.0  # skipped: the step must not be taken
+    weight.grad = torch.tensor([4.0, 8.0, 12.0])
+    assert scale.unscale([weight]) and torch.equal(weight.grad, torch.tensor([1.0, 2.0, 3.0]))
+    weight.grad = torch.tensor([4.0, 8.0, 12.0])
+    assert scale.unscale([weight]) and scale.factor == 8.0  # two good steps in a row: it grows
+    off = LossScale(False)
+    weight.grad = torch.tensor([float("nan"), 1.0, 1.0])
+    assert off.factor == 1.0 and off.unscale([weight]) and torch.isnan(weight.grad[0])  # fp32/bf16: untouched
+
+
 def test_the_scorers_kl_is_the_exact_kl_of_a_full_forward_pass(tiny_task):
     from safetensors.torch import load_file
 
@@ -433,6 +468,9 @@ def test_the_tier_trains_with_accumulation_and_grouping_in_the_sandbox_and_recor
     metrics = evaluation.metrics["finetune"]
     assert metrics["grad_accum"] == 2 and metrics["group_by_length"] is True
     assert metrics["runs"][0]["final_loss"] > 0
+    fp16 = evaluate(dpo_source, "dpo", "finetune", sandbox=sandbox, finetune=tiny_options(tiny_task, precision="fp16"))
+    assert fp16.ok, fp16.error  # the jailed child trains in fp16 too (GPUs without bf16)
+    assert fp16.metrics["finetune"]["precision"] == "fp16"
     plain = evaluate(dpo_source, "dpo", "finetune", sandbox=sandbox, finetune=tiny_options(tiny_task))
     assert plain.metrics["finetune"]["grad_accum"] == 1 and plain.metrics["finetune"]["group_by_length"] is False
     # grouping draws other batches: another run than the plain one, from the same seed

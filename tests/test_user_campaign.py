@@ -90,12 +90,13 @@ def test_a_campaign_runs_on_a_saved_gpt2_without_a_reward(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     # a GPU user's training flags too: micro-batches and batches of like lengths
     assert main(["run", "--name", "mine", "--model", "model", "--dataset", "pairs.jsonl", "--max-response-tokens", "3",
-                 "--grad-accum", "2", "--group-by-length", *CAMPAIGN_FLAGS]) == 0
+                 "--grad-accum", "2", "--group-by-length", "--precision", "fp32", *CAMPAIGN_FLAGS]) == 0
     assert "selected on user" in capfd.readouterr().out
     check_campaign(tmp_path, rewarded=False)
     campaign, _, evaluations = stored_campaign(tmp_path)
     config = CampaignConfig.from_dict(campaign.config)
     assert config.max_response_tokens == 3 and config.grad_accum == 2 and config.group_by_length
+    assert config.precision == "fp32" and config.finetune_options().precision == "fp32"
     finetuned = next(e for e in evaluations if e.tier == "finetune")
     assert finetuned.metrics["grad_accum"] == 2 and finetuned.metrics["group_by_length"] is True
     # the leader and DPO transferred to another split of the user's data, trained as the campaign trained
@@ -127,6 +128,7 @@ def test_a_campaign_runs_on_a_saved_gpt2_without_a_reward(tmp_path, monkeypatch,
     ({"task": "user"}, "--model and --dataset go together"),
     ({"data": "sideways"}, "data mode"),
     ({"grad_accum": 0}, "--grad-accum must be at least 1"),
+    ({"precision": "fp8"}, "precision"),
     ({"group_by_length": True, "data": "online"}, "--group-by-length groups a fixed set of pairs"),
 ])
 def test_a_campaign_setting_that_cannot_work_is_refused_in_one_line(fields, message):

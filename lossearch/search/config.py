@@ -7,7 +7,16 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from lossearch.choices import BUDGET_NAMES, DATA_MODES, EXECUTORS, PROPOSERS, TASK_NAMES, USER_TASK, check_choice
+from lossearch.choices import (
+    BUDGET_NAMES,
+    DATA_MODES,
+    EXECUTORS,
+    PRECISIONS,
+    PROPOSERS,
+    TASK_NAMES,
+    USER_TASK,
+    check_choice,
+)
 from lossearch.errors import ConfigError
 from lossearch.evaluation.finetune.config import FinetuneOptions, check_training
 from lossearch.search.seeds import seed_paths
@@ -41,6 +50,9 @@ class CampaignConfig:
     oracle (catalog tasks only)."""
     device: str | None = None
     """Torch device of the finetune tier; None picks CUDA when present, else the CPU."""
+    precision: str = "auto"
+    """Training arithmetic of the finetune tier (FinetuneOptions.precision): `auto` is bf16 where the
+    device computes it natively, else fp32; `fp16` for GPUs without bf16."""
     grad_accum: int = 1
     """Micro-batches each finetune step's batch runs as, gradients summed (less memory, the same
     optimizer batch; FinetuneOptions.grad_accum)."""
@@ -117,6 +129,7 @@ class CampaignConfig:
         else:
             check_choice(self.task, TASK_NAMES, "task")
         check_choice(self.data, DATA_MODES, "data mode")
+        check_choice(self.precision, PRECISIONS, "precision")
         check_choice(self.budget, BUDGET_NAMES, "budget")
         check_choice(self.proposer, PROPOSERS, "proposer")
         check_choice(self.executor, EXECUTORS, "executor")
@@ -168,7 +181,8 @@ class CampaignConfig:
             Path(self.model), Path(self.dataset or ""), self.reward, max_prompt_tokens=self.max_prompt_tokens,
             max_response_tokens=self.max_response_tokens)
         return FinetuneOptions(budget=self.budget, data=self.data, device=self.device, setting=setting,
-                               grad_accum=self.grad_accum, group_by_length=self.group_by_length)
+                               precision=self.precision, grad_accum=self.grad_accum,
+                               group_by_length=self.group_by_length)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "llm_models": list(self.llm_models), "without_seeds": list(self.without_seeds)}

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from lossearch.evaluation.tasks.data import TaskData
 
 DATA_MODES = ("offline", "online")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,9 @@ class FinetuneOptions:
     """Artifact cache; None means $LOSSEARCH_CACHE or ~/.cache/lossearch."""
     precision: str = "auto"
     """Training arithmetic: `fp32`, `bf16` (mixed: bf16 matrix products, float32 weights, optimizer,
-    attention, norms and logits), or `auto`: bf16 where the device computes it natively (CUDA with
-    bf16, CPUs with AVX512-BF16 or AMX), else fp32. Scoring is always float32."""
+    attention, norms and logits), `fp16` (mixed the same way in float16, with dynamic loss scaling:
+    for GPUs without bf16; never chosen by `auto`), or `auto`: bf16 where the device computes it
+    natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32. Scoring is always float32."""
     threads: int = 1
     """Torch threads of the training child. One: on a busy two-core machine two threads made a
     training step seven times slower in our measurements (OpenMP threads wait on each other)."""
@@ -154,7 +155,8 @@ class RunConfig:
     """Online mode: {"task", "every", "max_new_tokens", "eos_id", "pad_id"}; None: offline."""
     device: str = "cpu"
     precision: str = "fp32"
-    """`fp32` or `bf16` (autocast around the policy's and reference's forward passes)."""
+    """`fp32`, `bf16` or `fp16` (autocast around the policy's and reference's forward passes; fp16 with
+    dynamic loss scaling)."""
     uses_scores: bool = False
     """The loss reads the pairs' scores: the child reads them from scores.safetensors."""
     uses_tokens: bool = False

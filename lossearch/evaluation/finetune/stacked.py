@@ -56,10 +56,10 @@ class StackedRun:
 
 def can_stack(model, configs: Sequence[RunConfig]) -> bool:
     """Whether `configs` can train as one stacked pass of `model`: a compact Llama, offline pairs drawn
-    at random in whole batches, and runs that differ in beta and seed only."""
+    at random in whole batches, no fp16 (no loss scaling here), and runs that differ in beta and seed only."""
     first = configs[0]
     return (isinstance(model, CompactLlama) and first.online is None and first.grad_accum == 1
-            and not first.group_by_length
+            and not first.group_by_length and first.precision != "fp16"
             and all(getattr(config, name) == getattr(first, name) for config in configs for name in SHARED_FIELDS))
 
 

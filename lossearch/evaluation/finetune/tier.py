@@ -146,7 +146,8 @@ def stacks_runs(task: TaskData, options: FinetuneOptions, device: str, precision
 
     fast = device.startswith("cuda") or precision == "bf16"
     whole_random_batches = options.grad_accum == 1 and not options.group_by_length
-    return fast and options.data == "offline" and whole_random_batches and supports(task.model_config)
+    unscaled = precision != "fp16"  # the stacked pass has no loss scaling
+    return fast and unscaled and options.data == "offline" and whole_random_batches and supports(task.model_config)
 
 
 # what run_many returns per run: its metrics, or the divergence that failed it

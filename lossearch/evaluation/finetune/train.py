@@ -109,17 +109,50 @@ def reference_token_inputs(reference_logits: torch.Tensor, both: Sequences, runs
 
 def arithmetic(device: torch.device, precision: str):
     """The autocast context of `precision` on `device` (a disabled one for fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16,
+                          enabled=precision in ("bf16", "fp16"))
+
+
+class LossScale:
+    """Dynamic loss scaling for fp16, torch.amp.GradScaler's rule for the gradients we carry back by hand:
+    they leave the loss multiplied by `factor`, so that small ones survive float16's range in the
+    backward pass; the parameters' gradients are divided by it again before the step. A step whose
+    gradients overflowed is skipped and the factor halved; after `growth_interval` good steps in a
+    row it doubles. Off (factor 1, no check) in fp32 and bf16, whose range is float32's."""
+
+    def __init__(self, enabled: bool, factor: float = 2.0 ** 16, growth_interval: int = 2000) -> None:
+        self.enabled = enabled
+        self.factor = factor if enabled else 1.0
+        self.growth_interval = growth_interval
+        self.good_steps = 0
+
+    def unscale(self, parameters) -> bool:
+        """Divide the gradients by the factor; False (and the factor halved) where one is not finite."""
+        if not self.enabled:
+            return True
+        grads = [param.grad for param in parameters if param.grad is not None]
+        if not all(bool(torch.isfinite(grad).all()) for grad in grads):
+            self.factor /= 2
+            self.good_steps = 0
+            return False
+        for grad in grads:
+            grad.div_(self.factor)
+        self.good_steps += 1
+        if self.good_steps == self.growth_interval:
+            self.factor *= 2
+            self.good_steps = 0
+        return True
 
 
 def training_step(policy, reference, optimizer, loss_fn: LossFn, pairs: PairSet, index: torch.Tensor,
                   beta: float, uses_kl: bool, precision: str = "fp32",
                   state: Optional[TrainingState] = None, step: int = 0, uses_tokens: bool = False,
-                  grad_accum: int = 1) -> float:
+                  grad_accum: int = 1, scale: Optional[LossScale] = None) -> float:
     """One AdamW step of the policy on the pairs `index` (step `step` of the run whose `state` it is:
     a fresh one-step run's without one), run as `grad_accum` micro-batches whose gradients add up to
-    the batch's; returns the batch's mean loss."""
+    the batch's, and skipped where fp16's `scale` finds them overflowed; returns the batch's mean loss."""
     state = state or TrainingState(steps=1)
+    scale = scale or LossScale(precision == "fp16")
     optimizer.zero_grad()
     total = 0.0
     for part in index.tensor_split(grad_accum):
@@ -130,10 +163,11 @@ def training_step(policy, reference, optimizer, loss_fn: LossFn, pairs: PairSet,
         grads = checked_grads(all_grads, beta)
         # chain rule by hand: d loss / d theta = sum over inputs of (d loss / d input) * (d input / d theta);
         # backward adds each micro-batch's share to the parameters' gradients
-        backpropagate([outputs[name] for name in grads], [grad * share for grad in grads.values()])
+        backpropagate([outputs[name] for name in grads], [grad * (share * scale.factor) for grad in grads.values()])
         total += float(loss) * share
-    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-    optimizer.step()
+    if scale.unscale(policy.parameters()):
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
     return total
 
 
@@ -193,6 +227,7 @@ def train_policy(loss_fn: LossFn, policy, reference, pairs: PairSet, config: Run
     warmup = max(1, config.steps // 10)
     losses: list[float] = []
     state = TrainingState(config.steps)
+    scale = LossScale(config.precision == "fp16")
     grouped: list[torch.Tensor] = []  # with group_by_length, the drawn batches not yet trained on
     policy.train()
     for step in range(config.steps):
@@ -207,7 +242,7 @@ def train_policy(loss_fn: LossFn, policy, reference, pairs: PairSet, config: Run
             index = torch.randint(0, len(pairs), (config.batch_size,), generator=generator)  # (B,)
         losses.append(training_step(policy, reference, optimizer, loss_fn, pairs, index, config.beta,
                                     config.uses_kl, config.precision, state, step, config.uses_tokens,
-                                    config.grad_accum))
+                                    config.grad_accum, scale))
     policy.eval()
     if not all(bool(torch.isfinite(param).all()) for param in policy.parameters()):
         raise CandidateError("nan", f"training diverged at beta={config.beta:g}: the parameters are not finite")
