@@ -4,8 +4,9 @@
 # 1. a 19 M-parameter Llama built in code (examples/tiny_setting.py small), its pairs and a reward;
 # 2. `lossearch eval --tier finetune --json` of DPO on it: seconds, precision and the isolation in force
 #    (namespaces, seccomp, audit hook, limits) as the jail reports it on this device;
-# 3. benchmarks/multi_run.py on this device: K runs one after another vs one stacked pass (issue 16);
-# 4. a campaign of two generations of 4 with the finetune tier and its confirmation on 3 seeds.
+# 3. the same in fp16 (loss-scaled, for GPUs without bf16) with --grad-accum 2 --group-by-length;
+# 4. benchmarks/multi_run.py on this device: K runs one after another vs one stacked pass (issue 16);
+# 5. a campaign of two generations of 4 with the finetune tier and its confirmation on 3 seeds.
 # It prints one line per step with its wall time and leaves everything under $OUT (or a temporary folder).
 # `bash benchmarks/gpu_check.sh cpu tiny` runs the same path on a CPU, as a check of the script itself.
 set -euo pipefail
@@ -36,6 +37,16 @@ print("gpu_check: eval", result["status"], "fitness", finetune["fitness"], "prec
       "device", finetune["device"], "seconds", round(finetune["seconds"], 1))
 run = finetune["trials"][0]["runs"][0]
 print("gpu_check: isolation of a training run on", finetune["device"], json.dumps(run["isolation"]))
+PY
+step eval_fp16 sh -c "lossearch eval '$repo/seeds/dpo.py' --tier finetune ${setting[*]} --precision fp16 \
+  --grad-accum 2 --group-by-length --json > eval_fp16.json"
+python3 - <<'PY'
+import json
+result = json.load(open("eval_fp16.json"))
+finetune = result["metrics"]["finetune"]
+print("gpu_check: eval fp16", result["status"], "fitness", finetune["fitness"], "precision", finetune["precision"],
+      "grad_accum", finetune["grad_accum"], "group_by_length", finetune["group_by_length"],
+      "seconds", round(finetune["seconds"], 1))
 PY
 # the sentiment task builds first (a few minutes), in this run's own cache
 step multi_run python3 "$repo/benchmarks/multi_run.py" --device "$device" --ks 3,10,12,30 --steps 40
