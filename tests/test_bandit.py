@@ -284,8 +284,8 @@ def test_a_loss_reading_the_kl_inputs_trains_through_them():
     assert tdpo["fitness"] > tdpo["reference_reward"] + 0.2
 
 
-@pytest.mark.parametrize("name", ["beta_dpo", "odpo", "ld_dpo", "sampo"])
-def test_the_seeds_reading_scores_running_margins_and_tokens_train(name):
+@pytest.mark.parametrize("name", ["beta_dpo", "dpo_shift_linear", "odpo", "ld_dpo", "sampo"])
+def test_the_seeds_reading_scores_the_runs_state_and_tokens_train(name):
     result = evaluate_bandit(seed_loss(name), "sentiment", seed=0)
     assert result["fitness"] > result["reference_reward"] + 0.2
 

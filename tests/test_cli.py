@@ -13,10 +13,10 @@ from lossearch.contract import TOKEN_INPUTS
 from lossearch.evaluation.cascade import evaluate
 from lossearch.search.seeds import seed_path, seed_paths
 
-SEED_NAMES = ("alpha_po aot aot_unpaired apo_down apo_zero bco_pair beta_dpo cal_dpo cdpo chi_po cpo discopop dpo "
-              "dpo_shift dpop dr_dpo exo_pair fdpo_alpha fdpo_forward_kl fdpo_js gpo_exponential gpo_savage "
-              "gpo_truncated_quadratic h_dpo hinge ipo kto_pair ld_dpo minor_dpo nca_pair odpo orpo rdpo robust rpo "
-              "sampo sft sigmoid_norm simper simpo slic sppo_hard tdpo tdpo1 wpo").split()
+SEED_NAMES = ("alpha_dpo alpha_po aot aot_unpaired apo_down apo_zero bco_pair beta_dpo cal_dpo cdpo chi_po cpo "
+              "discopop dpo dpo_shift dpo_shift_linear dpop dr_dpo exo_pair fdpo_alpha fdpo_forward_kl fdpo_js "
+              "gpo_exponential gpo_savage gpo_truncated_quadratic h_dpo hinge ipo kto_pair ld_dpo minor_dpo nca_pair "
+              "odpo orpo rdpo robust rpo sampo sft sigmoid_norm simper simpo slic sppo_hard tdpo tdpo1 wpo").split()
 
 
 def lossearch(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -34,6 +34,7 @@ def test_seeds_json_lists_the_library_from_any_directory(tmp_path):
     inputs = {seed["name"]: set(seed["inputs"]) for seed in seeds}  # the wider contract's, listed too
     assert {"chosen_scores", "rejected_scores"} <= inputs["odpo"]
     assert {"running_margin_mean", "running_margin_std"} <= inputs["beta_dpo"]
+    assert "progress" in inputs["dpo_shift_linear"]
     assert set(TOKEN_INPUTS) <= inputs["ld_dpo"] and set(TOKEN_INPUTS) <= inputs["sampo"]
 
 

@@ -42,9 +42,11 @@ def loss(policy_rejected_logps, reference_rejected_logps, policy_chosen_logps, r
 # and at their defaults on this grid: H-DPO at alpha 0.95 is DPO at 0.95 beta plus a small offset from the
 # reference margin (distance 0.006 to dpo, 0.002 to rdpo); Cal-DPO at beta 0.1 is dominated by its
 # calibration terms, SPPO-hard's loss (0.019); f-DPO's alpha-divergence at alpha 0.5 lies within 0.018 of
-# its forward KL. Campaigns keep them all: the seed library is evaluated near-twins included
+# its forward KL; DPO-Shift's linear schedule (0.75 to 1.0) at the grid's progress 0.5 scales the rejected
+# log-ratio by 0.875, and LD-DPO at alpha 0.5, the grid's rejected responses all the longer ones, scales it by
+# 0.875 to 0.917 (0.019). Campaigns keep them all: the seed library is evaluated near-twins included
 KNOWN_SAME_SEEDS = {("dpo", "rdpo"), ("dpo", "h_dpo"), ("h_dpo", "rdpo"), ("cal_dpo", "sppo_hard"),
-                    ("fdpo_alpha", "fdpo_forward_kl")}
+                    ("fdpo_alpha", "fdpo_forward_kl"), ("dpo_shift_linear", "ld_dpo")}
 
 
 def scaled_dpo(factor: float) -> str:

@@ -1,4 +1,4 @@
-"""The seed library: 45 known losses, each checked against a trusted reference.
+"""The seed library: 47 known losses, each checked against a trusted reference.
 
 Where TRL 1.16 computes a loss (DPOTrainer._compute_loss, CPOTrainer.cpo_loss,
 ORPOTrainer.odds_ratio_loss) the reference is TRL's own code, run on the same
@@ -14,16 +14,18 @@ from __future__ import annotations
 import ast
 import math
 import re
+import statistics
 from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from lossearch.contract import TOKEN_INPUTS, call_loss, load_loss, read_spec
+from lossearch.contract import TOKEN_INPUTS, TRAINING_STATE_INPUTS, call_loss, load_loss, read_spec
 from lossearch.search.seeds import seed_paths
 
 EXPECTED_HYPERPARAMETERS = {
+    "alpha_dpo": {"beta": 2.5, "gamma_beta_ratio": 0.6, "alpha": 0.2},
     "alpha_po": {"beta": 2.5, "gamma": 0.1, "alpha": 0.25},
     "aot": {"beta": 0.1},
     "aot_unpaired": {"beta": 0.1},
@@ -38,6 +40,7 @@ EXPECTED_HYPERPARAMETERS = {
     "discopop": {"beta": 0.1, "tau": 0.05},
     "dpo": {"beta": 0.1},
     "dpo_shift": {"beta": 0.1, "rejected_scale": 0.95},
+    "dpo_shift_linear": {"beta": 0.1, "rejected_scale_start": 0.75, "rejected_scale_end": 1.0},
     "dpop": {"beta": 0.1, "penalty_weight": 50.0},
     "dr_dpo": {"beta": 0.1, "beta_prime": 1.0},
     "exo_pair": {"beta": 0.1, "epsilon": 1e-3},
@@ -237,8 +240,8 @@ def trl_orpo_odds_ratio_term(chosen_mean_logps, rejected_mean_logps, beta: float
 # -- the library as a whole ---------------------------------------------------------------
 
 
-def test_library_has_the_45_seeds():
-    assert len(EXPECTED_HYPERPARAMETERS) == 45
+def test_library_has_the_47_seeds():
+    assert len(EXPECTED_HYPERPARAMETERS) == 47
     assert sorted(path.stem for path in seed_paths()) == sorted(EXPECTED_HYPERPARAMETERS)
 
 
@@ -612,10 +615,52 @@ def test_tdpo1_matches_tdpo1_formula_with_gradients_through_both_kls(seeds, beta
 # -- seeds that read the wider contract: scores, the run's running margin statistics ----------
 
 
-def test_every_new_input_but_progress_is_read_by_some_seed(seeds):
-    # `progress` has no seed yet: no schedule-aware loss with a formula we could check was found
+def test_every_new_input_is_read_by_some_seed(seeds):
     read = {name for spec, _ in seeds.values() for name in spec.inputs}
-    assert {"chosen_scores", "rejected_scores", "running_margin_mean", "running_margin_std", *TOKEN_INPUTS} <= read
+    assert {"chosen_scores", "rejected_scores", *TRAINING_STATE_INPUTS, *TOKEN_INPUTS} <= read
+    assert "progress" in seeds["dpo_shift_linear"][0].inputs
+
+
+def dpo_shift_lambda(strategy: str, lambda_min: float, lambda_max: float, step: int, max_steps: int) -> float:
+    """DPO-Shift's scheduled lambda as Meaquadddd/DPO-Shift scripts/dposhift_trainer.py (DPOShiftTrainer.dpo_loss)
+    computes it from the scheduler's step (0 at the first optimizer step) and the run's max_steps."""
+    if strategy == "increase_linear":
+        return lambda_min + (lambda_max - lambda_min) * (step / max_steps)
+    return lambda_max - (lambda_max - lambda_min) * (step / max_steps)
+
+
+# (strategy, lambda_min, lambda_max) -> the seed's (rejected_scale_start, rejected_scale_end)
+DPO_SHIFT_SCHEDULES = [("increase_linear", 0.75, 1.0), ("decrease_linear", 0.75, 1.0), ("increase_linear", 0.5, 0.9)]
+
+
+@pytest.mark.parametrize("beta", BETAS)
+@pytest.mark.parametrize(("strategy", "lambda_min", "lambda_max"), DPO_SHIFT_SCHEDULES)
+def test_dpo_shift_linear_follows_the_authors_lambda_schedule(seeds, beta, strategy, lambda_min, lambda_max):
+    # -log sig(beta (r_c - lambda r_r)), lambda from the authors' step-based schedule at progress = step / max_steps
+    start, end = (lambda_min, lambda_max) if strategy == "increase_linear" else (lambda_max, lambda_min)
+    batch = make_batch(36)
+    for step, max_steps in ((0, 10), (3, 10), (9, 10), (7, 8)):
+        batch["progress"] = torch.tensor(step / max_steps, dtype=torch.float64)
+        scale = dpo_shift_lambda(strategy, lambda_min, lambda_max, step, max_steps)
+        ours = run_seed(seeds, "dpo_shift_linear", batch, beta=beta, rejected_scale_start=start,
+                        rejected_scale_end=end)
+        logits = [beta * (c - scale * r) for c, r in map(logratios, rows(batch))]
+        assert_matches(ours, [softplus(-z) for z in logits])
+        # d/d pi_c = -beta sig(-z), d/d pi_r = +lambda beta sig(-z)
+        chosen_grad, rejected_grad = gradients(ours.sum(), batch)
+        expected = torch.tensor([-beta * sigmoid(-z) for z in logits], dtype=torch.float64)
+        torch.testing.assert_close(chosen_grad, expected, **TOLERANCE)
+        torch.testing.assert_close(rejected_grad, -scale * expected, **TOLERANCE)
+
+
+def test_dpo_shift_linear_with_a_flat_schedule_is_dpo_shift(seeds):
+    # start = end is the authors' "fixed" strategy at every step
+    batch = make_batch(37)
+    for progress in (0.0, 0.4, 0.9):
+        batch["progress"] = torch.tensor(progress, dtype=torch.float64)
+        torch.testing.assert_close(
+            run_seed(seeds, "dpo_shift_linear", batch, rejected_scale_start=0.8, rejected_scale_end=0.8),
+            run_seed(seeds, "dpo_shift", batch, rejected_scale=0.8), **TOLERANCE)
 
 
 @pytest.mark.parametrize(("beta", "alpha", "min_gap"), [(0.1, 1.0, 0.01), (0.5, 0.5, 0.1), (2.0, 2.0, 1e-3)])
@@ -669,6 +714,60 @@ def test_beta_dpo_without_its_filter_is_the_authors_dynamic_beta_dpo(seeds):
     table = rows(batch)
     beta_used = max(1e-3, 0.1 * (1 + 0.6 * (sum(implicit_margin(row) for row in table) / BATCH_SIZE - 0.5)))
     assert_matches(run_seed(seeds, "beta_dpo", batch), [softplus(-beta_used * implicit_margin(row)) for row in table])
+
+
+def alpha_dpo_reference(table: list[dict[str, float]], beta: float, gamma_beta_ratio: float,
+                        alpha: float) -> tuple[list[float], list[float], list[float]]:
+    """(per-pair losses, d mean / d policy_chosen_logps, d mean / d policy_rejected_logps) of AlphaDPO as
+    junkangwu/alpha-DPO scripts/dpo_trainer.py (AlphaDPOTrainer.dpo_loss, loss_type "alpha-dpo", ln: true)
+    computes it: per-token mean log-probs; gap = pi_logratios - ref_logratios; logits = pi_logratios -
+    detach(alpha * (gap - mu) / sigma + gamma_beta_ratio); -log sig(beta * logits). mu and sigma, their EMAs,
+    are the batch's mean and unbiased std of gap here (the seed's stand-in), sigma floored at 0.01 (MIN_STD)."""
+    pi = [r["policy_chosen_logps"] / r["chosen_lengths"] - r["policy_rejected_logps"] / r["rejected_lengths"]
+          for r in table]
+    ref = [r["reference_chosen_logps"] / r["chosen_lengths"] - r["reference_rejected_logps"] / r["rejected_lengths"]
+           for r in table]
+    gaps = [p - q for p, q in zip(pi, ref)]
+    mu = statistics.fmean(gaps)
+    sigma = max(statistics.stdev(gaps) if len(gaps) > 1 else 0.0, 0.01)
+    logits = [p - (alpha * (g - mu) / sigma + gamma_beta_ratio) for p, g in zip(pi, gaps)]
+    losses = [softplus(-beta * z) for z in logits]
+    # the target is detached: each pair's gradient is SimPO's, -beta sig(-beta z) / |y_c| (and + / |y_r|)
+    pulls = [beta * sigmoid(-beta * z) / len(table) for z in logits]
+    chosen = [-pull / r["chosen_lengths"] for pull, r in zip(pulls, table)]
+    rejected = [pull / r["rejected_lengths"] for pull, r in zip(pulls, table)]
+    return losses, chosen, rejected
+
+
+@pytest.mark.parametrize(("beta", "gamma_beta_ratio", "alpha"),
+                         [(2.5, 0.6, 0.2), (2.5, 0.15, 0.05), (10.0, 0.4, 0.2), (0.5, 0.0, 1.0)])
+def test_alpha_dpo_matches_the_authors_adaptive_margin(seeds, beta, gamma_beta_ratio, alpha):
+    batch = make_batch(40)
+    losses, chosen, rejected = alpha_dpo_reference(rows(batch), beta, gamma_beta_ratio, alpha)
+    ours = run_seed(seeds, "alpha_dpo", batch, beta=beta, gamma_beta_ratio=gamma_beta_ratio, alpha=alpha)
+    assert_matches(ours, losses)
+    chosen_grad, rejected_grad = gradients(ours.mean(), batch)
+    torch.testing.assert_close(chosen_grad, torch.tensor(chosen, dtype=torch.float64), **TOLERANCE)
+    torch.testing.assert_close(rejected_grad, torch.tensor(rejected, dtype=torch.float64), **TOLERANCE)
+
+
+def test_alpha_dpo_at_alpha_zero_or_on_one_pair_is_simpo(seeds):
+    # alpha 0 drops the adaptive term; a batch of one has no spread to normalize (its term is 0): both are
+    # SimPO with gamma = beta * gamma_beta_ratio
+    batch = make_batch(41)
+    for beta in BETAS:
+        simpo = run_seed(seeds, "simpo", batch, beta=beta, gamma=beta * 0.6)
+        torch.testing.assert_close(run_seed(seeds, "alpha_dpo", batch, beta=beta, alpha=0.0), simpo, **TOLERANCE)
+        torch.testing.assert_close(run_seed(seeds, "alpha_dpo", pair_of(batch, 2), beta=beta), simpo[2:3], **TOLERANCE)
+
+
+def test_alpha_dpo_stays_finite_while_the_policy_is_its_reference(seeds):
+    # every margin 0: the authors' (gap - mu) / sigma is 0 / 0 there; the floor on sigma makes it 0
+    batch = make_batch(42)
+    for side in ("chosen", "rejected"):
+        batch[f"policy_{side}_logps"] = batch[f"reference_{side}_logps"].clone().requires_grad_(True)
+    ours = run_seed(seeds, "alpha_dpo", batch)
+    torch.testing.assert_close(ours, run_seed(seeds, "simpo", batch, beta=2.5, gamma=2.5 * 0.6), **TOLERANCE)
 
 
 # -- seeds that read the token inputs --------------------------------------------------------------

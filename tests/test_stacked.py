@@ -74,8 +74,10 @@ def scored_task(task):
     return replace(task, train=PairSet.from_tensors(tensors, "train"))
 
 
-# beta_dpo reads its run's running margin statistics, odpo the pairs' scores, ld_dpo and sampo the token inputs
-@pytest.mark.parametrize("loss", ["dpo", "tdpo", "batch_weighted", "beta_dpo", "odpo", "ld_dpo", "sampo"])
+# beta_dpo reads its run's running margin statistics, dpo_shift_linear its progress, odpo the pairs' scores,
+# ld_dpo and sampo the token inputs
+@pytest.mark.parametrize("loss", ["dpo", "tdpo", "batch_weighted", "beta_dpo", "dpo_shift_linear", "odpo", "ld_dpo",
+                                  "sampo"])
 def test_stacked_runs_train_as_their_runs_one_after_another(tiny_task, loss):
     loss_fn = source_loss(BATCH_WEIGHTED) if loss == "batch_weighted" else trusted_loss(loss)[1]
     task = scored_task(tiny_task) if loss == "odpo" else tiny_task

@@ -3,8 +3,9 @@
 The exported DPO and hinge seeds must log, step for step, the losses TRL's own
 `sigmoid` and `hinge` give; a recorder shows the trainer's loss is the value our
 function returned; TDPO's KL inputs are computed (zero while policy = reference); beta-DPO gets the
-trainer's progress and running margin statistics; ODPO's scores, which TRL's collator drops, fail
-in one line; LD-DPO on the token inputs logs TRL's own `ld_alpha` losses.
+trainer's progress and running margin statistics, and DPO-Shift's linear schedule its lambda from that
+progress; AlphaDPO the trainer's lengths; ODPO's scores, which TRL's collator drops, fail in one line;
+LD-DPO on the token inputs logs TRL's own `ld_alpha` losses.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
@@ -52,13 +54,13 @@ def setting(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The dpo, hinge, tdpo, beta_dpo, odpo, ld_dpo and sampo seeds exported from a campaign database, imported as
-    modules."""
+    """The dpo, hinge, tdpo, beta_dpo, dpo_shift_linear, alpha_dpo, odpo, ld_dpo and sampo seeds exported from a
+    campaign database, imported as modules."""
     folder = tmp_path_factory.mktemp("exported")
     modules = {}
     with Store.for_campaign_dir(folder / "runs" / "x") as store:
         campaign = store.create_campaign("x", {"task": "sentiment"})
-        for name in ("dpo", "hinge", "tdpo", "beta_dpo", "odpo", "ld_dpo", "sampo"):
+        for name in ("dpo", "hinge", "tdpo", "beta_dpo", "dpo_shift_linear", "alpha_dpo", "odpo", "ld_dpo", "sampo"):
             store.add_candidate(campaign.id, source=seed_path(name).read_text(), name=name, proposer="seed",
                                 generation=0)
         data = load_campaign_data(store, campaign)
@@ -146,6 +148,44 @@ def test_beta_dpo_gets_the_trainers_progress_and_running_margin(setting, exporte
     first = ((calls[0]["policy_chosen_logps"] - calls[0]["reference_chosen_logps"])
              - (calls[0]["policy_rejected_logps"] - calls[0]["reference_rejected_logps"]))
     assert float(calls[0]["running_margin_mean"]) == pytest.approx(float(first.mean()), abs=1e-6)
+
+
+def train_keeping_calls(setting, module) -> tuple[list[float], list[dict]]:
+    """Two steps with the exported module's loss; what TRL logged and each call's inputs (detached)."""
+    calls: list = []
+
+    def keep(**kwargs):
+        calls.append({name: value.detach().clone() if isinstance(value, torch.Tensor) else value
+                      for name, value in kwargs.items()})
+        return module.loss(**kwargs)
+
+    logged = train(setting, patch=lambda trainer: module.patch_dpo_trainer(trainer, functools.wraps(module.loss)(keep)))
+    assert len(calls) == len(logged) == 2
+    return logged, calls
+
+
+def test_dpo_shift_linear_takes_its_lambda_from_the_trainers_progress(setting, exported):
+    logged, calls = train_keeping_calls(setting, exported["dpo_shift_linear"])
+    assert [float(call["progress"]) for call in calls] == [0.0, 0.5]  # global_step / max_steps
+    for call, value in zip(calls, logged):
+        scale = 0.75 + (1.0 - 0.75) * float(call["progress"])  # its default schedule, 0.75 to 1.0
+        chosen = call["policy_chosen_logps"] - call["reference_chosen_logps"]
+        rejected = call["policy_rejected_logps"] - call["reference_rejected_logps"]
+        assert value == pytest.approx(float(-F.logsigmoid(0.5 * (chosen - scale * rejected)).mean()), abs=1e-6)
+    assert logged[0] == pytest.approx(math.log(2), abs=1e-5)  # policy = reference: every lambda gives log 2
+
+
+def test_alpha_dpo_reads_the_trainers_lengths(setting, exported):
+    logged, calls = train_keeping_calls(setting, exported["alpha_dpo"])
+    for call, value in zip(calls, logged):
+        lengths = (call["chosen_lengths"], call["rejected_lengths"])
+        assert all(bool((length >= 1).all()) for length in lengths)  # TRL's completion token counts
+        policy_margin = call["policy_chosen_logps"] / lengths[0] - call["policy_rejected_logps"] / lengths[1]
+        gap = policy_margin - (call["reference_chosen_logps"] / lengths[0]
+                               - call["reference_rejected_logps"] / lengths[1])
+        target = 0.2 * (gap - gap.mean()) / gap.std().clamp(min=0.01) + 0.6  # alpha, gamma_beta_ratio at defaults
+        assert value == pytest.approx(float(-F.logsigmoid(0.5 * (policy_margin - target)).mean()), abs=1e-6)
+    assert logged[1] != pytest.approx(logged[0], abs=1e-4)
 
 
 def test_a_loss_reading_scores_says_trls_collator_drops_them(setting, exported):
