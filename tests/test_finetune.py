@@ -538,6 +538,7 @@ def test_losses_reading_scores_the_runs_state_and_tokens_train_in_the_sandbox(sa
                     online_every=2)
     options = tiny_options(tiny_task, budget=budget, data=data)
     for name, source in (("odpo", seed_path("odpo").read_text()), ("beta_dpo", seed_path("beta_dpo").read_text()),
+                         ("dpo_shift_linear", seed_path("dpo_shift_linear").read_text()),
                          ("state_reader", STATE_READER), ("ld_dpo", seed_path("ld_dpo").read_text()),
                          ("sampo", seed_path("sampo").read_text())):
         evaluation = evaluate(source, name, "finetune", sandbox=sandbox, finetune=options)
