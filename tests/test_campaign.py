@@ -68,6 +68,21 @@ def test_seeds_only_campaign_is_the_baseline(tmp_path):
         assert len(board) == len(seed_paths()) and all(candidate.proposer == "seed" for candidate in board)
 
 
+def test_the_live_panel_draws_the_finetuned_candidates_progress_bar():
+    from rich.console import Console
+
+    from lossearch.reporting.display import stats_table
+    from lossearch.search.campaign import CampaignStats
+
+    console = Console(record=True, width=100)
+    stats = CampaignStats(message="finetuning dpo: beta 0.1, seed 0", runs=(1, 3))
+    console.print(stats_table(stats, "campaign demo"))
+    drawn = console.export_text()
+    assert "runs" in drawn and "1/3" in drawn and "finetuning dpo: beta 0.1" in drawn
+    console.print(stats_table(CampaignStats(), "campaign demo"))
+    assert "1/3" not in console.export_text()  # between candidates there is no bar
+
+
 def test_resuming_refuses_a_changed_task_but_takes_new_limits():
     stored = CampaignConfig(name="x", generations=2)
     assert merge_resumed(stored, CampaignConfig(name="x", generations=5), {"generations"}).generations == 5
@@ -306,8 +321,13 @@ def test_two_workers_finetune_a_new_campaign_whose_optuna_tables_exist_before_th
     # generation 0 promotes its best and the DPO baseline: two finetunes, one per worker, at once
     config = CampaignConfig(name="tuned", generations=1, population=2, workers=2, finetune=True, promote_share=0.01,
                             confirm=False)
-    assert run_campaign(config, runs_dir=tmp_path / "runs").stop_reason == "reached 1 generation(s)"
+    bars: list[tuple[float, float] | None] = []  # the live display's per-candidate progress, as it was updated
+    outcome = run_campaign(config, runs_dir=tmp_path / "runs", on_update=lambda stats: bars.append(stats.runs))
+    assert outcome.stop_reason == "reached 1 generation(s)"
     assert tables_when_finetuning and all(tables_when_finetuning)  # no worker had to create Optuna's tables
+    # each finetuned candidate's bar went from its first run to its last, and the bar goes once it is done
+    assert (0, 1) in bars and any(bar is not None and bar[0] == bar[1] == 2 for bar in bars)  # two betas
+    assert outcome.stats.runs is None
     with campaign_db(tmp_path, "tuned") as store:
         campaign = store.get_campaign("tuned")
         finetuned = [c for c in store.candidates(campaign.id) if c.tier == "finetune"]

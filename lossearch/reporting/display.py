@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from rich.columns import Columns
 from rich.console import Console
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from lossearch.search.campaign import CampaignStats
@@ -33,6 +35,10 @@ def stats_table(stats: CampaignStats, title: str) -> Table:
         rows.append(("now", stats.message))
     for row in rows:
         table.add_row(*row)
+    if stats.runs is not None:  # the candidate being finetuned: its training runs so far
+        done, total = stats.runs
+        table.add_row("runs", Columns([ProgressBar(total=max(total, 1), completed=done, width=30),
+                                       f"{done:.0f}/{total:.0f}"]))
     return table
 
 

@@ -97,6 +97,8 @@ class CampaignStats:
     """How well the bandit tier's ranking predicts the finetune tier's so far (lossearch.ranking)."""
     llm_calls: int = 0
     message: str = ""
+    runs: tuple[float, float] | None = None
+    """(done, total) training runs of the candidate being finetuned, for its progress bar; None between."""
     _seconds: list[float] = field(default_factory=list, repr=False)
 
     def add_seconds(self, seconds: float) -> None:
@@ -615,9 +617,14 @@ class CampaignRunner:
     def finetune_candidate(self, candidate: Candidate, sandbox: SandboxLike, seed: int | None = None) -> None:
         """The finetune tier at the campaign's seed, or at another (`race_leaders`)."""
         seed = self.config.seed if seed is None else seed
-        with self.lock:
-            self.stats.message = f"finetuning {candidate.name}" + ("" if seed == self.config.seed else f", seed {seed}")
-            self.on_update(self.stats)
+        what = f"finetuning {candidate.name}" + ("" if seed == self.config.seed else f", seed {seed}")
+
+        def progress(description: str, done: float, total: float) -> None:  # the candidate's progress bar
+            with self.lock:
+                self.stats.message, self.stats.runs = f"{what}: {description}", (done, total)
+                self.on_update(self.stats)
+
+        progress("starting", 0, 1)
         spec = static_tier(candidate.source, candidate.name)
         started = time.monotonic()
         suffix = "" if seed == self.config.seed else f"-s{seed}"
@@ -625,9 +632,11 @@ class CampaignRunner:
         try:
             metrics = self.recorded_or_run(candidate, "finetune", self.config.task, lambda: {**finetune_tier(
                 sandbox, spec, self.config.task, seed, self.finetune_options(), storage=self.store.optuna_storage_url(),
-                study_name=f"{self.config.name}-{candidate.id}-{self.config.task}{suffix}"),
+                study_name=f"{self.config.name}-{candidate.id}-{self.config.task}{suffix}", progress=progress),
                 "promotion": reason}, seed=seed)
         except CandidateError as error:
+            with self.lock:
+                self.stats.runs = None
             if seed != self.config.seed:  # a loss that fails on one of its leader's seeds fails, as on the first
                 error = CandidateError(error.failure.kind, f"on seed {seed}: {error.failure.message}")
             self.fail(candidate, "failed", "finetune", error)
@@ -636,6 +645,7 @@ class CampaignRunner:
         self.store.update_candidate(candidate.id, tier="finetune",
                                     fitness=fitness.fitness if fitness is not None else metrics["fitness"])
         with self.lock:
+            self.stats.runs = None
             self.stats.add_seconds(time.monotonic() - started)
             self.refresh_stats(leader=False)
 
