@@ -180,15 +180,30 @@ def test_gradient_accumulation_trains_a_per_pair_loss_as_whole_batches_do(tiny_t
     assert max(moved) > 1e-3
 
 
-def test_grouping_by_length_batches_neighbours_in_a_seeded_random_order(tiny_task):
+def varied_pairs(count: int, longest: int, seed: int = 0):
+    """Pairs of random tokens whose prompt and response lengths vary independently (1 to `longest`)."""
+    from lossearch.evaluation.tasks.data import PairSet
+    from lossearch.evaluation.tasks.lm import make_sequences
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def tokens(shortest: int) -> list[int]:
+        return [1] * int(torch.randint(shortest, longest + 1, (1,), generator=generator))
+
+    prompts = [tokens(1) for _ in range(count)]
+    sides = [make_sequences(prompts, [tokens(2) for _ in prompts], pad_id=0) for _ in range(2)]
+    return PairSet(*sides, torch.zeros(count), torch.zeros(count))
+
+
+def test_grouping_by_length_batches_neighbours_in_a_seeded_random_order():
+    """Grouped batches are narrower (a batch is as wide as its longest prompt plus its longest response)
+    than the random draw's, the same for a seed, and come in a random order."""
     from lossearch.evaluation.finetune.train import length_grouped_batches
 
-    pairs = tiny_task.train
-    lengths = torch.maximum(pairs.chosen.attention.sum(-1), pairs.rejected.attention.sum(-1))
-    assert int(lengths.max() - lengths.min()) > 2  # the pairs' lengths vary, or there is nothing to group
+    pairs = varied_pairs(512, 40)
 
-    def spread(batches):  # the mean within-batch range of lengths
-        return float(torch.stack([lengths[batch].max() - lengths[batch].min() for batch in batches]).float().mean())
+    def width(batch):  # the columns a step computes: both sides, cut to their rows' tokens
+        return max(pairs.chosen.select(batch).ids.shape[1], pairs.rejected.select(batch).ids.shape[1])
 
     grouped = length_grouped_batches(pairs, 8, 16, torch.Generator().manual_seed(0))
     again = length_grouped_batches(pairs, 8, 16, torch.Generator().manual_seed(0))
@@ -196,10 +211,11 @@ def test_grouping_by_length_batches_neighbours_in_a_seeded_random_order(tiny_tas
     assert all(batch.shape == (8,) and 0 <= int(batch.min()) and int(batch.max()) < len(pairs) for batch in grouped)
     random_batches = [torch.randint(0, len(pairs), (8,), generator=torch.Generator().manual_seed(seed))
                       for seed in range(16)]
-    assert spread(grouped) < 0.5 * spread(random_batches)
-    # the batches come in a random order, not shortest first
-    firsts = [float(lengths[batch].float().mean()) for batch in grouped]
-    assert firsts != sorted(firsts)
+    grouped_width = sum(map(width, grouped)) / 16
+    assert grouped_width < 0.8 * sum(map(width, random_batches)) / 16
+    # the batches come in a random order, not narrowest first
+    widths = [width(batch) for batch in grouped]
+    assert widths != sorted(widths)
 
 
 def test_a_grouped_run_trains_and_its_flags_are_checked(tiny_task):

@@ -257,12 +257,28 @@ batches' worth; a quick run has 100 steps)."""
 
 def length_grouped_batches(pairs: PairSet, batch_size: int, count: int, generator: torch.Generator
                            ) -> list[torch.Tensor]:
-    """`count` batches of `batch_size` pairs drawn at random, as the steps would draw them, then sorted
-    by length (the longer of a pair's two sequences) into batches of neighbours, in a random order."""
+    """`count` batches of `batch_size` pairs drawn at random, as the steps would draw them, then batched
+    with neighbours in length, in a random order.
+
+    A batch is as wide as its longest prompt plus its longest response (prompts are padded on the left,
+    responses on the right), so the pairs are sorted in two dimensions: into about sqrt(count) bands of
+    similar prompt length, then within each band by response length (the longer of the pair's two).
+    """
     index = torch.randint(0, len(pairs), (count * batch_size,), generator=generator)
-    lengths = torch.maximum(pairs.chosen.attention.sum(-1), pairs.rejected.attention.sum(-1))[index]
-    batches = index[torch.argsort(lengths, stable=True)].view(count, batch_size)
-    return list(batches[torch.randperm(count, generator=generator)])
+    chosen, rejected = pairs.chosen, pairs.rejected
+    prompt = (chosen.attention & ~chosen.response).sum(-1)[index]
+    response = torch.maximum(chosen.response.sum(-1), rejected.response.sum(-1))[index]
+    bands = max(1, round(count ** 0.5))
+    by_prompt = torch.argsort(prompt, stable=True)
+    batches: list[torch.Tensor] = []
+    start = 0
+    for band in range(bands):  # whole batches a band: count // bands, the first count % bands one more
+        size = (count // bands + (band < count % bands)) * batch_size
+        members = by_prompt[start:start + size]
+        start += size
+        members = members[torch.argsort(response[members], stable=True)]
+        batches.extend(index[members].view(-1, batch_size))
+    return [batches[i] for i in torch.randperm(count, generator=generator).tolist()]
 
 
 @torch.no_grad()
