@@ -15,7 +15,7 @@ process's peak beyond what building the model and data had reached (activations,
 moments), and their ratios to `plain` run in the same script. Precision: `--precision` (fp32, or
 bf16 where the CPU computes it).
 
-    python benchmarks/batching.py [--steps 30] [--batch 16] [--width 256] [--layers 4] [--precision fp32]
+    python benchmarks/batching.py [--steps 20] [--batch 16] [--width 256] [--layers 4] [--precision fp32]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ CONFIGS = {"plain": {}, "grouped": {"group_by_length": True}, "accum 2": {"grad_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--pairs", type=int, default=512)
     parser.add_argument("--width", type=int, default=256)
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--max-prompt", type=int, default=128)
     parser.add_argument("--max-response", type=int, default=128)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration; the median is shown")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each configuration; the median is shown")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child: train one configuration
     args = parser.parse_args()
     if args.one is not None:
@@ -55,11 +55,11 @@ def main() -> None:
     print(f"{args.pairs} pairs, prompts 1-{args.max_prompt} and responses 2-{args.max_response} tokens, batches "
           f"of {args.batch}, {args.steps} steps, Llama width {args.width} x {args.layers} layers, {args.precision}, "
           f"CPU: {cpu_name()}, torch {torch.__version__}, 1 thread")
-    results: dict[str, dict] = {}
-    for name in CONFIGS:
-        runs = [child(name) for _ in range(args.repeats)]
-        runs.sort(key=lambda run: run["seconds"])
-        results[name] = runs[len(runs) // 2]
+    runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+    for _ in range(args.repeats):  # round by round, so that a machine's changing load falls on every one alike
+        for name in CONFIGS:
+            runs[name].append(child(name))
+    results = {name: sorted(done, key=lambda run: run["seconds"])[len(done) // 2] for name, done in runs.items()}
     plain = results["plain"]
     print(f"{'configuration':<14}{'seconds':>9}{'x plain':>9}{'training MiB':>14}{'x plain':>9}")
     for name, result in results.items():

@@ -120,7 +120,9 @@ class FinetuneOptions:
     group_by_length: bool = False
     """Draw the pairs of GROUP_STEPS steps at once and batch them by length (then shuffle the
     batches), so a batch holds pairs of similar length and pads less: faster on data whose lengths
-    vary, with other batches than the random draw (offline pairs only)."""
+    vary (0.79x the training time of random batches where prompts and responses vary from 1 to 128
+    tokens: fp32, 2-core EPYC, benchmarks/batching.py), with other batches than the random draw
+    (offline pairs only)."""
     task_data: Optional[TaskData] = field(default=None, compare=False, repr=False)
     """An already loaded task (or user setting), used for the task of its name instead of loading it."""
     progress: ProgressFn = field(default=no_progress, compare=False, repr=False)
