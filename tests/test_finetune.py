@@ -252,46 +252,35 @@ def test_backpropagate_gives_torch_backwards_gradients():
     assert torch.equal(ours, weights.grad)
 
 
-def test_bf16_training_follows_fp32_training_where_the_cpu_has_bf16(tiny_task, monkeypatch):
-    from lossearch.evaluation.finetune.config import RunConfig
-
-    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+def test_auto_picks_bf16_only_where_the_cpu_computes_it_and_never_fp16(monkeypatch):
+    for precision in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(precision, "cpu") == precision
     monkeypatch.setattr("lossearch.evaluation.finetune.device.native_bf16_cpu", lambda: False)
     assert resolve_precision("auto", "cpu") == "fp32"
     monkeypatch.setattr("lossearch.evaluation.finetune.device.native_bf16_cpu", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"
     with pytest.raises(ValueError, match="precision"):
         FinetuneOptions(precision="fp8")
-    _, loss_fn = trusted_loss("dpo")
-    losses = {}
-    for precision in ("fp32", "bf16"):
-        policy, reference = base_models(tiny_task)
-        config = RunConfig(beta=0.1, seed=0, steps=20, pairs=48, batch_size=8, lr=3e-3, uses_kl=False,
-                           precision=precision)
-        losses[precision] = train_policy(loss_fn, policy, reference, tiny_task.train, config)
-    assert losses["fp32"][0] == pytest.approx(0.6931, abs=1e-3)  # log 2: the policy starts at the reference
-    assert losses["bf16"][0] == pytest.approx(losses["fp32"][0], abs=5e-3)
-    assert sum(losses["bf16"][-5:]) / 5 == pytest.approx(sum(losses["fp32"][-5:]) / 5, abs=0.02)
-    assert losses["bf16"][-1] < losses["bf16"][0]
 
 
-def test_fp16_training_is_loss_scaled_and_follows_fp32_training(tiny_task):
-    """fp16 (for GPUs without bf16) trains here too, as CPU autocast computes it: loss-scaled, it follows
-    fp32 training as bf16 does; `auto` never picks it."""
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_follows_fp32_training(tiny_task, precision):
+    """bf16, and fp16 with its loss scaling (for GPUs without bf16), train here too, as CPU autocast
+    computes them, with float32 master weights, and follow fp32 training."""
     from lossearch.evaluation.finetune.config import RunConfig
 
-    assert resolve_precision("auto", "cpu") in ("fp32", "bf16") and resolve_precision("fp16", "cpu") == "fp16"
     _, loss_fn = trusted_loss("dpo")
     losses = {}
-    for precision in ("fp32", "fp16"):
+    for arithmetic in ("fp32", precision):
         policy, reference = base_models(tiny_task)
         config = RunConfig(beta=0.1, seed=0, steps=20, pairs=48, batch_size=8, lr=3e-3, uses_kl=False,
-                           precision=precision)
-        losses[precision] = train_policy(loss_fn, policy, reference, tiny_task.train, config)
-        assert all(param.dtype == torch.float32 for param in policy.parameters())  # float32 master weights
-    assert losses["fp16"][0] == pytest.approx(losses["fp32"][0], abs=5e-3)
-    assert sum(losses["fp16"][-5:]) / 5 == pytest.approx(sum(losses["fp32"][-5:]) / 5, abs=0.02)
-    assert losses["fp16"][-1] < losses["fp16"][0]
+                           precision=arithmetic)
+        losses[arithmetic] = train_policy(loss_fn, policy, reference, tiny_task.train, config)
+        assert all(param.dtype == torch.float32 for param in policy.parameters())
+    assert losses["fp32"][0] == pytest.approx(0.6931, abs=1e-3)  # log 2: the policy starts at the reference
+    assert losses[precision][0] == pytest.approx(losses["fp32"][0], abs=5e-3)
+    assert sum(losses[precision][-5:]) / 5 == pytest.approx(sum(losses["fp32"][-5:]) / 5, abs=0.02)
+    assert losses[precision][-1] < losses[precision][0]
 
 
 def test_the_loss_scale_skips_an_overflowed_step_halves_and_grows_back():
