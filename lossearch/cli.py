@@ -198,10 +198,7 @@ class SettingFlags:
         if model is not None and data == "online":
             raise UsageProblem("--data online needs a task's oracle to label fresh pairs; use it with --task, not "
                                "--model")
-        if model is not None and not model.is_dir():
-            raise UsageProblem(f"--model {model}: no such folder (give a folder written by save_pretrained)")
-        if dataset is not None and not dataset.is_file():
-            raise UsageProblem(f"--dataset {dataset}: no such file (give a JSONL file of prompt/chosen/rejected)")
+        check_files(model, [] if dataset is None else [dataset])
         if reward is not None and not Path(reward.rpartition(":")[0]).is_file():
             raise UsageProblem(f"--reward {reward}: write it as path/to/module.py:function, with an existing file")
 
@@ -228,6 +225,15 @@ class SettingFlags:
             path, _, function = self.reward.rpartition(":")
             fields["reward"] = f"{Path(path).resolve()}:{function}"
         return fields
+
+
+def check_files(model: Optional[Path], datasets: Sequence[Path]) -> None:
+    """A --model folder or a --dataset file that is not there is a UsageProblem."""
+    if model is not None and not model.is_dir():
+        raise UsageProblem(f"--model {model}: no such folder (give a folder written by save_pretrained)")
+    for dataset in datasets:
+        if not dataset.is_file():
+            raise UsageProblem(f"--dataset {dataset}: no such file (give a JSONL file of prompt/chosen/rejected)")
 
 
 @dataclass(frozen=True)
@@ -743,11 +749,7 @@ def transfer_command(
     from lossearch.reporting.views import transfer_view
     from lossearch.search.transfer import transfer
 
-    for path in dataset or ():
-        if not path.is_file():
-            raise UsageProblem(f"--dataset {path}: no such file (give a JSONL file of prompt/chosen/rejected)")
-    if model is not None and not model.is_dir():
-        raise UsageProblem(f"--model {model}: no such folder (give a folder written by save_pretrained)")
+    check_files(model, dataset or [])
     names = [name.strip() for name in tasks.split(",") if name.strip()] if tasks is not None else None
     with campaign_results(run, db) as handle, progress_bar(errors.is_terminal and not as_json) as progress:
         table = transfer(handle, tasks=names, top=top, progress=progress, datasets=dataset or (), model=model,

@@ -29,6 +29,7 @@ from lossearch.store import Candidate, Store
 from lossearch.store.locate import CampaignHandle
 
 if TYPE_CHECKING:
+    from lossearch.evaluation.tasks.data import TaskData
     from lossearch.evaluation.tasks.user import UserSetting
 
 SPLIT_PREFIX = "data:"
@@ -36,14 +37,14 @@ SPLIT_PREFIX = "data:"
 
 
 def evaluate_on_task(sandbox: SandboxLike, spec: LossSpec, task: str, tier: str, config: CampaignConfig,
-                     storage: str | None, split: UserSetting | None = None) -> dict[str, Any]:
+                     storage: str | None, split: TaskData | None = None) -> dict[str, Any]:
     """The one place a held-out evaluation is run: `tier`'s metrics of `spec` on `task`, a built-in task or
-    the user's data `split` (raises CandidateError). The finetune tier trains as the campaign did (budget,
-    data mode, device, training flags)."""
+    the user's data `split`, loaded (raises CandidateError). The finetune tier trains as the campaign did
+    (budget, data mode, device, training flags)."""
     if tier == "finetune":
         options = replace(config.finetune_options(), storage=storage)
         if split is not None:
-            return finetune_tier(sandbox, spec, USER_TASK, config.seed, replace(options, setting=split))
+            return finetune_tier(sandbox, spec, USER_TASK, config.seed, replace(options, task_data=split))
         return finetune_tier(sandbox, spec, task, config.seed, options)
     return bandit_tier(sandbox, spec, task, config.seed)
 
@@ -146,14 +147,19 @@ def run_jobs(store: Store, config: CampaignConfig, jobs: Sequence[tuple[Candidat
     evaluation on a data split records its file and model."""
     own_sandbox = sandbox is None
     runner = sandbox or Sandbox()
+    loaded: dict[str, TaskData] = {}  # each split's files are read and hashed once, not once a job
     try:
         for done, (candidate, task) in enumerate(jobs):
             progress(f"{candidate.name} on {task}", done, len(jobs))
             started = time.monotonic()
             split = splits.get(task)
+            if split is not None and task not in loaded:
+                from lossearch.evaluation.tasks.load import load_user_task  # torch: only when splits are trained
+
+                loaded[task] = load_user_task(split, config.finetune_options().cache_dir, progress)
             try:
                 metrics = evaluate_on_task(runner, parse_spec(candidate.source, candidate.name), task, tier, config,
-                                           store.optuna_storage_url(), split)
+                                           store.optuna_storage_url(), loaded.get(task))
             except CandidateError as error:
                 metrics = {"failure": error.failure.to_dict()}
             if split is not None:
