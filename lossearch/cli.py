@@ -135,15 +135,19 @@ def _number(value, spread=None) -> str:
 
 
 def render_finetune(finetune: dict) -> None:
-    """One row per beta trial, then the best trial's means over seeds."""
+    """One row per trial (its beta, and the other hyperparameters where tuning drew them), then the best
+    trial's means over seeds."""
     budget = finetune["budget"]
     table = Table(title=f"finetune tier: {finetune['task']}, {budget['name']} budget, {finetune['data']}")
-    for column in ("trial", "beta", "state", "fitness"):
+    tuned = sorted({name for trial in finetune["trials"] for name in trial.get("hyperparameters") or {}})
+    for column in ("trial", "beta", *tuned, "state", "fitness"):
         table.add_column(column, justify="right")
     for trial in finetune["trials"]:
-        best = trial["beta"] == finetune["beta"] and trial["state"] == "complete"
-        table.add_row(str(trial["number"]), _number(trial["beta"]), trial["state"], _number(trial["fitness"]),
-                      style="bold" if best else None)
+        values = trial.get("hyperparameters") or {}
+        best = (trial["beta"], values) == (finetune["beta"], finetune.get("hyperparameters") or {}) \
+            and trial["state"] == "complete"
+        table.add_row(str(trial["number"]), _number(trial["beta"]), *(_number(values.get(name)) for name in tuned),
+                      trial["state"], _number(trial["fitness"]), style="bold" if best else None)
     console.print(table)
     budget_text = f" at KL budget {finetune['kl_budget']:g}" if finetune.get("kl_budget") is not None else ""
     console.print(f"  reward {_number(finetune['reward'], finetune['reward_std'])} "

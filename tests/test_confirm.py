@@ -122,6 +122,27 @@ def test_runs_of_another_protocol_are_not_reused_as_if_they_were_alike(campaign_
                              options=tiny(tiny_task, budget=other))
 
 
+
+def test_a_leader_is_retrained_at_the_hyperparameters_its_tuning_trained_it_at(seeded_campaign, tiny_task, sandbox,
+                                                                               tmp_path):
+    shutil.copytree(seeded_campaign, tmp_path / "runs")  # as built: no confirmation runs stored yet
+    points = [{"beta": 0.1}, {"beta": 0.3, "hyperparameters": {"scale": 2.0}}]
+    with open_campaign("t", runs_dir=tmp_path / "runs") as handle:
+        data = load_campaign_data(handle.store, handle.campaign)
+        leader = next(c for c in rank(data).candidates if c.proposer != "seed")
+        # as a finetune evaluation whose later trial drew `scale` records its curve
+        handle.store.record_evaluation(leader.id, tier="finetune", task=data.task, seed=0, fitness=0.5,
+                                       seconds=1.0,
+                                       metrics={"curve_betas": [0.1, 0.3], "curve_points": points})
+        report = confirm_campaign(handle, ConfirmConfig(top=1, seeds=2), sandbox=sandbox, options=tiny(tiny_task))
+        stored = [e for e in load_campaign_data(handle.store, handle.campaign).evaluations[leader.id]
+                  if e.tier == CONFIRM_TIER]
+    assert report.leaders[0].candidate_id == leader.id and len(stored) == 2
+    for evaluation in stored:
+        assert evaluation.metrics["hyperparameters"] == [{}, {"scale": 2.0}]
+        assert [run.get("hyperparameters") for run in evaluation.metrics["runs"]] == [None, {"scale": 2.0}]
+
+
 def test_a_loss_file_written_another_way_is_no_different_from_dpo(tiny_task, sandbox):
     two_betas = Budget("tiny2", steps=6, pairs=48, batch_size=4, trials=2, seeds=1, eval_prompts=16)
     report = confirm_files([("dpo_softplus", DPO_AS_SOFTPLUS)], seeds=2, budget=two_betas, sandbox=sandbox,

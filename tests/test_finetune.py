@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import time
 
@@ -12,14 +13,15 @@ import torch
 import torch.nn.functional as F
 from helpers import run_cli
 
-from lossearch.contract import backpropagate, call_loss, load_loss, loss_input_gradients, read_spec
+from lossearch.contract import backpropagate, call_loss, load_loss, loss_input_gradients, parse_spec, read_spec
 from lossearch.evaluation.cascade import evaluate
 from lossearch.evaluation.finetune.config import BUDGETS, Budget, FinetuneOptions
 from lossearch.evaluation.finetune.device import resolve_precision
 from lossearch.evaluation.finetune.score import Scorer
+from lossearch.evaluation.finetune.tier import curve_points, finetune_runner
 from lossearch.evaluation.finetune.train import AdamW, learning_rate_scale, policy_inputs, train_policy
 from lossearch.evaluation.tasks.lm import load_parameters, make_model
-from lossearch.evaluation.tuning import tune_beta
+from lossearch.evaluation.tuning import tune_hyperparameters
 from lossearch.failures import CandidateError
 from lossearch.search.seeds import seed_path
 
@@ -390,7 +392,7 @@ def test_a_loss_that_ignores_the_policy_is_refused(tiny_task):
 
 def fake_run(calls):
     """A run whose fitness peaks at beta = 0.3 and is the same for every seed."""
-    def run(beta, seed):
+    def run(beta, seed, values=None):
         calls.append((beta, seed))
         return {"fitness": -abs(torch.log(torch.tensor(beta / 0.3)).item()), "reward": 0.5, "kl": 1.0}
     return run
@@ -398,7 +400,7 @@ def fake_run(calls):
 
 def test_tuning_tries_the_default_first_and_keeps_the_best_trial():
     calls = []
-    result = tune_beta(fake_run(calls), 0.1, trials=6, seeds=[0, 1])
+    result = tune_hyperparameters(fake_run(calls), 0.1, trials=6, seeds=[0, 1])
     assert calls[0] == (0.1, 0) and calls[1] == (0.1, 1)
     assert len(result["trials"]) == 6
     assert all(0.01 <= trial["beta"] <= 1.0 for trial in result["trials"])
@@ -408,48 +410,88 @@ def test_tuning_tries_the_default_first_and_keeps_the_best_trial():
 
 def test_tuning_prunes_trials_that_trail_after_their_first_seed():
     calls = []
-    result = tune_beta(fake_run(calls), 0.1, trials=10, seeds=[0, 1, 2])
+    result = tune_hyperparameters(fake_run(calls), 0.1, trials=10, seeds=[0, 1, 2])
     pruned = [trial for trial in result["trials"] if trial["state"] == "pruned"]
     assert pruned and len(calls) < 10 * 3
 
 
 def test_a_divergence_fails_one_trial_and_any_other_failure_ends_the_study():
-    def diverges_at_large_beta(beta, seed):
+    def diverges_at_large_beta(beta, seed, values):
         if beta > 0.1:
             raise CandidateError("nan", "diverged")
         return {"fitness": beta}
 
-    result = tune_beta(diverges_at_large_beta, 0.1, trials=5, seeds=[0])
+    result = tune_hyperparameters(diverges_at_large_beta, 0.1, trials=5, seeds=[0])
     assert result["beta"] <= 0.1 and any(t["state"] == "pruned" for t in result["trials"]) or \
         all(t["state"] == "complete" for t in result["trials"])
     calls = []
 
-    def times_out(beta, seed):
+    def times_out(beta, seed, values):
         calls.append(beta)
         raise CandidateError("timeout", "too slow")
 
     with pytest.raises(CandidateError, match="timeout"):
-        tune_beta(times_out, 0.1, trials=5, seeds=[0, 1])
+        tune_hyperparameters(times_out, 0.1, trials=5, seeds=[0, 1])
     assert len(calls) == 1
 
 
 def test_a_study_in_a_database_resumes_without_repeating_trials(tmp_path):
     storage = f"sqlite:///{tmp_path / 'campaign.db'}"
     calls = []
-    first = tune_beta(fake_run(calls), 0.1, trials=3, seeds=[0], storage=storage, study_name="cand-1")
+    first = tune_hyperparameters(fake_run(calls), 0.1, trials=3, seeds=[0], storage=storage, study_name="cand-1")
     assert len(calls) == 3
-    again = tune_beta(fake_run(calls), 0.1, trials=3, seeds=[0], storage=storage, study_name="cand-1")
+    again = tune_hyperparameters(fake_run(calls), 0.1, trials=3, seeds=[0], storage=storage, study_name="cand-1")
     assert len(calls) == 3 and again["beta"] == first["beta"]
-    tune_beta(fake_run(calls), 0.1, trials=4, seeds=[0], storage=storage, study_name="cand-1")
+    tune_hyperparameters(fake_run(calls), 0.1, trials=4, seeds=[0], storage=storage, study_name="cand-1")
     assert len(calls) == 4
     study = optuna.load_study(study_name="cand-1", storage=storage)
     assert study.trials[0].intermediate_values == {0: pytest.approx(study.trials[0].value)}
+
+
+
+def test_trials_after_the_opening_also_tune_the_other_hyperparameters():
+    seen: list[tuple[float, dict]] = []
+
+    def run(beta, seed, values):
+        seen.append((beta, dict(values)))
+        return {"fitness": -abs(math.log(beta / 0.3)) - abs(math.log(values["gamma"] / 1.2))}
+
+    result = tune_hyperparameters(run, 0.1, trials=9, seeds=[0], hyperparameters={"beta": 0.1, "gamma": 0.5,
+                                                                                     "offset": 0.0, "shift": -2.0})
+    # the opening ladder keeps them at their defaults; a zero default has no scale and is never drawn
+    assert [values for _, values in seen[:5]] == [{"gamma": 0.5, "shift": -2.0}] * 5
+    later = [values for _, values in seen[5:]]
+    assert all(0.5 / 4 <= values["gamma"] <= 0.5 * 4 and -8.0 <= values["shift"] <= -0.5 for values in later)
+    assert any(values["gamma"] != 0.5 for values in later)
+    best = max((t for t in result["trials"] if t["state"] == "complete"), key=lambda t: t["fitness"])
+    assert result["hyperparameters"] == best["hyperparameters"] and set(best["hyperparameters"]) == {"gamma", "shift"}
+
+
+def test_a_loss_without_other_hyperparameters_tunes_beta_alone():
+    calls: list = []
+    result = tune_hyperparameters(fake_run(calls), 0.1, trials=7, seeds=[0], hyperparameters={"beta": 0.1})
+    assert result["hyperparameters"] == {} and all(trial["hyperparameters"] == {} for trial in result["trials"])
 
 
 # -- the tier, in the sandbox ---------------------------------------------------------------
 
 def tiny_options(task, **fields) -> FinetuneOptions:
     return FinetuneOptions(**{"budget": TINY_BUDGET, "task_data": task, "device": "cpu", **fields})
+
+
+SCALED = ("import torch.nn.functional as F\n"
+          "def loss(policy_chosen_logps, policy_rejected_logps, beta: float = 0.1, scale: float = 1.0):\n"
+          "    return -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps)) * scale\n")
+
+
+def test_a_run_trains_the_loss_at_the_hyperparameters_tuning_chose(sandbox, tiny_task):
+    runner = finetune_runner(sandbox, parse_spec(SCALED, "scaled"), "sentiment",
+                             tiny_options(tiny_task, precision="fp32"))
+    default, tripled = runner.run_many([(0.1, 0, {}), (0.1, 0, {"scale": 3.0})])
+    # AdamW's step does not see a constant factor on the loss: the same training, three times the loss
+    assert tripled["final_loss"] == pytest.approx(3 * default["final_loss"], rel=1e-3)
+    assert tripled["hyperparameters"] == {"scale": 3.0} and "hyperparameters" not in default
+    assert curve_points([default, tripled]) == [{"beta": 0.1}, {"beta": 0.1, "hyperparameters": {"scale": 3.0}}]
 
 
 def test_the_finetune_tier_trains_in_the_sandbox_and_scores_in_the_parent(sandbox, tiny_task, dpo_source):

@@ -305,9 +305,10 @@ def test_export_writes_standalone_modules(home, data, tmp_path):
              f"spec = importlib.util.spec_from_file_location('exported', {str(modules[0])!r})\n"
              "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
              "x = torch.zeros(4)\n"
-             "print(module.TUNED_BETA, callable(module.dpo_trainer_class), callable(module.use_in_dpo_trainer))\n")
+             "print(module.TUNED_BETA, callable(module.dpo_trainer_class), callable(module.use_in_dpo_trainer),\n"
+             "      isinstance(module.TUNED_HYPERPARAMETERS, dict))\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and done.stdout.split()[1:] == ["True", "True"], done.stderr
+    assert done.returncode == 0 and done.stdout.split()[1:] == ["True"] * 3, done.stderr
 
 
 def test_export_read_through_the_store_equals_export_on_the_whole_snapshot(home, tmp_path):

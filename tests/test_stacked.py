@@ -16,7 +16,7 @@ from lossearch.evaluation.finetune.tier import finetune_runner, run_config, trai
 from lossearch.evaluation.finetune.train import train_policy
 from lossearch.evaluation.tasks.data import PairSet
 from lossearch.evaluation.tasks.lm import load_parameters, make_model
-from lossearch.evaluation.tuning import tune_beta
+from lossearch.evaluation.tuning import tune_hyperparameters
 from lossearch.failures import CandidateError
 
 # a loss that reads its batch's statistics (each pair weighted by a softmax over the batch): stacked,
@@ -142,7 +142,7 @@ def test_run_many_scores_each_stacked_run_and_returns_a_divergence_in_its_place(
     monkeypatch.setattr("lossearch.evaluation.finetune.tier.stacks_runs", lambda *args: True)
     runner = finetune_runner(sandbox, parse_spec(FRAGILE, "fragile"), "sentiment", tiny_options(tiny_task))
     assert runner.stacks
-    first, diverged, last = runner.run_many([(0.1, 0), (3.0, 0), (0.3, 1)])
+    first, diverged, last = runner.run_many([(0.1, 0, {}), (3.0, 0, {}), (0.3, 1, {})])
     assert isinstance(diverged, CandidateError) and diverged.failure.kind == "nan"
     assert isinstance(first, dict) and isinstance(last, dict)
     assert (first["beta"], first["seed"], last["beta"], last["seed"]) == (0.1, 0, 0.3, 1)
@@ -156,22 +156,22 @@ def test_tuning_with_stacked_runs_trains_the_opening_trials_in_one_pass():
 
     def run_many(betas_seeds):
         passes.append(len(betas_seeds))
-        return [run(beta, seed) for beta, seed in betas_seeds]
+        return [run(beta, seed, values) for beta, seed, values in betas_seeds]
 
-    result = tune_beta(run, 0.1, trials=6, seeds=[0, 1], run_many=run_many)
+    result = tune_hyperparameters(run, 0.1, trials=6, seeds=[0, 1], run_many=run_many)
     assert passes == [5 * 2, 2]  # the five opening betas at both seeds, then TPE's trial
     assert calls[:2] == [(0.1, 0), (0.1, 1)] and len(result["trials"]) == 6
     assert all(trial["state"] == "complete" for trial in result["trials"])
     assert result["fitness"] == max(trial["fitness"] for trial in result["trials"])
-    sequential = tune_beta(fake_run([]), 0.1, trials=5, seeds=[0, 1])
+    sequential = tune_hyperparameters(fake_run([]), 0.1, trials=5, seeds=[0, 1])
     assert [t["beta"] for t in sequential["trials"]] == [t["beta"] for t in result["trials"][:5]]
 
 
 def test_a_divergence_in_a_stacked_pass_fails_its_trial_and_any_other_failure_ends_the_study():
     def run_many(betas_seeds):
-        return [CandidateError("nan", "diverged") if beta > 0.1 else {"fitness": beta} for beta, _ in betas_seeds]
+        return [CandidateError("nan", "diverged") if beta > 0.1 else {"fitness": beta} for beta, _, _ in betas_seeds]
 
-    result = tune_beta(lambda beta, seed: {}, 0.1, trials=3, seeds=[0], run_many=run_many)
+    result = tune_hyperparameters(lambda beta, seed, values: {}, 0.1, trials=3, seeds=[0], run_many=run_many)
     assert [t["state"] for t in result["trials"]] == ["complete", "pruned", "complete"]
     assert result["beta"] == 0.1
 
@@ -179,4 +179,4 @@ def test_a_divergence_in_a_stacked_pass_fails_its_trial_and_any_other_failure_en
         raise CandidateError("timeout", "too slow")
 
     with pytest.raises(CandidateError, match="timeout"):
-        tune_beta(lambda beta, seed: {}, 0.1, trials=5, seeds=[0, 1], run_many=times_out)
+        tune_hyperparameters(lambda beta, seed, values: {}, 0.1, trials=5, seeds=[0, 1], run_many=times_out)

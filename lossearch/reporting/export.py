@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from lossearch import __version__
 from lossearch.contract import EXPORTED_ADAPTER_MARKER, parse_spec
@@ -47,7 +48,7 @@ def use_in_dpo_trainer(trainer, **hyperparameters):
     return patch_dpo_trainer(trainer, loss, **hyperparameters)
 '''
 ADDED_NAMES = frozenset({"make_dpo_trainer_class", "patch_dpo_trainer", "dpo_trainer_class", "use_in_dpo_trainer",
-                         "TUNED_BETA"})
+                         "TUNED_BETA", "TUNED_HYPERPARAMETERS"})
 
 
 class ExportError(ConfigError):
@@ -132,12 +133,15 @@ def module_source(data: CampaignData, candidate: Candidate) -> str:
     if clashes:
         raise ExportError(f"candidate #{candidate.id} defines {', '.join(sorted(clashes))}, which the export adds")
     body, futures = _split_source(candidate.source, tree)
-    beta = _tuned_beta(data, candidate, spec.hyperparameters["beta"])
-    parts = [_quote_docstring(provenance(data, candidate, ast.get_docstring(tree) or "", beta))]
+    beta, values = _tuned(data, candidate, spec.hyperparameters["beta"])
+    parts = [_quote_docstring(provenance(data, candidate, ast.get_docstring(tree) or "", beta, values))]
     parts += futures
     parts.append(body.strip("\n"))
     parts.append(f"\n\n# the beta the campaign found best for this loss; pass it as DPOConfig(beta=TUNED_BETA)\n"
                  f"TUNED_BETA = {beta!r}")
+    parts.append("# the other hyperparameters the campaign's tuning moved from their defaults (empty: none);\n"
+                 "# pass them as dpo_trainer_class(**TUNED_HYPERPARAMETERS)\n"
+                 f"TUNED_HYPERPARAMETERS = {values!r}")
     parts.append("\n\n" + adapter_source().strip("\n") + "\n" + ENTRY_POINTS)
     return "\n".join(parts).rstrip("\n") + "\n"
 
@@ -176,13 +180,17 @@ def _split_source(source: str, tree: ast.Module) -> tuple[str, list[str]]:
     return "\n".join(line for number, line in enumerate(lines) if number not in dropped), futures
 
 
-def _tuned_beta(data: CampaignData, candidate: Candidate, default: float) -> float:
+def _tuned(data: CampaignData, candidate: Candidate, default: float) -> tuple[float, dict[str, float]]:
+    """The best trial's beta and other hyperparameters (those tuning drew; {} when it drew none)."""
     score = data.score(candidate.id)
-    beta = score.metrics.get("beta") if score is not None else None
-    return float(beta) if beta is not None else float(default)
+    metrics: dict[str, Any] = dict(score.metrics) if score is not None else {}
+    beta = metrics.get("beta")
+    values = {name: float(value) for name, value in (metrics.get("hyperparameters") or {}).items()}
+    return (float(beta) if beta is not None else float(default)), values
 
 
-def provenance(data: CampaignData, candidate: Candidate, original_doc: str, beta: float) -> str:
+def provenance(data: CampaignData, candidate: Candidate, original_doc: str, beta: float,
+               values: dict[str, float]) -> str:
     """The exported module's docstring."""
     config = data.campaign.config
     parents = [f"#{edge.parent_id} {data.candidates[edge.parent_id].name} ({edge.relation})"
@@ -203,11 +211,13 @@ def provenance(data: CampaignData, candidate: Candidate, original_doc: str, beta
         "metrics:",
         *_metric_lines(data, candidate),
         f"tuned beta: {beta:g} (TUNED_BETA)",
+        *([f"tuned:      {', '.join(f'{name} {value:.4g}' for name, value in values.items())} "
+           "(TUNED_HYPERPARAMETERS)"] if values else []),
         f"code hash:  {candidate.code_hash[:16]}",
         f"created:    {candidate.created_at:%Y-%m-%d %H:%M} UTC; exported {_today()} by lossearch {__version__}",
         "", "Train with TRL", "-" * 14,
         "    from trl import DPOConfig",
-        "    Trainer = dpo_trainer_class()              # a trl.DPOTrainer subclass using `loss`",
+        "    Trainer = dpo_trainer_class(**TUNED_HYPERPARAMETERS)  # a trl.DPOTrainer subclass using `loss`",
         "    trainer = Trainer(model=model, args=DPOConfig(beta=TUNED_BETA, ...), train_dataset=pairs,",
         "                      processing_class=tokenizer)",
         "    trainer.train()",

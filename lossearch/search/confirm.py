@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,7 +29,7 @@ from lossearch.contract import LossSpec, parse_spec
 from lossearch.errors import ConfigError
 from lossearch.evaluation.comparison import ALPHA, compare_paired, holm, verdict
 from lossearch.evaluation.finetune.config import Budget, FinetuneOptions
-from lossearch.evaluation.finetune.tier import FinetuneRunner, RunOutcome, finetune_runner
+from lossearch.evaluation.finetune.tier import FinetuneRunner, RunOutcome, finetune_runner, point
 from lossearch.evaluation.tuning import FIRST_BETAS
 from lossearch.failures import CandidateError
 from lossearch.progress import ProgressFn, no_progress
@@ -168,6 +168,13 @@ class Contender:
     betas: tuple[float, ...]
     candidate: Candidate | None = None
     """Its candidate in the campaign; None for a loss file outside any campaign."""
+    values: tuple[Mapping[str, float], ...] = ()
+    """Per beta, the other hyperparameters the campaign's tuning trained that point at (empty: the
+    loss's defaults; none at all: every point at the defaults)."""
+
+    def points(self) -> list[tuple[float, Mapping[str, float]]]:
+        """(beta, other hyperparameters) of every point of the contender's curve."""
+        return list(zip(self.betas, self.values or [{}] * len(self.betas)))
 
 
 # -- seeds ---------------------------------------------------------------------------------------
@@ -211,15 +218,23 @@ def default_betas(spec: LossSpec, trials: int) -> tuple[float, ...]:
     return tuple(sorted(default * multiple for multiple in FIRST_BETAS[:trials]))
 
 
-def campaign_betas(data: CampaignData, candidate: Candidate, task: str, trials: int) -> tuple[float, ...]:
-    """The betas the campaign's finetune evaluation of `candidate` on `task` (or on the selection task)
-    trained at, else those a `trials`-trial evaluation would try first."""
+def campaign_contender(data: CampaignData, candidate: Candidate, task: str, trials: int) -> Contender:
+    """`candidate` at the points (betas, and other hyperparameters where tuning moved them) the campaign's
+    finetune evaluation of it on `task` (or on the selection task) trained at, else at the betas a
+    `trials`-trial evaluation would try first."""
+    spec = parse_spec(candidate.source, candidate.name)
     for wanted in (task, data.task):
         for evaluation in data.evaluations.get(candidate.id, ()):
+            if evaluation.tier != "finetune" or evaluation.task != wanted:
+                continue
+            points = evaluation.metrics.get("curve_points")
+            if points and any(point.get("hyperparameters") for point in points):
+                return Contender(candidate.name, spec, tuple(float(point["beta"]) for point in points), candidate,
+                                 tuple(dict(point.get("hyperparameters") or {}) for point in points))
             betas = evaluation.metrics.get("curve_betas")
-            if evaluation.tier == "finetune" and evaluation.task == wanted and betas:
-                return tuple(float(beta) for beta in betas)
-    return default_betas(parse_spec(candidate.source, candidate.name), trials)
+            if betas:
+                return Contender(candidate.name, spec, tuple(float(beta) for beta in betas), candidate)
+    return Contender(candidate.name, spec, default_betas(spec, trials), candidate)
 
 
 def contenders(data: CampaignData, top: int) -> tuple[list[Candidate], list[Candidate]]:
@@ -278,11 +293,12 @@ class Stage:
         missing = [seed for seed in seeds if by_seed[seed] is None]
         self.done += len(seeds) - len(missing)
         count = len(contender.betas)
+        points = contender.points()
         for group in [missing] if runner.stacks and missing else [[seed] for seed in missing]:
             what = f"seed {group[0]}" if len(group) == 1 else f"{len(group) * count} runs in one pass"
             self.progress(f"confirming {contender.name} on {task}, {what}", self.done, max(self.total, 1))
             started = time.monotonic()
-            outcomes = runner.run_many([(beta, seed) for seed in group for beta in contender.betas])
+            outcomes = runner.run_many([(beta, seed, values) for seed in group for beta, values in points])
             seconds = (time.monotonic() - started) / len(group)
             for position, seed in enumerate(group):
                 by_seed[seed] = self.record(contender, runner, task, seed,
@@ -305,12 +321,14 @@ class Stage:
                seconds: float) -> dict[str, Any]:
         """One seed's runs (a divergence counting as the task's floor) and its fitness, stored."""
         floor = runner.task.fitness_floor
-        runs = [{"beta": beta, "seed": seed, "fitness": floor if math.isfinite(floor) else None,
+        runs = [{**point(beta, values), "seed": seed, "fitness": floor if math.isfinite(floor) else None,
                  "diverged": True, "failure": outcome.failure.to_dict()} if isinstance(outcome, CandidateError)
-                else outcome for beta, outcome in zip(contender.betas, outcomes)]
+                else outcome for (beta, values), outcome in zip(contender.points(), outcomes)]
         curve = runner.curve_fitness(runs)
         seed_runs = {"seed": seed, "fitness": curve["fitness"], "betas": list(contender.betas), "runs": runs,
                      **runner.describe(), "stage": "confirmation"}
+        if contender.values:
+            seed_runs["hyperparameters"] = [dict(values) for values in contender.values]
         candidate = contender.candidate
         if self.store is not None and candidate is not None:
             self.store.record_evaluation(candidate.id, tier=CONFIRM_TIER, task=task, seed=seed, metrics=seed_runs,
@@ -347,6 +365,10 @@ def check_reusable(metrics: dict[str, Any], runner: FinetuneRunner, contender: C
         raise ConfigError(f"{contender.name}'s stored confirmation runs were trained at betas {shown}, not at "
                           f"{', '.join(f'{beta:g}' for beta in contender.betas)}: confirm a copy of the campaign "
                           "to retrain them under this protocol")
+    stored_values = metrics.get("hyperparameters") or [{}] * len(stored_betas)
+    if stored_values != [dict(values) for _, values in contender.points()]:
+        raise ConfigError(f"{name}'s stored confirmation runs were trained at other hyperparameters than the "
+                          "campaign's tuning now gives: confirm a copy of the campaign to retrain them")
 
 
 # -- comparing -------------------------------------------------------------------------------------
@@ -448,9 +470,8 @@ def confirm_campaign(handle: CampaignHandle, config: ConfirmConfig, *, sandbox: 
         stage = Stage(runner_sandbox, replace(options or campaign.finetune_options(), budget=budget), handle.store,
                       progress)
         trials = Budget.named(budget).trials
-        lead = [Contender(c.name, parse_spec(c.source, c.name), campaign_betas(data, c, data.task, trials), c)
-                for c in leaders]
-        base = [Contender(c.name, parse_spec(c.source, c.name), campaign_betas(data, c, data.task, trials), c)
+        lead = [campaign_contender(data, c, data.task, trials) for c in leaders]
+        base = [campaign_contender(data, c, data.task, trials)
                 for c in baselines]
         comparisons = run_stage(stage, lead, base, tasks, seeds)
         precision = stage.runner(base[0], data.task).precision

@@ -8,10 +8,12 @@ the parent scores them (lossearch.evaluation.finetune.score).
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
+from types import MappingProxyType
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from lossearch.choices import USER_TASK
@@ -24,7 +26,7 @@ from lossearch.evaluation.fitness import curve_by_seed, fitness_at_budget
 from lossearch.evaluation.tasks.data import TaskData
 from lossearch.evaluation.tasks.load import load_task, load_user_task
 from lossearch.evaluation.tasks.scores import MISSING_USER_SCORES
-from lossearch.evaluation.tuning import tune_beta
+from lossearch.evaluation.tuning import Values, tune_hyperparameters
 from lossearch.failures import CandidateError
 from lossearch.sandbox.interface import SandboxLike, SandboxLimits
 
@@ -102,13 +104,14 @@ def train_in_sandbox(sandbox: SandboxLike, spec: LossSpec, task: TaskData, confi
 
 
 def train_many_in_sandbox(sandbox: SandboxLike, spec: LossSpec, task: TaskData, configs: Sequence[RunConfig],
-                          limits: SandboxLimits) -> list[tuple[dict[str, Any], Optional[dict[str, Any]]]]:
-    """Run several training runs as one stacked job; per run (its report, its trained parameters, or
-    None where it diverged: the report's `failure` says how)."""
+                          limits: SandboxLimits, hyperparameters: Optional[Mapping[str, float]] = None
+                          ) -> list[tuple[dict[str, Any], Optional[dict[str, Any]]]]:
+    """Run several training runs (sharing the loss's `hyperparameters` beside beta) as one stacked job;
+    per run (its report, its trained parameters, or None where it diverged: the report's `failure` says how)."""
     from safetensors.torch import load as load_safetensors
 
     payload = {"source": spec.source, "name": spec.name, "runs": [asdict(config) for config in configs],
-               "model_config": task.model_config, "hyperparameters": {}}
+               "model_config": task.model_config, "hyperparameters": dict(hyperparameters or {})}
     inputs = job_inputs(task, configs[0])
     names = tuple(f"policy_{index}.safetensors" for index in range(len(configs)))
     stacked = replace(limits, wall_seconds=limits.wall_seconds * len(configs),
@@ -172,28 +175,31 @@ class FinetuneRunner:
     limits: SandboxLimits
     scorer: Scorer
 
-    def run(self, beta: float, seed: int) -> dict[str, Any]:
-        """Train at `beta` with `seed` (initial order of batches, sampling of the evaluation prompts)
-        in a sandbox child, then score here: the run's metrics, `fitness` among them."""
+    def run(self, beta: float, seed: int, values: Values = MappingProxyType({})) -> dict[str, Any]:
+        """Train at `beta` and the loss's other hyperparameters `values` (its defaults where absent) with
+        `seed` (initial order of batches, sampling of the evaluation prompts) in a sandbox child, then
+        score here: the run's metrics, `fitness` among them."""
         config = run_config(self.task, self.spec, self.budget, self.options, beta, seed, self.device, self.precision)
-        report, parameters = train_in_sandbox(self.sandbox, self.spec, self.task, config, self.limits)
-        return {"beta": beta, "seed": seed, **self.scorer.score(parameters, seed), **report}
+        report, parameters = train_in_sandbox(self.sandbox, self.spec, self.task, config, self.limits, values)
+        return {**point(beta, values), "seed": seed, **self.scorer.score(parameters, seed), **report}
 
     @property
     def stacks(self) -> bool:
         return stacks_runs(self.task, self.options, self.device, self.precision)
 
-    def run_many(self, runs: Sequence[tuple[float, int]]) -> list[RunOutcome]:
-        """Train and score independent (beta, seed) runs: as one stacked pass where `stacks`, else one
-        after another; per run its metrics as `run` gives them, or the `nan` CandidateError of a run that
-        diverged (any other failure raises, as in `run`)."""
-        if len(runs) < 2 or not self.stacks:
-            return [self.run_or_divergence(beta, seed) for beta, seed in runs]
+    def run_many(self, runs: Sequence[tuple[float, int, Values]]) -> list[RunOutcome]:
+        """Train and score independent (beta, seed, values) runs: as one stacked pass where `stacks` and
+        the runs share their `values`, else one after another; per run its metrics as `run` gives them,
+        or the `nan` CandidateError of a run that diverged (any other failure raises, as in `run`)."""
+        shared = {tuple(sorted(values.items())) for _, _, values in runs}
+        if len(runs) < 2 or not self.stacks or len(shared) > 1:
+            return [self.run_or_divergence(beta, seed, values) for beta, seed, values in runs]
+        values = runs[0][2]
         configs = [run_config(self.task, self.spec, self.budget, self.options, beta, seed, self.device,
-                              self.precision) for beta, seed in runs]
+                              self.precision) for beta, seed, _ in runs]
         outcomes: list[RunOutcome] = []
-        for (beta, seed), (report, parameters) in zip(runs, train_many_in_sandbox(self.sandbox, self.spec, self.task,
-                                                                                  configs, self.limits)):
+        trained = train_many_in_sandbox(self.sandbox, self.spec, self.task, configs, self.limits, values)
+        for (beta, seed, _), (report, parameters) in zip(runs, trained):
             failure = report.pop("failure")
             if parameters is None:
                 failure = failure or {"kind": "crash", "message": "the training child wrote no parameters"}
@@ -202,12 +208,12 @@ class FinetuneRunner:
                     raise error
                 outcomes.append(error)
             else:
-                outcomes.append({"beta": beta, "seed": seed, **self.scorer.score(parameters, seed), **report})
+                outcomes.append({**point(beta, values), "seed": seed, **self.scorer.score(parameters, seed), **report})
         return outcomes
 
-    def run_or_divergence(self, beta: float, seed: int) -> RunOutcome:
+    def run_or_divergence(self, beta: float, seed: int, values: Values) -> RunOutcome:
         try:
-            return self.run(beta, seed)
+            return self.run(beta, seed, values)
         except CandidateError as error:
             if error.failure.kind != "nan":
                 raise
@@ -223,7 +229,8 @@ class FinetuneRunner:
                 # one seed says nothing of the spread over seeds: unknown, not 0
                 "fitness_std": statistics.pstdev(values) if len(values) > 1 else None,
                 "fitness_by_seed": {str(seed): value for seed, value in by_seed.items()},
-                "curve_betas": sorted({float(run["beta"]) for run in runs})}
+                "curve_betas": sorted({float(run["beta"]) for run in runs}),
+                "curve_points": curve_points(runs)}
 
     def describe(self) -> dict[str, Any]:
         """What every run's score depends on beside its beta and seed."""
@@ -233,6 +240,19 @@ class FinetuneRunner:
                 "base_parameters": self.task.parameters, "kl_budget": self.task.kl_budget,
                 "kl_penalty": self.task.kl_penalty,
                 "fitness_floor": self.task.fitness_floor if math.isfinite(self.task.fitness_floor) else None}
+
+
+def point(beta: float, values: Values) -> dict[str, Any]:
+    """A run's record of where it trained: its beta, and its other hyperparameters when tuning set any."""
+    return {"beta": beta, "hyperparameters": dict(values)} if values else {"beta": beta}
+
+
+def curve_points(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct points (beta, and the other hyperparameters where tuned) the runs trained at, by beta:
+    what the confirmation stage retrains to draw the curve again."""
+    points = {json.dumps(point(float(run["beta"]), run.get("hyperparameters") or {}), sort_keys=True)
+              for run in runs}
+    return sorted((json.loads(text) for text in points), key=lambda p: (p["beta"], sorted(p.items(), key=str)))
 
 
 def finetune_runner(sandbox: SandboxLike, spec: LossSpec, task_name: str, options: FinetuneOptions) -> FinetuneRunner:
@@ -261,9 +281,9 @@ def finetune_candidate(sandbox: SandboxLike, spec: LossSpec, task_name: str, see
     seeds = [seed * 1000 + index for index in range(runner.budget.seeds)]
     trials = runner.budget.trials if "beta" in spec.inputs else 1
     name = options.study_name or study_name(spec, runner.task, runner.budget, options, runner.precision, seed)
-    tuning = tune_beta(runner.run, float(spec.hyperparameters["beta"]), trials, seeds, storage=options.storage,
-                       study_name=name, progress=options.progress,
-                       run_many=runner.run_many if runner.stacks else None)
+    tuning = tune_hyperparameters(runner.run, float(spec.hyperparameters["beta"]), trials, seeds,
+                                  hyperparameters=spec.hyperparameters, storage=options.storage, study_name=name,
+                                  progress=options.progress, run_many=runner.run_many if runner.stacks else None)
     every_run = [run for trial in tuning["trials"] for run in trial["runs"]]
     return {**runner.describe(), "seeds": seeds, **tuning, **runner.curve_fitness(every_run),
             "seconds": time.monotonic() - started}
