@@ -66,3 +66,103 @@ def test_edited_code_folds_its_constants(written, folded):
     from lossearch.search.proposers.syntax import simplify
 
     assert ast.unparse(simplify(ast.parse(written, mode="eval").body)) == folded
+
+
+NESTED = '''"""A blend of a blend: each parent a helper, every input spelled out."""
+import torch
+import torch.nn.functional as F
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+             beta: float = 0.1):
+    """dpo"""
+    margin = policy_chosen_logps - reference_chosen_logps - (policy_rejected_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * margin)
+
+
+def ipo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+             beta: float = 0.1):
+    """ipo"""
+    margin = policy_chosen_logps - reference_chosen_logps - (policy_rejected_logps - reference_rejected_logps)
+    return (margin - 1 / (2 * beta)) ** 2
+
+
+def inner(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+          beta: float = 0.1, tau: float = 1.0):
+    first_losses = dpo_loss(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
+                            reference_chosen_logps=reference_chosen_logps,
+                            reference_rejected_logps=reference_rejected_logps, beta=beta)
+    second_losses = ipo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                             reference_rejected_logps, beta * 2)
+    margin = policy_chosen_logps - reference_chosen_logps - (policy_rejected_logps - reference_rejected_logps)
+    gate = torch.sigmoid(beta * margin / tau)
+    return (1 - gate) * first_losses + gate * second_losses
+
+
+def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+         beta: float = 0.1, tau: float = 1.0, tau_2: float = 0.05):
+    first_losses = inner(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
+                         reference_chosen_logps=reference_chosen_logps,
+                         reference_rejected_logps=reference_rejected_logps, beta=beta)
+    margin = policy_chosen_logps - reference_chosen_logps - (policy_rejected_logps - reference_rejected_logps)
+    gate = torch.sigmoid(beta * margin / tau_2)
+    return (1 - gate) * first_losses + gate * -F.logsigmoid(beta * margin)
+'''
+
+
+def test_one_use_helpers_are_inlined_into_one_readable_function_that_is_the_same_loss(fingerprint_of):
+    import ast
+
+    simplified = simplify_child(NESTED, "child", fingerprint_of)
+    tree = ast.parse(simplified.source)
+    functions = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
+    assert functions == ["loss"] and "inlines the one-use helpers inner, dpo_loss, ipo_loss" in simplified.source
+    assert same_loss(fingerprint_of(simplified.source), fingerprint_of(NESTED))
+    assert code_size(simplified.source) < 0.6 * code_size(NESTED)  # 162 against 299
+    body = simplified.source.split('"""', 2)[2]
+    # the margin is computed once, under its own name; `inner`'s tau was left to its default: a constant now
+    assert body.count("margin = ") == 1 and "margin_" not in body and "/ 1.0" in body
+    # an argument that is an expression is bound once before the helper's body uses it
+    assert "beta_2 = beta * 2" in body and "1 / (2 * beta_2)" in body
+
+
+def test_a_helper_called_twice_or_with_branches_stays(fingerprint_of):
+    from lossearch.search.proposers.syntax import read_module
+    from lossearch.search.simplify import inline_helpers
+
+    twice = NESTED.replace("gate * -F.logsigmoid(beta * margin)", "gate * dpo_loss(policy_chosen_logps, "
+                           "policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)")
+    module = read_module(twice, "child")
+    assert inline_helpers(module) == ["inner", "ipo_loss"]  # dpo_loss is called from two places now
+    assert [d.name for d in module.definitions if hasattr(d, "name")] == ["dpo_loss"]
+    branching = NESTED.replace('    """ipo"""\n', '    """ipo"""\n    if beta > 1:\n        beta = 1.0\n')
+    module = read_module(branching, "child")
+    assert "ipo_loss" not in inline_helpers(module)
+
+
+CROSS = '''"""DPO with a term of apo_zero."""
+import torch
+import torch.nn.functional as F
+
+
+def apo_zero_term(policy_rejected_logps, reference_rejected_logps, beta: float = 0.1):
+    """A term of apo_zero."""
+    rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps)
+    return torch.sigmoid(rejected_rewards)
+
+
+def loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+         beta: float = 0.1, cross_weight: float = 0.5):
+    margin = policy_chosen_logps - reference_chosen_logps - (policy_rejected_logps - reference_rejected_logps)
+    return -F.logsigmoid(beta * margin) + cross_weight * apo_zero_term(
+        policy_rejected_logps=policy_rejected_logps, reference_rejected_logps=reference_rejected_logps, beta=beta)
+'''
+
+
+def test_a_cross_term_called_inside_the_return_is_inlined_before_it(fingerprint_of):
+    simplified = simplify_child(CROSS, "child", fingerprint_of)
+    body = simplified.source.split('"""', 2)[2]
+    assert "def apo_zero_term" not in body and "inlines the one-use helper apo_zero_term" in simplified.source
+    assert "rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps)\n    return " in body
+    assert "cross_weight * torch.sigmoid(rejected_rewards)" in body
+    assert same_loss(fingerprint_of(simplified.source), fingerprint_of(CROSS))
