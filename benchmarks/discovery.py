@@ -7,14 +7,18 @@ paired runs, Holm over the leaders). Prints, per campaign, every leader's verdic
 differences and intervals, and at the end how many campaigns found a confirmed discovery over DPO
 and how many a loss better than the best seed. Report it as it comes out, however small.
 
+Each campaign keeps its store under `--runs` (default runs/discovery), so a stopped run resumes
+where it was and its leaders can be read afterwards with `lossearch show --run discovery-SEED`;
+`--first-seed` lets two processes share the campaigns (one per core).
+
     python benchmarks/discovery.py --campaigns 3 --evals 200 --task sentiment --held-out sort
+    python benchmarks/discovery.py --first-seed 2 --campaigns 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,6 +52,8 @@ def one_campaign(seed: int, args: argparse.Namespace, runs: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--campaigns", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seed of the first campaign")
+    parser.add_argument("--runs", type=Path, default=Path("runs/discovery"), help="where the campaigns' stores live")
     parser.add_argument("--evals", type=int, default=200, help="candidate evaluations per campaign")
     parser.add_argument("--population", type=int, default=8, help="children per generation")
     parser.add_argument("--task", default="sentiment")
@@ -56,11 +62,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="fresh confirmation seeds")
     args = parser.parse_args()
     outcomes = []
-    with tempfile.TemporaryDirectory() as folder:
-        for seed in range(args.campaigns):
-            outcome = one_campaign(seed, args, Path(folder) / "runs")
-            outcomes.append(outcome)
-            print(json.dumps(outcome), flush=True)
+    for seed in range(args.first_seed, args.first_seed + args.campaigns):
+        outcome = one_campaign(seed, args, args.runs)
+        outcomes.append(outcome)
+        print(json.dumps(outcome), flush=True)
     found = sum(o["confirmed"] for o in outcomes)
     beyond = sum(o["beats_best_seed"] for o in outcomes)
     print(f"{found} of {len(outcomes)} campaigns found a confirmed discovery over DPO; {beyond} of {len(outcomes)} a "
