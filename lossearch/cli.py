@@ -326,8 +326,10 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: status, tier, error, metrics."),
     budget: Optional[str] = choice_option(None, "--budget", BUDGET_NAMES, "Finetune budget (see `lossearch tasks`) "
                                                                           "[default: quick]."),
-    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Betas tried (Optuna trials) instead of the "
-                                                                       "budget's; with 1, the loss's default beta "
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Optuna trials instead of the budget's: the "
+                                                                       "first five a fixed ladder of betas, later "
+                                                                       "ones also draw the loss's other float "
+                                                                       "hyperparameters; with 1, the default beta "
                                                                        "alone, read at the KL budget as one run."),
     data: Optional[str] = choice_option(None, "--data", DATA_MODES, "Finetune on the task's fixed pairs, or online on "
                                                                     "fresh ones [default: offline]."),

@@ -31,7 +31,8 @@ class Budget:
     batch_size: int
     """Pairs per step."""
     trials: int
-    """Optuna trials, i.e. betas tried; the first is the loss's default beta."""
+    """Optuna trials: the first are a ladder of betas from the loss's default, later ones also draw its
+    other float hyperparameters (lossearch.evaluation.tuning)."""
     seeds: int
     """Training seeds per trial; a trial's fitness is their mean."""
     eval_prompts: int
