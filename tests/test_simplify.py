@@ -166,3 +166,35 @@ def test_a_cross_term_called_inside_the_return_is_inlined_before_it(fingerprint_
     assert "rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps)\n    return " in body
     assert "cross_weight * torch.sigmoid(rejected_rewards)" in body
     assert same_loss(fingerprint_of(simplified.source), fingerprint_of(CROSS))
+
+
+REASSIGNING = '''"""A blend whose first parent normalizes its inputs by length in place."""
+import torch
+import torch.nn.functional as F
+
+
+def normalized_loss(policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths,
+                    beta: float = 0.1, alpha: float = 1.0):
+    policy_chosen_logps = policy_chosen_logps / chosen_lengths.clamp(min=1.0)
+    policy_rejected_logps = policy_rejected_logps / rejected_lengths.clamp(min=1.0)
+    return -F.logsigmoid(beta * alpha * (policy_chosen_logps - policy_rejected_logps))
+
+
+def loss(policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths, beta: float = 0.1,
+         alpha_2: float = 1.0, tau: float = 0.05):
+    first_losses = normalized_loss(policy_chosen_logps=policy_chosen_logps,
+                                   policy_rejected_logps=policy_rejected_logps, chosen_lengths=chosen_lengths,
+                                   rejected_lengths=rejected_lengths, beta=beta, alpha=alpha_2)
+    gate = torch.sigmoid(beta * (policy_chosen_logps - policy_rejected_logps) / tau)
+    return (1 - gate) * first_losses + gate * -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))
+'''
+
+
+def test_a_helper_that_reassigns_its_parameters_inlines_on_copies_and_hyperparameters_keep_their_names(
+        fingerprint_of):
+    simplified = simplify_child(REASSIGNING, "child", fingerprint_of)
+    body = simplified.source.split('"""', 2)[2]
+    assert "def normalized_loss" not in body and "alpha_2: float = 1.0" in body.replace("float=", "float = ")
+    # the caller's own log-probs are not overwritten: the helper's normalization works on copies
+    assert "policy_chosen_logps_2 = policy_chosen_logps\n" in body
+    assert same_loss(fingerprint_of(simplified.source), fingerprint_of(REASSIGNING))

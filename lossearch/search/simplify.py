@@ -194,14 +194,14 @@ def _spliced(helper: ast.FunctionDef, call: ast.Call, caller: ast.FunctionDef
         value = given.get(name, defaults.get(name))
         if value is None:
             return None
-        if isinstance(value, (ast.Name, ast.Constant)):
+        if isinstance(value, (ast.Name, ast.Constant)) and name not in locals_:
             mapping[name] = value
-        else:  # computed once, as the call did
+        else:  # computed once, as the call did (and a parameter the helper reassigns starts as a copy)
             fresh = syntax.fresh_name(name, used)
             used.add(fresh)
             steps.append(ast.Assign(targets=[ast.Name(id=fresh, ctx=ast.Store())], value=copy.deepcopy(value)))
             mapping[name] = ast.Name(id=fresh, ctx=ast.Load())
-    for name in dict.fromkeys(locals_):
+    for name in dict.fromkeys(local for local in locals_ if local not in mapping):
         fresh = syntax.fresh_name(name, used)
         used.add(fresh)
         mapping[name] = ast.Name(id=fresh, ctx=ast.Load())
@@ -257,8 +257,11 @@ def merge_repeated(function: ast.FunctionDef) -> None:
 
 
 def drop_suffixes(function: ast.FunctionDef) -> None:
-    """`margin_3` back to `margin` (and so on) where renaming apart left a suffix the function no longer needs."""
-    for name in sorted(_bound_names(function)):
+    """`margin_3` back to `margin` (and so on) where renaming apart left a suffix the function no longer
+    needs; parameters keep their names (`loss`'s are its hyperparameters)."""
+    arguments = function.args
+    parameters = {arg.arg for arg in arguments.posonlyargs + arguments.args + arguments.kwonlyargs}
+    for name in sorted(_bound_names(function) - parameters):
         base, _, number = name.rpartition("_")
         names = {node.id for node in ast.walk(function) if isinstance(node, ast.Name)} | _bound_names(function)
         if base and number.isdigit() and base not in names:
