@@ -163,10 +163,42 @@ def _spliced(helper: ast.FunctionDef, call: ast.Call, caller: ast.FunctionDef
              ) -> tuple[list[ast.stmt], ast.expr] | None:
     """The helper's statements as they read in the caller, and its returned expression; None when the
     helper is not assignments then one `return`, or the call is not one this can map."""
+    body = _straight_body(helper)
+    given = _arguments(helper, call)
+    if body is None or given is None:
+        return None
+    *assignments, returned = body
+    locals_ = [s.targets[0].id for s in assignments if isinstance(s, ast.Assign) and isinstance(s.targets[0], ast.Name)]
+    globals_ = {node.id for node in ast.walk(helper) if isinstance(node, ast.Name)} - set(given) - set(locals_)
+    if globals_ & _bound_names(caller):
+        return None  # a module-level name the caller hides under a name of its own
+    used = _bound_names(caller) | {node.id for node in ast.walk(caller) if isinstance(node, ast.Name)}
+    steps: list[ast.stmt] = []
+    mapping: dict[str, ast.expr] = {}
+    for name, value in given.items():
+        if isinstance(value, (ast.Name, ast.Constant)) and name not in locals_:
+            mapping[name] = value
+            continue
+        # computed once, as the call did (and a parameter the helper reassigns starts as a copy)
+        fresh = syntax.fresh_name(name, used)
+        used.add(fresh)
+        steps.append(ast.Assign(targets=[ast.Name(id=fresh, ctx=ast.Store())], value=copy.deepcopy(value)))
+        mapping[name] = ast.Name(id=fresh, ctx=ast.Load())
+    for name in dict.fromkeys(local for local in locals_ if local not in mapping):
+        fresh = syntax.fresh_name(name, used)
+        used.add(fresh)
+        mapping[name] = ast.Name(id=fresh, ctx=ast.Load())
+    substitute = _Substitute(mapping)
+    steps += [substitute.visit(copy.deepcopy(statement)) for statement in assignments]
+    assert isinstance(returned, ast.Return) and returned.value is not None  # _straight_body checked it
+    return steps, substitute.visit(copy.deepcopy(returned.value))
+
+
+def _straight_body(helper: ast.FunctionDef) -> list[ast.stmt] | None:
+    """The helper's statements when they are `name = ...` assignments then one `return value`, with no
+    nested function, lambda, comprehension or walrus; else None."""
     body = helper.body[1:] if ast.get_docstring(helper) is not None else helper.body
-    arguments = helper.args
-    if (not body or not isinstance(body[-1], ast.Return) or body[-1].value is None or arguments.vararg
-            or arguments.kwarg or arguments.posonlyargs or arguments.kwonlyargs):
+    if not body or not isinstance(body[-1], ast.Return) or body[-1].value is None:
         return None
     if not all(isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
                for s in body[:-1]):
@@ -174,42 +206,27 @@ def _spliced(helper: ast.FunctionDef, call: ast.Call, caller: ast.FunctionDef
     if any(isinstance(node, (ast.Return, ast.Lambda, ast.FunctionDef, ast.NamedExpr, ast.comprehension))
            for statement in body[:-1] for node in ast.walk(statement)):
         return None
+    return body
+
+
+def _arguments(helper: ast.FunctionDef, call: ast.Call) -> dict[str, ast.expr] | None:
+    """Each of the helper's parameters, in order, with what the call passes it (or its default); None
+    for a signature or a call this cannot map (`*args`, `**kwargs`, a missing argument)."""
+    arguments = helper.args
+    if arguments.vararg or arguments.kwarg or arguments.posonlyargs or arguments.kwonlyargs:
+        return None
     parameters = [arg.arg for arg in arguments.args]
-    defaults = dict(zip(parameters[len(parameters) - len(arguments.defaults):], arguments.defaults))
-    given: dict[str, ast.expr] = dict(zip(parameters, call.args))
     if len(call.args) > len(parameters) or any(isinstance(arg, ast.Starred) for arg in call.args):
         return None
+    given: dict[str, ast.expr] = dict(zip(parameters, call.args))
     for keyword in call.keywords:
         if keyword.arg is None or keyword.arg not in parameters or keyword.arg in given:
             return None
         given[keyword.arg] = keyword.value
-    locals_ = [s.targets[0].id for s in body[:-1] if isinstance(s, ast.Assign) and isinstance(s.targets[0], ast.Name)]
-    globals_ = {node.id for node in ast.walk(helper) if isinstance(node, ast.Name)} - set(parameters) - set(locals_)
-    if globals_ & _bound_names(caller):
-        return None  # a module-level name the caller hides under a name of its own
-    used = _bound_names(caller) | {node.id for node in ast.walk(caller) if isinstance(node, ast.Name)}
-    steps: list[ast.stmt] = []
-    mapping: dict[str, ast.expr] = {}
-    for name in parameters:
-        value = given.get(name, defaults.get(name))
-        if value is None:
-            return None
-        if isinstance(value, (ast.Name, ast.Constant)) and name not in locals_:
-            mapping[name] = value
-        else:  # computed once, as the call did (and a parameter the helper reassigns starts as a copy)
-            fresh = syntax.fresh_name(name, used)
-            used.add(fresh)
-            steps.append(ast.Assign(targets=[ast.Name(id=fresh, ctx=ast.Store())], value=copy.deepcopy(value)))
-            mapping[name] = ast.Name(id=fresh, ctx=ast.Load())
-    for name in dict.fromkeys(local for local in locals_ if local not in mapping):
-        fresh = syntax.fresh_name(name, used)
-        used.add(fresh)
-        mapping[name] = ast.Name(id=fresh, ctx=ast.Load())
-    substitute = _Substitute(mapping)
-    for statement in body[:-1]:
-        steps.append(substitute.visit(copy.deepcopy(statement)))
-    returned = body[-1].value
-    return steps, substitute.visit(copy.deepcopy(returned))
+    defaults = dict(zip(parameters[len(parameters) - len(arguments.defaults):], arguments.defaults))
+    if any(name not in given and name not in defaults for name in parameters):
+        return None
+    return {name: given[name] if name in given else defaults[name] for name in parameters}
 
 
 class _Substitute(ast.NodeTransformer):
