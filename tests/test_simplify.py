@@ -198,3 +198,17 @@ def test_a_helper_that_reassigns_its_parameters_inlines_on_copies_and_hyperparam
     # the caller's own log-probs are not overwritten: the helper's normalization works on copies
     assert "policy_chosen_logps_2 = policy_chosen_logps\n" in body
     assert same_loss(fingerprint_of(simplified.source), fingerprint_of(REASSIGNING))
+
+
+def test_a_value_is_not_merged_across_a_reassigned_parameter():
+    import ast
+
+    from lossearch.search.simplify import merge_repeated
+
+    function = ast.parse("def loss(x, y):\n    a = x * y\n    x = x / 2\n    b = x * y\n    c = a * y\n"
+                         "    d = a * y\n    return a + b + c + d\n").body[0]
+    assert isinstance(function, ast.FunctionDef)
+    merge_repeated(function)
+    # `b` reads the halved x, so it stays; `d` repeats `c` with nothing reassigned between, so it goes
+    assert ast.unparse(function).splitlines()[1:] == ["    a = x * y", "    x = x / 2", "    b = x * y",
+                                                      "    c = a * y", "    return a + b + c + c"]

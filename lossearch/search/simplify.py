@@ -1,23 +1,24 @@
-"""Simplifying a child before it is stored: the terms that do not change the loss go.
+"""Simplifying a child before it is stored: one-use helpers inlined, terms that change nothing dropped.
 
 A crossover of crossovers nests helper inside helper, and a term weighted down to nothing keeps
-its hyperparameter. Before a child is stored, each of its additive terms (and length
-normalizations) is dropped in turn; a drop is kept when the child's fingerprint stays within the
-same-loss distance (lossearch.fingerprint.same_loss, which sees through a rescaled beta), so the
-stored code says the same loss in fewer words. The fingerprint is the sanity tier's, computed in
-the sandbox like every run of candidate code. What the drops leave unused (hyperparameters,
-helpers, assignments) is pruned.
+its hyperparameter. Before a child is stored, its one-use helpers are inlined (below); then each
+of its additive terms (and length normalizations) is dropped in turn, and a drop is kept when the
+child's fingerprint stays within the same-loss distance (lossearch.fingerprint.same_loss, which
+sees through a rescaled beta), so the stored code says the same loss in fewer words. The
+fingerprint is the sanity tier's, computed in the sandbox like every run of candidate code. What
+the edits leave unused (hyperparameters, helpers, assignments) is pruned.
 
-Then helpers called once are inlined (`inline_helpers`): a crossover calls each parent as a helper
-with every input spelled out as a keyword, and a crossover of crossovers nests them, so the loss
-is read across three functions that repeat the margin. A helper whose body is assignments then
-one `return`, called once in an assignment or a `return` (`x = helper(...)`, `return a + w * helper(...)`),
-is spliced in just before that statement and its result put in the call's place: its parameters
-become the arguments (an argument that is not a plain name is bound once first; a parameter left
-to its default becomes that constant), its own names are renamed apart from the caller's, and a
-value the caller already computed under another name (the margin) is reused
-(`merge_repeated`). The inlined module is kept only when its fingerprint is the same loss, so a
-spelling the inliner got wrong never replaces the child.
+Inlining (`inline_helpers`, one fingerprint check for all of it): a crossover calls each parent
+as a helper with every input spelled out as a keyword, and a crossover of crossovers nests them,
+so the loss is read across three functions that repeat the margin. A helper whose body is
+assignments then one `return`, called once in an assignment or a `return` (`x = helper(...)`,
+`return a + w * helper(...)`), is spliced in just before that statement and its result put in the
+call's place: its parameters become the arguments (an argument that is not a plain name, or a
+parameter the helper reassigns, is bound once first; a parameter left to its default becomes that
+constant), its own names are renamed apart from the caller's, and a value the caller already
+computed under another name (the margin) is reused (`merge_repeated`). The inlined module is kept
+only when its fingerprint is the same loss, so a spelling the inliner got wrong never replaces
+the child.
 """
 
 from __future__ import annotations
@@ -151,12 +152,15 @@ def _inline_one(module: LossModule) -> str | None:
     return None
 
 
+def _parameters(function: ast.FunctionDef) -> set[str]:
+    arguments = function.args
+    return {arg.arg for arg in arguments.posonlyargs + arguments.args + arguments.kwonlyargs}
+
+
 def _bound_names(function: ast.FunctionDef) -> set[str]:
     """The names a function binds: its parameters and what it assigns."""
-    arguments = function.args
-    names = {arg.arg for arg in arguments.posonlyargs + arguments.args + arguments.kwonlyargs}
-    return names | {node.id for node in ast.walk(function) if isinstance(node, ast.Name)
-                    and isinstance(node.ctx, ast.Store)}
+    return _parameters(function) | {node.id for node in ast.walk(function) if isinstance(node, ast.Name)
+                                    and isinstance(node.ctx, ast.Store)}
 
 
 def _spliced(helper: ast.FunctionDef, call: ast.Call, caller: ast.FunctionDef
@@ -170,9 +174,10 @@ def _spliced(helper: ast.FunctionDef, call: ast.Call, caller: ast.FunctionDef
     *assignments, returned = body
     locals_ = [s.targets[0].id for s in assignments if isinstance(s, ast.Assign) and isinstance(s.targets[0], ast.Name)]
     globals_ = {node.id for node in ast.walk(helper) if isinstance(node, ast.Name)} - set(given) - set(locals_)
-    if globals_ & _bound_names(caller):
+    bound = _bound_names(caller)
+    if globals_ & bound:
         return None  # a module-level name the caller hides under a name of its own
-    used = _bound_names(caller) | {node.id for node in ast.walk(caller) if isinstance(node, ast.Name)}
+    used = bound | {node.id for node in ast.walk(caller) if isinstance(node, ast.Name)}
     steps: list[ast.stmt] = []
     mapping: dict[str, ast.expr] = {}
     for name, value in given.items():
@@ -247,10 +252,12 @@ class _Substitute(ast.NodeTransformer):
 
 def merge_repeated(function: ast.FunctionDef) -> None:
     """Where a top-level `b = E` repeats an earlier `a = E` and every name involved is bound once in the
-    function, drop it and read `a` for `b`."""
+    function (a parameter is bound by the call, so reassigning one binds it twice), drop it and read `a`
+    for `b`."""
     bound = Counter(target.id for node in ast.walk(function) if isinstance(node, (ast.Assign, ast.AugAssign))
                     for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
                     if isinstance(target, ast.Name))
+    bound.update(_parameters(function))
     changed = True
     while changed:
         changed = False
@@ -272,13 +279,10 @@ def merge_repeated(function: ast.FunctionDef) -> None:
             seen[key] = name
 
 
-
 def drop_suffixes(function: ast.FunctionDef) -> None:
     """`margin_3` back to `margin` (and so on) where renaming apart left a suffix the function no longer
     needs; parameters keep their names (`loss`'s are its hyperparameters)."""
-    arguments = function.args
-    parameters = {arg.arg for arg in arguments.posonlyargs + arguments.args + arguments.kwonlyargs}
-    for name in sorted(_bound_names(function) - parameters):
+    for name in sorted(_bound_names(function) - _parameters(function)):
         base, _, number = name.rpartition("_")
         names = {node.id for node in ast.walk(function) if isinstance(node, ast.Name)} | _bound_names(function)
         if base and number.isdigit() and base not in names:
